@@ -1,0 +1,371 @@
+"""kubeadm's on-disk layout: which files a node holds and what they contain.
+
+Pure: functions return the files (absolute paths as they are on a real node, contents and
+modes) and the static-pod manifests; the caller decides where the node's root is and
+writes them. Paths and flags follow what `kubeadm init` writes, so code that reads or
+rotates these files works the same on the sandbox and on a real kubeadm node.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.core import kubeconfig, pki
+from reconciler.core.pki import KeyPair, KeySpec, LeafRequest
+
+KUBERNETES_DIR = "/etc/kubernetes"
+PKI_DIR = f"{KUBERNETES_DIR}/pki"
+MANIFESTS_DIR = f"{KUBERNETES_DIR}/manifests"
+KUBELET_CLIENT_CERT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+ETCD_DATA_DIR = "/var/lib/etcd"
+
+CLUSTER_CA_CERT = f"{PKI_DIR}/ca.crt"
+CLUSTER_CA_KEY = f"{PKI_DIR}/ca.key"
+
+# kubeadm's names for the clients that authenticate with certificates signed by the cluster CA.
+CLUSTER_ADMINS_GROUP = "kubeadm:cluster-admins"
+SYSTEM_MASTERS_GROUP = "system:masters"
+
+# The sandbox's stand-in for kubelets: one kwok process fakes every worker's kubelet.
+KWOK_KUBECONFIG = f"{KUBERNETES_DIR}/kwok.conf"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+SERVICE_CIDR = "10.96.0.0/12"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+LOOPBACK = "127.0.0.1"
+
+PRIVATE = 0o600
+PUBLIC = 0o644
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """One file on a node: its absolute path there, its bytes and its mode."""
+
+    path: str
+    content: bytes
+    mode: int = PUBLIC
+
+
+@dataclass(frozen=True)
+class ClusterAuthorities:
+    """The CAs and the service-account key pair that every control-plane node shares."""
+
+    cluster: KeyPair
+    etcd: KeyPair
+    front_proxy: KeyPair
+    service_account_key: pki.PrivateKey
+
+
+@dataclass(frozen=True)
+class ControlPlanePorts:
+    """The loopback ports of one control-plane node's components."""
+
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+
+
+@dataclass(frozen=True)
+class EtcdPorts:
+    client: int
+    peer: int
+
+
+def new_authorities(*, now: dt.datetime, key: KeySpec) -> ClusterAuthorities:
+    """CAs named as kubeadm names them."""
+    return ClusterAuthorities(
+        cluster=pki.new_ca("kubernetes", now=now, key=key),
+        etcd=pki.new_ca("etcd-ca", now=now, key=key),
+        front_proxy=pki.new_ca("front-proxy-ca", now=now, key=key),
+        service_account_key=pki.generate_key(KeySpec("RSA", 2048)),
+    )
+
+
+def _pair(base: str, pair: KeyPair) -> list[NodeFile]:
+    return [NodeFile(f"{base}.crt", pair.cert_pem), NodeFile(f"{base}.key", pair.key_pem, PRIVATE)]
+
+
+def _url(port: int) -> str:
+    return f"https://{LOOPBACK}:{port}"
+
+
+def _admin_kubeconfig(
+    authorities: ClusterAuthorities, *, cluster_name: str, server_ports: list[int], cn: str, group: str,
+    now: dt.datetime, key: KeySpec,
+) -> bytes:
+    client = pki.issue_leaf(
+        authorities.cluster, LeafRequest(cn, organizations=(group,), client=True, key=key), now=now
+    )
+    endpoints = [
+        kubeconfig.Endpoint(cluster_name if i == 0 else f"{cluster_name}-apiserver-{i + 1}", _url(port))
+        for i, port in enumerate(server_ports)
+    ]
+    document = kubeconfig.build(
+        endpoints=endpoints,
+        ca_pem=authorities.cluster.cert_pem,
+        user=cn,
+        credentials=kubeconfig.ClientCredentials(cert_pem=client.cert_pem, key_pem=client.key_pem),
+    )
+    return kubeconfig.dump(document).encode()
+
+
+def admin_kubeconfig(
+    authorities: ClusterAuthorities, *, cluster_name: str, server_ports: list[int], now: dt.datetime,
+    key: KeySpec,
+) -> bytes:
+    """An admin kubeconfig (kubeadm 1.29+: group kubeadm:cluster-admins), one context per apiserver."""
+    return _admin_kubeconfig(
+        authorities, cluster_name=cluster_name, server_ports=server_ports, cn="kubernetes-admin",
+        group=CLUSTER_ADMINS_GROUP, now=now, key=key,
+    )
+
+
+def _component_kubeconfig(
+    authorities: ClusterAuthorities, *, cluster_name: str, port: int, cn: str, organizations: tuple[str, ...],
+    now: dt.datetime, key: KeySpec,
+) -> bytes:
+    client = pki.issue_leaf(
+        authorities.cluster, LeafRequest(cn, organizations=organizations, client=True, key=key), now=now
+    )
+    document = kubeconfig.build(
+        endpoints=[kubeconfig.Endpoint(cluster_name, _url(port))],
+        ca_pem=authorities.cluster.cert_pem,
+        user=cn,
+        credentials=kubeconfig.ClientCredentials(cert_pem=client.cert_pem, key_pem=client.key_pem),
+    )
+    return kubeconfig.dump(document).encode()
+
+
+def kubelet_files(
+    authorities: ClusterAuthorities, *, node_name: str, cluster_name: str, server_port: int,
+    now: dt.datetime, key: KeySpec,
+) -> list[NodeFile]:
+    """kubelet.conf as kubeadm leaves it after TLS bootstrap: the CA embedded, the client
+    certificate and key in one rotating PEM file under /var/lib/kubelet/pki."""
+    client = pki.issue_leaf(
+        authorities.cluster,
+        LeafRequest(f"system:node:{node_name}", organizations=("system:nodes",), client=True, key=key),
+        now=now,
+    )
+    document = kubeconfig.build(
+        endpoints=[kubeconfig.Endpoint(cluster_name, _url(server_port))],
+        ca_pem=authorities.cluster.cert_pem,
+        user=f"system:node:{node_name}",
+        credentials=kubeconfig.ClientCredentials(cert_path=KUBELET_CLIENT_CERT, key_path=KUBELET_CLIENT_CERT),
+    )
+    return [
+        NodeFile(f"{KUBERNETES_DIR}/kubelet.conf", kubeconfig.dump(document).encode(), PRIVATE),
+        NodeFile(KUBELET_CLIENT_CERT, client.cert_pem + client.key_pem, PRIVATE),
+    ]
+
+
+def worker_files(
+    authorities: ClusterAuthorities, *, node_name: str, cluster_name: str, server_port: int,
+    now: dt.datetime, key: KeySpec,
+) -> list[NodeFile]:
+    """What `kubeadm join` leaves on a worker: the cluster CA and the kubelet's credentials."""
+    return [NodeFile(CLUSTER_CA_CERT, authorities.cluster.cert_pem)] + kubelet_files(
+        authorities, node_name=node_name, cluster_name=cluster_name, server_port=server_port, now=now, key=key
+    )
+
+
+def control_plane_files(
+    authorities: ClusterAuthorities, *, node_name: str, cluster_name: str, ports: ControlPlanePorts,
+    all_apiserver_ports: list[int], now: dt.datetime, key: KeySpec,
+) -> list[NodeFile]:
+    """The full kubeadm PKI directory and kubeconfigs of one control-plane node.
+
+    Components on the node talk to their local apiserver, as kubeadm configures them;
+    admin.conf lists every apiserver, the local one first.
+    """
+    def leaf(ca: KeyPair, request: LeafRequest) -> KeyPair:
+        return pki.issue_leaf(ca, request, now=now)
+
+    local_names = ("localhost", node_name)
+    cluster_ca, etcd_ca = authorities.cluster, authorities.etcd
+    files: list[NodeFile] = []
+    files += _pair(f"{PKI_DIR}/ca", cluster_ca)
+    files += _pair(f"{PKI_DIR}/etcd/ca", etcd_ca)
+    files += _pair(f"{PKI_DIR}/front-proxy-ca", authorities.front_proxy)
+    files += [
+        NodeFile(f"{PKI_DIR}/sa.key", pki.private_key_pem(authorities.service_account_key), PRIVATE),
+        NodeFile(f"{PKI_DIR}/sa.pub", pki.public_key_pem(authorities.service_account_key)),
+    ]
+    files += _pair(f"{PKI_DIR}/apiserver", leaf(cluster_ca, LeafRequest(
+        "kube-apiserver", server=True, key=key,
+        dns_names=("kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                   "kubernetes.default.svc.cluster.local", *local_names),
+        ip_addresses=("10.96.0.1", LOOPBACK),
+    )))
+    files += _pair(f"{PKI_DIR}/apiserver-kubelet-client", leaf(cluster_ca, LeafRequest(
+        "kube-apiserver-kubelet-client", organizations=(CLUSTER_ADMINS_GROUP,), client=True, key=key)))
+    files += _pair(f"{PKI_DIR}/apiserver-etcd-client", leaf(etcd_ca, LeafRequest(
+        "kube-apiserver-etcd-client", client=True, key=key)))
+    files += _pair(f"{PKI_DIR}/front-proxy-client", leaf(authorities.front_proxy, LeafRequest(
+        "front-proxy-client", client=True, key=key)))
+    files += _pair(f"{PKI_DIR}/etcd/server", leaf(etcd_ca, LeafRequest(
+        node_name, server=True, client=True, dns_names=local_names, ip_addresses=(LOOPBACK, "::1"), key=key)))
+    files += _pair(f"{PKI_DIR}/etcd/peer", leaf(etcd_ca, LeafRequest(
+        node_name, server=True, client=True, dns_names=local_names, ip_addresses=(LOOPBACK, "::1"), key=key)))
+    files += _pair(f"{PKI_DIR}/etcd/healthcheck-client", leaf(etcd_ca, LeafRequest(
+        "kube-etcd-healthcheck-client", client=True, key=key)))
+
+    others = [p for p in all_apiserver_ports if p != ports.apiserver]
+    admin_ports = [ports.apiserver, *others]
+    common = dict(cluster_name=cluster_name, now=now, key=key)
+    files.append(NodeFile(f"{KUBERNETES_DIR}/admin.conf", admin_kubeconfig(
+        authorities, server_ports=admin_ports, **common), PRIVATE))
+    files.append(NodeFile(f"{KUBERNETES_DIR}/super-admin.conf", _admin_kubeconfig(
+        authorities, server_ports=admin_ports, cn="kubernetes-super-admin", group=SYSTEM_MASTERS_GROUP,
+        **common), PRIVATE))
+    files.append(NodeFile(f"{KUBERNETES_DIR}/controller-manager.conf", _component_kubeconfig(
+        authorities, port=ports.apiserver, cn="system:kube-controller-manager", organizations=(), **common),
+        PRIVATE))
+    files.append(NodeFile(f"{KUBERNETES_DIR}/scheduler.conf", _component_kubeconfig(
+        authorities, port=ports.apiserver, cn="system:kube-scheduler", organizations=(), **common), PRIVATE))
+    files += kubelet_files(authorities, node_name=node_name, server_port=ports.apiserver, **common)
+    return files
+
+
+def kwok_kubeconfig(
+    authorities: ClusterAuthorities, *, cluster_name: str, server_port: int, now: dt.datetime, key: KeySpec
+) -> NodeFile:
+    """kwok updates the status of every fake node, more than the Node authorizer lets one
+    kubelet do, so it authenticates as a cluster admin."""
+    content = _component_kubeconfig(
+        authorities, port=server_port, cn="kwok-controller", organizations=(CLUSTER_ADMINS_GROUP,),
+        cluster_name=cluster_name, now=now, key=key,
+    )
+    return NodeFile(KWOK_KUBECONFIG, content, PRIVATE)
+
+
+# --- static-pod manifests -------------------------------------------------------------
+
+def static_pod(component: str, command: list[str]) -> dict[str, Any]:
+    """A static-pod manifest as kubeadm writes one; the sandbox supervisor runs its command."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": component,
+            "namespace": "kube-system",
+            "labels": {"component": component, "tier": "control-plane"},
+        },
+        "spec": {
+            "hostNetwork": True,
+            "priorityClassName": "system-node-critical",
+            "containers": [{"name": component, "command": command}],
+        },
+    }
+
+
+def etcd_manifest(node_name: str, ports: EtcdPorts) -> dict[str, Any]:
+    peer_url, client_url = _url(ports.peer), _url(ports.client)
+    return static_pod("etcd", [
+        "etcd",
+        f"--name={node_name}",
+        f"--data-dir={ETCD_DATA_DIR}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-client-urls={client_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-cluster={node_name}={peer_url}",
+        "--client-cert-auth=true",
+        f"--cert-file={PKI_DIR}/etcd/server.crt",
+        f"--key-file={PKI_DIR}/etcd/server.key",
+        f"--trusted-ca-file={PKI_DIR}/etcd/ca.crt",
+        "--peer-client-cert-auth=true",
+        f"--peer-cert-file={PKI_DIR}/etcd/peer.crt",
+        f"--peer-key-file={PKI_DIR}/etcd/peer.key",
+        f"--peer-trusted-ca-file={PKI_DIR}/etcd/ca.crt",
+        "--snapshot-count=10000",
+        # A sandbox is disposable; skipping fsync keeps etcd from dominating test time.
+        "--unsafe-no-fsync=true",
+    ])
+
+
+def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, Any]:
+    return static_pod("kube-apiserver", [
+        "kube-apiserver",
+        f"--advertise-address={LOOPBACK}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={ports.apiserver}",
+        "--allow-privileged=true",
+        "--authorization-mode=Node,RBAC",
+        f"--client-ca-file={PKI_DIR}/ca.crt",
+        "--enable-admission-plugins=NodeRestriction",
+        "--enable-bootstrap-token-auth=true",
+        f"--etcd-cafile={PKI_DIR}/etcd/ca.crt",
+        f"--etcd-certfile={PKI_DIR}/apiserver-etcd-client.crt",
+        f"--etcd-keyfile={PKI_DIR}/apiserver-etcd-client.key",
+        f"--etcd-servers={_url(etcd.client)}",
+        f"--kubelet-client-certificate={PKI_DIR}/apiserver-kubelet-client.crt",
+        f"--kubelet-client-key={PKI_DIR}/apiserver-kubelet-client.key",
+        "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+        f"--proxy-client-cert-file={PKI_DIR}/front-proxy-client.crt",
+        f"--proxy-client-key-file={PKI_DIR}/front-proxy-client.key",
+        "--requestheader-allowed-names=front-proxy-client",
+        f"--requestheader-client-ca-file={PKI_DIR}/front-proxy-ca.crt",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={PKI_DIR}/sa.pub",
+        f"--service-account-signing-key-file={PKI_DIR}/sa.key",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--tls-cert-file={PKI_DIR}/apiserver.crt",
+        f"--tls-private-key-file={PKI_DIR}/apiserver.key",
+        # Every sandbox apiserver advertises 127.0.0.1 on its own port and there is no pod
+        # network, so there is nothing the `kubernetes` Service's endpoints could route to.
+        "--endpoint-reconciler-type=none",
+    ])
+
+
+def controller_manager_manifest(cluster_name: str, ports: ControlPlanePorts) -> dict[str, Any]:
+    conf = f"{KUBERNETES_DIR}/controller-manager.conf"
+    return static_pod("kube-controller-manager", [
+        "kube-controller-manager",
+        f"--authentication-kubeconfig={conf}",
+        f"--authorization-kubeconfig={conf}",
+        f"--kubeconfig={conf}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={ports.controller_manager}",
+        f"--client-ca-file={PKI_DIR}/ca.crt",
+        f"--cluster-name={cluster_name}",
+        f"--cluster-signing-cert-file={PKI_DIR}/ca.crt",
+        f"--cluster-signing-key-file={PKI_DIR}/ca.key",
+        "--controllers=*,bootstrapsigner,tokencleaner",
+        "--leader-elect=true",
+        f"--requestheader-client-ca-file={PKI_DIR}/front-proxy-ca.crt",
+        f"--root-ca-file={PKI_DIR}/ca.crt",
+        f"--service-account-private-key-file={PKI_DIR}/sa.key",
+        "--use-service-account-credentials=true",
+    ])
+
+
+def scheduler_manifest(ports: ControlPlanePorts) -> dict[str, Any]:
+    conf = f"{KUBERNETES_DIR}/scheduler.conf"
+    return static_pod("kube-scheduler", [
+        "kube-scheduler",
+        f"--authentication-kubeconfig={conf}",
+        f"--authorization-kubeconfig={conf}",
+        f"--kubeconfig={conf}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={ports.scheduler}",
+        "--leader-elect=true",
+    ])
+
+
+def kwok_manifest() -> dict[str, Any]:
+    """kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake."""
+    return static_pod("kwok", [
+        "kwok",
+        f"--kubeconfig={KWOK_KUBECONFIG}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+        f"--node-ip={LOOPBACK}",
+        "--server-address=",
+    ])

@@ -1,0 +1,96 @@
+"""Kubeconfig documents as kubeadm writes them (pure: builds and parses text)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from ruamel.yaml import YAML, YAMLError
+
+from reconciler.errors import PKIError
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """How a kubeconfig user authenticates: embedded PEM data or paths to files."""
+
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One API server a kubeconfig can reach, under its own cluster and context name."""
+
+    name: str
+    server: str
+
+
+def build(
+    *,
+    endpoints: list[Endpoint],
+    ca_pem: bytes,
+    user: str,
+    credentials: ClientCredentials,
+) -> dict[str, Any]:
+    """A kubeconfig with a cluster and context per endpoint; the first is current."""
+    if not endpoints:
+        raise ValueError("a kubeconfig needs at least one endpoint")
+    ca_data = base64.b64encode(ca_pem).decode()
+    user_entry: dict[str, str] = {}
+    if credentials.cert_pem is not None:
+        user_entry["client-certificate-data"] = base64.b64encode(credentials.cert_pem).decode()
+    if credentials.key_pem is not None:
+        user_entry["client-key-data"] = base64.b64encode(credentials.key_pem).decode()
+    if credentials.cert_path is not None:
+        user_entry["client-certificate"] = credentials.cert_path
+    if credentials.key_path is not None:
+        user_entry["client-key"] = credentials.key_path
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {"name": ep.name, "cluster": {"certificate-authority-data": ca_data, "server": ep.server}}
+            for ep in endpoints
+        ],
+        "users": [{"name": user, "user": user_entry}],
+        "contexts": [
+            {"name": f"{user}@{ep.name}", "context": {"cluster": ep.name, "user": user}}
+            for ep in endpoints
+        ],
+        "current-context": f"{user}@{endpoints[0].name}",
+    }
+
+
+def dump(document: dict[str, Any]) -> str:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    out = io.StringIO()
+    yaml.dump(document, out)
+    return out.getvalue()
+
+
+def parse(text: str, *, source: str) -> dict[str, Any]:
+    try:
+        document = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
+        raise PKIError(f"{source}: not a kubeconfig ({exc})") from exc
+    if not isinstance(document, dict) or document.get("kind") != "Config":
+        raise PKIError(f"{source}: not a kubeconfig (kind Config missing)")
+    return document
+
+
+def cluster_ca_pem(document: dict[str, Any], cluster: str, *, source: str) -> bytes:
+    """The certificate-authority-data of the named cluster entry."""
+    for entry in document.get("clusters") or []:
+        if entry.get("name") == cluster:
+            data = (entry.get("cluster") or {}).get("certificate-authority-data")
+            if not data:
+                raise PKIError(f"{source}: cluster {cluster!r} has no certificate-authority-data")
+            return base64.b64decode(data)
+    raise PKIError(f"{source}: no cluster named {cluster!r}")

@@ -23,12 +23,14 @@ cache_root="${CARECONCILE_K8S_CACHE:-$HOME/.cache/careconcile/k8s}"
 version_dir="$cache_root/$kube_version"
 bin_dir="$version_dir/bin"
 binaries=(kube-apiserver kube-controller-manager kube-scheduler kubeadm etcd kwok)
+data_files=(kwok-stages.yaml)
 
 stamp="$(cat "$0" "$k8s_mod"/go.mod "$k8s_mod"/go.sum "$k8s_mod"/cmd/etcd/main.go "$kwok_mod"/go.mod "$kwok_mod"/go.sum | sha256sum | cut -d' ' -f1)"
 
 all_present() {
   local b
   for b in "${binaries[@]}"; do [[ -x "$bin_dir/$b" ]] || return 1; done
+  for f in "${data_files[@]}"; do [[ -f "$bin_dir/$f" ]] || return 1; done
 }
 
 start_ns=$(date +%s%N)
@@ -57,6 +59,14 @@ done
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubeadm ./cmd/etcd)
 (cd "$kwok_mod" && go build -trimpath -ldflags "-s -w" -o "$staging/" sigs.k8s.io/kwok/cmd/kwok)
+# kwok v0.8 has no built-in stages: take its own "fast" set (kustomize/stage/fast) from the
+# pinned module, so the stages always match the kwok binary.
+kwok_src="$(cd "$kwok_mod" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+             pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+  echo "---"
+  cat "$kwok_src/kustomize/stage/$stage.yaml"
+done > "$staging/kwok-stages.yaml"
 
 rm -rf "$bin_dir"
 mv "$staging" "$bin_dir"

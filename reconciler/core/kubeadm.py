@@ -30,6 +30,7 @@ SYSTEM_MASTERS_GROUP = "system:masters"
 
 # The sandbox's stand-in for kubelets: one kwok process fakes every worker's kubelet.
 KWOK_KUBECONFIG = f"{KUBERNETES_DIR}/kwok.conf"
+KWOK_STAGES = f"{KUBERNETES_DIR}/kwok/stages.yaml"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 SERVICE_CIDR = "10.96.0.0/12"
@@ -364,6 +365,7 @@ def kwok_manifest() -> dict[str, Any]:
     return static_pod("kwok", [
         "kwok",
         f"--kubeconfig={KWOK_KUBECONFIG}",
+        f"--config={KWOK_STAGES}",
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
         f"--node-ip={LOOPBACK}",

@@ -1,0 +1,109 @@
+"""`careconcile sandbox up|status|down`: local clusters of real control-plane processes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from reconciler import sandbox
+from reconciler.errors import EXIT_ERROR, EXIT_OK, UsageError
+from reconciler.sandbox._paths import SandboxPaths, check_name
+
+
+def _sandbox_name(value: str) -> str:
+    try:
+        return check_name(value)
+    except UsageError as exc:  # argparse reports ArgumentTypeError as a usage error
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("sandbox", help="start, inspect and stop local sandbox clusters")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    up = verbs.add_parser("up", help="start a sandbox and wait until it is ready")
+    up.add_argument("--name", default="sandbox", type=_sandbox_name, help="sandbox name (default: sandbox)")
+    up.add_argument("--control-planes", type=int, default=1, metavar="K",
+                    help="kube-apiservers on one etcd; 2 or more is the HA case (default: 1)")
+    up.add_argument("--workers", type=int, default=3, metavar="W", help="kwok worker nodes (default: 3)")
+    up.add_argument("--output", choices=("text", "json"), default="text")
+    up.set_defaults(handler=_up)
+
+    status = verbs.add_parser("status", help="list sandboxes and their health (exit 1 if any is unhealthy)")
+    status.add_argument("--name", type=_sandbox_name, help="only this sandbox")
+    status.add_argument("--output", choices=("text", "json"), default="text")
+    status.set_defaults(handler=_status)
+
+    down = verbs.add_parser("down", help="stop a sandbox's processes and remove it")
+    which = down.add_mutually_exclusive_group()
+    which.add_argument("--name", type=_sandbox_name, help="sandbox name (default: sandbox)")
+    which.add_argument("--all", action="store_true", help="every sandbox")
+    down.add_argument("--keep", action="store_true", help="stop the processes but keep the directory")
+    down.set_defaults(handler=_down)
+
+
+def _progress(message: str) -> None:
+    print(f"sandbox: {message}", file=sys.stderr, flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress)
+    if args.output == "json":
+        print(json.dumps(info.to_json(), indent=2))
+        return EXIT_OK
+    print(f'Sandbox "{info.name}" is up: Kubernetes {info.kubernetes_version}, '
+          f"{info.control_planes} control plane(s), {info.workers} worker(s), ready in {info.startup_seconds:.1f}s.")
+    print(f"  kubeconfig:  {info.kubeconfig}")
+    print(f"  spec:        {info.spec}")
+    print(f"  nodes:       {info.nodes_dir}")
+    for server in info.apiservers:
+        print(f"  apiserver:   {server}")
+    print(f"Stop it with: careconcile sandbox down --name {info.name}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    targets = [SandboxPaths.named(args.name)] if args.name else sandbox.list_sandboxes()
+    reports = [sandbox.status(paths) for paths in targets]
+    if args.output == "json":
+        print(json.dumps({"sandboxes": reports}, indent=2))
+    elif not reports:
+        print("No sandboxes.")
+    for report in reports if args.output == "text" else []:
+        health = "healthy" if report["healthy"] else "UNHEALTHY"
+        nodes = "?" if report["ready_nodes"] is None else report["ready_nodes"]
+        print(f"{report['name']}: {health}  apiservers ready {sum(report['apiservers'].values())}"
+              f"/{len(report['apiservers'])}, nodes Ready {nodes}/{report['workers']}")
+        for key, component in report["components"].items():
+            restarts = f", {component['restarts']} restart(s)" if component["restarts"] else ""
+            reason = f" (last: {component['last_restart_reason']})" if component["last_restart_reason"] else ""
+            print(f"  {key:<48} {component['status']:<8} pid {component['pid']}{restarts}{reason}")
+        for problem in report["problems"]:
+            print(f"  problem: {problem}")
+    return EXIT_OK if all(report["healthy"] for report in reports) else EXIT_ERROR
+
+
+def _down(args: argparse.Namespace) -> int:
+    if args.all:
+        targets = sandbox.list_sandboxes()
+    else:
+        targets = [SandboxPaths.named(args.name or "sandbox")]
+    if args.all and not targets:
+        print("No sandboxes.")
+    failures = []
+    for paths in targets:
+        try:
+            sandbox.down(paths, keep=args.keep)
+        except UsageError:
+            raise
+        except Exception as exc:  # keep stopping the others; report each failure
+            if not args.all:
+                raise
+            failures.append(f"{paths.name}: {exc}")
+            continue
+        print(f'Sandbox "{paths.name}" stopped' + (" (directory kept)." if args.keep else " and removed."))
+    for failure in failures:
+        print(f"careconcile: error: {failure}", file=sys.stderr)
+    return EXIT_ERROR if failures else EXIT_OK

@@ -1,0 +1,447 @@
+"""Starting, inspecting and stopping sandboxes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from reconciler import __version__
+from reconciler._files import atomic_write, atomic_write_json
+from reconciler.core import kubeadm
+from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
+from reconciler.core.pki import KeySpec
+from reconciler.errors import SandboxError, SandboxNotFoundError
+from reconciler.sandbox import _api, _specfile, binaries
+from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
+from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
+
+READY_TIMEOUT_SECONDS = 180.0
+STOP_TIMEOUT_SECONDS = 90.0
+
+_processes: list[subprocess.Popen] = []  # supervisors started by this process, reaped by down()
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    role: str
+    root: str
+
+
+@dataclass
+class SandboxInfo:
+    """What `sandbox up` reports; ``to_json`` is the `--output json` object."""
+
+    name: str
+    directory: str
+    kubeconfig: str
+    spec: str
+    nodes_dir: str
+    apiservers: list[str]
+    kubernetes_version: str
+    control_planes: int
+    workers: int
+    nodes: list[NodeInfo]
+    startup_seconds: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, paths: SandboxPaths) -> "SandboxInfo":
+        try:
+            record = json.loads(paths.record.read_text())
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"sandbox {paths.name!r}: cannot read {paths.record}: {exc}") from exc
+        return cls(
+            name=record["name"], directory=record["directory"], kubeconfig=record["kubeconfig"],
+            spec=record["spec"], nodes_dir=record["nodes_dir"], apiservers=record["apiservers"],
+            kubernetes_version=record["kubernetes_version"], control_planes=record["control_planes"],
+            workers=record["workers"], nodes=[NodeInfo(**node) for node in record["nodes"]],
+            startup_seconds=record.get("startup_seconds"), timings=record.get("timings", {}),
+        )
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out on 127.0.0.1; all are held open together so none repeats."""
+    with ExitStack() as stack:
+        sockets = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((kubeadm.LOOPBACK, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def _write_node_files(root: Path, files: list[NodeFile]) -> None:
+    for file in files:
+        atomic_write(node_path(root, file.path), file.content, file.mode)
+
+
+def _write_manifest(root: Path, pod: dict[str, Any]) -> None:
+    from reconciler.core.kubeconfig import dump  # YAML dump of a plain document
+
+    path = node_path(root, f"{kubeadm.MANIFESTS_DIR}/{pod['metadata']['name']}.yaml")
+    atomic_write(path, dump(pod).encode(), 0o600)
+
+
+def _lay_out(
+    paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
+) -> SandboxInfo:
+    """Write every node directory, the kubeconfig, the spec and the sandbox record."""
+    now = dt.datetime.now(dt.timezone.utc)
+    cp_names = [f"{name}-control-plane-{i + 1}" for i in range(control_planes)]
+    worker_names = [f"{name}-worker-{i + 1}" for i in range(workers)]
+    ports = _free_ports(3 * control_planes + 2)
+    cp_ports = [ControlPlanePorts(*ports[3 * i:3 * i + 3]) for i in range(control_planes)]
+    etcd_ports = EtcdPorts(ports[-2], ports[-1])
+    apiserver_ports = [p.apiserver for p in cp_ports]
+    authorities: ClusterAuthorities = kubeadm.new_authorities(now=now, key=key)
+
+    def node_files(node: str) -> list[NodeFile]:
+        if node in cp_names:
+            index = cp_names.index(node)
+            return kubeadm.control_plane_files(
+                authorities, node_name=node, cluster_name=name, ports=cp_ports[index],
+                all_apiserver_ports=apiserver_ports, now=now, key=key,
+            )
+        return kubeadm.worker_files(
+            authorities, node_name=node, cluster_name=name, server_port=apiserver_ports[0], now=now, key=key,
+        )
+
+    # Key generation dominates lay-out time; OpenSSL releases the GIL while it searches primes.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for node, files in zip(cp_names + worker_names, pool.map(node_files, cp_names + worker_names)):
+            _write_node_files(paths.node_root(node), files)
+
+    first = paths.node_root(cp_names[0])
+    _write_manifest(first, kubeadm.etcd_manifest(cp_names[0], etcd_ports))
+    for node, cp in zip(cp_names, cp_ports):
+        root = paths.node_root(node)
+        _write_manifest(root, kubeadm.apiserver_manifest(cp, etcd_ports))
+        _write_manifest(root, kubeadm.controller_manager_manifest(name, cp))
+        _write_manifest(root, kubeadm.scheduler_manifest(cp))
+    if workers:
+        kwok_conf = kubeadm.kwok_kubeconfig(authorities, cluster_name=name, server_port=apiserver_ports[0],
+                                            now=now, key=key)
+        stages = NodeFile(kubeadm.KWOK_STAGES, (bin_dir / binaries.KWOK_STAGES).read_bytes())
+        _write_node_files(first, [kwok_conf, stages])
+        _write_manifest(first, kubeadm.kwok_manifest())
+
+    # The user's kubeconfig: an admin kubeconfig of its own, one context per apiserver.
+    atomic_write(paths.kubeconfig, kubeadm.admin_kubeconfig(
+        authorities, cluster_name=name, server_ports=apiserver_ports, now=now, key=key), 0o600)
+
+    nodes = [NodeInfo(n, "control-plane", str(paths.node_root(n))) for n in cp_names]
+    nodes += [NodeInfo(n, "worker", str(paths.node_root(n))) for n in worker_names]
+    info = SandboxInfo(
+        name=name, directory=str(paths.directory), kubeconfig=str(paths.kubeconfig), spec=str(paths.spec),
+        nodes_dir=str(paths.nodes), apiservers=[f"https://{kubeadm.LOOPBACK}:{p}" for p in apiserver_ports],
+        kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
+    )
+    atomic_write(paths.spec, _specfile.render(info).encode())
+    _save_record(paths, info, bin_dir=bin_dir)
+    return info
+
+
+def _save_record(paths: SandboxPaths, info: SandboxInfo, *, bin_dir: Path) -> None:
+    record = info.to_json() | {"bin_dir": str(bin_dir), "careconcile_version": __version__}
+    atomic_write_json(paths.record, record)
+
+
+def _start_supervisor(paths: SandboxPaths) -> int:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    with open(paths.supervisor_log, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.sandbox.supervisor", str(paths.directory)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `down` can signal the whole sandbox
+        )
+    _processes.append(process)
+    return process.pid
+
+
+def _read_state(paths: SandboxPaths) -> dict[str, Any]:
+    try:
+        return json.loads(paths.state.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+CRASH_LOOP = 3  # crashes before start-up gives up on a component
+
+
+def _check_components(paths: SandboxPaths) -> None:
+    """Fail, with the component's log, when a component crash-loops or its manifest is
+    invalid. One early exit is tolerated: a client may give up before its apiserver is up."""
+    for key, component in _read_state(paths).get("components", {}).items():
+        crashes = component["restarts"] + (component["status"] == "crashed")
+        if component["status"] == "invalid" or (component["status"] == "crashed" and crashes >= CRASH_LOOP):
+            log = paths.logs / component["node"] / f"{component['component']}.log"
+            detail = component.get("message") or f"exit code {component.get('last_exit_code')}"
+            raise SandboxError(f"sandbox {paths.name!r}: {key} {component['status']} ({detail}); "
+                               f"last lines of {log}:\n{_log_tail(log)}")
+    if not _supervisor_alive(paths):
+        raise SandboxError(f"sandbox {paths.name!r}: the supervisor exited; see {paths.supervisor_log}:\n"
+                           f"{_log_tail(paths.supervisor_log)}")
+
+
+def _wait_for(what: str, check: Callable[[], bool], paths: SandboxPaths, deadline: float) -> None:
+    while True:
+        _check_components(paths)
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise SandboxError(f"sandbox {paths.name!r}: timed out waiting for {what}",
+                               hint=f"component logs are under {paths.logs}")
+        time.sleep(0.2)
+
+
+def up(
+    name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
+    key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None,
+) -> SandboxInfo:
+    """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
+    node Ready and `kube-root-ca.crt` published in `default`."""
+    if control_planes < 1:
+        raise SandboxError("a sandbox needs at least one control plane (--control-planes >= 1)")
+    if workers < 0:
+        raise SandboxError("--workers cannot be negative")
+    paths = SandboxPaths.named(name)
+    bin_dir = require_binaries()
+    if paths.directory.exists():
+        raise SandboxError(
+            f"sandbox {name!r} already exists at {paths.directory}",
+            hint=f"`careconcile sandbox down --name {name}` removes it",
+        )
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    paths.directory.mkdir(parents=True)
+    progress(f"laying out {control_planes} control-plane and {workers} worker node directories")
+    info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
+                    key=key or KeySpec(), bin_dir=bin_dir)
+    timings["layout"] = time.monotonic() - started
+    progress("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
+             + (" and kwok" if workers else ""))
+    _start_supervisor(paths)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
+        for server in info.apiservers:
+            _wait_for(f"{server}/readyz", lambda s=server: _api.readyz(s, ca_path), paths, deadline)
+        timings["apiservers_ready"] = time.monotonic() - started
+        progress("apiservers ready; creating kubeadm's bootstrap objects and the worker nodes")
+        super_admin = node_path(Path(info.nodes[0].root), f"{kubeadm.KUBERNETES_DIR}/super-admin.conf")
+        with _api.Client(super_admin) as client:
+            _api.bootstrap_kubeadm_objects(client, cluster_name=name, server=info.apiservers[0],
+                                           ca_pem=ca_path.read_bytes())
+            worker_names = [node.name for node in info.nodes if node.role == "worker"]
+            _api.create_kwok_nodes(client, worker_names)
+            _wait_for(f"{workers} Ready nodes", lambda: _api.ready_nodes(client) >= set(worker_names),
+                      paths, deadline)
+            timings["nodes_ready"] = time.monotonic() - started
+            ca_text = ca_path.read_text()
+            _wait_for("kube-root-ca.crt in namespace default",
+                      lambda: _api.root_ca_configmap(client, "default") == ca_text, paths, deadline)
+    except BaseException as exc:
+        _stop(paths)
+        if isinstance(exc, SandboxError) and not exc.hint:
+            exc.hint = (f"its processes are stopped and {paths.directory} is kept for its logs; "
+                        f"`careconcile sandbox down --name {name}` removes it")
+        raise
+    info.startup_seconds = round(time.monotonic() - started, 2)
+    info.timings = {k: round(v, 2) for k, v in timings.items()}
+    _save_record(paths, info, bin_dir=bin_dir)
+    return info
+
+
+# --- inspecting ---------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _supervisor_pid(paths: SandboxPaths) -> int | None:
+    try:
+        return int(paths.supervisor_pid.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _supervisor_alive(paths: SandboxPaths) -> bool:
+    pid = _supervisor_pid(paths)
+    if pid is None:
+        # Just spawned and not yet written its pid file: it is alive if our child is.
+        return any(p.poll() is None for p in _processes if Path(p.args[-1]) == paths.directory)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return _pid_alive(pid) and b"reconciler.sandbox.supervisor" in cmdline and str(paths.directory).encode() in cmdline
+
+
+def list_sandboxes() -> list[SandboxPaths]:
+    root = sandboxes_root()
+    if not root.is_dir():
+        return []
+    return [SandboxPaths(d) for d in sorted(root.iterdir()) if (d / "sandbox.json").is_file()]
+
+
+def status(paths: SandboxPaths) -> dict[str, Any]:
+    """Health of one sandbox: supervisor, each component (crashes and restarts included),
+    each apiserver's /readyz and the Ready nodes."""
+    if not paths.record.is_file():
+        raise SandboxNotFoundError(f"no sandbox named {paths.name!r} under {paths.directory.parent}")
+    info = SandboxInfo.load(paths)
+    supervisor = _supervisor_alive(paths)
+    state = _read_state(paths)
+    components = state.get("components", {}) if supervisor else {}
+    problems: list[str] = []
+    if not supervisor:
+        problems.append("supervisor not running (sandbox stopped or crashed)")
+    for key, component in components.items():
+        alive = component.get("pid") is not None and _pid_alive(component["pid"])
+        if component["status"] != "running" or not alive:
+            problems.append(f"{key} {component['status']}"
+                            + (f" (last exit code {component['last_exit_code']})"
+                               if component.get("last_exit_code") is not None else ""))
+    ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
+    apiservers = {server: supervisor and _api.readyz(server, ca_path, timeout=3) for server in info.apiservers}
+    problems += [f"{server} not ready" for server, ok in apiservers.items() if not ok]
+    ready_nodes: int | None = None
+    if any(apiservers.values()):
+        try:
+            with _api.Client(Path(info.kubeconfig), timeout=5) as client:
+                workers = {node.name for node in info.nodes if node.role == "worker"}
+                ready_nodes = len(_api.ready_nodes(client) & workers)
+        except SandboxError as exc:
+            problems.append(str(exc))
+        if ready_nodes is not None and ready_nodes < info.workers:
+            problems.append(f"{info.workers - ready_nodes} of {info.workers} nodes not Ready")
+    return {
+        "name": info.name,
+        "healthy": not problems,
+        "problems": problems,
+        "supervisor_running": supervisor,
+        "apiservers": apiservers,
+        "ready_nodes": ready_nodes,
+        "workers": info.workers,
+        "control_planes": info.control_planes,
+        "kubeconfig": info.kubeconfig,
+        "components": {
+            key: {k: c.get(k) for k in ("status", "pid", "restarts", "last_exit_code", "last_restart_reason",
+                                         "started_at", "message")}
+            for key, c in components.items()
+        },
+    }
+
+
+# --- stopping -----------------------------------------------------------------------
+
+def _component_pids(paths: SandboxPaths) -> list[int]:
+    state = _read_state(paths)
+    return [c["pid"] for c in state.get("components", {}).values() if c.get("pid")]
+
+
+def _reap(pid: int) -> None:
+    for process in list(_processes):
+        if process.pid == pid:
+            process.poll()
+            if process.returncode is not None:
+                _processes.remove(process)
+
+
+def _stop(paths: SandboxPaths) -> list[int]:
+    """Stop the supervisor and with it every component; returns pids that would not die."""
+    pid = _supervisor_pid(paths)
+    if pid is None:
+        for process in _processes:  # started but never wrote its pid file
+            if Path(process.args[-1]) == paths.directory:
+                pid = process.pid
+    candidates = _component_pids(paths)
+    # The cmdline check guards against a stale pid file whose pid now belongs to another process.
+    if pid is not None and _pid_alive(pid) and _runs_from(pid, paths.directory):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the whole process group: supervisor and components
+            except ProcessLookupError:
+                pass
+    if pid is not None:
+        candidates.append(pid)
+    # Components die with the supervisor (PR_SET_PDEATHSIG); anything left that still runs
+    # from this sandbox's directory is killed here.
+    leftovers = []
+    for candidate in set(candidates):
+        if _pid_alive(candidate) and _runs_from(candidate, paths.directory):
+            try:
+                os.kill(candidate, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            leftovers.append(candidate)
+    deadline = time.monotonic() + 10
+    while leftovers and time.monotonic() < deadline:
+        for candidate in leftovers:
+            _reap(candidate)
+        leftovers = [c for c in leftovers if _pid_alive(c)]
+        time.sleep(0.1)
+    if pid is not None:
+        _reap(pid)
+    return leftovers
+
+
+def _runs_from(pid: int, directory: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return str(directory).encode() in cmdline or cwd.startswith(str(directory))
+
+
+def down(paths: SandboxPaths, *, keep: bool = False) -> None:
+    """Stop every process of the sandbox, then remove its directory unless ``keep``."""
+    if not paths.directory.is_dir():
+        raise SandboxNotFoundError(f"no sandbox named {paths.name!r} under {paths.directory.parent}")
+    leftovers = _stop(paths)
+    if leftovers:
+        raise SandboxError(f"sandbox {paths.name!r}: processes {leftovers} did not stop; "
+                           f"the directory {paths.directory} was kept")
+    if not keep:
+        shutil.rmtree(paths.directory)

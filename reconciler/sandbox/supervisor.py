@@ -1,0 +1,291 @@
+"""The sandbox's kubelet for static pods: one process per sandbox that runs every
+manifest found in each node's /etc/kubernetes/manifests.
+
+Like a kubelet, it restarts a component when its manifest file changes and restarts a
+crashed one after a back-off. Unlike a kubelet it hides nothing: every start, exit and
+restart is counted in ``run/state.json``, which `careconcile sandbox status` reports.
+
+Run as ``python -m reconciler.sandbox.supervisor SANDBOX_DIR``; SIGTERM stops every
+component (workers' stand-ins first, etcd last) and then the supervisor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML, YAMLError
+
+from reconciler._files import atomic_write_json
+from reconciler.core.kubeadm import MANIFESTS_DIR
+from reconciler.sandbox._paths import SandboxPaths, node_path
+
+POLL_SECONDS = 0.25
+STOP_GRACE_SECONDS = 15.0
+BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
+# Lower stops first: what depends on the apiserver goes before it, etcd goes last.
+_STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "kube-apiserver": 2, "etcd": 3}
+_PR_SET_PDEATHSIG = 1
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _die_with_supervisor() -> None:
+    """Runs in the child before exec: if the supervisor dies, the kernel kills the child,
+    so a killed supervisor never leaves orphaned control-plane processes behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class ComponentState:
+    node: str
+    component: str
+    manifest: str
+    status: str = "pending"  # pending | running | crashed | stopped | invalid
+    pid: int | None = None
+    started_at: str | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    last_exit_at: str | None = None
+    last_restart_reason: str | None = None
+    message: str | None = None
+    manifest_digest: str | None = None
+
+
+@dataclass
+class _Running:
+    state: ComponentState
+    command: list[str]
+    process: subprocess.Popen | None = None
+    next_start: float = 0.0
+    crash_streak: int = 0
+    started_monotonic: float = 0.0
+
+
+class ManifestError(Exception):
+    pass
+
+
+def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path) -> list[str]:
+    """The argv a manifest asks for, with the node's absolute paths mapped under its root,
+    as a container's hostPath mounts map them on a real node."""
+    try:
+        pod = YAML(typ="safe", pure=True).load(text)
+        container = pod["spec"]["containers"][0]
+        argv = list(container.get("command") or []) + list(container.get("args") or [])
+    except (YAMLError, KeyError, IndexError, TypeError) as exc:
+        raise ManifestError(f"not a static-pod manifest with a container command: {exc}") from exc
+    if not argv or not all(isinstance(arg, str) for arg in argv):
+        raise ManifestError("the first container has no command")
+    binary = argv[0] if os.path.isabs(argv[0]) else str(bin_dir / argv[0])
+    mapped = [binary]
+    for arg in argv[1:]:
+        flag, sep, value = arg.partition("=")
+        if sep and value.startswith("/"):
+            arg = f"{flag}={node_path(node_root, value)}"
+        mapped.append(arg)
+    return mapped
+
+
+class Supervisor:
+    def __init__(self, paths: SandboxPaths) -> None:
+        record = json.loads(paths.record.read_text())
+        self.paths = paths
+        self.bin_dir = Path(record["bin_dir"])
+        self.nodes = {node["name"]: Path(node["root"]) for node in record["nodes"]}
+        self.components: dict[str, _Running] = {}
+        self.stopping = False
+        self.dirty = True
+        # Components must not pick up the user's kubeconfig or proxy settings.
+        self.env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",) and "proxy" not in k.lower()}
+
+    # --- manifest scanning ---------------------------------------------------------
+    def scan(self) -> None:
+        seen: set[str] = set()
+        for node, root in self.nodes.items():
+            manifests = node_path(root, MANIFESTS_DIR)
+            try:
+                entries = sorted(manifests.iterdir())
+            except FileNotFoundError:
+                continue
+            for path in entries:
+                if path.suffix not in (".yaml", ".yml", ".json") or path.name.startswith("."):
+                    continue
+                key = f"{node}/{path.stem}"
+                seen.add(key)
+                try:
+                    text = path.read_text()
+                except OSError:
+                    continue  # removed between listing and reading; the next scan sees it
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                running = self.components.get(key)
+                if running is not None and running.state.manifest_digest == digest:
+                    continue
+                self._manifest_changed(key, node, root, path, text, digest)
+        for key in list(self.components):
+            if key not in seen:
+                self._stop(self.components[key], "manifest removed")
+                del self.components[key]
+                self.dirty = True
+
+    def _manifest_changed(self, key: str, node: str, root: Path, path: Path, text: str, digest: str) -> None:
+        running = self.components.get(key)
+        try:
+            command = command_from_manifest(text, node_root=root, bin_dir=self.bin_dir)
+        except ManifestError as exc:
+            # Keep what runs: a half-edited manifest must not take the component down.
+            state = running.state if running else ComponentState(node, path.stem, str(path))
+            state.manifest_digest = digest
+            state.status = "invalid" if running is None or running.process is None else state.status
+            state.message = f"{path}: {exc}"
+            self.components.setdefault(key, _Running(state, []))
+            self.dirty = True
+            return
+        if running is None:
+            state = ComponentState(node, path.stem, str(path), manifest_digest=digest)
+            self.components[key] = _Running(state, command)
+            self._start(self.components[key], reason=None)
+        else:
+            self._stop(running, "manifest changed")
+            running.command = command
+            running.state.manifest_digest = digest
+            running.state.message = None
+            running.crash_streak = 0
+            running.state.restarts += 1
+            self._start(running, reason="manifest changed")
+        self.dirty = True
+
+    # --- processes --------------------------------------------------------------------
+    def _log_path(self, state: ComponentState) -> Path:
+        return self.paths.logs / state.node / f"{state.component}.log"
+
+    def _start(self, running: _Running, *, reason: str | None) -> None:
+        state = running.state
+        log_path = self._log_path(state)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"=== {_now()} supervisor: starting {state.component}"
+                      f"{f' ({reason})' if reason else ''}\n".encode())
+            log.flush()
+            try:
+                running.process = subprocess.Popen(
+                    running.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.nodes[state.node],
+                    env=self.env,
+                    preexec_fn=_die_with_supervisor,
+                )
+            except OSError as exc:
+                running.process = None
+                state.status, state.pid, state.message = "crashed", None, f"cannot start: {exc}"
+                self._schedule_restart(running)
+                return
+        state.status, state.pid, state.started_at = "running", running.process.pid, _now()
+        running.started_monotonic = time.monotonic()
+        state.last_restart_reason = reason or state.last_restart_reason
+        self.dirty = True
+
+    def _stop(self, running: _Running, reason: str) -> None:
+        process = running.process
+        if process is None or process.poll() is not None:
+            running.process = None
+            return
+        with open(self._log_path(running.state), "ab") as log:
+            log.write(f"=== {_now()} supervisor: stopping {running.state.component} ({reason})\n".encode())
+        process.terminate()
+        try:
+            process.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        running.process = None
+        running.state.status, running.state.pid = "stopped", None
+        self.dirty = True
+
+    def _schedule_restart(self, running: _Running) -> None:
+        delay = BACKOFF_SECONDS[min(running.crash_streak, len(BACKOFF_SECONDS) - 1)]
+        running.crash_streak += 1
+        running.next_start = time.monotonic() + delay
+        self.dirty = True
+
+    def reap(self) -> None:
+        """Notice exits and restart crashed components after their back-off."""
+        for running in self.components.values():
+            process, state = running.process, running.state
+            if process is not None:
+                code = process.poll()
+                if code is None:
+                    # A component that stayed up a minute is healthy again: reset its back-off.
+                    if running.crash_streak and time.monotonic() - running.started_monotonic > 60:
+                        running.crash_streak = 0
+                    continue
+                running.process = None
+                state.status, state.pid = "crashed", None
+                state.last_exit_code, state.last_exit_at = code, _now()
+                self._schedule_restart(running)
+            elif state.status == "crashed" and running.command and time.monotonic() >= running.next_start:
+                state.restarts += 1
+                self._start(running, reason=f"crashed with exit code {state.last_exit_code}")
+
+    def write_state(self) -> None:
+        if not self.dirty:
+            return
+        atomic_write_json(self.paths.state, {
+            "supervisor_pid": os.getpid(),
+            "updated_at": _now(),
+            "stopping": self.stopping,
+            "components": {key: asdict(r.state) for key, r in sorted(self.components.items())},
+        })
+        self.dirty = False
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        ordered = sorted(self.components.values(), key=lambda r: _STOP_ORDER.get(r.state.component, 0))
+        for running in ordered:
+            self._stop(running, "sandbox stopping")
+        self.dirty = True
+        self.write_state()
+
+    def run(self) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        self.paths.run.mkdir(parents=True, exist_ok=True)
+        self.paths.supervisor_pid.write_text(f"{os.getpid()}\n")
+        try:
+            while not self.stopping:
+                self.scan()
+                self.reap()
+                self.write_state()
+                time.sleep(POLL_SECONDS)
+        finally:
+            self.stop_all()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m reconciler.sandbox.supervisor SANDBOX_DIR", file=sys.stderr)
+        return 64
+    Supervisor(SandboxPaths(Path(argv[0]))).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

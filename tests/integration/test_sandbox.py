@@ -1,0 +1,178 @@
+"""The sandbox against real etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+and kwok processes, checked through the Kubernetes Python client and raw TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from reconciler import sandbox
+from reconciler.core import kubeadm, kubeconfig, pki
+from reconciler.sandbox._paths import SandboxPaths
+
+from .helpers import (client_cert, cluster_ca, core_api, is_listening, listening_ports, node_file,
+                      process_alive, request_as, supervisor_state, wait_until)
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_worker_is_a_ready_node(cluster):
+    nodes = core_api(cluster.kubeconfig).list_node().items
+    ready = {n.metadata.name for n in nodes
+             if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])}
+    assert ready == {"it-worker-1", "it-worker-2", "it-worker-3"}
+
+
+def test_node_directories_follow_kubeadms_layout(cluster):
+    control_plane = Path(cluster.nodes[0].root)
+    for name in ("ca.crt", "ca.key", "apiserver.crt", "front-proxy-ca.crt", "sa.pub", "etcd/ca.crt",
+                 "etcd/server.crt"):
+        assert (control_plane / "etc/kubernetes/pki" / name).is_file(), name
+    for name in ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"):
+        assert (control_plane / "etc/kubernetes" / name).stat().st_mode & 0o777 == 0o600, name
+    assert (control_plane / "etc/kubernetes/pki/ca.key").stat().st_mode & 0o777 == 0o600
+    manifests = sorted(p.name for p in (control_plane / "etc/kubernetes/manifests").iterdir())
+    assert manifests == ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml",
+                         "kube-scheduler.yaml", "kwok.yaml"]
+    ca_crt = (control_plane / "etc/kubernetes/pki/ca.crt").read_bytes()
+    for worker in cluster.nodes[1:]:
+        root = Path(worker.root)
+        assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+            "etc/kubernetes/kubelet.conf", "etc/kubernetes/pki/ca.crt",
+            "var/lib/kubelet/pki/kubelet-client-current.pem"]
+        assert (root / "etc/kubernetes/pki/ca.crt").read_bytes() == ca_crt
+
+
+def test_root_ca_configmap_in_a_new_namespace_equals_the_sandbox_ca(cluster):
+    api = core_api(cluster.kubeconfig)
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    api.create_namespace({"metadata": {"name": namespace}})
+    try:
+        def published():
+            try:
+                return api.read_namespaced_config_map("kube-root-ca.crt", namespace).data["ca.crt"]
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        ca_crt = wait_until("kube-root-ca.crt in the new namespace", published, timeout=30)
+        assert ca_crt == node_file(cluster, 0, kubeadm.CLUSTER_CA_CERT).read_text()
+    finally:
+        api.delete_namespace(namespace)
+
+
+def test_cluster_info_carries_the_cluster_ca_for_kubeadm_join(cluster):
+    configmap = core_api(cluster.kubeconfig).read_namespaced_config_map("cluster-info", "kube-public")
+    document = kubeconfig.parse(configmap.data["kubeconfig"], source="cluster-info")
+    assert kubeconfig.cluster_ca_pem(document, "", source="cluster-info") == \
+        node_file(cluster, 0, kubeadm.CLUSTER_CA_CERT).read_bytes()
+
+
+def test_a_client_cert_from_the_cluster_ca_authenticates_and_one_from_another_ca_is_rejected(cluster):
+    server, ca_file = cluster.apiservers[0], node_file(cluster, 0, kubeadm.CLUSTER_CA_CERT)
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    trusted = client_cert(cluster_ca(cluster), "alice", ("dev",))
+    status, body = request_as(server, ca_file, trusted, "POST",
+                              "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    assert status == 201
+    assert body["status"]["userInfo"]["username"] == "alice"
+    assert "dev" in body["status"]["userInfo"]["groups"]
+
+    stranger_ca = pki.new_ca("kubernetes", now=pki.dt.datetime.now(pki.dt.timezone.utc),
+                             key=pki.KeySpec("ECDSA", 256))
+    stranger = client_cert(stranger_ca, "alice", ("system:masters",))
+    status, body = request_as(server, ca_file, stranger, "POST",
+                              "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+    assert status == 401, body
+
+
+def test_the_apiserver_presents_a_serving_cert_signed_by_the_cluster_ca(cluster):
+    port = int(cluster.apiservers[0].rsplit(":", 1)[1])
+    presented = ssl.get_server_certificate(("127.0.0.1", port))
+    cert = pki.load_certificates(presented.encode(), source="handshake")[0]
+    assert pki.is_signed_by(cert, cluster_ca(cluster).cert)
+    assert cert == pki.load_certificates(
+        node_file(cluster, 0, f"{kubeadm.PKI_DIR}/apiserver.crt").read_bytes(), source="apiserver.crt")[0]
+
+
+def _pids(name: str) -> dict[str, int]:
+    return {key: c["pid"] for key, c in supervisor_state(name)["components"].items()}
+
+
+def _healthy(name: str) -> bool:
+    return sandbox.status(SandboxPaths.named(name))["healthy"]
+
+
+def test_a_manifest_change_restarts_exactly_that_component(cluster):
+    before = _pids("it")
+    key = "it-control-plane-1/kube-scheduler"
+    manifest = node_file(cluster, 0, f"{kubeadm.MANIFESTS_DIR}/kube-scheduler.yaml")
+    text = manifest.read_text()
+    # An edit such as the rotation makes: same component, one flag more.
+    manifest.write_text(text.replace("- --leader-elect=true", "- --leader-elect=true\n    - --v=1"))
+    restarted = wait_until("the scheduler to restart", lambda: _pids("it")[key] not in (None, before[key]) and
+                           supervisor_state("it")["components"][key]["status"] == "running")
+    assert restarted
+    after = _pids("it")
+    assert {k: v for k, v in after.items() if k != key} == {k: v for k, v in before.items() if k != key}
+    state = supervisor_state("it")["components"][key]
+    assert state["last_restart_reason"] == "manifest changed" and state["restarts"] == 1
+    assert not Path(f"/proc/{before[key]}").exists()
+    wait_until("the sandbox to be healthy again", lambda: _healthy("it"), timeout=60)
+
+
+def test_a_crashed_component_is_reported_then_restarted(cluster):
+    key = "it-control-plane-1/kwok"
+    before = supervisor_state("it")["components"][key]
+    os.kill(before["pid"], signal.SIGKILL)
+    report = wait_until("status to report the crash", lambda: (
+        lambda r: r if r["components"][key]["last_exit_code"] == -signal.SIGKILL else None)(
+            sandbox.status(SandboxPaths.named("it"))), timeout=10, interval=0.05)
+    assert report["components"][key]["last_exit_code"] == -9
+    wait_until("kwok to come back", lambda: supervisor_state("it")["components"][key]["status"] == "running"
+               and supervisor_state("it")["components"][key]["pid"] != before["pid"], timeout=20)
+    after = sandbox.status(SandboxPaths.named("it"))["components"][key]
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["last_restart_reason"] == "crashed with exit code -9"
+    wait_until("the sandbox to be healthy again", lambda: _healthy("it"), timeout=60)
+
+
+def test_ha_sandbox_has_one_apiserver_per_control_plane_on_one_etcd(start_sandbox):
+    info = start_sandbox("ha", control_planes=2, workers=1)
+    assert len(info.apiservers) == 2
+    ca = cluster_ca(info).cert
+    served = []
+    for index, server in enumerate(info.apiservers):
+        cert = pki.load_certificates(ssl.get_server_certificate(
+            ("127.0.0.1", int(server.rsplit(":", 1)[1]))).encode(), source=server)[0]
+        assert pki.is_signed_by(cert, ca)
+        served.append(pki.fingerprint(cert))
+        # Both apiservers answer through the same kubeconfig, one context each, from one etcd.
+        context = "kubernetes-admin@ha" if index == 0 else f"kubernetes-admin@ha-apiserver-{index + 1}"
+        assert [n.metadata.name for n in core_api(info.kubeconfig, context).list_node().items] == ["ha-worker-1"]
+    assert served[0] != served[1], "each apiserver has its own serving certificate"
+    manifests = {n.name: sorted(p.stem for p in (Path(n.root) / "etc/kubernetes/manifests").glob("*.yaml"))
+                 for n in info.nodes if n.role == "control-plane"}
+    assert manifests == {
+        "ha-control-plane-1": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"],
+        "ha-control-plane-2": ["kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+    }
+
+
+def test_down_leaves_no_process_port_or_directory(start_sandbox):
+    start_sandbox("gone", control_planes=1, workers=1)
+    paths = SandboxPaths.named("gone")
+    pids = list(_pids("gone").values()) + [int(paths.supervisor_pid.read_text())]
+    ports = set().union(*(listening_ports(pid) for pid in pids))
+    assert len(ports) >= 5  # etcd client and peer, apiserver, controller-manager, scheduler
+    sandbox.down(paths)
+    assert [pid for pid in pids if process_alive(pid)] == []
+    assert sorted(p for p in ports if is_listening(p)) == []
+    assert not paths.directory.exists()

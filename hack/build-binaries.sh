@@ -12,7 +12,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 k8s_mod="$here/k8s"
 kwok_mod="$here/kwok"
-export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+# readonly: a go.sum that lacks an entry is an error, not a silent download.
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
 
 kube_version="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$k8s_mod/go.mod")"
 [[ "$kube_version" =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]] || { echo "build-binaries: cannot read the Kubernetes version from $k8s_mod/go.mod" >&2; exit 1; }

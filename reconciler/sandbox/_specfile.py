@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 HEADER = """\
 # careconcile spec for the sandbox cluster {name!r}, written by `careconcile sandbox up`.
-# To rotate the cluster CA, raise spec.clusters[0].authorities.clusterCA.rotation by one.
+# Raising spec.clusters[0].authorities.clusterCA.rotation by one requests a rotation of the cluster CA.
 """
 
 
@@ -43,6 +43,7 @@ def render(info: "SandboxInfo") -> str:
     SpecDocument.model_validate(body)  # never write a spec our own model would reject
     yaml = YAML()
     yaml.default_flow_style = False
+    yaml.width = 4096  # keep long node paths on one line
     out = io.StringIO()
     yaml.dump(body, out)
     return HEADER.format(name=info.name) + out.getvalue()

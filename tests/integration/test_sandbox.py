@@ -176,3 +176,17 @@ def test_down_leaves_no_process_port_or_directory(start_sandbox):
     assert [pid for pid in pids if process_alive(pid)] == []
     assert sorted(p for p in ports if is_listening(p)) == []
     assert not paths.directory.exists()
+
+
+def test_a_killed_supervisor_takes_its_components_along_and_status_says_so(start_sandbox):
+    start_sandbox("orphan", control_planes=1, workers=0)
+    paths = SandboxPaths.named("orphan")
+    components = list(_pids("orphan").values())
+    os.kill(int(paths.supervisor_pid.read_text()), signal.SIGKILL)
+    wait_until("components to exit with their supervisor",
+               lambda: not any(process_alive(pid) for pid in components), timeout=15)
+    report = sandbox.status(paths)
+    assert not report["healthy"]
+    assert "supervisor not running (sandbox stopped or crashed)" in report["problems"]
+    sandbox.down(paths)
+    assert not paths.directory.exists()

@@ -107,6 +107,16 @@ def _signing_hash(key: PrivateKey) -> hashes.HashAlgorithm:
     return hashes.SHA256()
 
 
+def _key_usage(*, key_encipherment: bool, cert_sign: bool) -> x509.KeyUsage:
+    """kubeadm's key usages: digital signature always, key encipherment for RSA keys,
+    certificate signing for CAs."""
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=key_encipherment,
+        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign, crl_sign=False,
+        encipher_only=False, decipher_only=False,
+    )
+
+
 def new_ca(
     common_name: str,
     *,
@@ -128,20 +138,7 @@ def new_ca(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(key_encipherment=True, cert_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .sign(private_key, _signing_hash(private_key))
     )
@@ -170,17 +167,7 @@ def issue_leaf(ca: KeyPair, request: LeafRequest, *, now: dt.datetime) -> KeyPai
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(private_key, rsa.RSAPrivateKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(key_encipherment=isinstance(private_key, rsa.RSAPrivateKey), cert_sign=False),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)

@@ -53,29 +53,28 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.api_client.close()
 
-    def call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one API call; wrap its failure in an error that names the call and the cluster."""
+    def call(self, what: str, method: Any, *args: Any, exists_ok: bool = False, missing_ok: bool = False,
+             **kwargs: Any) -> Any:
+        """Run one API call; wrap its failure in an error that names the call and the cluster.
+        ``exists_ok`` turns 409 (re-creating an object) and ``missing_ok`` 404 into None."""
         try:
             return method(*args, _request_timeout=self.timeout, **kwargs)
         except ApiException as exc:
+            if (exists_ok and exc.status == 409) or (missing_ok and exc.status == 404):
+                return None
             raise SandboxError(f"{what} failed via {self.source}: {exc.status} {exc.reason}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterUnreachableError(f"{what}: API server of {self.source} unreachable: {exc}") from exc
 
-    def create_or_keep(self, what: str, method: Any, *args: Any) -> None:
-        try:
-            method(*args, _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status != 409:  # already exists: up is being re-run against the same etcd
-                raise SandboxError(f"creating {what} failed via {self.source}: {exc.status} {exc.reason}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ClusterUnreachableError(f"creating {what}: API server of {self.source} unreachable: {exc}") from exc
+    def create(self, what: str, method: Any, *args: Any) -> None:
+        """Create an object, keeping one that already exists."""
+        self.call(f"creating {what}", method, *args, exists_ok=True)
 
 
 def bootstrap_kubeadm_objects(client: Client, *, cluster_name: str, server: str, ca_pem: bytes) -> None:
     """What `kubeadm init` creates that later steps rely on: the binding that makes
     admin.conf's group cluster-admin, and kube-public/cluster-info readable anonymously."""
-    client.create_or_keep("ClusterRoleBinding kubeadm:cluster-admins", client.rbac.create_cluster_role_binding, {
+    client.create("ClusterRoleBinding kubeadm:cluster-admins", client.rbac.create_cluster_role_binding, {
         "metadata": {"name": kubeadm.CLUSTER_ADMINS_GROUP},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
@@ -86,16 +85,16 @@ def bootstrap_kubeadm_objects(client: Client, *, cluster_name: str, server: str,
     # cluster-info carries only the cluster: no users, no contexts, as kubeadm writes it.
     cluster_info = {"apiVersion": "v1", "kind": "Config", "clusters": info["clusters"], "contexts": [],
                     "users": [], "preferences": {}, "current-context": ""}
-    client.create_or_keep("ConfigMap kube-public/cluster-info", client.core.create_namespaced_config_map,
+    client.create("ConfigMap kube-public/cluster-info", client.core.create_namespaced_config_map,
                           "kube-public", {"metadata": {"name": "cluster-info", "namespace": "kube-public"},
                                           "data": {"kubeconfig": kubeconfig.dump(cluster_info)}})
     role = "kubeadm:bootstrap-signer-clusterinfo"
-    client.create_or_keep(f"Role kube-public/{role}", client.rbac.create_namespaced_role, "kube-public", {
+    client.create(f"Role kube-public/{role}", client.rbac.create_namespaced_role, "kube-public", {
         "metadata": {"name": role, "namespace": "kube-public"},
         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"],
                    "verbs": ["get"]}],
     })
-    client.create_or_keep(f"RoleBinding kube-public/{role}", client.rbac.create_namespaced_role_binding,
+    client.create(f"RoleBinding kube-public/{role}", client.rbac.create_namespaced_role_binding,
                           "kube-public", {
         "metadata": {"name": role, "namespace": "kube-public"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
@@ -106,7 +105,7 @@ def bootstrap_kubeadm_objects(client: Client, *, cluster_name: str, server: str,
 def create_kwok_nodes(client: Client, names: list[str]) -> None:
     """Register each worker as a Node that kwok manages (it then reports it Ready)."""
     for name in names:
-        client.create_or_keep(f"Node {name}", client.core.create_node, {
+        client.create(f"Node {name}", client.core.create_node, {
             "metadata": {
                 "name": name,
                 "annotations": {kubeadm.KWOK_NODE_ANNOTATION: "fake"},
@@ -127,14 +126,6 @@ def ready_nodes(client: Client) -> set[str]:
 
 def root_ca_configmap(client: Client, namespace: str) -> str | None:
     """The ca.crt of ``namespace``'s kube-root-ca.crt ConfigMap, None until it is published."""
-    try:
-        configmap = client.core.read_namespaced_config_map("kube-root-ca.crt", namespace,
-                                                            _request_timeout=client.timeout)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise SandboxError(f"reading {namespace}/kube-root-ca.crt failed: {exc.status} {exc.reason}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise ClusterUnreachableError(f"reading {namespace}/kube-root-ca.crt: unreachable: {exc}") from exc
-    return (configmap.data or {}).get("ca.crt")
-
+    configmap = client.call(f"reading {namespace}/kube-root-ca.crt", client.core.read_namespaced_config_map,
+                            "kube-root-ca.crt", namespace, missing_ok=True)
+    return None if configmap is None else (configmap.data or {}).get("ca.crt")

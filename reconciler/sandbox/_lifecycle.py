@@ -20,6 +20,7 @@ from typing import Any, Callable
 from reconciler import __version__
 from reconciler._files import atomic_write, atomic_write_json
 from reconciler.core import kubeadm
+from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
 from reconciler.errors import SandboxError, SandboxNotFoundError
@@ -92,8 +93,6 @@ def _write_node_files(root: Path, files: list[NodeFile]) -> None:
 
 
 def _write_manifest(root: Path, pod: dict[str, Any]) -> None:
-    from reconciler.core.kubeconfig import dump  # YAML dump of a plain document
-
     path = node_path(root, f"{kubeadm.MANIFESTS_DIR}/{pod['metadata']['name']}.yaml")
     atomic_write(path, dump(pod).encode(), 0o600)
 
@@ -239,8 +238,12 @@ def up(
     timings: dict[str, float] = {}
     paths.directory.mkdir(parents=True)
     progress(f"laying out {control_planes} control-plane and {workers} worker node directories")
-    info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
-                    key=key or KeySpec(), bin_dir=bin_dir)
+    try:
+        info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
+                        key=key or KeySpec(), bin_dir=bin_dir)
+    except BaseException:
+        shutil.rmtree(paths.directory, ignore_errors=True)  # nothing started yet, nothing to keep
+        raise
     timings["layout"] = time.monotonic() - started
     progress("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
              + (" and kwok" if workers else ""))
@@ -332,6 +335,8 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
             problems.append(f"{key} {component['status']}"
                             + (f" (last exit code {component['last_exit_code']})"
                                if component.get("last_exit_code") is not None else ""))
+        elif component.get("message"):
+            problems.append(f"{key} runs its previous manifest: {component['message']}")
     ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
     apiservers = {server: supervisor and _api.readyz(server, ca_path, timeout=3) for server in info.apiservers}
     problems += [f"{server} not ready" for server, ok in apiservers.items() if not ok]

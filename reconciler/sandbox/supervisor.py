@@ -143,30 +143,28 @@ class Supervisor:
 
     def _manifest_changed(self, key: str, node: str, root: Path, path: Path, text: str, digest: str) -> None:
         running = self.components.get(key)
+        if running is None:
+            running = self.components[key] = _Running(ComponentState(node, path.stem, str(path)), [])
+        running.state.manifest_digest = digest
+        self.dirty = True
         try:
             command = command_from_manifest(text, node_root=root, bin_dir=self.bin_dir)
         except ManifestError as exc:
             # Keep what runs: a half-edited manifest must not take the component down.
-            state = running.state if running else ComponentState(node, path.stem, str(path))
-            state.manifest_digest = digest
-            state.status = "invalid" if running is None or running.process is None else state.status
-            state.message = f"{path}: {exc}"
-            self.components.setdefault(key, _Running(state, []))
-            self.dirty = True
+            running.state.message = f"{path}: {exc}"
+            if not running.command:
+                running.state.status = "invalid"
             return
-        if running is None:
-            state = ComponentState(node, path.stem, str(path), manifest_digest=digest)
-            self.components[key] = _Running(state, command)
-            self._start(self.components[key], reason=None)
-        else:
-            self._stop(running, "manifest changed")
+        running.state.message = None
+        if not running.command:  # first valid manifest for this component
             running.command = command
-            running.state.manifest_digest = digest
-            running.state.message = None
-            running.crash_streak = 0
-            running.state.restarts += 1
-            self._start(running, reason="manifest changed")
-        self.dirty = True
+            self._start(running, reason=None)
+            return
+        self._stop(running, "manifest changed")
+        running.command = command
+        running.crash_streak = 0
+        running.state.restarts += 1
+        self._start(running, reason="manifest changed")
 
     # --- processes --------------------------------------------------------------------
     def _log_path(self, state: ComponentState) -> Path:

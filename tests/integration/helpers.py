@@ -19,6 +19,7 @@ from kubernetes import config as k8s_config
 
 from reconciler.core import kubeadm, pki
 from reconciler.core.pki import KeyPair, KeySpec, LeafRequest
+from reconciler.sandbox._lifecycle import _pid_alive as process_alive  # noqa: F401  (re-exported)
 from reconciler.sandbox._paths import SandboxPaths
 
 
@@ -101,10 +102,3 @@ def is_listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

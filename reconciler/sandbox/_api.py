@@ -71,7 +71,7 @@ class Client:
         self.call(f"creating {what}", method, *args, exists_ok=True)
 
 
-def bootstrap_kubeadm_objects(client: Client, *, cluster_name: str, server: str, ca_pem: bytes) -> None:
+def bootstrap_kubeadm_objects(client: Client, *, server: str, ca_pem: bytes) -> None:
     """What `kubeadm init` creates that later steps rely on: the binding that makes
     admin.conf's group cluster-admin, and kube-public/cluster-info readable anonymously."""
     client.create("ClusterRoleBinding kubeadm:cluster-admins", client.rbac.create_cluster_role_binding, {

@@ -229,14 +229,16 @@ def up(
         raise SandboxError("--workers cannot be negative")
     paths = SandboxPaths.named(name)
     bin_dir = require_binaries()
-    if paths.directory.exists():
+    paths.directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        paths.directory.mkdir()  # atomic: of two concurrent `up`s with one name, one wins
+    except FileExistsError:
         raise SandboxError(
             f"sandbox {name!r} already exists at {paths.directory}",
             hint=f"`careconcile sandbox down --name {name}` removes it",
-        )
+        ) from None
     started = time.monotonic()
     timings: dict[str, float] = {}
-    paths.directory.mkdir(parents=True)
     progress(f"laying out {control_planes} control-plane and {workers} worker node directories")
     try:
         info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
@@ -257,7 +259,7 @@ def up(
         progress("apiservers ready; creating kubeadm's bootstrap objects and the worker nodes")
         super_admin = node_path(Path(info.nodes[0].root), f"{kubeadm.KUBERNETES_DIR}/super-admin.conf")
         with _api.Client(super_admin) as client:
-            _api.bootstrap_kubeadm_objects(client, cluster_name=name, server=info.apiservers[0],
+            _api.bootstrap_kubeadm_objects(client, server=info.apiservers[0],
                                            ca_pem=ca_path.read_bytes())
             worker_names = [node.name for node in info.nodes if node.role == "worker"]
             _api.create_kwok_nodes(client, worker_names)

@@ -13,7 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,13 +67,12 @@ class SandboxInfo:
             record = json.loads(paths.record.read_text())
         except (OSError, ValueError) as exc:
             raise SandboxError(f"sandbox {paths.name!r}: cannot read {paths.record}: {exc}") from exc
-        return cls(
-            name=record["name"], directory=record["directory"], kubeconfig=record["kubeconfig"],
-            spec=record["spec"], nodes_dir=record["nodes_dir"], apiservers=record["apiservers"],
-            kubernetes_version=record["kubernetes_version"], control_planes=record["control_planes"],
-            workers=record["workers"], nodes=[NodeInfo(**node) for node in record["nodes"]],
-            startup_seconds=record.get("startup_seconds"), timings=record.get("timings", {}),
-        )
+        try:
+            values = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+            values["nodes"] = [NodeInfo(**node) for node in record["nodes"]]
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise SandboxError(f"sandbox {paths.name!r}: {paths.record} is incomplete: {exc}") from exc
 
 
 def _free_ports(count: int) -> list[int]:
@@ -197,7 +196,7 @@ def _check_components(paths: SandboxPaths) -> None:
     for key, component in _read_state(paths).get("components", {}).items():
         crashes = component["restarts"] + (component["status"] == "crashed")
         if component["status"] == "invalid" or (component["status"] == "crashed" and crashes >= CRASH_LOOP):
-            log = paths.logs / component["node"] / f"{component['component']}.log"
+            log = paths.component_log(component["node"], component["component"])
             detail = component.get("message") or f"exit code {component.get('last_exit_code')}"
             raise SandboxError(f"sandbox {paths.name!r}: {key} {component['status']} ({detail}); "
                                f"last lines of {log}:\n{_log_tail(log)}")
@@ -300,16 +299,22 @@ def _supervisor_pid(paths: SandboxPaths) -> int | None:
         return None
 
 
+def _spawned_supervisor(paths: SandboxPaths) -> subprocess.Popen | None:
+    """The supervisor this process started for ``paths``, which may not have written its pid file yet."""
+    return next((p for p in _processes if Path(p.args[-1]) == paths.directory), None)
+
+
 def _supervisor_alive(paths: SandboxPaths) -> bool:
     pid = _supervisor_pid(paths)
     if pid is None:
-        # Just spawned and not yet written its pid file: it is alive if our child is.
-        return any(p.poll() is None for p in _processes if Path(p.args[-1]) == paths.directory)
+        spawned = _spawned_supervisor(paths)
+        return spawned is not None and spawned.poll() is None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return _pid_alive(pid) and b"reconciler.sandbox.supervisor" in cmdline and str(paths.directory).encode() in cmdline
+    # Both checks guard against a stale pid file whose pid now belongs to another process.
+    return _pid_alive(pid) and b"reconciler.sandbox.supervisor" in cmdline and _runs_from(pid, paths.directory)
 
 
 def list_sandboxes() -> list[SandboxPaths]:
@@ -388,10 +393,8 @@ def _reap(pid: int) -> None:
 def _stop(paths: SandboxPaths) -> list[int]:
     """Stop the supervisor and with it every component; returns pids that would not die."""
     pid = _supervisor_pid(paths)
-    if pid is None:
-        for process in _processes:  # started but never wrote its pid file
-            if Path(process.args[-1]) == paths.directory:
-                pid = process.pid
+    if pid is None and (spawned := _spawned_supervisor(paths)) is not None:
+        pid = spawned.pid  # started but never wrote its pid file
     candidates = _component_pids(paths)
     # The cmdline check guards against a stale pid file whose pid now belongs to another process.
     if pid is not None and _pid_alive(pid) and _runs_from(pid, paths.directory):

@@ -66,6 +66,9 @@ class SandboxPaths:
     def logs(self) -> Path:
         return self.directory / "logs"
 
+    def component_log(self, node: str, component: str) -> Path:
+        return self.logs / node / f"{component}.log"
+
     @property
     def run(self) -> Path:
         return self.directory / "run"

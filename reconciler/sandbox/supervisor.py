@@ -168,7 +168,7 @@ class Supervisor:
 
     # --- processes --------------------------------------------------------------------
     def _log_path(self, state: ComponentState) -> Path:
-        return self.paths.logs / state.node / f"{state.component}.log"
+        return self.paths.component_log(state.node, state.component)
 
     def _start(self, running: _Running, *, reason: str | None) -> None:
         state = running.state

@@ -19,7 +19,8 @@ from kubernetes import config as k8s_config
 
 from reconciler.core import kubeadm, pki
 from reconciler.core.pki import KeyPair, KeySpec, LeafRequest
-from reconciler.sandbox._lifecycle import _pid_alive as process_alive  # noqa: F401  (re-exported)
+from reconciler.sandbox._lifecycle import _pid_alive as process_alive
+from reconciler.sandbox._lifecycle import _runs_from
 from reconciler.sandbox._paths import SandboxPaths
 
 
@@ -102,3 +103,9 @@ def is_listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def sandbox_processes(directory: str | Path) -> list[int]:
+    """Live processes started from a sandbox: named in their command line or running in it."""
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _runs_from(pid, Path(directory)) and process_alive(pid)]

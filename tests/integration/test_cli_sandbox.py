@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import process_alive
+from .helpers import sandbox_processes
 
 pytestmark = pytest.mark.integration
 
@@ -27,20 +27,6 @@ def run(*args: str, check_exit: int | None = 0) -> subprocess.CompletedProcess:
     return result
 
 
-def own_processes(directory: str) -> list[int]:
-    """Processes whose command line mentions the sandbox directory (supervisor and components)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if directory.encode() in cmdline and process_alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.usefixtures("sandbox_root")
 def test_up_json_then_down_twice_in_a_row_leaves_nothing_behind(start_sandbox):
     del start_sandbox  # only for its check that the binaries exist
@@ -53,7 +39,7 @@ def test_up_json_then_down_twice_in_a_row_leaves_nothing_behind(start_sandbox):
         assert sorted(os.listdir(info["nodes_dir"])) == ["demo-control-plane-1", "demo-worker-1",
                                                           "demo-worker-2", "demo-worker-3"]
         assert info["startup_seconds"] < 60, f"attempt {attempt} took {info['startup_seconds']}s"
-        assert own_processes(info["directory"]), "the sandbox should be running"
+        assert sandbox_processes(info["directory"]), "the sandbox should be running"
 
         status = json.loads(run("sandbox", "status", "--name", "demo", "--output", "json").stdout)
         assert status["sandboxes"][0]["healthy"] and status["sandboxes"][0]["ready_nodes"] == 3
@@ -63,7 +49,7 @@ def test_up_json_then_down_twice_in_a_row_leaves_nothing_behind(start_sandbox):
 
         down = run("sandbox", "down", "--name", "demo")
         assert 'Sandbox "demo" stopped and removed.' in down.stdout
-        assert own_processes(info["directory"]) == []
+        assert sandbox_processes(info["directory"]) == []
         assert not Path(info["directory"]).exists()
 
 

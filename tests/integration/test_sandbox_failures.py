@@ -3,8 +3,6 @@ scripts) so that the failure is certain; no Kubernetes binaries needed."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +11,7 @@ from reconciler.errors import SandboxError
 from reconciler.sandbox import binaries
 from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 
-from .helpers import process_alive
+from .helpers import process_alive, sandbox_processes
 
 
 @pytest.fixture
@@ -42,17 +40,6 @@ def test_a_crash_looping_component_fails_up_with_its_log_and_stops_everything():
     paths = SandboxPaths.named("broken")
     assert not process_alive(int(paths.supervisor_pid.read_text()))
     assert (paths.logs / "broken-control-plane-1" / "kube-apiserver.log").is_file()
-    leftovers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                 if _belongs_to(pid, paths.directory) and process_alive(pid)]
-    assert leftovers == []
+    assert sandbox_processes(paths.directory) == []
     sandbox.down(paths)
     assert not paths.directory.exists()
-
-
-def _belongs_to(pid: int, directory: Path) -> bool:
-    """Started from the sandbox: named in its command line or running in a node directory."""
-    try:
-        return (str(directory).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-                or os.readlink(f"/proc/{pid}/cwd").startswith(str(directory)))
-    except OSError:
-        return False

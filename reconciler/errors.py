@@ -33,7 +33,17 @@ class UsageError(CareconcileError):
 
 
 class SpecError(CareconcileError):
-    """A spec file is unreadable or invalid."""
+    """A spec file is unreadable or invalid. ``problems`` holds one line per error,
+    each ``FILE:LINE:COLUMN: path.to.field: message``, so that all are reported at once."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = list(problems or [])
+
+    def __str__(self) -> str:
+        if not self.problems:
+            return super().__str__()
+        return "\n".join([self.message, *self.problems])
 
 
 class PKIError(CareconcileError):
@@ -54,6 +64,68 @@ class SandboxNotFoundError(SandboxError):
 
 class ClusterUnreachableError(CareconcileError):
     """A cluster's API could not be reached or did not answer as expected."""
+
+
+class NodeUnreachableError(CareconcileError):
+    """A node's files could not be reached (missing root directory, SSH failure)."""
+
+
+# --- the Kubernetes API, as a small typed family (after kopf's clients/errors.py) ---
+
+class APIError(CareconcileError):
+    """The API server answered a request with an error status."""
+
+    def __init__(self, message: str, *, status: int, reason: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.reason = reason
+
+
+class APIUnauthorizedError(APIError):
+    """401: the credentials were not accepted."""
+
+
+class APIForbiddenError(APIError):
+    """403: authenticated, but not allowed."""
+
+
+class APINotFoundError(APIError):
+    """404: no such object."""
+
+
+class APIConflictError(APIError):
+    """409: the object exists already, or changed since it was read."""
+
+
+# --- planning and applying -------------------------------------------------------------
+
+class LockHeldError(CareconcileError):
+    """Another careconcile run holds the cluster's lock."""
+
+
+class LockError(CareconcileError):
+    """The lock could not be taken, renewed or removed as asked."""
+
+
+class PlanFileError(CareconcileError):
+    """A saved plan file is unreadable, malformed or from an incompatible version."""
+
+
+class StalePlanError(CareconcileError):
+    """The live state no longer matches the state a saved plan was made against."""
+
+
+class PlanConflictError(CareconcileError):
+    """The spec asks for something the live state cannot be brought to (for example a
+    pinned fingerprint that no CA on the cluster has)."""
+
+
+class RotationError(CareconcileError):
+    """An action failed, or a phase's result did not show on the live cluster in time."""
+
+
+class RollbackRefusedError(CareconcileError):
+    """There is nothing to roll back, or the old CA is no longer trusted everywhere."""
 
 
 def exit_code_for(error: BaseException) -> int:

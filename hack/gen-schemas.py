@@ -1,4 +1,5 @@
-"""Regenerate schemas/*.schema.json from the pydantic models (the source of truth).
+"""Regenerate schemas/*.schema.json from the pydantic models (the source of truth), as
+registered in reconciler/core/schemas.py.
 
     .venv/bin/python hack/gen-schemas.py          # write
     .venv/bin/python hack/gen-schemas.py --check  # exit 1 if a checked-in schema is stale
@@ -6,20 +7,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from reconciler.core.spec import SpecDocument
+from reconciler.core.schemas import render, schemas
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
 def generated() -> dict[str, str]:
-    spec = SpecDocument.model_json_schema(by_alias=True)
-    spec = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://careconcile.dev/schemas/spec.schema.json", **spec}
-    return {"spec.schema.json": json.dumps(spec, indent=2, sort_keys=True) + "\n"}
+    return {name: render(schema) for name, schema in schemas().items()}
 
 
 def main(argv: list[str]) -> int:

@@ -1,23 +1,79 @@
 """The spec: the CA state a platform team declares for its clusters.
 
-These pydantic models are the source of truth for the spec format. This first version
-holds what a cluster is (how to reach its API, its nodes and how to reach them) and the
-rotation counter of each authority; the desired-state fields of an authority (pinned
-fingerprint, key, validity, renewBefore) extend :class:`AuthoritySpec`.
+These pydantic models are the source of truth for the spec format (the JSON Schema in
+``schemas/`` is generated from them). A spec says what each cluster is (how to reach its
+API, its nodes and how to reach them, where careconcile keeps its state) and what each of
+its authorities should be: key, lifetimes, subject, an optional pinned fingerprint and the
+rotation counter. ``spec.defaults.authorities`` fills what a cluster leaves unset, and
+:func:`resolve_authority` turns the layers into one :class:`ResolvedAuthority`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from reconciler.core import pki
 
 API_VERSION = "careconcile.dev/v1alpha1"
 KIND = "CASpec"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
+# A whole, non-zero number of hours or days: "87600h", "3650d".
+DURATION = r"^0*[1-9][0-9]*[hd]$"
+
+# Must agree with pki.KeySpec, which generates the keys (a unit test checks it); kept here
+# so that the spec can say which sizes its algorithm allows.
+KEY_SIZES: dict[str, tuple[int, ...]] = {"RSA": (2048, 3072, 4096), "ECDSA": (256, 384)}
+
+_DURATION_UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1)}
+
+
+def parse_duration(value: Any) -> dt.timedelta:
+    """``"87600h"`` or ``"3650d"`` as a timedelta. A timedelta of whole hours passes
+    through, so Python callers may use one."""
+    if isinstance(value, dt.timedelta):
+        if value <= dt.timedelta(0) or value % _DURATION_UNITS["h"]:
+            raise ValueError(f"must be a positive whole number of hours; got {value}")
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+[hd]", value):
+        raise ValueError(f"must be a whole number of hours or days, such as '87600h' or '3650d'; got {value!r}")
+    amount = int(value[:-1])
+    if amount == 0:
+        raise ValueError(f"must be longer than zero; got {value!r}")
+    return amount * _DURATION_UNITS[value[-1]]
+
+
+def format_duration(value: dt.timedelta) -> str:
+    """The shortest spec form of a duration: days when whole, else hours."""
+    hours = value // _DURATION_UNITS["h"]
+    return f"{hours // 24}d" if hours % 24 == 0 else f"{hours}h"
+
+
+Duration = Annotated[
+    dt.timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION}),
+]
 
 
 def _repeated(names: list[str]) -> str:
@@ -27,6 +83,22 @@ def _repeated(names: list[str]) -> str:
 class _Strict(BaseModel):
     # Unknown fields are errors: a typo in a spec must not silently mean "default".
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class _ExactlyOne(_Strict):
+    """A choice among the fields: exactly one is set. More options become more fields."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+    choice: ClassVar[str]  # what is chosen, for the error message
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "_ExactlyOne":
+        fields = type(self).model_fields
+        chosen = [name for name in fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            options = ", ".join(field.alias or name for name, field in fields.items())
+            raise ValueError(f"set exactly one {self.choice} (one of: {options})")
+        return self
 
 
 class LocalAccess(_Strict):
@@ -43,44 +115,158 @@ class LocalAccess(_Strict):
         return value
 
 
-class NodeAccess(_Strict):
+class NodeAccess(_ExactlyOne):
     """How careconcile reaches a node's files. Exactly one transport is set; more
     transports (ssh) are added beside `local`."""
 
-    local: LocalAccess | None = None
+    choice: ClassVar[str] = "access transport"
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "NodeAccess":
-        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
-        if len(chosen) != 1:
-            raise ValueError(f"set exactly one access transport (one of: {', '.join(type(self).model_fields)})")
-        return self
+    local: LocalAccess | None = Field(default=None, description="The node's files are on this machine.")
 
 
 class NodeSpec(_Strict):
-    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
-    role: Literal["control-plane", "worker"]
-    access: NodeAccess
+    """A node of the cluster whose CA files careconcile reads and writes."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="The node's name (its Node object's name).")
+    role: Literal["control-plane", "worker"] = Field(
+        description="'control-plane' for a node that runs the control plane's static pods, 'worker' otherwise.",
+    )
+    access: NodeAccess = Field(description="How careconcile reaches the node's files.")
 
 
-class AuthoritySpec(_Strict):
+class KeySettings(_Strict):
+    """The private key of a CA: RSA 2048/3072/4096 or ECDSA P-256/P-384."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"properties": {"algorithm": {"const": algorithm}, "size": {"enum": list(sizes)}}}
+        for algorithm, sizes in KEY_SIZES.items()
+    ]})
+
+    algorithm: Literal["RSA", "ECDSA"] = Field(description="The key algorithm.")
+    size: int = Field(description="Bits for RSA (2048, 3072, 4096); the curve for ECDSA (256 for P-256, 384 for P-384).")
+
+    @field_validator("size")
+    @classmethod
+    def _allowed_for_algorithm(cls, size: int, info: ValidationInfo) -> int:
+        algorithm = info.data.get("algorithm")  # absent when the algorithm itself is invalid
+        allowed = KEY_SIZES.get(algorithm, ())
+        if allowed and size not in allowed:
+            choices = " or ".join([", ".join(map(str, allowed[:-1])), str(allowed[-1])])
+            raise ValueError(f"{algorithm} keys have size {choices}; got {size}")
+        return size
+
+    def to_key_spec(self) -> pki.KeySpec:
+        return pki.KeySpec(self.algorithm, self.size)
+
+
+class Subject(_Strict):
+    """The subject name of a CA certificate."""
+
+    common_name: str = Field(default="kubernetes", min_length=1, alias="commonName",
+                             description="The CN; kubeadm names the cluster CA 'kubernetes'.")
+    organizations: list[str] = Field(default_factory=list, description="O entries, in order.")
+
+
+def _lifetime_problems(validity: dt.timedelta | None, renew_before: dt.timedelta | None,
+                       leaf_validity: dt.timedelta | None) -> list[str]:
+    """What is wrong between an authority's lifetimes; a lifetime that is None is unknown
+    here and not compared."""
+    problems = []
+    if validity and renew_before and renew_before >= validity:
+        problems.append(f"renewBefore ({format_duration(renew_before)}) must be shorter than "
+                        f"validity ({format_duration(validity)})")
+    if validity and leaf_validity and leaf_validity > validity:
+        problems.append(f"leafValidity ({format_duration(leaf_validity)}) must not exceed "
+                        f"validity ({format_duration(validity)})")
+    return problems
+
+
+class AuthoritySettings(_Strict):
+    """What a CA should be like. Every field is optional: unset here, it comes from
+    spec.defaults.authorities, then from careconcile's built-in default. Each field is
+    taken whole from the first place that sets it (a key or subject is never merged)."""
+
+    key: KeySettings | None = Field(default=None, description="The CA's private key; built-in default RSA 2048.")
+    validity: Duration | None = Field(
+        default=None, description="How long a new CA certificate is valid, e.g. '3650d' or '87600h'; "
+                                  "built-in default 3650d (kubeadm's ten years).")
+    renew_before: Duration | None = Field(
+        default=None, alias="renewBefore",
+        description="A CA with less than this left of its validity is due for rotation; shorter than "
+                    "validity; built-in default 90d.")
+    leaf_validity: Duration | None = Field(
+        default=None, alias="leafValidity",
+        description="How long the leaf certificates the CA signs are valid; at most validity; "
+                    "built-in default 365d (kubeadm's one year).")
+    subject: Subject | None = Field(default=None, description="The CA certificate's subject; built-in default CN=kubernetes.")
+
+    @model_validator(mode="after")
+    def _lifetimes_agree(self) -> "AuthoritySettings":
+        problems = _lifetime_problems(self.validity, self.renew_before, self.leaf_validity)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class AuthoritySpec(AuthoritySettings):
+    """One authority (CA) of a cluster: the settings, a rotation counter and an optional pin."""
+
     rotation: int = Field(
         default=0,
         ge=0,
         description="Raise above the value last applied to force a rotation of this authority.",
     )
+    fingerprint: str | None = Field(
+        default=None, pattern=FINGERPRINT,
+        description="Pins the CA: the SHA-256 fingerprint of the DER certificate the cluster must run, "
+                    "written sha256:<64 lowercase hex digits>.")
 
 
 class Authorities(_Strict):
-    cluster_ca: AuthoritySpec = Field(default_factory=AuthoritySpec, alias="clusterCA")
+    """The authorities of a cluster, by name. Each is an :class:`AuthoritySpec`; the etcd
+    and front-proxy CAs become sibling fields."""
+
+    cluster_ca: AuthoritySpec = Field(default_factory=AuthoritySpec, alias="clusterCA",
+                                      description="The cluster CA (kubeadm's pki/ca.crt).")
+
+
+class SecretStateStore(_Strict):
+    """careconcile's rotation state is a Secret on the cluster itself."""
+
+    namespace: str = Field(default="kube-system", pattern=DNS_LABEL, max_length=63,
+                           description="The Secret's namespace.")
+    name: str = Field(default="careconcile-state", pattern=DNS_SUBDOMAIN, max_length=253,
+                      description="The Secret's name.")
+
+
+class WorkspaceStateStore(_Strict):
+    """careconcile's rotation state is a file in the local workspace directory, not on the cluster."""
+
+
+class StateStore(_ExactlyOne):
+    """Where careconcile keeps a cluster's rotation state between runs. Exactly one is set."""
+
+    choice: ClassVar[str] = "state store"
+
+    secret: SecretStateStore | None = Field(default=None, description="In a Secret on the cluster.")
+    workspace: WorkspaceStateStore | None = Field(default=None, description="In the local workspace directory.")
 
 
 class ClusterSpec(_Strict):
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
-    kubeconfig: str = Field(description="Path to a kubeconfig with admin rights on the cluster.")
+    """A cluster whose authorities careconcile keeps in the declared state."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="The cluster's name in this spec.")
+    kubeconfig: str = Field(description="Path to a kubeconfig with admin rights on the cluster; "
+                                        "a relative path is relative to the spec file's directory, '~' expands.")
     context: str | None = Field(default=None, description="Context in the kubeconfig; its current one if unset.")
-    nodes: list[NodeSpec] = Field(default_factory=list)
-    authorities: Authorities = Field(default_factory=Authorities)
+    nodes: list[NodeSpec] = Field(default_factory=list, description="The nodes whose CA files careconcile manages.")
+    state_store: StateStore = Field(
+        default=StateStore(secret=SecretStateStore()), alias="stateStore",
+        # as written in a spec; pydantic's own rendering would list `workspace: null` too
+        json_schema_extra={"default": {"secret": {}}},
+        description="Where careconcile keeps its rotation state for this cluster; a Secret "
+                    "kube-system/careconcile-state if unset.")
+    authorities: Authorities = Field(default_factory=Authorities, description="The cluster's authorities.")
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> "ClusterSpec":
@@ -91,11 +277,89 @@ class ClusterSpec(_Strict):
 
 
 class Metadata(_Strict):
-    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """Identifies the spec."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="The spec's name.")
+
+
+class Defaults(_Strict):
+    """Settings that apply wherever a cluster leaves them unset."""
+
+    authorities: AuthoritySettings = Field(default_factory=AuthoritySettings,
+                                           description="Defaults for every authority of every cluster.")
+
+
+@dataclass(frozen=True)
+class ResolvedAuthority:
+    """An authority of one cluster with every layer applied: the cluster's own settings,
+    then spec.defaults.authorities, then the built-in defaults."""
+
+    name: str
+    rotation: int
+    fingerprint: str | None
+    key: pki.KeySpec
+    validity: dt.timedelta
+    renew_before: dt.timedelta
+    leaf_validity: dt.timedelta
+    common_name: str
+    organizations: tuple[str, ...]
+
+
+BUILT_IN_AUTHORITY = AuthoritySettings(
+    key=KeySettings(algorithm="RSA", size=2048),
+    validity=pki.CA_VALIDITY,
+    renew_before=dt.timedelta(days=90),
+    leaf_validity=pki.LEAF_VALIDITY,
+    subject=Subject(),
+)
+
+# Spec name of each authority ("clusterCA") -> its field on Authorities ("cluster_ca").
+AUTHORITY_FIELDS = {field.alias or name: name for name, field in Authorities.model_fields.items()}
+
+
+def _resolve(name: str, authority: AuthoritySpec, defaults: AuthoritySettings) -> ResolvedAuthority:
+    def pick(field: str) -> Any:  # BUILT_IN_AUTHORITY sets every field, so one layer always has it
+        return next(value for layer in (authority, defaults, BUILT_IN_AUTHORITY)
+                    if (value := getattr(layer, field)) is not None)
+
+    subject = pick("subject")
+    return ResolvedAuthority(
+        name=name,
+        rotation=authority.rotation,
+        fingerprint=authority.fingerprint,
+        key=pick("key").to_key_spec(),
+        validity=pick("validity"),
+        renew_before=pick("renew_before"),
+        leaf_validity=pick("leaf_validity"),
+        common_name=subject.common_name,
+        organizations=tuple(subject.organizations),
+    )
+
+
+def _lifetimes_agree_with_defaults(cluster: ClusterSpec, info: ValidationInfo) -> ClusterSpec:
+    # Runs per cluster so that the error names the cluster; each layer alone was checked already.
+    defaults = info.data.get("defaults")  # absent when the defaults themselves are invalid
+    if defaults is None:
+        return cluster
+    problems = []
+    for name, field in AUTHORITY_FIELDS.items():
+        resolved = _resolve(name, getattr(cluster.authorities, field), defaults.authorities)
+        lifetimes = _lifetime_problems(resolved.validity, resolved.renew_before, resolved.leaf_validity)
+        if lifetimes:
+            problems.append(f"authorities.{name}, with defaults applied: {'; '.join(lifetimes)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return cluster
 
 
 class SpecBody(_Strict):
-    clusters: list[ClusterSpec] = Field(min_length=1)
+    """The declared state: defaults and the clusters."""
+
+    # `defaults` comes first: pydantic validates fields in order, and each cluster's
+    # check reads the validated defaults.
+    defaults: Defaults = Field(default_factory=Defaults, description="Settings for every cluster.")
+    clusters: list[Annotated[ClusterSpec, AfterValidator(_lifetimes_agree_with_defaults)]] = Field(
+        min_length=1, description="The clusters this spec manages.")
 
     @model_validator(mode="after")
     def _unique_clusters(self) -> "SpecBody":
@@ -106,7 +370,19 @@ class SpecBody(_Strict):
 
 
 class SpecDocument(_Strict):
-    api_version: Literal["careconcile.dev/v1alpha1"] = Field(alias="apiVersion")
-    kind: Literal["CASpec"]
-    metadata: Metadata
-    spec: SpecBody
+    """A careconcile spec file."""
+
+    api_version: Literal["careconcile.dev/v1alpha1"] = Field(alias="apiVersion", description="The spec format's version.")
+    kind: Literal["CASpec"] = Field(description="Always CASpec.")
+    metadata: Metadata = Field(description="Names the spec.")
+    spec: SpecBody = Field(description="The declared state.")
+
+
+def resolve_authority(document: SpecDocument, cluster: ClusterSpec, name: str = "clusterCA") -> ResolvedAuthority:
+    """The authority ``name`` of ``cluster`` as it should be: each field from the cluster,
+    else from spec.defaults.authorities, else the built-in default (RSA 2048, 3650d
+    validity, 90d renewBefore, 365d leafValidity, CN=kubernetes)."""
+    if name not in AUTHORITY_FIELDS:
+        raise ValueError(f"unknown authority {name!r}; known: {', '.join(AUTHORITY_FIELDS)}")
+    authority = getattr(cluster.authorities, AUTHORITY_FIELDS[name])
+    return _resolve(name, authority, document.spec.defaults.authorities)

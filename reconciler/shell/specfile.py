@@ -1,0 +1,238 @@
+"""Reading a spec file: YAML parsed with positions, validated by the models, and every
+problem reported at once as ``FILE:LINE:COLUMN: path.to.field: message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, get_args
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
+
+from reconciler.core.spec import ClusterSpec, SpecDocument
+from reconciler.errors import SpecError
+
+Loc = tuple[str | int, ...]  # a place in the document, as pydantic's error locations
+Position = tuple[int, int]  # 1-based line and column
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A valid spec and the file it came from."""
+
+    path: Path  # absolute, so that relative kubeconfigs stay right if the working directory changes
+    document: SpecDocument
+
+    def kubeconfig_path(self, cluster: ClusterSpec) -> Path:
+        """The cluster's kubeconfig, '~' expanded; a relative path is taken relative to
+        the spec file's directory, so a spec and its kubeconfigs can move together."""
+        kubeconfig = Path(cluster.kubeconfig).expanduser()
+        return kubeconfig if kubeconfig.is_absolute() else self.path.parent / kubeconfig
+
+
+def load_spec(path: Path) -> LoadedSpec:
+    """Read, parse and validate a spec file; :class:`SpecError` lists every problem."""
+    text = _read(path)
+    data, positions = _parse(path, text)
+    try:
+        # by_name=False: a spec spells fields as documented (renewBefore), never as the
+        # Python attribute (renew_before).
+        document = SpecDocument.model_validate(data, by_name=False)
+    except ValidationError as exc:
+        problems = [(positions.of(error), _dotted(error["loc"]), _message(error)) for error in exc.errors()]
+        problems.sort(key=lambda problem: problem[0])
+        raise SpecError(f"{path}: invalid spec ({_count(len(problems), 'error')})",
+                        problems=[_line(path, *problem) for problem in problems]) from exc
+    return LoadedSpec(path=path.absolute(), document=document)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _line(path: Path, position: Position, where: str, message: str) -> str:
+    line, column = position
+    return f"{path}:{line}:{column}: {where}: {message}" if where else f"{path}:{line}:{column}: {message}"
+
+
+def _invalid(path: Path, position: Position, message: str, *, title: str = "invalid spec (1 error)") -> SpecError:
+    return SpecError(f"{path}: {title}", problems=[_line(path, position, "", message)])
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _invalid(path, (1, 1), f"cannot read: {exc.strerror or exc}", title="cannot read the spec") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        position = (before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
+        raise _invalid(path, position, "not UTF-8 text", title="cannot read the spec") from exc
+
+
+def _position_in(text: str, offset: int) -> Position:
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+
+def _parse(path: Path, text: str) -> tuple[dict, "_Positions"]:
+    yaml = YAML(typ="rt")  # the round-trip loader keeps the line and column of every key and item
+    try:
+        root = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark:
+            message += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        position = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise _invalid(path, position, message, title="invalid YAML") from exc
+    except YAMLError as exc:  # the reader's errors (control characters) carry an offset, not a mark
+        offset = getattr(exc, "position", 0) or 0
+        raise _invalid(path, _position_in(text, offset), str(exc).splitlines()[0], title="invalid YAML") from exc
+    if root is None:
+        raise _invalid(path, (1, 1), "the file holds no document; expected a CASpec mapping")
+    if not isinstance(root, CommentedMap):
+        start = (root.lc.line + 1, root.lc.col + 1) if isinstance(root, CommentedSeq) else (1, 1)
+        raise _invalid(path, start, f"the document is {_kind(root)}; expected a CASpec mapping")
+    positions = _Positions()
+    positions.values[()] = (root.lc.line + 1, root.lc.col + 1)
+    return _plain(root, (), positions), positions
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the spec's words, with its article."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+@dataclass
+class _Positions:
+    """Where each key and each value of the document starts."""
+
+    keys: dict[Loc, Position] = field(default_factory=dict)
+    values: dict[Loc, Position] = field(default_factory=dict)
+
+    def of(self, error: ErrorDetails) -> Position:
+        """Where an error shows: an unknown field at its key, a missing field at the
+        mapping that lacks it, anything else at the value at fault."""
+        loc = tuple(error["loc"])
+        if error["type"] == "extra_forbidden" and loc in self.keys:
+            return self.keys[loc]
+        if error["type"] == "missing":
+            loc = loc[:-1]
+        while loc not in self.values:  # a place the YAML does not spell out: its nearest parent
+            loc = loc[:-1]
+        return self.values[loc]
+
+
+def _plain(node: Any, loc: Loc, positions: _Positions) -> Any:
+    """``node`` as plain dicts, lists and scalars (ruamel's round-trip types subclass them
+    in ways pydantic need not know), recording positions on the way."""
+    if isinstance(node, CommentedMap):
+        plain = {}
+        for key, value in node.items():
+            name = str(key)
+            spot = node.lc.data.get(key)  # absent for keys that a `<<` merge brought in
+            if spot:
+                positions.keys[(*loc, name)] = (spot[0] + 1, spot[1] + 1)
+                # An empty value has no start of its own; its key stands for it.
+                line, column = (spot[0], spot[1]) if value is None else (spot[2], spot[3])
+                positions.values[(*loc, name)] = (line + 1, column + 1)
+            plain[name] = _plain(value, (*loc, name), positions)
+        return plain
+    if isinstance(node, CommentedSeq):
+        items = []
+        for index, value in enumerate(node):
+            spot = node.lc.data.get(index)
+            if spot:
+                positions.values[(*loc, index)] = (spot[0] + 1, spot[1] + 1)
+            items.append(_plain(value, (*loc, index), positions))
+        return items
+    if isinstance(node, (bool, ScalarBoolean)):
+        return bool(node)
+    for kind in (int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    return node
+
+
+def _dotted(loc: Loc) -> str:
+    """``("spec", "clusters", 0, "name")`` as ``spec.clusters[0].name``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(error: ErrorDetails) -> str:
+    """pydantic's message, in words closer to the spec where pydantic's are generic."""
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_field(tuple(error["loc"]))
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping; got {_kind(value)}"
+    if kind == "list_type":
+        return f"must be a list; got {_kind(value)}"
+    if kind == "literal_error":
+        return f"must be {error['ctx']['expected']}; got {_shown(value)}"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind == "string_pattern_mismatch":
+        return f"{error['msg']}; got {_shown(value)}"
+    return error["msg"]
+
+
+def _unknown_field(loc: Loc) -> str:
+    known = _field_names(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    return f"unknown field (known here: {', '.join(known)})" if known else "unknown field"
+
+
+def _field_names(loc: Loc) -> list[str]:
+    """The field names a spec may use at ``loc``, found by walking the models."""
+    model: type[BaseModel] = SpecDocument
+    for part in loc:
+        if isinstance(part, int):  # a list item: the list's field already led to its model
+            continue
+        fields = {info.alias or name: info for name, info in model.model_fields.items()}
+        models = list(_models_in(fields[part].annotation)) if part in fields else []
+        if not models:
+            return []
+        model = models[0]
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The models inside a type such as ``list[Annotated[ClusterSpec, ...]]`` or ``Key | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for argument in get_args(annotation):
+        yield from _models_in(argument)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from reconciler import __version__
 from reconciler._files import atomic_write, atomic_write_json
+from reconciler._process import process_alive
 from reconciler.core import kubeadm
 from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
@@ -282,16 +283,6 @@ def up(
 
 # --- inspecting ---------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
-    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _supervisor_pid(paths: SandboxPaths) -> int | None:
     try:
         return int(paths.supervisor_pid.read_text())
@@ -314,7 +305,7 @@ def _supervisor_alive(paths: SandboxPaths) -> bool:
     except OSError:
         return False
     # Both checks guard against a stale pid file whose pid now belongs to another process.
-    return _pid_alive(pid) and b"reconciler.sandbox.supervisor" in cmdline and _runs_from(pid, paths.directory)
+    return process_alive(pid) and b"reconciler.sandbox.supervisor" in cmdline and _runs_from(pid, paths.directory)
 
 
 def list_sandboxes() -> list[SandboxPaths]:
@@ -337,7 +328,7 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
     if not supervisor:
         problems.append("supervisor not running (sandbox stopped or crashed)")
     for key, component in components.items():
-        alive = component.get("pid") is not None and _pid_alive(component["pid"])
+        alive = component.get("pid") is not None and process_alive(component["pid"])
         if component["status"] != "running" or not alive:
             problems.append(f"{key} {component['status']}"
                             + (f" (last exit code {component['last_exit_code']})"
@@ -397,7 +388,7 @@ def _stop(paths: SandboxPaths) -> list[int]:
         pid = spawned.pid  # started but never wrote its pid file
     candidates = _component_pids(paths)
     # The cmdline check guards against a stale pid file whose pid now belongs to another process.
-    if pid is not None and _pid_alive(pid) and _runs_from(pid, paths.directory):
+    if pid is not None and process_alive(pid) and _runs_from(pid, paths.directory):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -405,7 +396,7 @@ def _stop(paths: SandboxPaths) -> list[int]:
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             _reap(pid)
-            if not _pid_alive(pid):
+            if not process_alive(pid):
                 break
             time.sleep(0.1)
         else:
@@ -419,7 +410,7 @@ def _stop(paths: SandboxPaths) -> list[int]:
     # from this sandbox's directory is killed here.
     leftovers = []
     for candidate in set(candidates):
-        if _pid_alive(candidate) and _runs_from(candidate, paths.directory):
+        if process_alive(candidate) and _runs_from(candidate, paths.directory):
             try:
                 os.kill(candidate, signal.SIGKILL)
             except ProcessLookupError:
@@ -429,7 +420,7 @@ def _stop(paths: SandboxPaths) -> list[int]:
     while leftovers and time.monotonic() < deadline:
         for candidate in leftovers:
             _reap(candidate)
-        leftovers = [c for c in leftovers if _pid_alive(c)]
+        leftovers = [c for c in leftovers if process_alive(c)]
         time.sleep(0.1)
     if pid is not None:
         _reap(pid)

@@ -19,7 +19,7 @@ from kubernetes import config as k8s_config
 
 from reconciler.core import kubeadm, pki
 from reconciler.core.pki import KeyPair, KeySpec, LeafRequest
-from reconciler.sandbox._lifecycle import _pid_alive as process_alive
+from reconciler._process import process_alive
 from reconciler.sandbox._lifecycle import _runs_from
 from reconciler.sandbox._paths import SandboxPaths
 

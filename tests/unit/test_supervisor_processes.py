@@ -14,7 +14,7 @@ import pytest
 from reconciler.core.kubeconfig import dump
 from reconciler.core import kubeadm
 from reconciler.sandbox import supervisor as supervisor_module
-from reconciler.sandbox._lifecycle import _pid_alive as _alive
+from reconciler._process import process_alive as _alive
 from reconciler.sandbox._paths import SandboxPaths
 from reconciler.sandbox.supervisor import Supervisor
 

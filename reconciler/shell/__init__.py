@@ -1,0 +1,1 @@
+"""The shell: I/O around the pure core."""

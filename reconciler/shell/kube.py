@@ -1,0 +1,473 @@
+"""A small Kubernetes API client: JSON over one kept-alive HTTPS connection.
+
+Why not the ``kubernetes`` package: it writes client keys to temp files (left behind when
+the process is SIGKILLed), it is slow to import and its errors are untyped. Here the TLS
+material lives only in memory (``memfd``), and every failure is one of the typed errors of
+:mod:`reconciler.errors`, with a message naming the request and the cluster.
+
+Public surface: :func:`tls_context`, :class:`KubeTarget`, :func:`load_kubeconfig`,
+:class:`Transport`, :class:`HTTPSTransport`, :class:`KubeClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import http
+import http.client
+import json
+import os
+import select
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
+
+from reconciler import __version__
+from reconciler.core import kubeconfig
+from reconciler.errors import (APIConflictError, APIError, APIForbiddenError, APINotFoundError,
+                               APIUnauthorizedError, ClusterUnreachableError, PKIError)
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+USER_AGENT = f"careconcile/{__version__}"
+
+_TYPED_ERRORS: dict[int, type[APIError]] = {
+    401: APIUnauthorizedError,
+    403: APIForbiddenError,
+    404: APINotFoundError,
+    409: APIConflictError,
+}
+
+# A kept-alive connection the server closed while idle fails with one of these before any
+# response byte arrives; that alone is what a reconnect may paper over.
+_DROPPED_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+def tls_context(
+    *,
+    ca_pem: bytes | None,
+    cert_pem: bytes | None = None,
+    key_pem: bytes | None = None,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """An SSL context built in memory: the CA from ``cadata``, the client certificate and
+    key through anonymous memory files, so that no key ever touches the disk.
+
+    ``ca_pem=None`` with ``verify=True`` trusts the system's CAs. ``verify=False`` checks
+    nothing (CERT_NONE), for probes that only look at what a server presents.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if verify:
+        if ca_pem is None:
+            context.load_default_certs()
+        else:
+            try:
+                context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+            except (ssl.SSLError, ValueError) as exc:
+                raise PKIError(f"CA bundle holds no usable PEM certificate ({exc})") from exc
+        # Like Go's x509 pool: any certificate in the bundle is a trust anchor, also an
+        # intermediate, so "verifies against exactly this CA" means what it says.
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if (cert_pem is None) != (key_pem is None):
+        raise PKIError("a client certificate needs its key and a key its certificate")
+    if cert_pem is not None and key_pem is not None:
+        _load_client_chain(context, cert_pem, key_pem)
+    return context
+
+
+def _memory_file(name: str, content: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+    return fd
+
+
+def _refuse_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise PKIError("the client key is encrypted; careconcile needs an unencrypted key")
+
+
+def _load_client_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """load_cert_chain only takes paths: give it /proc/self/fd paths of memfds, which
+    vanish with the process, even under SIGKILL."""
+    cert_fd = _memory_file("careconcile-client-cert", cert_pem)
+    try:
+        key_fd = _memory_file("careconcile-client-key", key_pem)
+        try:
+            context.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}",
+                                    password=_refuse_passphrase)
+        except ssl.SSLError as exc:
+            # OpenSSL's reason only (e.g. KEY_VALUES_MISMATCH); never the key itself.
+            raise PKIError(f"client certificate and key cannot be used together ({exc.reason or exc})") from exc
+        finally:
+            os.close(key_fd)
+    finally:
+        os.close(cert_fd)
+
+
+# --- where a cluster is and how to authenticate ------------------------------------------
+
+@dataclass(frozen=True)
+class KubeTarget:
+    """One API server and the credentials for it. ``name`` is for messages, e.g.
+    ``kubeconfig /path context admin@c``. Key material and token are left out of repr."""
+
+    name: str
+    server: str
+    ca_pem: bytes | None = field(default=None, repr=False)
+    cert_pem: bytes | None = field(default=None, repr=False)
+    key_pem: bytes | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.server})"
+
+
+def _named(entries: Any, name: str) -> dict[str, Any] | None:
+    for entry in entries or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
+    return None
+
+
+def _data_or_file(section: dict[str, Any], key: str, base: Path, where: str) -> bytes | None:
+    """``KEY-data`` (base64) or ``KEY`` (a path, relative to the kubeconfig's directory,
+    as kubectl resolves it)."""
+    data = section.get(f"{key}-data")
+    if data:
+        try:
+            return base64.b64decode(data, validate=True)
+        except (ValueError, TypeError) as exc:
+            raise PKIError(f"{where}: {key}-data is not base64") from exc
+    path = section.get(key)
+    if path:
+        resolved = base / Path(path).expanduser()
+        try:
+            return resolved.read_bytes()
+        except OSError as exc:
+            raise PKIError(f"{where}: cannot read {key} {resolved}: {exc.strerror}") from exc
+    return None
+
+
+def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
+    """The server and credentials of ``context`` (default: current-context) in ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ClusterUnreachableError(f"kubeconfig {path}: cannot read it: {exc.strerror}") from exc
+    document = kubeconfig.parse(text, source=f"kubeconfig {path}")
+    context_name = context or document.get("current-context")
+    if not context_name:
+        raise ClusterUnreachableError(f"kubeconfig {path}: no context given and no current-context set")
+    where = f"kubeconfig {path} context {context_name}"
+    context_entry = _named(document.get("contexts"), context_name)
+    if context_entry is None:
+        known = ", ".join(str(c.get("name")) for c in document.get("contexts") or []) or "none"
+        raise ClusterUnreachableError(f"{where}: no such context (contexts: {known})")
+    details = context_entry.get("context") or {}
+    cluster_entry = _named(document.get("clusters"), details.get("cluster"))
+    if cluster_entry is None:
+        raise ClusterUnreachableError(f"{where}: no cluster named {details.get('cluster')!r}")
+    cluster = cluster_entry.get("cluster") or {}
+    server = cluster.get("server")
+    if not server:
+        raise ClusterUnreachableError(f"{where}: cluster {cluster_entry['name']!r} has no server")
+    base = path.resolve().parent
+    ca_pem = _data_or_file(cluster, "certificate-authority", base, where)
+    if ca_pem is None:
+        raise PKIError(f"{where}: cluster {cluster_entry['name']!r} has no certificate-authority(-data); "
+                       f"careconcile does not talk to a cluster it cannot verify")
+    user: dict[str, Any] = {}
+    if details.get("user"):
+        user_entry = _named(document.get("users"), details["user"])
+        if user_entry is None:
+            raise ClusterUnreachableError(f"{where}: no user named {details['user']!r}")
+        user = user_entry.get("user") or {}
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token_path = base / Path(user["tokenFile"]).expanduser()
+        try:
+            token = token_path.read_text().strip()
+        except OSError as exc:
+            raise PKIError(f"{where}: cannot read tokenFile {token_path}: {exc.strerror}") from exc
+    return KubeTarget(
+        name=where,
+        server=server,
+        ca_pem=ca_pem,
+        cert_pem=_data_or_file(user, "client-certificate", base, where),
+        key_pem=_data_or_file(user, "client-key", base, where),
+        token=token or None,
+    )
+
+
+# --- transport ---------------------------------------------------------------------------
+
+class Transport(Protocol):
+    """What KubeClient sends requests through; tests pass a fake one.
+
+    ``request`` returns ``(status, headers with lower-case names, body)``; it raises
+    ``OSError`` or ``http.client.HTTPException`` when the server cannot be reached."""
+
+    def request(self, method: str, url_path: str, headers: dict[str, str],
+                body: bytes | None) -> tuple[int, dict[str, str], bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class HTTPSTransport:
+    """http.client over one kept-alive connection, with an in-memory SSL context.
+
+    A dropped idle connection is replaced once: always when the failure came while
+    sending, and after the request was sent only for a GET, since anything else may have
+    reached the server and been carried out. Not thread-safe."""
+
+    def __init__(self, server: str, context: ssl.SSLContext, *, timeout: float) -> None:
+        url = urlsplit(server)
+        if url.scheme != "https" or not url.hostname:
+            raise ClusterUnreachableError(f"server {server!r}: careconcile talks to https:// servers only")
+        self.host = url.hostname
+        self.port = url.port or 443
+        self.base_path = url.path.rstrip("/")
+        self.context = context
+        self.timeout = timeout
+        self._connection: http.client.HTTPSConnection | None = None
+
+    def _open(self) -> tuple[http.client.HTTPSConnection, bool]:
+        """The connection and whether it served a request before (so may have gone stale)."""
+        if self._connection is not None and self._closed_by_server(self._connection):
+            self.close()
+        if self._connection is not None:
+            return self._connection, True
+        self._connection = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                                       timeout=self.timeout)
+        return self._connection, False
+
+    @staticmethod
+    def _closed_by_server(connection: http.client.HTTPSConnection) -> bool:
+        # An idle keep-alive socket that is readable has seen the server's FIN (or junk):
+        # replace it before sending rather than find out after, when a retry is unsafe.
+        sock = connection.sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def request(self, method: str, url_path: str, headers: dict[str, str],
+                body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+        for attempt in (1, 2):
+            connection, reused = self._open()
+            sent = False
+            try:
+                connection.request(method, self.base_path + url_path, body=body, headers=headers)
+                sent = True
+                response = connection.getresponse()
+                data = response.read()
+            except _DROPPED_CONNECTION:
+                self.close()
+                if attempt == 2 or not reused or (sent and method != "GET"):
+                    raise
+                continue
+            except BaseException:
+                self.close()
+                raise
+            if response.will_close:
+                self.close()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# --- the client --------------------------------------------------------------------------
+
+class KubeClient:
+    """JSON requests to one API server; every error is typed and names the request.
+
+    ``path`` is an API path (``/api/v1/namespaces/x/configmaps/y``), with or without a
+    query string. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, target: KubeTarget, *, timeout: float = 10.0, transport: Transport | None = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        if transport is None:
+            context = tls_context(ca_pem=target.ca_pem, cert_pem=target.cert_pem, key_pem=target.key_pem)
+            transport = HTTPSTransport(target.server, context, timeout=timeout)
+        self.transport = transport
+
+    def __repr__(self) -> str:
+        return f"KubeClient({self.target.describe()})"
+
+    def __enter__(self) -> "KubeClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
+
+    # -- verbs --
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self.request("GET", path)
+
+    def list(self, path: str, *, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:
+        """Every item of a collection, following ``continue`` tokens page by page."""
+        query: dict[str, str] = {"limit": "500"}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.request("GET", _with_query(path, query))
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query["continue"] = token
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to the collection at ``path``."""
+        return self.request("POST", path, body)
+
+    def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT; a ``metadata.resourceVersion`` in ``body`` makes it conditional (409 if stale)."""
+        return self.request("PUT", path, body)
+
+    def patch(self, path: str, body: dict[str, Any] | list[Any], *, merge: bool = True) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386); ``merge=False`` sends ``body`` as a JSON patch
+        (RFC 6902, a list of operations)."""
+        return self.request("PATCH", path, body, content_type=MERGE_PATCH if merge else JSON_PATCH)
+
+    def delete(self, path: str, *, uid: str | None = None, resource_version: str | None = None) -> None:
+        """DELETE; ``uid``/``resource_version`` are preconditions (409 when they no longer hold)."""
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions} if preconditions else None
+        self.request("DELETE", path, body)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
+                content_type: str = JSON) -> dict[str, Any]:
+        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
+        if self.target.token:
+            headers["Authorization"] = f"Bearer {self.target.token}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        what = f"{method} {_without_query(path)} on {self.target.describe()}"
+        try:
+            status, _headers, data = self.transport.request(method, path, headers, payload)
+        except (OSError, http.client.HTTPException) as exc:
+            hint = None
+            if method != "GET" and isinstance(exc, _DROPPED_CONNECTION):
+                hint = "the connection dropped after the request was sent; it may have been carried out"
+            raise ClusterUnreachableError(f"{what}: {_connection_failure(exc)}", hint=hint) from exc
+        if status >= 400:
+            raise _api_error(what, status, data)
+        if not data.strip():
+            return {}
+        try:
+            document = json.loads(data)
+        except ValueError as exc:
+            raise ClusterUnreachableError(f"{what}: {status} answer is not JSON: {_excerpt(data)}") from exc
+        if not isinstance(document, dict):
+            raise ClusterUnreachableError(f"{what}: {status} answer is not a JSON object: {_excerpt(data)}")
+        return document
+
+
+def _with_query(path: str, query: dict[str, str]) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{urlencode(query)}"
+
+
+def _without_query(path: str) -> str:
+    # Query strings carry continue tokens and selectors; the path is what identifies the call.
+    return path.split("?", 1)[0]
+
+
+def _excerpt(data: bytes, limit: int = 200) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _api_error(what: str, status: int, data: bytes) -> APIError:
+    """The typed error for an error status, with the Status object's reason and message."""
+    reason, message = "", ""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and document.get("kind") == "Status":
+        reason = str(document.get("reason") or "")
+        message = str(document.get("message") or "")
+    elif data.strip():
+        message = _excerpt(data)
+    if not reason:
+        try:
+            reason = http.HTTPStatus(status).phrase.replace(" ", "")
+        except ValueError:
+            reason = "Unknown"
+    error_type = _TYPED_ERRORS.get(status, APIError)
+    text = f"{what}: {status} {reason}" + (f": {message}" if message else "")
+    return error_type(text, status=status, reason=reason)
+
+
+def _connection_failure(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS verification failed: {exc.verify_message or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class KubeconfigClient(KubeClient):
+    """A client that follows its kubeconfig file: when the file changes (a rotation
+    rewrites its CA and client certificate), the next request uses what it holds now."""
+
+    def __init__(self, path: Path, context: str | None = None, *, timeout: float = 10.0) -> None:
+        self.path, self.context = Path(path), context
+        self._signature = self._stat()
+        super().__init__(load_kubeconfig(self.path, context), timeout=timeout)
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_ino
+
+    def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        signature = self._stat()
+        if signature != self._signature:
+            self.close()
+            self._signature = signature
+            self.target = load_kubeconfig(self.path, self.context)
+            context = tls_context(ca_pem=self.target.ca_pem, cert_pem=self.target.cert_pem, key_pem=self.target.key_pem)
+            self.transport = HTTPSTransport(self.target.server, context, timeout=self.timeout)
+        return super().request(method, path, body, content_type)

@@ -1,0 +1,81 @@
+"""TLS probes: what an API server presents, and whether it trusts a client certificate.
+
+The rotation uses these to check its work from the outside, the way a client sees it,
+rather than by reading files back.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from reconciler.errors import APIUnauthorizedError, ClusterUnreachableError
+from reconciler.shell.kube import KubeClient, KubeTarget, tls_context
+
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+
+
+def _address(server: str) -> tuple[str, int]:
+    url = urlsplit(server)
+    if url.scheme != "https" or not url.hostname:
+        raise ClusterUnreachableError(f"server {server!r}: not an https:// URL")
+    return url.hostname, url.port or 443
+
+
+def _handshake(server: str, context: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:
+    host, port = _address(server)
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def presented_certificate(server: str, *, timeout: float = 5.0) -> x509.Certificate:
+    """The leaf certificate ``server`` presents, without verifying anything."""
+    try:
+        with _handshake(server, tls_context(ca_pem=None, verify=False), timeout) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except OSError as exc:
+        raise ClusterUnreachableError(f"server {server}: TLS handshake failed: {exc}") from exc
+    if not der:
+        raise ClusterUnreachableError(f"server {server}: presented no certificate")
+    return x509.load_der_x509_certificate(der)
+
+
+def serves_chain_to(server: str, ca_pem: bytes, *, timeout: float = 5.0) -> bool:
+    """Whether ``server``'s certificate verifies against exactly ``ca_pem``, host name
+    included (the sandbox's servers are https://127.0.0.1:PORT with an IP SAN).
+
+    False only for a verification failure; a server that cannot be reached raises."""
+    try:
+        with _handshake(server, tls_context(ca_pem=ca_pem), timeout):
+            return True
+    except ssl.SSLCertVerificationError:
+        return False
+    except OSError as exc:
+        raise ClusterUnreachableError(f"server {server}: TLS handshake failed: {exc}") from exc
+
+
+def accepts_client_certificate(
+    server: str, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, timeout: float = 5.0
+) -> str | None:
+    """The user name the API server sees for this client certificate, or None when it
+    answers 401 (the certificate is not accepted). A SelfSubjectReview needs no RBAC
+    grant beyond being authenticated."""
+    target = KubeTarget(name=f"client certificate probe of {server}", server=server,
+                        ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    with KubeClient(target, timeout=timeout) as client:
+        try:
+            answer = client.create(SELF_SUBJECT_REVIEWS, review)
+        except APIUnauthorizedError:
+            return None
+    username = ((answer.get("status") or {}).get("userInfo") or {}).get("username")
+    if not username:
+        raise ClusterUnreachableError(f"server {server}: SelfSubjectReview answer names no user")
+    return username

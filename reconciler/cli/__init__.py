@@ -7,7 +7,12 @@ import argparse
 import sys
 
 from reconciler import __version__
+from reconciler.cli import apply as apply_command
+from reconciler.cli import plan as plan_command
 from reconciler.cli import sandbox as sandbox_command
+from reconciler.cli import schema as schema_command
+from reconciler.cli import unlock as unlock_command
+from reconciler.cli import validate as validate_command
 from reconciler.errors import EXIT_USAGE, CareconcileError, exit_code_for
 
 
@@ -18,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"careconcile {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    plan_command.register(commands)
+    apply_command.register(commands)
+    unlock_command.register(commands)
     sandbox_command.register(commands)
+    validate_command.register(commands)
+    schema_command.register(commands)
     return parser
 
 

@@ -94,3 +94,58 @@ def cluster_ca_pem(document: dict[str, Any], cluster: str, *, source: str) -> by
                 raise PKIError(f"{source}: cluster {cluster!r} has no certificate-authority-data")
             return base64.b64decode(data)
     raise PKIError(f"{source}: no cluster named {cluster!r}")
+
+
+def ca_certificates(document: dict[str, Any], *, source: str) -> list[bytes]:
+    """The distinct certificate-authority-data of every cluster entry, in order."""
+    seen: list[bytes] = []
+    for entry in document.get("clusters") or []:
+        data = (entry.get("cluster") or {}).get("certificate-authority-data")
+        if data:
+            pem = base64.b64decode(data)
+            if pem not in seen:
+                seen.append(pem)
+    if not seen:
+        raise PKIError(f"{source}: no cluster entry has certificate-authority-data")
+    return seen
+
+
+def with_ca(document: dict[str, Any], ca_pem: bytes) -> dict[str, Any]:
+    """A copy whose every cluster entry trusts exactly ``ca_pem`` (one or more certificates)."""
+    data = base64.b64encode(ca_pem).decode()
+    updated = dict(document)
+    updated["clusters"] = [
+        {**entry, "cluster": {**(entry.get("cluster") or {}), "certificate-authority-data": data}}
+        for entry in document.get("clusters") or []
+    ]
+    return updated
+
+
+def embedded_credentials(document: dict[str, Any]) -> list[tuple[str, bytes, bytes | None]]:
+    """(user, certificate PEM, key PEM) of each user whose client certificate is embedded."""
+    found = []
+    for entry in document.get("users") or []:
+        user = entry.get("user") or {}
+        if user.get("client-certificate-data"):
+            key = user.get("client-key-data")
+            found.append((entry.get("name", ""), base64.b64decode(user["client-certificate-data"]),
+                          base64.b64decode(key) if key else None))
+    return found
+
+
+def with_credentials(document: dict[str, Any], user: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    updated = dict(document)
+    users = []
+    for entry in document.get("users") or []:
+        if entry.get("name") == user:
+            entry = {**entry, "user": {**(entry.get("user") or {}),
+                                       "client-certificate-data": base64.b64encode(cert_pem).decode(),
+                                       "client-key-data": base64.b64encode(key_pem).decode()}}
+        users.append(entry)
+    updated["users"] = users
+    return updated
+
+
+def servers(document: dict[str, Any]) -> list[Endpoint]:
+    return [Endpoint(entry.get("name", ""), (entry.get("cluster") or {}).get("server", ""))
+            for entry in document.get("clusters") or []]

@@ -246,3 +246,45 @@ def is_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def reissue(template: x509.Certificate, ca: KeyPair, *, key: KeySpec, validity: dt.timedelta,
+            now: dt.datetime) -> KeyPair:
+    """A new key and certificate from ``ca`` for what ``template`` is for: the same subject,
+    alternative names and usages, so that whoever checks them sees no difference but the issuer."""
+    try:
+        usages = template.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = []
+    try:
+        alt_names = template.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        alt_names = None
+    private_key = generate_key(key)
+    public_key = private_key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(template.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + validity, ca.cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(key_encipherment=isinstance(private_key, rsa.RSAPrivateKey), cert_sign=False),
+            critical=True,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False,
+        )
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+    if alt_names is not None:
+        builder = builder.add_extension(alt_names, critical=False)
+    return KeyPair(builder.sign(ca.key, _signing_hash(ca.key)), private_key)
+
+
+def bundle_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(cert_pem(cert) for cert in certs)

@@ -1,0 +1,47 @@
+"""What the plan/apply commands share: options, loading a spec or a plan, printing plans."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reconciler.core import render
+from reconciler.core.plan import PHASES, PlanDocument
+
+FORMATS = {"text": render.text, "json": render.as_json, "markdown": render.markdown}
+
+
+def add_workspace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", metavar="DIR",
+                        help="where logs, new kubeconfigs and workspace state go "
+                             "(default: $CARECONCILE_WORKSPACE or ./careconcile-workspace)")
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=tuple(FORMATS), default="text", help="output format (default: text)")
+
+
+def print_plan(plan: PlanDocument, output_format: str) -> None:
+    sys.stdout.write(FORMATS[output_format](plan))
+    sys.stdout.flush()
+
+
+def phase_number(value: str) -> int:
+    """``--until`` takes a phase number or name (trust-both, reissue, ...)."""
+    names = {name: number for number, name in PHASES.items()}
+    if value.isdigit() and int(value) in PHASES:
+        return int(value)
+    if value in names:
+        return names[value]
+    raise argparse.ArgumentTypeError(
+        f"unknown phase {value!r}; use 1-5 or one of: {', '.join(PHASES.values())}")
+
+
+def is_plan_file(path: Path) -> bool:
+    """A saved plan is JSON; a spec is YAML. Telling them apart by content, not name."""
+    try:
+        head = path.read_bytes()[:64].lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")

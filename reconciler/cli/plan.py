@@ -1,0 +1,53 @@
+"""`careconcile plan SPEC` and `careconcile show PLANFILE`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from reconciler._files import atomic_write
+from reconciler.cli._common import add_format_option, add_workspace_option, print_plan
+from reconciler.core import render
+from reconciler.errors import EXIT_CHANGES, EXIT_OK, PlanConflictError
+from reconciler.shell import session
+from reconciler.shell.specfile import load_spec
+
+
+def register(commands: Any) -> None:
+    plan = commands.add_parser("plan", help="show the actions that bring the clusters to the spec")
+    plan.add_argument("spec", type=Path, metavar="SPEC")
+    plan.add_argument("--out", type=Path, metavar="PLANFILE", help="save the plan for `careconcile apply PLANFILE`")
+    plan.add_argument("--detailed-exitcode", action="store_true",
+                      help="exit 0 when nothing changes, 2 when the plan has changes, 1 on error")
+    plan.add_argument("--cluster", metavar="NAME", help="only this cluster of the spec")
+    add_format_option(plan)
+    add_workspace_option(plan)
+    plan.set_defaults(handler=_plan)
+
+    show = commands.add_parser("show", help="print a saved plan")
+    show.add_argument("planfile", type=Path, metavar="PLANFILE")
+    add_format_option(show)
+    show.set_defaults(handler=_show)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    loaded = load_spec(args.spec)
+    accesses = session.open_clusters(loaded, session.workspace_root(args.workspace), args.cluster)
+    plan = session.make_plan(loaded, accesses)
+    print_plan(plan, args.format)
+    blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
+    if blocking:
+        raise PlanConflictError(f"{len(blocking)} finding(s) block the plan: "
+                                + "; ".join(f"{f.subject}: {f.message}" for f in blocking))
+    if args.out:
+        atomic_write(args.out, render.as_json(plan).encode(), 0o644)
+        print(f"\nSaved the plan to {args.out}. To carry it out: careconcile apply {args.out}", file=sys.stderr)
+    changes = any(action.kind != "verify" for action in plan.actions())
+    return EXIT_CHANGES if args.detailed_exitcode and changes else EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    print_plan(session.load_plan(args.planfile), args.format)
+    return EXIT_OK

@@ -1,0 +1,122 @@
+"""Where an authority lives on a kubeadm cluster: its CA of record, the bundles that trust
+it, the leaf certificates it signs and the components that read it only at start.
+
+Pure data. Observation, diff and plan work on these sites generically, so the etcd CA and
+the front-proxy CA become further :class:`AuthorityLayout` values, not new code paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from reconciler.core import kubeadm
+from reconciler.core.kubeadm import KUBERNETES_DIR, PKI_DIR
+
+Role = Literal["control-plane", "worker"]
+ALL_ROLES: tuple[Role, ...] = ("control-plane", "worker")
+
+# Where the controller-manager signs from while the cluster trusts two CAs: its signer
+# must be a single certificate, and pki/ca.crt then holds both.
+SIGNER_DIR = f"{PKI_DIR}/careconcile"
+
+
+@dataclass(frozen=True)
+class FileBundle:
+    """A PEM file of trusted CA certificates (``pem``) or a kubeconfig's
+    certificate-authority-data (``kubeconfig``) on every node of the given roles."""
+
+    path: str
+    form: Literal["pem", "kubeconfig"]
+    roles: tuple[Role, ...]
+    required: bool = False  # absent on a node of these roles: an error, not a skip
+
+
+@dataclass(frozen=True)
+class FileLeaf:
+    """A certificate the authority signs: a ``pair`` (path.crt + path.key), a ``combined``
+    PEM (certificate and key in one file, as the kubelet keeps it) or the client
+    credentials embedded in a ``kubeconfig``."""
+
+    path: str
+    form: Literal["pair", "combined", "kubeconfig"]
+    roles: tuple[Role, ...]
+
+
+@dataclass(frozen=True)
+class StaticPodComponent:
+    """A component that reads these files only when it starts; careconcile restarts it by
+    rewriting its static-pod manifest, as the kubelet restarts a pod whose manifest changed."""
+
+    name: str
+    inputs: tuple[str, ...]
+    # How to see that a restarted instance is running again: a leader-election Lease in
+    # kube-system, or the node Leases the component renews for its nodes.
+    readiness: Literal["leader-lease", "node-leases"]
+
+
+@dataclass(frozen=True)
+class SignerFlags:
+    """The controller-manager flags that name the CA it signs with."""
+
+    cert_flag: str
+    key_flag: str
+
+
+@dataclass(frozen=True)
+class AuthorityLayout:
+    name: str
+    record_cert: str
+    record_key: str
+    bundles: tuple[FileBundle, ...]
+    leaves: tuple[FileLeaf, ...]
+    components: tuple[StaticPodComponent, ...]
+    signer: SignerFlags | None
+    # Whether the cluster's own objects carry it: kube-public/cluster-info, kube-root-ca.crt
+    # and the apiserver's extension-apiserver-authentication client-ca-file.
+    in_cluster_objects: bool
+
+    @property
+    def signer_cert(self) -> str:
+        return f"{SIGNER_DIR}/{self.name}.crt"
+
+    @property
+    def signer_key(self) -> str:
+        return f"{SIGNER_DIR}/{self.name}.key"
+
+
+_CP: tuple[Role, ...] = ("control-plane",)
+_KUBECONFIGS_CP = ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf")
+
+CLUSTER_CA = AuthorityLayout(
+    name="clusterCA",
+    record_cert=kubeadm.CLUSTER_CA_CERT,
+    record_key=kubeadm.CLUSTER_CA_KEY,
+    bundles=(
+        FileBundle(kubeadm.CLUSTER_CA_CERT, "pem", ALL_ROLES, required=True),
+        *(FileBundle(f"{KUBERNETES_DIR}/{name}", "kubeconfig", _CP) for name in _KUBECONFIGS_CP),
+        FileBundle(f"{KUBERNETES_DIR}/kubelet.conf", "kubeconfig", ALL_ROLES),
+        FileBundle(kubeadm.KWOK_KUBECONFIG, "kubeconfig", _CP),
+    ),
+    leaves=(
+        FileLeaf(f"{PKI_DIR}/apiserver", "pair", _CP),
+        FileLeaf(f"{PKI_DIR}/apiserver-kubelet-client", "pair", _CP),
+        *(FileLeaf(f"{KUBERNETES_DIR}/{name}", "kubeconfig", _CP) for name in _KUBECONFIGS_CP),
+        FileLeaf(kubeadm.KWOK_KUBECONFIG, "kubeconfig", _CP),
+        FileLeaf(kubeadm.KUBELET_CLIENT_CERT, "combined", ALL_ROLES),
+    ),
+    components=(
+        StaticPodComponent("kube-controller-manager",
+                           (f"{KUBERNETES_DIR}/controller-manager.conf", kubeadm.CLUSTER_CA_CERT), "leader-lease"),
+        StaticPodComponent("kube-scheduler", (f"{KUBERNETES_DIR}/scheduler.conf",), "leader-lease"),
+        StaticPodComponent("kwok", (kubeadm.KWOK_KUBECONFIG,), "node-leases"),
+    ),
+    signer=SignerFlags("--cluster-signing-cert-file", "--cluster-signing-key-file"),
+    in_cluster_objects=True,
+)
+
+AUTHORITIES = {CLUSTER_CA.name: CLUSTER_CA}
+
+
+def manifest_path(component: str) -> str:
+    return f"{kubeadm.MANIFESTS_DIR}/{component}.yaml"

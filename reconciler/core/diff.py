@@ -1,0 +1,109 @@
+"""Desired versus observed: findings, each with the reason a user reads in the plan (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from reconciler.core import pki
+from reconciler.core.observed import ClusterObservation, fp
+
+if TYPE_CHECKING:
+    from reconciler.core.spec import ResolvedAuthority
+
+FindingCode = Literal[
+    "rotation-requested", "ca-expiring", "key-mismatch", "pin-mismatch", "records-disagree", "record-missing",
+    "bundle-out-of-step", "leaf-out-of-step", "rotation-in-progress", "restart-pending",
+]
+
+# Findings that a rotation to a new CA resolves.
+ROTATION_TRIGGERS = {"rotation-requested", "ca-expiring", "key-mismatch"}
+# Findings that repairs under the CA of record resolve (no new CA needed).
+REPAIRABLE = {"bundle-out-of-step", "leaf-out-of-step", "restart-pending"}
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: FindingCode
+    subject: str
+    message: str
+    blocking: bool = False  # nothing careconcile can plan resolves it; the plan stops here
+
+
+def _days(delta: dt.timedelta) -> str:
+    days = delta.total_seconds() / 86400
+    return f"{days:.0f}d" if abs(days) >= 1 else f"{delta.total_seconds() / 3600:.1f}h"
+
+
+def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.datetime) -> list[Finding]:
+    findings: list[Finding] = []
+    authority = observed.authority
+    state = observed.state
+    if state.in_progress:
+        target = fp(state.target)
+        findings.append(Finding(
+            code="rotation-in-progress", subject=authority,
+            message=(f"a {'rollback' if state.rolling_back else 'rotation'} to {target} is half done "
+                     f"(phase {state.verified_phase} of 5 verified); planning resumes it"),
+        ))
+        if desired.fingerprint and desired.fingerprint not in (target, fp(state.previous)):
+            findings.append(Finding(code="pin-mismatch", subject=authority, blocking=True, message=(
+                f"spec pins {desired.fingerprint}, but the rotation in progress moves to {target}")))
+        return findings
+
+    missing = [record.node for record in observed.records if record.cert is None]
+    if missing or not observed.records:
+        findings.append(Finding(code="record-missing", subject=authority, blocking=True, message=(
+            "no control-plane node holds a CA key that matches its CA certificate: "
+            + (", ".join(missing) if missing else "no control-plane nodes in the spec"))))
+        return findings
+    record_fps = {fp(record.cert) for record in observed.records}
+    if len(record_fps) > 1:
+        findings.append(Finding(code="records-disagree", subject=authority, blocking=True, message=(
+            "control-plane nodes hold different CAs of record: "
+            + ", ".join(f"{record.node}={fp(record.cert)}" for record in observed.records))))
+        return findings
+    record = observed.records[0].cert
+    record_fp = fp(record)
+
+    if desired.rotation > state.applied_rotation and desired.rotation != state.rolled_back_rotation:
+        findings.append(Finding(code="rotation-requested", subject=authority, message=(
+            f"rotation counter raised ({state.applied_rotation} -> {desired.rotation})")))
+    remaining = record.not_valid_after_utc - now
+    if remaining < desired.renew_before:
+        findings.append(Finding(code="ca-expiring", subject=authority, message=(
+            f"CA {record_fp} expires {record.not_valid_after_utc:%Y-%m-%d}, in {_days(remaining)}, "
+            f"inside renewBefore {_days(desired.renew_before)}")))
+    key = pki.key_spec_of(record.public_key())
+    if key != desired.key:
+        findings.append(Finding(code="key-mismatch", subject=authority, message=(
+            f"CA key is {key}, the spec asks for {desired.key}")))
+    rotating = any(finding.code in ROTATION_TRIGGERS for finding in findings)
+    if desired.fingerprint and desired.fingerprint != record_fp:
+        findings.append(Finding(code="pin-mismatch", subject=authority, blocking=True, message=(
+            f"spec pins {desired.fingerprint}, the cluster's CA is {record_fp}"
+            + ("; a rotation makes a new CA that cannot match a pin: remove the pin to rotate" if rotating else ""))))
+    elif desired.fingerprint and rotating:
+        findings.append(Finding(code="pin-mismatch", subject=authority, blocking=True, message=(
+            f"spec pins the current CA {record_fp} and also asks for a rotation; remove the pin to rotate")))
+
+    for bundle in observed.bundles:
+        # Bundles their owners rewrite (kube-root-ca.crt, ...) follow the managed ones.
+        if bundle.managed and bundle.fingerprints != (record_fp,):
+            findings.append(Finding(code="bundle-out-of-step", subject=bundle.id, message=(
+                f"trusts [{', '.join(bundle.fingerprints) or 'nothing'}], the CA of record is {record_fp}")))
+    for leaf in observed.leaves:
+        if not pki.is_signed_by(leaf.cert, record):
+            findings.append(Finding(code="leaf-out-of-step", subject=leaf.id, message=(
+                f"certificate {leaf.fingerprint} is not signed by the CA of record {record_fp}")))
+        elif not leaf.key_matches:
+            findings.append(Finding(code="leaf-out-of-step", subject=leaf.id, message=(
+                "its private key does not match its certificate")))
+    for component in observed.components:
+        if component.restarted_for is not None and component.restarted_for != component.inputs_digest:
+            findings.append(Finding(code="restart-pending", subject=component.id, message=(
+                "its files changed since it was last restarted; it may still hold the old ones")))
+    return findings

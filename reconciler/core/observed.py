@@ -1,0 +1,182 @@
+"""What careconcile saw on a live cluster, as plain values (pure: the shell fills them in).
+
+Every site has a stable id (``node:path`` for files, ``kind/namespace/name`` for API
+objects) that plans, findings and stale-plan messages use to name it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cryptography import x509
+
+from reconciler.core import pki
+
+NEW_CA = "(new CA)"  # stands for the fingerprint of a CA that apply has not made yet
+
+
+def fp(cert: x509.Certificate) -> str:
+    return pki.fingerprint(cert)
+
+
+@dataclass(frozen=True)
+class ObservedBundle:
+    """A set of trusted CA certificates. ``managed`` bundles careconcile writes; the others
+    (kube-root-ca.crt, extension-apiserver-authentication) their owners rewrite from the
+    files careconcile manages, so they are checked, never written."""
+
+    id: str
+    kind: Literal["node-pem", "node-kubeconfig", "local-kubeconfig", "cluster-info", "extension-auth", "configmap"]
+    certs: tuple[x509.Certificate, ...]
+    node: str | None = None
+    path: str | None = None
+    managed: bool = True
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        return tuple(fp(cert) for cert in self.certs)
+
+
+@dataclass(frozen=True)
+class ObservedLeaf:
+    """A certificate signed by the authority, and whether the key beside it matches it."""
+
+    id: str
+    kind: Literal["node-pair", "node-combined", "node-kubeconfig", "local-kubeconfig"]
+    cert: x509.Certificate
+    key_matches: bool
+    node: str | None = None
+    path: str | None = None
+    user: str | None = None  # the kubeconfig user whose credentials these are
+
+    @property
+    def fingerprint(self) -> str:
+        return fp(self.cert)
+
+
+@dataclass(frozen=True)
+class ObservedComponent:
+    """A static pod that reads trust and credentials only at start.
+
+    ``restarted_for`` is the digest of its inputs recorded in its manifest when careconcile
+    last restarted it; ``inputs_digest`` the digest of those inputs now. They differ when
+    the component may still run with what its files held before."""
+
+    id: str
+    node: str
+    name: str
+    inputs: tuple[str, ...]
+    inputs_digest: str
+    restarted_for: str | None
+    restarted_at: dt.datetime | None
+    signer_cert: str | None = None  # the controller-manager's signing flags, as set now
+    signer_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedRecord:
+    """A control-plane node's CA of record: its key file, and the certificate in its CA
+    file that the key belongs to (None when the key matches none of them)."""
+
+    node: str
+    cert: x509.Certificate | None
+    key_spec: str
+    signer: x509.Certificate | None = None  # the staged signer certificate, when one exists
+    signer_key_matches: bool = False
+
+
+@dataclass(frozen=True)
+class ObservedEndpoint:
+    """What an apiserver presents in a TLS handshake."""
+
+    node: str
+    server: str
+    presented: x509.Certificate
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """Rotation state careconcile keeps in the cluster's state store (public part).
+
+    ``target`` is the CA a rotation moves to and ``previous`` the one it leaves; both are
+    kept, with their keys, until the rotation is final, so that a crashed run resumes and a
+    rollback can sign with the old CA again."""
+
+    applied_rotation: int = 0
+    rotation: int | None = None  # the spec's counter the rotation in progress applies
+    target: x509.Certificate | None = None
+    previous: x509.Certificate | None = None
+    has_target_key: bool = False
+    has_previous_key: bool = False
+    verified_phase: int = 0
+    rolling_back: bool = False
+    rolled_back_rotation: int | None = None
+    started: str | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.target is not None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "appliedRotation": self.applied_rotation,
+            "rotation": self.rotation,
+            "target": fp(self.target) if self.target else None,
+            "previous": fp(self.previous) if self.previous else None,
+            "verifiedPhase": self.verified_phase,
+            "rollingBack": self.rolling_back,
+            "rolledBackRotation": self.rolled_back_rotation,
+        }
+
+
+@dataclass(frozen=True)
+class ClusterObservation:
+    cluster: str
+    authority: str
+    records: tuple[ObservedRecord, ...]
+    bundles: tuple[ObservedBundle, ...]
+    leaves: tuple[ObservedLeaf, ...]
+    components: tuple[ObservedComponent, ...]
+    endpoints: tuple[ObservedEndpoint, ...]
+    state: StoredState
+    workspace_kubeconfig: ObservedLeaf | None = None
+    workspace_kubeconfig_path: str = ""
+    node_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def items(self) -> dict[str, Any]:
+        """Everything a plan acts on, by id, in public form: the input of the digest that
+        a saved plan records and apply compares."""
+        items: dict[str, Any] = {}
+        for record in self.records:
+            items[f"{record.node}:record"] = {
+                "ca": fp(record.cert) if record.cert else None, "key": record.key_spec,
+                "signer": fp(record.signer) if record.signer else None, "signerKey": record.signer_key_matches,
+            }
+        for bundle in self.bundles:
+            if bundle.managed:
+                items[bundle.id] = list(bundle.fingerprints)
+        for leaf in self.leaves:
+            items[leaf.id] = {"cert": leaf.fingerprint, "keyMatches": leaf.key_matches}
+        for component in self.components:
+            items[component.id] = {"restartedFor": component.restarted_for, "inputs": component.inputs_digest,
+                                   "signer": [component.signer_cert, component.signer_key]}
+        items["state"] = self.state.public()
+        if self.workspace_kubeconfig is not None:
+            items["workspace-kubeconfig"] = self.workspace_kubeconfig.fingerprint
+        return items
+
+    def digest(self) -> str:
+        return digest_of(self.items())
+
+
+def digest_of(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def item_digests(observation: ClusterObservation) -> dict[str, str]:
+    return {key: digest_of(value) for key, value in observation.items().items()}

@@ -1,0 +1,336 @@
+"""From findings to an ordered plan of actions in five phases (pure).
+
+The phase a cluster is in is read from the live state, not from a journal: a phase is
+done once its verification is recorded in the cluster's state store, and every action
+is planned only while the live state still differs from what the action makes. Planning
+again halfway through a rotation therefore yields exactly the remaining actions, with
+the same ids.
+
+These pydantic models are also the saved plan's format; schemas/plan.schema.json is
+generated from :class:`PlanDocument`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Literal
+
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler.core import pki
+from reconciler.core.diff import REPAIRABLE, ROTATION_TRIGGERS, Finding
+from reconciler.core.observed import NEW_CA, ClusterObservation, ObservedBundle, fp
+from reconciler.errors import RollbackRefusedError
+
+if TYPE_CHECKING:
+    from reconciler.core.spec import ResolvedAuthority
+
+FORMAT_VERSION = 1
+
+PHASES = {1: "prepare", 2: "trust-both", 3: "reissue", 4: "distrust-old", 5: "verify"}
+PHASE_TITLES = {
+    1: "prepare: make the new CA and store it durably",
+    2: "trust both: every bundle trusts old and new",
+    3: "reissue: every certificate from the new CA",
+    4: "distrust old: bundles hold only the new CA",
+    5: "verify",
+}
+
+ActionKind = Literal[
+    "create-ca", "rollback-target", "update-bundle", "stage-signer", "switch-signer", "reissue", "restart",
+    "write-kubeconfig", "remove-signer", "verify", "finalize",
+]
+Operation = Literal["none", "rotate", "resume", "repair", "rollback"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Change(_Model):
+    """Before and after, as certificate fingerprints (``sha256:...``) or ``(new CA)``;
+    never key material."""
+
+    before: list[str]
+    after: list[str]
+
+
+class Action(_Model):
+    id: str = Field(description="Stable id: cluster/phase/kind/target.")
+    phase: int = Field(ge=1, le=5)
+    kind: ActionKind
+    target: str = Field(description="The node file (node:path), API object (kind/namespace/name) or component.")
+    node: str | None = None
+    path: str | None = None
+    change: Change | None = None
+    reason: str
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterPlan(_Model):
+    cluster: str
+    authority: str
+    operation: Operation
+    old_ca: str | None = None
+    new_ca: str | None = None
+    observed_digest: str = Field(description="Digest of the observed state this plan was made against.")
+    observed_items: dict[str, str] = Field(description="Digest per observed item, to name what changed.")
+    findings: list[Finding]
+    actions: list[Action]
+
+
+class PlanDocument(_Model):
+    format_version: Literal[1]
+    careconcile_version: str
+    created: str
+    operation: Literal["apply", "rollback"]
+    spec_path: str
+    spec_digest: str
+    clusters: list[ClusterPlan]
+    summary: dict[str, int] = Field(description="Actions per kind, as the summary line counts them.")
+
+    def actions(self) -> list[Action]:
+        return [action for cluster in self.clusters for action in cluster.actions]
+
+
+# --- summary -----------------------------------------------------------------------------
+
+_COUNTED = (
+    ("create-ca", "CA to create", "CAs to create"),
+    ("rollback-target", "rollback to start", "rollbacks to start"),
+    ("update-bundle", "bundle to update", "bundles to update"),
+    ("reissue", "certificate to reissue", "certificates to reissue"),
+    ("write-kubeconfig", "kubeconfig to write", "kubeconfigs to write"),
+    ("restart", "restart", "restarts"),
+)
+
+
+def summary_counts(actions: list[Action]) -> dict[str, int]:
+    counts = Counter(action.kind for action in actions)
+    return {kind: counts.get(kind, 0) for kind, _, _ in _COUNTED}
+
+
+def summary_line(actions: list[Action]) -> str:
+    """Terraform's closing line: ``Plan: 1 CA to create, 14 bundles to update, ...``."""
+    if not any(action.kind not in ("verify",) for action in actions):
+        return "No changes. The clusters match the spec."
+    counts = summary_counts(actions)
+    parts = [f"{counts[kind]} {one if counts[kind] == 1 else many}" for kind, one, many in _COUNTED
+             if counts[kind] or kind in ("update-bundle", "reissue", "restart")]
+    return "Plan: " + ", ".join(parts) + "."
+
+
+# --- planning ----------------------------------------------------------------------------
+
+class _Builder:
+    """Collects actions of one cluster; ids are stable so a replan names the same work."""
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        self.actions: list[Action] = []
+
+    def add(self, phase: int, kind: ActionKind, target: str, reason: str, *, node: str | None = None,
+            path: str | None = None, change: Change | None = None, **params: str) -> None:
+        self.actions.append(Action(
+            id=f"{self.cluster}/{phase}/{kind}/{target}", phase=phase, kind=kind, target=target, node=node,
+            path=path, change=change, reason=reason, params=params,
+        ))
+
+    def touched(self, phase: int, node: str, paths: tuple[str, ...]) -> bool:
+        return any(action.phase == phase and action.node == node and action.path in paths
+                   and action.kind in ("update-bundle", "reissue") for action in self.actions)
+
+
+def _in(cert_fp: str, bundle: ObservedBundle) -> bool:
+    return cert_fp in bundle.fingerprints
+
+
+def _issuer_label(cert: x509.Certificate, known: list[x509.Certificate]) -> str:
+    for ca in known:
+        if pki.is_signed_by(cert, ca):
+            return fp(ca)
+    return "unknown CA"
+
+
+def plan_cluster(
+    desired: "ResolvedAuthority", observed: ClusterObservation, findings: list[Finding], *,
+    rollback: bool = False, digest: str, items: dict[str, str],
+) -> ClusterPlan:
+    """The actions that bring one cluster's authority to the spec, in phase order."""
+    state = observed.state
+
+    def result(operation: Operation, actions: list[Action], old: str | None = None,
+               new: str | None = None) -> ClusterPlan:
+        return ClusterPlan(cluster=observed.cluster, authority=observed.authority, operation=operation,
+                           old_ca=old, new_ca=new, observed_digest=digest, observed_items=items,
+                           findings=findings, actions=actions)
+
+    if rollback:
+        return _plan_rollback(observed, result)
+    if any(finding.blocking for finding in findings):
+        return result("none", [])
+
+    codes = {finding.code for finding in findings}
+    if state.in_progress:
+        old_cert, new_cert = state.previous, state.target
+        operation: Operation = "resume"
+    elif codes & ROTATION_TRIGGERS:
+        old_cert, new_cert = observed.records[0].cert, None
+        operation = "rotate"
+    elif codes & REPAIRABLE:
+        old_cert = new_cert = observed.records[0].cert
+        operation = "repair"
+    else:
+        return result("none", [])
+
+    builder = _Builder(observed.cluster)
+    if operation == "rotate":
+        reasons = "; ".join(f.message for f in findings if f.code in ROTATION_TRIGGERS)
+        builder.add(1, "create-ca", "state", f"rotate: {reasons}", change=Change(before=[fp(old_cert)], after=[NEW_CA]),
+                    key=str(desired.key), validity=f"{desired.validity.days}d", common_name=desired.common_name,
+                    rotation=str(desired.rotation))
+    _plan_phases(builder, observed, old_cert, new_cert, operation=operation)
+    return result(operation, builder.actions, fp(old_cert), fp(new_cert) if new_cert else NEW_CA)
+
+
+def _plan_rollback(observed: ClusterObservation, result) -> ClusterPlan:
+    state = observed.state
+    if not state.in_progress:
+        raise RollbackRefusedError(f"cluster {observed.cluster}: no rotation in progress, nothing to roll back")
+    if state.rolling_back:  # a rollback that was interrupted: resume it like any rotation
+        builder = _Builder(observed.cluster)
+        _plan_phases(builder, observed, state.previous, state.target, operation="resume")
+        return result("rollback", builder.actions, fp(state.previous), fp(state.target))
+    if not state.has_previous_key:
+        raise RollbackRefusedError(f"cluster {observed.cluster}: the state store no longer holds the old CA's key")
+    old_fp = fp(state.previous)
+    distrusting = [bundle.id for bundle in observed.bundles if bundle.managed and not _in(old_fp, bundle)]
+    if distrusting:
+        raise RollbackRefusedError(
+            f"cluster {observed.cluster}: the old CA {old_fp} is no longer trusted by "
+            f"{len(distrusting)} bundle(s) ({', '.join(distrusting[:3])}{', ...' if len(distrusting) > 3 else ''}); "
+            "a rollback is possible only until the old CA is distrusted",
+            hint="finish the rotation with `careconcile apply SPEC` instead")
+    builder = _Builder(observed.cluster)
+    builder.add(1, "rollback-target", "state", f"roll back from {fp(state.target)} to {old_fp}",
+                change=Change(before=[fp(state.target)], after=[old_fp]))
+    # From here it is a rotation to the old CA that starts with both CAs trusted.
+    _plan_phases(builder, observed, state.target, state.previous, operation="rollback")
+    return result("rollback", builder.actions, fp(state.target), old_fp)
+
+
+def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509.Certificate,
+                 new_cert: x509.Certificate | None, *, operation: Operation) -> None:
+    state = observed.state
+    old_fp = fp(old_cert)
+    new_fp = fp(new_cert) if new_cert is not None else NEW_CA
+    same = new_fp == old_fp  # a repair under the CA of record
+    # A rollback keeps "both trusted" (phase 2) and redoes the phases after it.
+    verified = {"resume": state.verified_phase, "rollback": min(state.verified_phase, 2)}.get(operation, 0)
+    managed = [bundle for bundle in observed.bundles if bundle.managed]
+    splits_signer = not same
+    known = [cert for cert in (new_cert, old_cert) if cert is not None]
+
+    def open_phase(phase: int) -> bool:
+        return verified < phase
+
+    # Phase 2: trust both.
+    if open_phase(2) and not same:
+        for bundle in managed:
+            if not _in(new_fp, bundle) or new_cert is None:
+                after = [old_fp, new_fp]
+                builder.add(2, "update-bundle", bundle.id, f"trust {new_fp} beside {old_fp}",
+                            node=bundle.node, path=bundle.path,
+                            change=Change(before=list(bundle.fingerprints), after=after))
+        for record in observed.records:
+            staged = record.signer is not None and record.signer_key_matches
+            if not staged:
+                builder.add(2, "stage-signer", f"{record.node}:signer", (
+                    "the controller-manager must sign from a single-certificate file while ca.crt holds two"),
+                    node=record.node, change=Change(before=[], after=[old_fp]))
+    # Phase 3: reissue.
+    if open_phase(3):
+        if not same:
+            for record in observed.records:
+                if new_cert is None or record.cert is None or fp(record.cert) != new_fp or record.signer is None \
+                        or fp(record.signer) != new_fp:
+                    builder.add(3, "switch-signer", f"{record.node}:signer", "sign new certificates with the new CA",
+                                node=record.node, change=Change(
+                                    before=[fp(record.cert) if record.cert else "none"], after=[new_fp]))
+        for leaf in observed.leaves:
+            if new_cert is None or not pki.is_signed_by(leaf.cert, new_cert) or not leaf.key_matches:
+                issuer = _issuer_label(leaf.cert, known)
+                builder.add(3, "reissue", leaf.id, (
+                    f"issued by {issuer}" if leaf.key_matches else "its key does not match its certificate"),
+                    node=leaf.node, path=leaf.path, change=Change(before=[issuer], after=[new_fp]),
+                    certificate=leaf.fingerprint, subject=leaf.cert.subject.rfc4514_string())
+    # Phase 4: distrust old.
+    if open_phase(4):
+        for bundle in managed:
+            if new_cert is None or bundle.fingerprints != (new_fp,):
+                before = [old_fp, new_fp] if any(a.target == bundle.id for a in builder.actions) \
+                    else list(bundle.fingerprints)
+                builder.add(4, "update-bundle", bundle.id, f"distrust {old_fp}" if not same else "trust only the CA of record",
+                            node=bundle.node, path=bundle.path, change=Change(before=before, after=[new_fp]))
+        workspace = observed.workspace_kubeconfig
+        if not same and (workspace is None or new_cert is None or not pki.is_signed_by(workspace.cert, new_cert)):
+            builder.add(4, "write-kubeconfig", f"local:{observed.workspace_kubeconfig_path}",
+                        "a fresh admin kubeconfig for the new CA", path=observed.workspace_kubeconfig_path,
+                        change=Change(before=[workspace.fingerprint] if workspace else [], after=[new_fp]))
+
+    _plan_restarts(builder, observed, splits_signer=splits_signer, verified=verified, operation=operation)
+
+    if open_phase(4) and not same:
+        for record in observed.records:
+            if record.signer is not None or \
+                    any(a.kind == "stage-signer" and a.node == record.node for a in builder.actions):
+                builder.add(4, "remove-signer", f"{record.node}:signer",
+                            "the controller-manager signs from ca.crt and ca.key again", node=record.node)
+
+    for phase in (2, 3, 4):
+        if open_phase(phase) and not same:
+            builder.add(phase, "verify", f"phase-{phase}", f"check {PHASES[phase]} on the live cluster",
+                        expect=new_fp, old=old_fp)
+    builder.add(5, "verify", "phase-5", "check the whole cluster against the new CA", expect=new_fp, old=old_fp)
+    if not same:
+        builder.add(5, "finalize", "state", "record the rotation as applied and drop the keys from the state store",
+                    expect=new_fp)
+    builder.actions.sort(key=lambda action: (action.phase, _ORDER[action.kind]))
+
+
+# Within a phase: state, then signers, files, restarts, clean-up, and the check last.
+_ORDER = {kind: index for index, kind in enumerate((
+    "create-ca", "rollback-target", "stage-signer", "switch-signer", "update-bundle", "reissue", "write-kubeconfig",
+    "restart", "remove-signer", "verify", "finalize"))}
+
+
+def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_signer: bool, verified: int,
+                   operation: Operation) -> None:
+    """Restart a component in each phase that changes what it reads only at start or, for
+    the controller-manager, which CA file it signs from; and, after a crash between a file
+    change and its restart, in the current phase."""
+    rotating = observed.state.in_progress or operation in ("rotate", "rollback")
+    current = verified + 1 if verified >= 1 else 2
+    for component in observed.components:
+        stale = component.restarted_for != component.inputs_digest and (
+            component.restarted_for is not None or rotating)
+        signs = component.signer_cert is not None
+        signing_now = "signer" if signs and not component.signer_cert.endswith("/ca.crt") else "record"
+        for phase in (2, 3, 4):
+            if verified >= phase:
+                continue
+            reasons = []
+            if builder.touched(phase, component.node, component.inputs):
+                reasons.append("its files change in this phase")
+            params: dict[str, str] = {"component": component.name}
+            if signs:
+                wanted = "signer" if splits_signer and phase in (2, 3) else "record"
+                if wanted != signing_now:
+                    reasons.append(f"it signs from the {wanted} files from now on")
+                params["signing"] = wanted
+            if phase == current and stale and not reasons:
+                reasons.append("it has not been restarted since its files changed")
+            if reasons:
+                builder.add(phase, "restart", component.id, "; ".join(reasons), node=component.node, **params)
+                signing_now = params.get("signing", signing_now)

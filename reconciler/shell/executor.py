@@ -1,0 +1,511 @@
+"""Carrying out a cluster's plan, one action at a time, against the live cluster.
+
+Each action is idempotent and leaves the cluster in a state that planning reads back:
+files are replaced atomically, a pair's key is written before its certificate, the new
+CA is stored before anything uses it. A run killed between two actions therefore loses
+nothing; planning again yields the remaining actions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cryptography import x509
+from ruamel.yaml import YAML
+
+from reconciler._files import atomic_write
+from reconciler.core import kubeadm, kubeconfig, pki
+from reconciler.core.authorities import manifest_path
+from reconciler.core.kubeconfig import ClientCredentials
+from reconciler.core.observed import NEW_CA, ClusterObservation, fp
+from reconciler.core.pki import KeyPair, LeafRequest
+from reconciler.core.plan import PHASES, Action, ClusterPlan
+from reconciler.core.spec import ResolvedAuthority
+from reconciler.errors import APIConflictError, CareconcileError, PKIError, RotationError
+from reconciler.shell import probes
+from reconciler.shell.kube import KubeClient, load_kubeconfig
+from reconciler.shell.observe import (
+    CLUSTER_INFO, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, apiserver_servers, RESTARTED_FOR, ClusterAccess, inputs_digest, load_manifest, observe,
+)
+from reconciler.shell.statestore import Stored, StoredKeys, with_state
+
+# Test hook: SIGKILL this process after it completes this many actions. Unset, nothing
+# differs; the crash-and-resume tests set it to kill a run at every action boundary.
+CRASH_AFTER_ENV = "CARECONCILE_TEST_CRASH_AFTER_ACTIONS"
+PROBE_USER = "careconcile:probe"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class ActionReport:
+    action: Action
+    seconds: float
+
+
+@dataclass
+class RunReport:
+    cluster: str
+    done: list[ActionReport] = field(default_factory=list)
+    phase_seconds: dict[int, float] = field(default_factory=dict)
+    stopped_after_phase: int | None = None
+
+
+class Executor:
+    def __init__(self, access: ClusterAccess, desired: ResolvedAuthority, *,
+                 on_event: Callable[[str, Action, dict[str, Any]], None],
+                 heartbeat: Callable[[], None] = lambda: None, phase_timeout: float = 300.0) -> None:
+        self.access = access
+        self.desired = desired
+        self.on_event = on_event
+        self.heartbeat = heartbeat
+        self.phase_timeout = phase_timeout
+        crash_after = os.environ.get(CRASH_AFTER_ENV)
+        self._crash_after = int(crash_after) if crash_after else None
+
+    # --- the run -------------------------------------------------------------------------
+
+    def run(self, plan: ClusterPlan, *, until: int | None = None) -> RunReport:
+        report = RunReport(plan.cluster)
+        completed = 0
+        for action in plan.actions:
+            if until is not None and action.phase > until:
+                report.stopped_after_phase = until
+                break
+            self.heartbeat()
+            self.on_event("start", action, {})
+            started = time.monotonic()
+            try:
+                self._dispatch(action)
+            except CareconcileError as exc:
+                self.on_event("failed", action, {"error": str(exc)})
+                raise
+            seconds = time.monotonic() - started
+            report.done.append(ActionReport(action, seconds))
+            report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
+            self.on_event("done", action, {"seconds": seconds})
+            completed += 1
+            if self._crash_after is not None and completed >= self._crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return report
+
+    def _dispatch(self, action: Action) -> None:
+        handler = getattr(self, "_" + action.kind.replace("-", "_"))
+        handler(action)
+
+    # --- what the CAs are ---------------------------------------------------------------
+
+    def _stored(self) -> Stored:
+        return self.access.store.load(self.access.layout.name)
+
+    def _record_pair(self) -> KeyPair:
+        """The CA of record with its key, read from the first control-plane node."""
+        node = self.access.control_planes()[0]
+        files = self.access.nodes[node]
+        layout = self.access.layout
+        key = pki.load_private_key(files.read(layout.record_key) or b"", source=f"{files.describe()} {layout.record_key}")
+        certs = pki.load_certificates(files.read(layout.record_cert) or b"", source=f"{files.describe()} ca.crt")
+        for cert in certs:
+            if pki.key_matches_cert(key, cert):
+                return KeyPair(cert, key)
+        raise PKIError(f"{files.describe()}: {layout.record_key} matches no certificate in {layout.record_cert}")
+
+    def _pair(self, fingerprint: str) -> KeyPair:
+        """The CA with this fingerprint (or the new CA) and its key."""
+        keys = self._stored().keys
+        if fingerprint == NEW_CA:
+            if keys.target is None:
+                raise RotationError(f"cluster {self.access.name}: the new CA is not in the state store "
+                                    f"({self.access.store.describe()}); run phase 1 first")
+            return keys.target
+        for pair in (keys.target, keys.previous):
+            if pair is not None and fp(pair.cert) == fingerprint:
+                return pair
+        record = self._record_pair()
+        if fp(record.cert) == fingerprint:
+            return record
+        raise RotationError(f"cluster {self.access.name}: no key for CA {fingerprint} in the state store "
+                            f"or on the control-plane nodes")
+
+    def _cert(self, fingerprint: str) -> x509.Certificate:
+        return self._pair(fingerprint).cert
+
+    # --- phase 1 -------------------------------------------------------------------------
+
+    def _create_ca(self, action: Action) -> None:
+        stored = self._stored()
+        if stored.state.in_progress:
+            raise RotationError(f"cluster {self.access.name}: a rotation is already in progress in "
+                                f"{self.access.store.describe()}; plan again to resume it")
+        previous = self._record_pair()
+        desired = self.desired
+        new = pki.new_ca(desired.common_name, now=utcnow(), key=desired.key, validity=desired.validity,
+                         organizations=desired.organizations)
+        state = stored.state
+        self.access.store.save(self.access.layout.name, Stored(
+            type(state)(applied_rotation=state.applied_rotation, rotation=int(action.params["rotation"]),
+                        target=new.cert, previous=previous.cert, has_target_key=True, has_previous_key=True,
+                        verified_phase=1, rolled_back_rotation=state.rolled_back_rotation,
+                        started=utcnow().isoformat()),
+            StoredKeys(target=new, previous=previous)))
+
+    def _rollback_target(self, action: Action) -> None:
+        stored = self._stored()
+        if stored.keys.previous is None or stored.keys.target is None:
+            raise RotationError(f"cluster {self.access.name}: the state store holds no rotation to roll back")
+        state = stored.state
+        self.access.store.save(self.access.layout.name, Stored(
+            type(state)(applied_rotation=state.applied_rotation, rotation=state.rotation,
+                        target=state.previous, previous=state.target, has_target_key=True, has_previous_key=True,
+                        verified_phase=min(state.verified_phase, 2), rolling_back=True,
+                        rolled_back_rotation=state.rolled_back_rotation, started=state.started),
+            StoredKeys(target=stored.keys.previous, previous=stored.keys.target)))
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _update_bundle(self, action: Action) -> None:
+        certs = [self._cert(value) for value in action.change.after]
+        pem = pki.bundle_pem(certs)
+        target = action.target
+        if target == EXTENSION_AUTH_ID:
+            self._update_extension_auth(action, pem)
+        elif target.startswith("configmap/"):
+            self._update_cluster_info(pem)
+        elif target.startswith("local:"):
+            self._rewrite_kubeconfig_file(action.path, lambda doc: kubeconfig.with_ca(doc, pem))
+        else:
+            files = self.access.nodes[action.node]
+            if action.path.endswith(".crt"):
+                files.write(action.path, pem, files.mode(action.path) or kubeadm.PUBLIC)
+            else:
+                self._rewrite_node_kubeconfig(action.node, action.path, lambda doc: kubeconfig.with_ca(doc, pem))
+
+    def _update_cluster_info(self, pem: bytes) -> None:
+        def trust(configmap: dict) -> None:
+            data = configmap["data"]
+            document = kubeconfig.parse(data["kubeconfig"], source="ConfigMap kube-public/cluster-info")
+            data["kubeconfig"] = kubeconfig.dump(kubeconfig.with_ca(document, pem))
+        self._replace_configmap(CLUSTER_INFO, "kube-public/cluster-info", trust)
+
+    def _replace_configmap(self, path: str, name: str, change: Callable[[dict], None]) -> None:
+        """Read, change, replace with the resourceVersion read; again if someone wrote in between."""
+        client = self.access.client
+        for _ in range(5):
+            configmap = client.get(path)
+            change(configmap)
+            try:
+                client.replace(path, configmap)
+                return
+            except APIConflictError:
+                continue
+        raise RotationError(f"ConfigMap {name} kept changing while being updated")
+
+    def _update_extension_auth(self, action: Action, pem: bytes) -> None:
+        """Only the client CAs in this ConfigMap change. Once no apiserver accepts the CA being
+        removed any more, none adds it back, so wait for that before writing."""
+        kept = set(action.change.after)
+        dropped = [value for value in action.change.before if value not in kept]
+        if dropped:
+            deadline = time.monotonic() + self.phase_timeout
+            while True:
+                self.heartbeat()
+                accepting = self._accepting_old(dropped)
+                if not accepting:
+                    break
+                if time.monotonic() > deadline:
+                    raise RotationError(f"apiservers {', '.join(accepting)} still accept client certificates from "
+                                        f"{', '.join(dropped)} after {self.phase_timeout:.0f}s")
+                time.sleep(1.0)
+        self._replace_configmap(EXTENSION_AUTH, "kube-system/extension-apiserver-authentication",
+                                lambda configmap: configmap.setdefault("data", {}).update({"client-ca-file": pem.decode()}))
+
+    def _accepting_old(self, fingerprints: list[str]) -> list[str]:
+        """The apiservers that still accept a client certificate from one of these CAs."""
+        keys = self._stored().keys
+        known = [pair for pair in (keys.previous, keys.target) if pair is not None]
+        trust = pki.bundle_pem([pair.cert for pair in known])
+        accepting = []
+        for node, server in apiserver_servers(self.access):
+            for pair in known:
+                if fp(pair.cert) not in fingerprints:
+                    continue
+                probe = pki.issue_leaf(pair, LeafRequest(PROBE_USER, client=True, key=pki.KeySpec("ECDSA", 256)),
+                                       now=utcnow())
+                if probes.accepts_client_certificate(server, ca_pem=trust, cert_pem=probe.cert_pem,
+                                                     key_pem=probe.key_pem) is not None:
+                    accepting.append(f"{server} ({node})")
+        return accepting
+
+    def _rewrite_node_kubeconfig(self, node: str, path: str, change: Callable[[dict], dict]) -> None:
+        files = self.access.nodes[node]
+        raw = files.read(path)
+        if raw is None:
+            raise RotationError(f"{files.describe()}: {path} disappeared")
+        document = kubeconfig.parse(raw.decode(), source=f"{files.describe()} {path}")
+        files.write(path, kubeconfig.dump(change(document)).encode(), files.mode(path) or kubeadm.PRIVATE)
+
+    def _rewrite_kubeconfig_file(self, path: str, change: Callable[[dict], dict]) -> None:
+        from pathlib import Path
+
+        target = Path(path)
+        document = kubeconfig.parse(target.read_text(), source=str(target))
+        atomic_write(target, kubeconfig.dump(change(document)).encode(), target.stat().st_mode & 0o777)
+
+    def _stage_signer(self, action: Action) -> None:
+        self._write_signer(action.node, self._pair(action.change.after[0]), record_key=False)
+
+    def _switch_signer(self, action: Action) -> None:
+        self._write_signer(action.node, self._pair(action.change.after[0]), record_key=True)
+
+    def _write_signer(self, node: str, pair: KeyPair, *, record_key: bool) -> None:
+        files = self.access.nodes[node]
+        layout = self.access.layout
+        # Key before certificate: a controller-manager that reloads in between sees a
+        # mismatched pair, keeps signing with what it has, and reloads again.
+        files.write(layout.signer_key, pair.key_pem, kubeadm.PRIVATE)
+        files.write(layout.signer_cert, pair.cert_pem, kubeadm.PUBLIC)
+        if record_key:
+            files.write(layout.record_key, pair.key_pem, kubeadm.PRIVATE)
+
+    def _remove_signer(self, action: Action) -> None:
+        files = self.access.nodes[action.node]
+        files.remove(self.access.layout.signer_cert)
+        files.remove(self.access.layout.signer_key)
+
+    def _reissue(self, action: Action) -> None:
+        ca = self._pair(action.change.after[0])
+        now = utcnow()
+
+        def fresh(template: x509.Certificate) -> KeyPair:
+            return pki.reissue(template, ca, key=self.desired.key, validity=self.desired.leaf_validity, now=now)
+
+        if action.target.startswith("local:"):
+            self._rewrite_kubeconfig_file(action.path, lambda doc: self._reissued_kubeconfig(doc, action, fresh))
+            return
+        files = self.access.nodes[action.node]
+        where = f"{files.describe()} {action.path}"
+        if action.target.endswith(".conf") or "#" in action.target:
+            self._rewrite_node_kubeconfig(action.node, action.path,
+                                          lambda doc: self._reissued_kubeconfig(doc, action, fresh))
+            return
+        combined = files.read(action.path)
+        if combined is not None and action.path.endswith(".pem"):
+            pair = fresh(pki.load_certificates(combined, source=where)[0])
+            files.write(action.path, pair.cert_pem + pair.key_pem, kubeadm.PRIVATE)
+            return
+        cert_raw = files.read(f"{action.path}.crt")
+        if cert_raw is None:
+            raise RotationError(f"{where}.crt disappeared")
+        pair = fresh(pki.load_certificates(cert_raw, source=f"{where}.crt")[0])
+        files.write(f"{action.path}.key", pair.key_pem, kubeadm.PRIVATE)
+        files.write(f"{action.path}.crt", pair.cert_pem, kubeadm.PUBLIC)
+
+    @staticmethod
+    def _reissued_kubeconfig(document: dict, action: Action, fresh: Callable[[x509.Certificate], KeyPair]) -> dict:
+        wanted_user = action.target.split("#", 1)[1] if "#" in action.target else None
+        for user, cert_pem, _ in kubeconfig.embedded_credentials(document):
+            if wanted_user is None or user == wanted_user:
+                pair = fresh(pki.load_certificates(cert_pem, source=f"{action.target} user {user}")[0])
+                document = kubeconfig.with_credentials(document, user, pair.cert_pem, pair.key_pem)
+        return document
+
+    def _write_kubeconfig(self, action: Action) -> None:
+        ca = self._pair(action.change.after[0])
+        admin = pki.issue_leaf(ca, LeafRequest("kubernetes-admin", organizations=(kubeadm.CLUSTER_ADMINS_GROUP,),
+                                               client=True, key=self.desired.key,
+                                               validity=self.desired.leaf_validity), now=utcnow())
+        source = kubeconfig.parse(self.access.kubeconfig_path.read_text(), source=str(self.access.kubeconfig_path))
+        endpoints = kubeconfig.servers(source)
+        document = kubeconfig.build(endpoints=endpoints, ca_pem=ca.cert_pem, user="kubernetes-admin",
+                                    credentials=ClientCredentials(cert_pem=admin.cert_pem, key_pem=admin.key_pem))
+        atomic_write(self.access.workspace_kubeconfig, kubeconfig.dump(document).encode(), kubeadm.PRIVATE)
+
+    # --- restarts ------------------------------------------------------------------------
+
+    def _restart(self, action: Action) -> None:
+        files = self.access.nodes[action.node]
+        component = action.params["component"]
+        manifest = load_manifest(files, component)
+        if manifest is None:
+            raise RotationError(f"{files.describe()}: {manifest_path(component)} disappeared")
+        inputs = next(c.inputs for c in self.access.layout.components if c.name == component)
+        metadata = manifest.setdefault("metadata", {})
+        annotations = metadata.setdefault("annotations", {}) or {}
+        annotations[RESTARTED_FOR] = inputs_digest(files, inputs)
+        annotations[RESTARTED_AT] = utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z")
+        metadata["annotations"] = annotations
+        signing = action.params.get("signing")
+        if signing and self.access.layout.signer is not None:
+            signer = self.access.layout.signer
+            cert, key = ((self.access.layout.signer_cert, self.access.layout.signer_key) if signing == "signer"
+                         else (self.access.layout.record_cert, self.access.layout.record_key))
+            container = manifest["spec"]["containers"][0]
+            container["command"] = [
+                f"{signer.cert_flag}={cert}" if arg.startswith(signer.cert_flag + "=") else
+                f"{signer.key_flag}={key}" if arg.startswith(signer.key_flag + "=") else arg
+                for arg in container["command"]
+            ]
+        files.write(manifest_path(component), _dump_yaml(manifest), files.mode(manifest_path(component)) or 0o600)
+
+    # --- checks --------------------------------------------------------------------------
+
+    def _verify(self, action: Action) -> None:
+        phase = int(action.target.split("-", 1)[1])
+        new = self._cert(action.params["expect"])
+        old_fp = action.params["old"]
+        deadline = time.monotonic() + self.phase_timeout
+        while True:
+            self.heartbeat()
+            problems = self.problems(phase, new, old_fp)
+            if not problems:
+                break
+            if time.monotonic() > deadline:
+                shown = "\n  ".join(problems[:8]) + (f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else "")
+                raise RotationError(
+                    f"cluster {self.access.name}: phase {phase} ({PHASES[phase]}) did not show on the live cluster "
+                    f"within {self.phase_timeout:.0f}s:\n  {shown}",
+                    hint="nothing was rolled back; fix the cause and run apply again to resume")
+            time.sleep(1.0)
+        stored = self._stored()
+        if phase < 5 and stored.state.in_progress and stored.state.verified_phase < phase:
+            self.access.store.save(self.access.layout.name, with_state(stored, verified_phase=phase))
+
+    def problems(self, phase: int, new: x509.Certificate, old_fp: str) -> list[str]:
+        """What still differs from the end state of ``phase``; empty when it is reached."""
+        observed = observe(self.access)
+        new_fp = fp(new)
+        problems: list[str] = []
+        both = {new_fp, old_fp}
+        for bundle in observed.bundles:
+            have = set(bundle.fingerprints)
+            if phase in (2, 3) and not (both <= have if not bundle.managed else new_fp in have):
+                problems.append(f"{bundle.id} trusts {sorted(have)}, not yet both CAs")
+            if phase >= 4 and bundle.fingerprints != (new_fp,):
+                problems.append(f"{bundle.id} still trusts {sorted(have - {new_fp}) or 'not the new CA'}")
+        if phase >= 3:
+            for leaf in observed.leaves:
+                if not pki.is_signed_by(leaf.cert, new) or not leaf.key_matches:
+                    problems.append(f"{leaf.id} is not a certificate from the new CA with its key")
+            for record in observed.records:
+                if record.cert is None or fp(record.cert) != new_fp:
+                    problems.append(f"{record.node} does not hold the new CA's key as its CA of record")
+            for endpoint in observed.endpoints:
+                if not pki.is_signed_by(endpoint.presented, new):
+                    problems.append(f"apiserver {endpoint.server} on {endpoint.node} still presents a certificate "
+                                    f"not signed by the new CA")
+        problems += self._probe_clients(phase, observed, new, old_fp)
+        problems += self._components_ready(observed)
+        if phase == 5:
+            problems += self._nodes_ready()
+        return problems
+
+    def _probe_clients(self, phase: int, observed: ClusterObservation, new: x509.Certificate,
+                       old_fp: str) -> list[str]:
+        """Ask each apiserver, as a client would, whom it trusts now."""
+        problems = []
+        trust = pki.bundle_pem([new] + ([self._cert(old_fp)] if phase < 4 and old_fp != fp(new) else []))
+        if phase in (2, 5):
+            probe = self._probe_certificate(fp(new))
+            for endpoint in observed.endpoints:
+                if probes.accepts_client_certificate(endpoint.server, ca_pem=trust,
+                                                     cert_pem=probe.cert_pem, key_pem=probe.key_pem) is None:
+                    problems.append(f"apiserver {endpoint.server} does not yet accept client certificates "
+                                    f"from the new CA")
+        if phase >= 4 and old_fp != fp(new):
+            old = self._stored().keys
+            old_pair = next((p for p in (old.previous, old.target) if p is not None and fp(p.cert) == old_fp), None)
+            if old_pair is not None:
+                probe = pki.issue_leaf(old_pair, LeafRequest(PROBE_USER, client=True, key=pki.KeySpec("ECDSA", 256)),
+                                       now=utcnow())
+                for endpoint in observed.endpoints:
+                    if probes.accepts_client_certificate(endpoint.server, ca_pem=trust,
+                                                         cert_pem=probe.cert_pem, key_pem=probe.key_pem) is not None:
+                        problems.append(f"apiserver {endpoint.server} still accepts client certificates "
+                                        f"from the old CA {old_fp}")
+            if self.access.workspace_kubeconfig.is_file():
+                target = load_kubeconfig(self.access.workspace_kubeconfig)
+                try:
+                    with KubeClient(target, timeout=5) as client:
+                        client.get("/api")
+                except CareconcileError as exc:
+                    problems.append(f"the new kubeconfig {self.access.workspace_kubeconfig} does not work: {exc}")
+        return problems
+
+    def _probe_certificate(self, fingerprint: str) -> KeyPair:
+        return pki.issue_leaf(self._pair(fingerprint), LeafRequest(PROBE_USER, client=True,
+                                                                   key=pki.KeySpec("ECDSA", 256)), now=utcnow())
+
+    def _components_ready(self, observed: ClusterObservation) -> list[str]:
+        """Each restarted component runs again: its leader Lease was acquired after the
+        restart, or it renewed its nodes' Leases after it."""
+        problems = []
+        client = self.access.client
+        by_name: dict[str, list] = {}
+        for component in observed.components:
+            if component.restarted_at is not None:
+                by_name.setdefault(component.name, []).append(component)
+        readiness = {c.name: c.readiness for c in self.access.layout.components}
+        now = utcnow()
+        for name, instances in by_name.items():
+            restarted = min(c.restarted_at for c in instances)
+            if readiness[name] == "leader-lease":
+                lease = client.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}")
+                spec = lease.get("spec") or {}
+                acquired, renewed = _time(spec.get("acquireTime")), _time(spec.get("renewTime"))
+                duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
+                if not spec.get("holderIdentity") or acquired is None or acquired < restarted or \
+                        renewed is None or now - renewed > duration * 2:
+                    problems.append(f"{name} has not taken its leader lease since its restart at {restarted:%H:%M:%S}")
+            else:
+                stale = [lease["metadata"]["name"] for lease in
+                         client.list("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
+                         if (_time((lease.get("spec") or {}).get("renewTime")) or restarted) <= restarted]
+                if stale:
+                    problems.append(f"{name} has not renewed the leases of {len(stale)} node(s) since its restart "
+                                    f"({', '.join(stale[:3])})")
+        return problems
+
+    def _nodes_ready(self) -> list[str]:
+        problems = []
+        for node in self.access.client.list("/api/v1/nodes"):
+            conditions = (node.get("status") or {}).get("conditions") or []
+            if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                problems.append(f"node {node['metadata']['name']} is not Ready")
+        return problems
+
+    # --- the end -------------------------------------------------------------------------
+
+    def _finalize(self, action: Action) -> None:
+        stored = self._stored()
+        state = stored.state
+        if not state.in_progress:
+            return
+        if state.rolling_back:
+            final = type(state)(applied_rotation=state.applied_rotation, rolled_back_rotation=state.rotation)
+        else:
+            final = type(state)(applied_rotation=state.rotation if state.rotation is not None
+                                else state.applied_rotation, rolled_back_rotation=state.rolled_back_rotation)
+        self.access.store.save(self.access.layout.name, Stored(final, StoredKeys()))
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _dump_yaml(document: dict) -> bytes:
+    import io
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    out = io.StringIO()
+    yaml.dump(document, out)
+    return out.getvalue().encode()

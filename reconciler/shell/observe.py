@@ -1,0 +1,301 @@
+"""Reading a live cluster into a :class:`ClusterObservation`: node files, API objects, TLS.
+
+Every read names what it read in its errors (node and path, or the API object), so a
+malformed certificate or an unreachable node is reported where it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from ruamel.yaml import YAML, YAMLError
+
+from reconciler.core import kubeconfig, pki
+from reconciler.core.authorities import AuthorityLayout, manifest_path
+from reconciler.core.observed import (
+    ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
+)
+from reconciler.core.spec import ClusterSpec
+from reconciler.errors import APINotFoundError, NodeUnreachableError, PKIError
+from reconciler.shell import probes
+from reconciler.shell.kube import KubeClient
+from reconciler.shell.nodes import NodeFiles
+from reconciler.shell.statestore import StateStore, Stored
+
+RESTARTED_FOR = "careconcile.dev/restarted-for"
+RESTARTED_AT = "careconcile.dev/restarted-at"
+CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
+EXTENSION_AUTH = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication"
+EXTENSION_AUTH_ID = "configmap/kube-system/extension-apiserver-authentication"
+
+
+@dataclass
+class ClusterAccess:
+    """Everything careconcile uses to reach one cluster."""
+
+    cluster: ClusterSpec
+    layout: AuthorityLayout
+    client: KubeClient
+    kubeconfig_path: Path
+    nodes: dict[str, NodeFiles]
+    roles: dict[str, str]
+    store: StateStore
+    workspace: Path  # careconcile-workspace/<cluster>
+
+    @property
+    def name(self) -> str:
+        return self.cluster.name
+
+    @property
+    def workspace_kubeconfig(self) -> Path:
+        return self.workspace / f"{self.cluster.name}-kubeconfig"
+
+    def control_planes(self) -> list[str]:
+        return [name for name, role in self.roles.items() if role == "control-plane"]
+
+
+def load_manifest(files: NodeFiles, component: str) -> dict[str, Any] | None:
+    raw = files.read(manifest_path(component))
+    if raw is None:
+        return None
+    try:
+        document = YAML(typ="safe", pure=True).load(raw)
+    except YAMLError as exc:
+        raise PKIError(f"{files.describe()}: {manifest_path(component)} is not YAML ({exc})") from exc
+    if not isinstance(document, dict):
+        raise PKIError(f"{files.describe()}: {manifest_path(component)} is not a Pod manifest")
+    return document
+
+
+def manifest_flags(manifest: dict[str, Any]) -> dict[str, str]:
+    containers = ((manifest.get("spec") or {}).get("containers") or [{}])
+    flags = {}
+    for argument in (containers[0].get("command") or []) + (containers[0].get("args") or []):
+        if argument.startswith("--") and "=" in argument:
+            name, value = argument.split("=", 1)
+            flags[name] = value
+    return flags
+
+
+def inputs_digest(files: NodeFiles, inputs: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for path in inputs:
+        content = files.read(path) or b""
+        digest.update(f"{path}\0{hashlib.sha256(content).hexdigest()}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _certs(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
+    certs = pki.load_certificates(pem, source=source)
+    if not certs:
+        raise PKIError(f"{source}: holds no certificate")
+    return tuple(certs)
+
+
+def _kubeconfig(raw: bytes, source: str) -> dict[str, Any]:
+    return kubeconfig.parse(raw.decode(errors="replace"), source=source)
+
+
+def _kubeconfig_bundle(raw: bytes, source: str) -> tuple[x509.Certificate, ...]:
+    pems = kubeconfig.ca_certificates(_kubeconfig(raw, source), source=source)
+    certs: list[x509.Certificate] = []
+    for pem in pems:
+        certs += [cert for cert in _certs(pem, source) if cert not in certs]
+    return tuple(certs)
+
+
+def _kubeconfig_leaves(raw: bytes, source: str, *, site: str, kind: str, node: str | None,
+                       path: str) -> list[ObservedLeaf]:
+    leaves = []
+    credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source))
+    for user, cert_pem, key_pem in credentials:
+        cert = _certs(cert_pem, f"{source} user {user}")[0]
+        matches = key_pem is not None and pki.key_matches_cert(
+            pki.load_private_key(key_pem, source=f"{source} user {user}"), cert)
+        leaves.append(ObservedLeaf(id=site if len(credentials) == 1 else f"{site}#{user}", kind=kind, cert=cert,
+                                   key_matches=matches, node=node, path=path, user=user))
+    return leaves
+
+
+def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, list, list, ObservedRecord | None,
+                                                                            list]:
+    files = access.nodes[name]
+    layout = access.layout
+    files.check()
+    where = files.describe()
+    bundles, leaves, components, endpoints = [], [], [], []
+    for site in layout.bundles:
+        if role not in site.roles:
+            continue
+        raw = files.read(site.path)
+        if raw is None:
+            if site.required:
+                raise NodeUnreachableError(f"{where}: {site.path} is missing")
+            continue
+        source = f"{where} {site.path}"
+        certs = _certs(raw, source) if site.form == "pem" else _kubeconfig_bundle(raw, source)
+        kind = "node-pem" if site.form == "pem" else "node-kubeconfig"
+        bundles.append(ObservedBundle(id=f"{name}:{site.path}", kind=kind, certs=certs, node=name, path=site.path))
+    for site in layout.leaves:
+        if role not in site.roles:
+            continue
+        source = f"{where} {site.path}"
+        site_id = f"{name}:{site.path}"
+        if site.form == "pair":
+            cert_raw, key_raw = files.read(f"{site.path}.crt"), files.read(f"{site.path}.key")
+            if cert_raw is None:
+                continue
+            cert = _certs(cert_raw, f"{source}.crt")[0]
+            matches = key_raw is not None and pki.key_matches_cert(
+                pki.load_private_key(key_raw, source=f"{source}.key"), cert)
+            leaves.append(ObservedLeaf(id=site_id, kind="node-pair", cert=cert, key_matches=matches, node=name,
+                                       path=site.path))
+        elif site.form == "combined":
+            raw = files.read(site.path)
+            if raw is None:
+                continue
+            cert = _certs(raw, source)[0]
+            matches = b"PRIVATE KEY-----" in raw and pki.key_matches_cert(pki.load_private_key(raw, source=source), cert)
+            leaves.append(ObservedLeaf(id=site_id, kind="node-combined", cert=cert, key_matches=matches, node=name,
+                                       path=site.path))
+        else:
+            raw = files.read(site.path)
+            if raw is not None:
+                leaves += _kubeconfig_leaves(raw, source, site=site_id, kind="node-kubeconfig", node=name,
+                                             path=site.path)
+    record = None
+    if role == "control-plane":
+        record = _observe_record(files, layout, name)
+        for component in layout.components:
+            manifest = load_manifest(files, component.name)
+            if manifest is None:
+                continue
+            annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+            flags = manifest_flags(manifest)
+            signer = layout.signer if component.name == "kube-controller-manager" else None
+            components.append(ObservedComponent(
+                id=f"{name}:{component.name}", node=name, name=component.name, inputs=component.inputs,
+                inputs_digest=inputs_digest(files, component.inputs),
+                restarted_for=annotations.get(RESTARTED_FOR),
+                restarted_at=_parse_time(annotations.get(RESTARTED_AT)),
+                signer_cert=flags.get(signer.cert_flag) if signer else None,
+                signer_key=flags.get(signer.key_flag) if signer else None,
+            ))
+        server = apiserver_server(files)
+        if server is not None:
+            endpoints.append(ObservedEndpoint(node=name, server=server,
+                                              presented=probes.presented_certificate(server)))
+    return bundles, leaves, components, record, endpoints
+
+
+def apiserver_server(files: NodeFiles) -> str | None:
+    """The URL of the apiserver a node runs, from its static-pod manifest."""
+    manifest = load_manifest(files, "kube-apiserver")
+    if manifest is None:
+        return None
+    flags = manifest_flags(manifest)
+    return f"https://{flags.get('--advertise-address', '127.0.0.1')}:{flags.get('--secure-port', '6443')}"
+
+
+def apiserver_servers(access: ClusterAccess) -> list[tuple[str, str]]:
+    found = []
+    for node in access.control_planes():
+        server = apiserver_server(access.nodes[node])
+        if server is not None:
+            found.append((node, server))
+    return found
+
+
+def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:
+    where = files.describe()
+    cert_raw, key_raw = files.read(layout.record_cert), files.read(layout.record_key)
+    if cert_raw is None or key_raw is None:
+        missing = layout.record_cert if cert_raw is None else layout.record_key
+        raise NodeUnreachableError(f"{where}: {missing} is missing; a control-plane node holds the CA of record")
+    key = pki.load_private_key(key_raw, source=f"{where} {layout.record_key}")
+    certs = _certs(cert_raw, f"{where} {layout.record_cert}")
+    record = next((cert for cert in certs if pki.key_matches_cert(key, cert)), None)
+    signer, signer_matches = None, False
+    signer_raw, signer_key_raw = files.read(layout.signer_cert), files.read(layout.signer_key)
+    if signer_raw is not None:
+        signer = _certs(signer_raw, f"{where} {layout.signer_cert}")[0]
+        signer_matches = signer_key_raw is not None and pki.key_matches_cert(
+            pki.load_private_key(signer_key_raw, source=f"{where} {layout.signer_key}"), signer)
+    return ObservedRecord(node=node, cert=record, key_spec=str(pki.key_spec_of(key)), signer=signer,
+                          signer_key_matches=signer_matches)
+
+
+def observe_api_bundles(client: KubeClient) -> list[ObservedBundle]:
+    """cluster-info (careconcile writes it), kube-root-ca.crt in every namespace and the
+    apiserver's published client CA (their owners write them)."""
+    bundles = []
+    try:
+        info = client.get(CLUSTER_INFO)
+    except APINotFoundError:
+        info = None
+    if info is not None:
+        raw = ((info.get("data") or {}).get("kubeconfig") or "").encode()
+        bundles.append(ObservedBundle(id="configmap/kube-public/cluster-info", kind="cluster-info",
+                                      certs=_kubeconfig_bundle(raw, "ConfigMap kube-public/cluster-info")))
+    for configmap in client.list("/api/v1/configmaps", field_selector="metadata.name=kube-root-ca.crt"):
+        namespace = configmap["metadata"]["namespace"]
+        pem = ((configmap.get("data") or {}).get("ca.crt") or "").encode()
+        bundles.append(ObservedBundle(id=f"configmap/{namespace}/kube-root-ca.crt", kind="configmap",
+                                      certs=_certs(pem, f"ConfigMap {namespace}/kube-root-ca.crt"), managed=False))
+    try:
+        auth = client.get(EXTENSION_AUTH)
+        pem = ((auth.get("data") or {}).get("client-ca-file") or "").encode()
+        # The apiserver adds its client CAs to this ConfigMap but never removes one until it
+        # expires, so aggregated apiservers and the controller-manager would go on trusting
+        # an old CA for years: careconcile distrusts it here itself.
+        bundles.append(ObservedBundle(id=EXTENSION_AUTH_ID, kind="extension-auth",
+                                      certs=_certs(pem, "ConfigMap kube-system/extension-apiserver-authentication")))
+    except APINotFoundError:
+        pass
+    return bundles
+
+
+def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObservation:
+    bundles, leaves, components, records, endpoints = [], [], [], [], []
+    for name, role in access.roles.items():
+        node_bundles, node_leaves, node_components, record, node_endpoints = _observe_node(access, name, role)
+        bundles += node_bundles
+        leaves += node_leaves
+        components += node_components
+        endpoints += node_endpoints
+        if record is not None:
+            records.append(record)
+    # The kubeconfig careconcile itself uses is a consumer like any other.
+    path = access.kubeconfig_path
+    raw = path.read_bytes()
+    site = f"local:{path}"
+    bundles.append(ObservedBundle(id=site, kind="local-kubeconfig", certs=_kubeconfig_bundle(raw, str(path)),
+                                  path=str(path)))
+    leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path))
+    if access.layout.in_cluster_objects:
+        bundles += observe_api_bundles(access.client)
+    workspace_leaf = None
+    workspace_path = access.workspace_kubeconfig
+    if workspace_path.is_file():
+        found = _kubeconfig_leaves(workspace_path.read_bytes(), str(workspace_path), site="workspace-kubeconfig",
+                                   kind="local-kubeconfig", node=None, path=str(workspace_path))
+        workspace_leaf = found[0] if found else None
+    stored = stored or access.store.load(access.layout.name)
+    return ClusterObservation(
+        cluster=access.name, authority=access.layout.name, records=tuple(records), bundles=tuple(bundles),
+        leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=stored.state,
+        workspace_kubeconfig=workspace_leaf, workspace_kubeconfig_path=str(workspace_path),
+        node_names=tuple(access.roles),
+    )
+

@@ -1,0 +1,246 @@
+"""A plan/apply session: reach the spec's clusters, lock them, plan, run the plan.
+
+The CLI commands are thin over this module, and so are the benchmarks and tests that
+drive a rotation without a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+import jsonschema
+from pydantic import ValidationError
+
+from reconciler import __version__
+from reconciler.core.authorities import CLUSTER_CA, AuthorityLayout
+from reconciler.core.diff import diff
+from reconciler.core.observed import item_digests
+from reconciler.core.plan import FORMAT_VERSION, Action, PlanDocument, plan_cluster, summary_counts
+from reconciler.core.schemas import schemas
+from reconciler.core.spec import ClusterSpec, resolve_authority
+from reconciler.errors import PlanFileError, StalePlanError
+from reconciler.shell.executor import Executor, RunReport, utcnow
+from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.lock import ClusterLock
+from reconciler.shell.nodes import node_files
+from reconciler.shell.observe import ClusterAccess, observe
+from reconciler.shell.specfile import LoadedSpec
+from reconciler.shell.statestore import SecretStateStore, WorkspaceStateStore
+
+WORKSPACE_ENV = "CARECONCILE_WORKSPACE"
+WORKSPACE_DIR = "careconcile-workspace"
+
+
+def workspace_root(option: str | None = None) -> Path:
+    return Path(option or os.environ.get(WORKSPACE_ENV) or Path.cwd() / WORKSPACE_DIR)
+
+
+def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
+                 layout: AuthorityLayout = CLUSTER_CA) -> ClusterAccess:
+    """Reach a cluster's API and nodes; nothing is read or changed yet beyond the
+    kubeconfig and the nodes' root directories."""
+    nodes = {node.name: node_files(node) for node in cluster.nodes}
+    for files in nodes.values():
+        files.check()
+    kubeconfig_path = loaded.kubeconfig_path(cluster)
+    client = KubeconfigClient(kubeconfig_path, cluster.context)
+    directory = workspace / cluster.name
+    store_spec = cluster.state_store
+    if store_spec.workspace is not None:
+        store = WorkspaceStateStore(directory / "state")
+    else:
+        secret = store_spec.secret
+        store = SecretStateStore(client, namespace=secret.namespace, name=secret.name)
+    return ClusterAccess(cluster=cluster, layout=layout, client=client, kubeconfig_path=kubeconfig_path,
+                         nodes=nodes, roles={node.name: node.role for node in cluster.nodes}, store=store,
+                         workspace=directory)
+
+
+def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None) -> dict[str, ClusterAccess]:
+    clusters = [c for c in loaded.document.spec.clusters if only is None or c.name == only]
+    return {cluster.name: open_cluster(loaded, cluster, workspace) for cluster in clusters}
+
+
+def spec_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollback: bool = False) -> PlanDocument:
+    plans = []
+    for name, access in accesses.items():
+        desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
+        observed = observe(access)
+        findings = diff(desired, observed, now=utcnow())
+        plans.append(plan_cluster(desired, observed, findings, rollback=rollback, digest=observed.digest(),
+                                  items=item_digests(observed)))
+    actions = [action for plan in plans for action in plan.actions]
+    return PlanDocument(
+        format_version=FORMAT_VERSION, careconcile_version=__version__,
+        created=utcnow().isoformat(timespec="seconds"), operation="rollback" if rollback else "apply",
+        spec_path=str(loaded.path), spec_digest=spec_digest(loaded.path), clusters=plans,
+        summary=summary_counts(actions),
+    )
+
+
+# --- saved plans -----------------------------------------------------------------------
+
+def load_plan(path: Path) -> PlanDocument:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise PlanFileError(f"{path}: cannot read the plan: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from exc
+    if isinstance(document, dict) and document.get("format_version") != FORMAT_VERSION:
+        raise PlanFileError(f"{path}: plan format_version {document.get('format_version')!r}; this careconcile "
+                            f"reads format_version {FORMAT_VERSION}")
+    try:
+        jsonschema.validate(document, schemas()["plan.schema.json"])
+        return PlanDocument.model_validate(document)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
+        raise PlanFileError(f"{path}: not a valid plan at {where}: {exc.message}") from exc
+    except ValidationError as exc:
+        raise PlanFileError(f"{path}: not a valid plan: {exc}") from exc
+
+
+def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess]) -> None:
+    """Refuse a saved plan when the spec or a cluster changed since it was made, naming what."""
+    if spec_digest(loaded.path) != plan.spec_digest:
+        raise StalePlanError(f"saved plan is stale: the spec {loaded.path} changed since the plan was made",
+                             hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
+    for cluster in plan.clusters:
+        observed = observe(accesses[cluster.cluster])
+        if observed.digest() == cluster.observed_digest:
+            continue
+        now = item_digests(observed)
+        changed = sorted(key for key in set(now) | set(cluster.observed_items)
+                         if now.get(key) != cluster.observed_items.get(key))
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise StalePlanError(
+            f"saved plan is stale: cluster {cluster.cluster} changed since the plan was made ({shown}); "
+            "nothing was changed",
+            hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
+
+
+# --- running ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(accesses: dict[str, ClusterAccess], operation: str,
+           say: Callable[[str], None]) -> Iterator[dict[str, ClusterLock]]:
+    """Hold every cluster's lock for the whole operation; release them however it ends."""
+    locks: dict[str, ClusterLock] = {}
+    try:
+        for name, access in accesses.items():
+            lock = ClusterLock(access.client, name, operation=operation)
+            info = lock.acquire()
+            if info.took_over_from is not None:
+                say(f"cluster {name}: took over the stale lock {info.took_over_from.describe()}")
+            locks[name] = lock
+        yield locks
+    finally:
+        for lock in locks.values():
+            with contextlib.suppress(Exception):
+                lock.release()
+
+
+class ApplyLog:
+    """careconcile-workspace/<cluster>/log/apply-<TIMESTAMP>/apply.log: one line per event."""
+
+    def __init__(self, access: ClusterAccess, operation: str) -> None:
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S.%fZ")
+        self.directory = access.workspace / "log" / f"{operation}-{stamp}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "apply.log"
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, message: str) -> None:
+        self._file.write(f"{utcnow().isoformat(timespec='milliseconds')} {message}\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Progress:
+    """Per-action progress: counters and phase headings on a terminal, plain lines otherwise."""
+
+    total: int
+    stream: TextIO = sys.stdout
+    count: int = 0
+    phase: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.stream.isatty()
+
+    def event(self, cluster: str, kind: str, action: Action, details: dict) -> None:
+        if kind == "start":
+            self.count += 1
+            if self.terminal and action.phase != self.phase:
+                self.stream.write(f"\n{cluster}: phase {action.phase}\n")
+            self.phase = action.phase
+            if action.kind == "verify" and self.terminal:
+                self.stream.write(f"  [{self.count}/{self.total}] checking {action.target} ...\n")
+            self.stream.flush()
+            return
+        if kind == "done":
+            line = f"{action.kind} {action.target}: done in {details['seconds']:.2f}s"
+        else:
+            line = f"{action.kind} {action.target}: FAILED"
+        prefix = f"  [{self.count}/{self.total}] " if self.terminal else f"{cluster}: [{self.count}/{self.total}] "
+        self.stream.write(prefix + line + "\n")
+        self.stream.flush()
+
+
+def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
+             until: int | None = None, phase_timeout: float = 300.0, stream: TextIO = sys.stdout,
+             locks: dict[str, ClusterLock] | None = None) -> list[RunReport]:
+    """Run every cluster's actions in order; the caller holds the locks."""
+    reports = []
+    progress = Progress(total=sum(1 for a in plan.actions() if until is None or a.phase <= until), stream=stream)
+    for cluster in plan.clusters:
+        if not cluster.actions:
+            continue
+        access = accesses[cluster.cluster]
+        desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
+        log = ApplyLog(access, plan.operation)
+        log.write(f"{plan.operation} cluster {cluster.cluster}: {len(cluster.actions)} actions, "
+                  f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
+        lock = (locks or {}).get(cluster.cluster)
+
+        def on_event(kind: str, action: Action, details: dict, name: str = cluster.cluster) -> None:
+            log.write(f"{kind} {action.id}" + (f" ({details['seconds']:.3f}s)" if "seconds" in details else "")
+                      + (f": {details['error']}" if "error" in details else ""))
+            progress.event(name, kind, action, details)
+
+        executor = Executor(access, desired, on_event=on_event, phase_timeout=phase_timeout,
+                            heartbeat=_throttled(lock.renew) if lock is not None else lambda: None)
+        try:
+            report = executor.run(cluster, until=until)
+            log.write("stopped after phase %d" % until if report.stopped_after_phase else "finished")
+        finally:
+            log.close()
+        reports.append(report)
+    return reports
+
+
+
+def _throttled(renew: Callable[[], object], every: float = 20.0) -> Callable[[], None]:
+    """Renew the lock at most every ``every`` seconds; its TTL is minutes."""
+    last = [time.monotonic()]
+
+    def heartbeat() -> None:
+        if time.monotonic() - last[0] >= every:
+            renew()
+            last[0] = time.monotonic()
+    return heartbeat

@@ -374,7 +374,7 @@ class Executor:
                     hint="nothing was rolled back; fix the cause and run apply again to resume")
             time.sleep(1.0)
         stored = self._stored()
-        if phase < 5 and stored.state.in_progress and stored.state.verified_phase < phase:
+        if stored.state.in_progress and stored.state.verified_phase < phase:
             self.access.store.save(self.access.layout.name, with_state(stored, verified_phase=phase))
 
     def problems(self, phase: int, new: x509.Certificate, old_fp: str) -> list[str]:

@@ -64,6 +64,8 @@ def _stored_from(authority: str, files: dict[str, bytes], *, source: str) -> Sto
         public = json.loads(raw)
     except ValueError as exc:
         raise PKIError(f"{source}: {authority}.json is not JSON ({exc})") from exc
+    if not isinstance(public, dict):
+        raise PKIError(f"{source}: {authority}.json holds {type(public).__name__}, not an object")
 
     def loaded(role: str) -> tuple[Any, Any]:
         cert, key = files.get(f"{authority}.{role}.crt"), files.get(f"{authority}.{role}.key")

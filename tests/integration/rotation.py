@@ -1,0 +1,164 @@
+"""Tools for the rotation tests: the CLI as a subprocess, a polling client, end-state checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from reconciler.core import kubeadm, kubeconfig, pki
+from reconciler.core.authorities import CLUSTER_CA
+from reconciler.shell import probes
+from reconciler.shell.kube import KubeClient, load_kubeconfig
+
+PRIVATE_KEY_HEADER = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class CLIResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def careconcile(*args: str, workspace: Path, env: dict[str, str] | None = None, timeout: float = 900,
+                stdin: str | None = None) -> CLIResult:
+    """Run the CLI as a user would; its output must never hold a private key."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "reconciler", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "CARECONCILE_WORKSPACE": str(workspace), **(env or {})}, cwd=ROOT,
+        input=stdin if stdin is not None else "",
+    )
+    result = CLIResult(completed.returncode, completed.stdout, completed.stderr)
+    assert_no_private_key(result.stdout.encode() + result.stderr.encode(), f"output of careconcile {' '.join(args)}")
+    return result
+
+
+def assert_no_private_key(data: bytes, where: str) -> None:
+    assert not PRIVATE_KEY_HEADER.search(data), f"a private key appears in {where}"
+
+
+def assert_no_private_key_in_files(directory: Path) -> None:
+    """Logs and plans hold public data only (kubeconfigs and state files may hold keys)."""
+    for path in directory.rglob("*"):
+        if path.is_file() and (path.suffix in (".log", ".json") or path.name.endswith(".log")):
+            assert_no_private_key(path.read_bytes(), str(path))
+
+
+def set_rotation(spec: Path, value: int) -> None:
+    text = spec.read_text()
+    spec.write_text(re.sub(r"rotation: \d+", f"rotation: {value}", text))
+
+
+def record_ca(info) -> pki.KeyPair:
+    node = Path(info.nodes[0].root)
+    key = pki.load_private_key((node / kubeadm.CLUSTER_CA_KEY.lstrip("/")).read_bytes(), source="ca.key")
+    for cert in pki.load_certificates((node / kubeadm.CLUSTER_CA_CERT.lstrip("/")).read_bytes(), source="ca.crt"):
+        if pki.key_matches_cert(key, cert):
+            return pki.KeyPair(cert, key)
+    raise AssertionError("ca.key matches no certificate in ca.crt")
+
+
+@dataclass
+class Poller:
+    """A client that reads the admin kubeconfig afresh for every request, round-robin over
+    its contexts (one per apiserver), as a user's kubectl would during the rotation."""
+
+    kubeconfig: Path
+    interval: float = 0.05
+    requests: int = 0
+    failures: list[str] = field(default_factory=list)
+    per_server: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        turn = 0
+        while not self._stop.is_set():
+            try:
+                document = kubeconfig.parse(self.kubeconfig.read_text(), source=str(self.kubeconfig))
+                contexts = [c["name"] for c in document["contexts"]]
+                context = contexts[turn % len(contexts)]
+                turn += 1
+                target = load_kubeconfig(self.kubeconfig, context)
+                with KubeClient(target, timeout=10) as client:
+                    client.get("/api/v1/namespaces/kube-system")
+                self.per_server[target.server] = self.per_server.get(target.server, 0) + 1
+            except Exception as exc:  # every failure counts, whatever its kind
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
+            self.requests += 1
+            self._stop.wait(self.interval)
+
+
+def bundle_fingerprints(pem: bytes, source: str) -> list[str]:
+    return [pki.fingerprint(cert) for cert in pki.load_certificates(pem, source=source)]
+
+
+def assert_cluster_trusts_only(info, ca: x509.Certificate, workspace_kubeconfig: Path | None = None) -> None:
+    """Every consumer of the cluster CA trusts exactly ``ca`` and every leaf comes from it."""
+    expected = [pki.fingerprint(ca)]
+    for node in info.nodes:
+        root = Path(node.root)
+        assert bundle_fingerprints((root / "etc/kubernetes/pki/ca.crt").read_bytes(), node.name) == expected, node.name
+        for site in CLUSTER_CA.bundles:
+            path = root / site.path.lstrip("/")
+            if site.form == "kubeconfig" and path.is_file():
+                document = kubeconfig.parse(path.read_text(), source=str(path))
+                for pem in kubeconfig.ca_certificates(document, source=str(path)):
+                    assert bundle_fingerprints(pem, str(path)) == expected, str(path)
+                for user, cert_pem, _ in kubeconfig.embedded_credentials(document):
+                    assert pki.is_signed_by(pki.load_certificates(cert_pem, source=user)[0], ca), f"{path} {user}"
+        pem = root / kubeadm.KUBELET_CLIENT_CERT.lstrip("/")
+        assert pki.is_signed_by(pki.load_certificates(pem.read_bytes(), source=str(pem))[0], ca), str(pem)
+    with KubeClient(load_kubeconfig(Path(info.kubeconfig))) as client:
+        configmaps = client.list("/api/v1/configmaps", field_selector="metadata.name=kube-root-ca.crt")
+        assert configmaps, "no kube-root-ca.crt ConfigMaps"
+        for configmap in configmaps:
+            where = f"{configmap['metadata']['namespace']}/kube-root-ca.crt"
+            assert bundle_fingerprints(configmap["data"]["ca.crt"].encode(), where) == expected, where
+        info_kubeconfig = client.get("/api/v1/namespaces/kube-public/configmaps/cluster-info")["data"]["kubeconfig"]
+        for pem in kubeconfig.ca_certificates(kubeconfig.parse(info_kubeconfig, source="cluster-info"),
+                                              source="cluster-info"):
+            assert bundle_fingerprints(pem, "cluster-info") == expected
+        nodes = client.list("/api/v1/nodes")
+        assert nodes and all(any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+                             for n in nodes), "not every node is Ready"
+    for server in info.apiservers:
+        assert probes.serves_chain_to(server, pki.cert_pem(ca)), f"{server} does not present a chain to the CA"
+    if workspace_kubeconfig is not None:
+        with KubeClient(load_kubeconfig(workspace_kubeconfig)) as client:
+            assert client.get("/api")["kind"] == "APIVersions"
+
+
+def rejects_client_of(info, ca: pki.KeyPair, trust: x509.Certificate) -> bool:
+    """Whether every apiserver answers 401 to a client certificate from ``ca``."""
+    probe = pki.issue_leaf(ca, pki.LeafRequest("rotation-test", client=True, key=pki.KeySpec("ECDSA", 256)),
+                           now=dt.datetime.now(dt.timezone.utc))
+    return all(probes.accepts_client_certificate(server, ca_pem=pki.cert_pem(trust), cert_pem=probe.cert_pem,
+                                                 key_pem=probe.key_pem) is None for server in info.apiservers)
+
+
+def plan_json(spec: Path, workspace: Path) -> dict:
+    result = careconcile("plan", str(spec), "--format", "json", workspace=workspace)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

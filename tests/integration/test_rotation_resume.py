@@ -1,0 +1,47 @@
+"""A rotation killed with SIGKILL at every action boundary resumes from what the cluster shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.shell.executor import CRASH_AFTER_ENV
+
+from .rotation import (
+    assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, record_ca, rejects_client_of,
+    set_rotation,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_killed_at_every_action_boundary_resumes_to_the_same_end_state(start_sandbox, tmp_path):
+    info = start_sandbox("crash", control_planes=1, workers=3)
+    spec = Path(info.spec)
+    old = record_ca(info)
+    set_rotation(spec, 1)
+    remaining = [action["id"] for action in plan_json(spec, tmp_path)["clusters"][0]["actions"]]
+    planned = len(remaining)
+    assert planned > 40
+
+    kills = 0
+    while remaining:
+        # Each run carries out one action and is then killed, lock held, mid-flight.
+        result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path, env={CRASH_AFTER_ENV: "1"})
+        assert result.returncode == -9, f"run {kills + 1} was not killed: {result.stdout[-2000:]}{result.stderr}"
+        kills += 1
+        now = [action["id"] for action in plan_json(spec, tmp_path)["clusters"][0]["actions"]]
+        # Planning again yields exactly the actions that were left: the live state shows
+        # what was done, whatever moment the run died at.
+        assert now == remaining[1:], f"after kill {kills} ({remaining[0]}): plan differs"
+        remaining = now
+
+    assert kills == planned
+    new = record_ca(info)
+    assert new.cert != old.cert
+    assert_cluster_trusts_only(info, new.cert, tmp_path / info.name / f"{info.name}-kubeconfig")
+    assert rejects_client_of(info, old, trust=new.cert)
+    final = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path)
+    assert final.returncode == 0 and "No changes." in final.stdout
+    assert_no_private_key_in_files(tmp_path)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: start a sandbox cluster (1 control plane, 3 kwok workers) from the pinned
-# binaries, show its health, its kubeadm-style node directories and the spec careconcile
-# wrote for it, then stop it. DEMO_KEEP=1 leaves it running for you to explore.
+# binaries, show the CA its nodes trust, then rotate the cluster CA the way a user would:
+# raise the rotation counter in the spec, plan, apply, and plan again (no changes).
+# DEMO_KEEP=1 leaves the sandbox running for you to explore.
 set -euo pipefail
 name="${DEMO_NAME:-demo}"
 
@@ -22,8 +23,7 @@ echo
 echo "==> careconcile sandbox status --name $name"
 careconcile sandbox status --name "$name"
 
-echo
-echo "==> the cluster CA every node trusts (nodes/*/etc/kubernetes/pki/ca.crt)"
+show_trust() {
 python - "$root" <<'PY'
 import sys
 from pathlib import Path
@@ -34,11 +34,41 @@ for ca_file in sorted(Path(sys.argv[1], "nodes").glob("*/etc/kubernetes/pki/ca.c
     print(f"  {ca_file.parts[-5]:<24} {cert.subject.rfc4514_string():<14} {pki.fingerprint(cert)[:23]}..."
           f"  expires {cert.not_valid_after_utc:%Y-%m-%d}")
 PY
+}
+
+echo
+echo "==> the cluster CA every node trusts (nodes/*/etc/kubernetes/pki/ca.crt)"
+show_trust
 
 echo
 echo "==> the spec careconcile wrote for this sandbox ($root/spec.yaml)"
 cat "$root/spec.yaml"
+
+export CARECONCILE_WORKSPACE="$root/careconcile-workspace"
+spec="$root/spec.yaml"
+sed -i 's/rotation: 0/rotation: 1/' "$spec"
 echo
+echo "==> raised clusterCA.rotation to 1; careconcile plan $spec --out $root/rotate.plan.json"
+set +e
+careconcile plan "$spec" --out "$root/rotate.plan.json" --detailed-exitcode
+status=$?
+set -e
+[[ $status == 2 ]] || { echo "expected a plan with changes (exit 2), got $status" >&2; exit 1; }
+
+echo
+echo "==> careconcile apply $root/rotate.plan.json"
+careconcile apply "$root/rotate.plan.json"
+
+echo
+echo "==> careconcile plan $spec --detailed-exitcode (expect: no changes, exit 0)"
+careconcile plan "$spec" --detailed-exitcode | tail -1
+
+echo
+echo "==> the cluster CA every node trusts now"
+show_trust
+echo
+echo "The new admin kubeconfig: $CARECONCILE_WORKSPACE/$name/$name-kubeconfig"
+echo "The apply log:            $(ls "$CARECONCILE_WORKSPACE/$name"/log/apply-*/apply.log)"
 if [[ "${DEMO_KEEP:-0}" == 1 ]]; then
   echo "Left running (DEMO_KEEP=1). KUBECONFIG=$kubeconfig; stop it with: careconcile sandbox down --name $name"
 fi

@@ -66,3 +66,18 @@ def start_sandbox(sandbox_root):
 def cluster(start_sandbox):
     """One control plane, three kwok workers: the sandbox most tests share."""
     return start_sandbox("it", control_planes=1, workers=3)
+
+
+_PRIVATE_KEY_HEADER = "PRIVATE KEY-----"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """No test's captured stdout, stderr or log may show a private key: a test that passes
+    while printing one fails here."""
+    outcome = yield
+    report = outcome.get_result()
+    captured = "".join(content for name, content in report.sections if name.endswith(f" {call.when}"))
+    if _PRIVATE_KEY_HEADER in captured and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid}: a private key appears in the test's captured output"

@@ -67,9 +67,11 @@ def _apply(args: argparse.Namespace) -> int:
         if not _confirm(plan, args.auto_approve):
             _say("Apply cancelled; nothing was changed.")
             return EXIT_OK
+        for lock in locks.values():  # the answer may have taken a while
+            lock.renew()
         reports = session.run_plan(plan, loaded, accesses, until=args.until, phase_timeout=args.phase_timeout,
                                    locks=locks)
-    _finished(plan, reports, args.until)
+    _finished(plan, reports, args.until, saved=False)
     return EXIT_OK
 
 
@@ -82,14 +84,17 @@ def _apply_saved(args: argparse.Namespace, workspace: Path) -> int:
         session.check_not_stale(plan, loaded, accesses)
         reports = session.run_plan(plan, loaded, accesses, until=args.until, phase_timeout=args.phase_timeout,
                                    locks=locks)
-    _finished(plan, reports, args.until)
+    _finished(plan, reports, args.until, saved=True)
     return EXIT_OK
 
 
-def _finished(plan: PlanDocument, reports: list, until: int | None) -> None:
+def _finished(plan: PlanDocument, reports: list, until: int | None, *, saved: bool) -> None:
     done = sum(len(report.done) for report in reports)
     if until is not None and any(report.stopped_after_phase for report in reports):
-        print(f"\nStopped after phase {until} ({PHASES[until]}): {done} actions done. "
-              "Run apply again to go on, or rollback to undo.")
-    else:
-        print(f"\nApply complete! {done} actions done. {summary_line(plan.actions()).replace('Plan: ', 'Changed: ')}")
+        go_on = ("This saved plan is now stale: make a new plan, or run `careconcile apply SPEC`, to go on"
+                 if saved else "Run apply again to go on")
+        print(f"\nStopped after phase {until} ({PHASES[until]}): {done} actions done. {go_on}; "
+              "`careconcile rollback SPEC` undoes the rotation until the old CA is distrusted.")
+        return
+    what = "Rollback" if plan.operation == "rollback" else "Apply"
+    print(f"\n{what} complete! {done} actions done. {summary_line(plan.actions()).replace('Plan: ', 'Changed: ')}")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli._common import add_workspace_option
 from reconciler.errors import EXIT_OK, UsageError
 from reconciler.shell import session
 from reconciler.shell.lock import force_unlock
@@ -17,6 +18,7 @@ def register(commands: Any) -> None:
     parser.add_argument("cluster", metavar="CLUSTER")
     parser.add_argument("lock_id", metavar="LOCK_ID", help="the id the lock error printed")
     parser.add_argument("--spec", type=Path, required=True, metavar="SPEC", help="the spec that names the cluster")
+    add_workspace_option(parser)
     parser.set_defaults(handler=_force_unlock)
 
 
@@ -25,7 +27,7 @@ def _force_unlock(args: argparse.Namespace) -> int:
     cluster = next((c for c in loaded.document.spec.clusters if c.name == args.cluster), None)
     if cluster is None:
         raise UsageError(f"{args.spec}: no cluster named {args.cluster!r}")
-    access = session.open_cluster(loaded, cluster, session.workspace_root())
+    access = session.open_cluster(loaded, cluster, session.workspace_root(args.workspace))
     removed = force_unlock(access.client, args.cluster, args.lock_id)
     print(f"Removed the lock of cluster {args.cluster}: {removed.describe()}")
     return EXIT_OK

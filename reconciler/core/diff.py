@@ -47,7 +47,7 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         findings.append(Finding(
             code="rotation-in-progress", subject=authority,
             message=(f"a {'rollback' if state.rolling_back else 'rotation'} to {target} is half done "
-                     f"(phase {state.verified_phase} of 5 verified); planning resumes it"),
+                     f"(phase {state.verified_phase} of 5 verified)"),
         ))
         if desired.fingerprint and desired.fingerprint not in (target, fp(state.previous)):
             findings.append(Finding(code="pin-mismatch", subject=authority, blocking=True, message=(

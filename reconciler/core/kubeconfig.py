@@ -96,37 +96,71 @@ def cluster_ca_pem(document: dict[str, Any], cluster: str, *, source: str) -> by
     raise PKIError(f"{source}: no cluster named {cluster!r}")
 
 
-def ca_certificates(document: dict[str, Any], *, source: str) -> list[bytes]:
-    """The distinct certificate-authority-data of every cluster entry, in order."""
+@dataclass(frozen=True)
+class Scope:
+    """The cluster and user entries of a kubeconfig that belong to one cluster; None means
+    every entry (kubeadm's kubeconfigs hold one cluster). A user's own kubeconfig may list
+    other clusters, whose CAs careconcile must neither count nor touch."""
+
+    clusters: frozenset[str] | None = None
+    users: frozenset[str] | None = None
+
+
+EVERYTHING = Scope()
+
+
+def scope_for(document: dict[str, Any], *, servers: set[str], context: str | None) -> Scope:
+    """The entries that reach one of ``servers``, plus the cluster of ``context`` (a load
+    balancer's address appears in no manifest), and the users their contexts use."""
+    current = context or document.get("current-context")
+    context_cluster = next(((entry.get("context") or {}).get("cluster") for entry in document.get("contexts") or []
+                            if entry.get("name") == current), None)
+    clusters = frozenset(
+        entry.get("name", "") for entry in document.get("clusters") or []
+        if (entry.get("cluster") or {}).get("server") in servers or entry.get("name") == context_cluster)
+    users = frozenset((entry.get("context") or {}).get("user", "") for entry in document.get("contexts") or []
+                      if (entry.get("context") or {}).get("cluster") in clusters)
+    return Scope(clusters, users)
+
+
+def _in_scope(name: str, names: frozenset[str] | None) -> bool:
+    return names is None or name in names
+
+
+def ca_certificates(document: dict[str, Any], *, source: str, scope: Scope = EVERYTHING) -> list[bytes]:
+    """The distinct certificate-authority-data of every cluster entry in scope, in order."""
     seen: list[bytes] = []
     for entry in document.get("clusters") or []:
+        if not _in_scope(entry.get("name", ""), scope.clusters):
+            continue
         data = (entry.get("cluster") or {}).get("certificate-authority-data")
         if data:
             pem = base64.b64decode(data)
             if pem not in seen:
                 seen.append(pem)
     if not seen:
-        raise PKIError(f"{source}: no cluster entry has certificate-authority-data")
+        raise PKIError(f"{source}: no cluster entry of this cluster has certificate-authority-data")
     return seen
 
 
-def with_ca(document: dict[str, Any], ca_pem: bytes) -> dict[str, Any]:
-    """A copy whose every cluster entry trusts exactly ``ca_pem`` (one or more certificates)."""
+def with_ca(document: dict[str, Any], ca_pem: bytes, scope: Scope = EVERYTHING) -> dict[str, Any]:
+    """A copy whose cluster entries in scope trust exactly ``ca_pem`` (one or more certificates)."""
     data = base64.b64encode(ca_pem).decode()
     updated = dict(document)
     updated["clusters"] = [
         {**entry, "cluster": {**(entry.get("cluster") or {}), "certificate-authority-data": data}}
+        if _in_scope(entry.get("name", ""), scope.clusters) else entry
         for entry in document.get("clusters") or []
     ]
     return updated
 
 
-def embedded_credentials(document: dict[str, Any]) -> list[tuple[str, bytes, bytes | None]]:
-    """(user, certificate PEM, key PEM) of each user whose client certificate is embedded."""
+def embedded_credentials(document: dict[str, Any], scope: Scope = EVERYTHING) -> list[tuple[str, bytes, bytes | None]]:
+    """(user, certificate PEM, key PEM) of each user in scope whose client certificate is embedded."""
     found = []
     for entry in document.get("users") or []:
         user = entry.get("user") or {}
-        if user.get("client-certificate-data"):
+        if user.get("client-certificate-data") and _in_scope(entry.get("name", ""), scope.users):
             key = user.get("client-key-data")
             found.append((entry.get("name", ""), base64.b64decode(user["client-certificate-data"]),
                           base64.b64decode(key) if key else None))

@@ -23,14 +23,21 @@ def fp(cert: x509.Certificate) -> str:
     return pki.fingerprint(cert)
 
 
+def short(fingerprint: str) -> str:
+    """``sha256:0123456789ab``: enough to tell CAs apart where people read; plans keep the full one."""
+    return fingerprint[:19] if fingerprint.startswith("sha256:") else fingerprint
+
+
 @dataclass(frozen=True)
 class ObservedBundle:
     """A set of trusted CA certificates. ``managed`` bundles careconcile writes; the others
-    (kube-root-ca.crt, extension-apiserver-authentication) their owners rewrite from the
-    files careconcile manages, so they are checked, never written."""
+    (kube-root-ca.crt) their owners rewrite from the files careconcile manages, so they are
+    checked, never written. A ``ca-bundle`` (webhooks, APIServices, CRD conversion) lists
+    only the authority's certificates; others in the same field are left as they are."""
 
     id: str
-    kind: Literal["node-pem", "node-kubeconfig", "local-kubeconfig", "cluster-info", "extension-auth", "configmap"]
+    kind: Literal["node-pem", "node-kubeconfig", "local-kubeconfig", "cluster-info", "extension-auth", "configmap",
+                  "ca-bundle"]
     certs: tuple[x509.Certificate, ...]
     node: str | None = None
     path: str | None = None
@@ -165,8 +172,6 @@ class ClusterObservation:
             items[component.id] = {"restartedFor": component.restarted_for, "inputs": component.inputs_digest,
                                    "signer": [component.signer_cert, component.signer_key]}
         items["state"] = self.state.public()
-        if self.workspace_kubeconfig is not None:
-            items["workspace-kubeconfig"] = self.workspace_kubeconfig.fingerprint
         return items
 
     def digest(self) -> str:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.core import pki
 from reconciler.core.diff import REPAIRABLE, ROTATION_TRIGGERS, Finding
-from reconciler.core.observed import NEW_CA, ClusterObservation, ObservedBundle, fp
+from reconciler.core.observed import NEW_CA, ClusterObservation, ObservedBundle, fp, short
 from reconciler.errors import RollbackRefusedError
 
 if TYPE_CHECKING:
@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 
 PHASES = {1: "prepare", 2: "trust-both", 3: "reissue", 4: "distrust-old", 5: "verify"}
+ROLLBACK_TITLES = {
+    1: "prepare: make the old CA the target again",
+    2: "trust both: every bundle trusts both CAs (already so)",
+    3: "reissue: every certificate from the old CA again",
+    4: "distrust the abandoned CA: bundles hold only the old CA",
+    5: "verify",
+}
 PHASE_TITLES = {
     1: "prepare: make the new CA and store it durably",
     2: "trust both: every bundle trusts old and new",
@@ -213,7 +220,7 @@ def _plan_rollback(observed: ClusterObservation, result) -> ClusterPlan:
             "a rollback is possible only until the old CA is distrusted",
             hint="finish the rotation with `careconcile apply SPEC` instead")
     builder = _Builder(observed.cluster)
-    builder.add(1, "rollback-target", "state", f"roll back from {fp(state.target)} to {old_fp}",
+    builder.add(1, "rollback-target", "state", f"roll back from {short(fp(state.target))} to {short(old_fp)}",
                 change=Change(before=[fp(state.target)], after=[old_fp]))
     # From here it is a rotation to the old CA that starts with both CAs trusted.
     _plan_phases(builder, observed, state.target, state.previous, operation="rollback")
@@ -242,7 +249,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 continue  # the apiserver adds the CAs it trusts itself; it only never removes one
             if not _in(new_fp, bundle) or new_cert is None:
                 after = [old_fp, new_fp]
-                builder.add(2, "update-bundle", bundle.id, f"trust {new_fp} beside {old_fp}",
+                builder.add(2, "update-bundle", bundle.id, f"trust {short(new_fp)} beside {short(old_fp)}",
                             node=bundle.node, path=bundle.path,
                             change=Change(before=list(bundle.fingerprints), after=after))
         for record in observed.records:
@@ -266,7 +273,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
             if new_cert is None or not pki.is_signed_by(leaf.cert, new_cert) or not leaf.key_matches:
                 issuer = _issuer_label(leaf.cert, known)
                 builder.add(3, "reissue", leaf.id, (
-                    f"issued by {issuer}" if leaf.key_matches else "its key does not match its certificate"),
+                    f"issued by {short(issuer)}" if leaf.key_matches else "its key does not match its certificate"),
                     node=leaf.node, path=leaf.path, change=Change(before=[issuer], after=[new_fp]),
                     certificate=leaf.fingerprint, subject=leaf.cert.subject.rfc4514_string())
     # Phase 4: distrust old.
@@ -276,13 +283,13 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 trusting_both = next((a.change.after for a in builder.actions if a.phase == 2
                                       and a.kind == "update-bundle" and a.target == bundle.id), None)
                 before = list(trusting_both or bundle.fingerprints)
-                builder.add(4, "update-bundle", bundle.id, f"distrust {old_fp}" if not same else "trust only the CA of record",
+                builder.add(4, "update-bundle", bundle.id, f"distrust {short(old_fp)}" if not same else "trust only the CA of record",
                             node=bundle.node, path=bundle.path, change=Change(before=before, after=[new_fp]))
-        workspace = observed.workspace_kubeconfig
-        if not same and (workspace is None or new_cert is None or not pki.is_signed_by(workspace.cert, new_cert)):
+        # Once written, the workspace kubeconfig is a bundle and a leaf like any other.
+        if not same and observed.workspace_kubeconfig is None:
             builder.add(4, "write-kubeconfig", f"local:{observed.workspace_kubeconfig_path}",
                         "a fresh admin kubeconfig for the new CA", path=observed.workspace_kubeconfig_path,
-                        change=Change(before=[workspace.fingerprint] if workspace else [], after=[new_fp]))
+                        change=Change(before=[], after=[new_fp]))
 
     _plan_restarts(builder, observed, splits_signer=splits_signer, verified=verified, operation=operation)
 

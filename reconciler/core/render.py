@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from reconciler.core.plan import PHASE_TITLES, Action, ClusterPlan, PlanDocument, summary_line
+from reconciler.core.observed import short
+from reconciler.core.plan import PHASE_TITLES, ROLLBACK_TITLES, Action, ClusterPlan, PlanDocument, summary_line
 
 SYMBOLS = {
     "create-ca": "+", "write-kubeconfig": "+", "update-bundle": "~", "stage-signer": "~", "switch-signer": "~",
@@ -14,17 +15,16 @@ SYMBOLS = {
 LEGEND = "  + create   ~ update   -/+ reissue   - remove   r restart   ? check on the live cluster"
 
 
-def short(value: str) -> str:
-    """``sha256:0123456789ab`` for text; JSON keeps the full fingerprint."""
-    return value[:19] if value.startswith("sha256:") else value
-
-
 def _change(action: Action) -> str:
     if action.change is None:
         return ""
     before = ", ".join(short(v) for v in action.change.before) or "-"
     after = ", ".join(short(v) for v in action.change.after) or "-"
     return f"[{before}] -> [{after}]"
+
+
+def _titles(cluster: ClusterPlan) -> dict[int, str]:
+    return ROLLBACK_TITLES if cluster.operation == "rollback" else PHASE_TITLES
 
 
 def _describe(cluster: ClusterPlan) -> str:
@@ -48,7 +48,7 @@ def text(plan: PlanDocument) -> str:
         for action in cluster.actions:
             if action.phase != phase:
                 phase = action.phase
-                lines += ["", f"  Phase {phase}: {PHASE_TITLES[phase]}"]
+                lines += ["", f"  Phase {phase}: {_titles(cluster)[phase]}"]
             detail = _change(action)
             lines.append(f"    {SYMBOLS[action.kind]:>3} {action.kind} {action.target}" + (f"  {detail}" if detail else ""))
             lines.append(f"        {action.reason}")
@@ -74,7 +74,7 @@ def markdown(plan: PlanDocument) -> str:
         phases = sorted({action.phase for action in cluster.actions})
         for phase in phases:
             actions = [a for a in cluster.actions if a.phase == phase]
-            lines += ["", f"<details><summary>Phase {phase}: {PHASE_TITLES[phase]} ({len(actions)} actions)</summary>",
+            lines += ["", f"<details><summary>Phase {phase}: {_titles(cluster)[phase]} ({len(actions)} actions)</summary>",
                       "", "| | action | target | change | why |", "|---|---|---|---|---|"]
             for action in actions:
                 lines.append(f"| `{SYMBOLS[action.kind]}` | {action.kind} | `{action.target}` | "

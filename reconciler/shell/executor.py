@@ -8,11 +8,13 @@ nothing; planning again yields the remaining actions.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from cryptography import x509
@@ -20,9 +22,9 @@ from ruamel.yaml import YAML
 
 from reconciler._files import atomic_write
 from reconciler.core import kubeadm, kubeconfig, pki
-from reconciler.core.authorities import manifest_path
+from reconciler.core.authorities import SIGNER_DIR, manifest_path
 from reconciler.core.kubeconfig import ClientCredentials
-from reconciler.core.observed import NEW_CA, ClusterObservation, fp
+from reconciler.core.observed import NEW_CA, ClusterObservation, StoredState, fp
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, ClusterPlan
 from reconciler.core.spec import ResolvedAuthority
@@ -30,7 +32,7 @@ from reconciler.errors import APIConflictError, CareconcileError, PKIError, Rota
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, load_kubeconfig
 from reconciler.shell.observe import (
-    CLUSTER_INFO, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, apiserver_servers, RESTARTED_FOR, ClusterAccess, inputs_digest, load_manifest, observe,
+    CA_BUNDLE_OWNERS, CLUSTER_INFO, ca_bundle_fields, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, apiserver_servers, local_kubeconfig_scope, RESTARTED_FOR, ClusterAccess, inputs_digest, load_manifest, observe,
 )
 from reconciler.shell.statestore import Stored, StoredKeys, with_state
 
@@ -67,6 +69,8 @@ class Executor:
         self.on_event = on_event
         self.heartbeat = heartbeat
         self.phase_timeout = phase_timeout
+        self._stored_cache: Stored | None = None
+        self._record_cache: KeyPair | None = None
         crash_after = os.environ.get(CRASH_AFTER_ENV)
         self._crash_after = int(crash_after) if crash_after else None
 
@@ -103,9 +107,22 @@ class Executor:
     # --- what the CAs are ---------------------------------------------------------------
 
     def _stored(self) -> Stored:
-        return self.access.store.load(self.access.layout.name)
+        """The state store's content. This run holds the lock, so only it writes the store:
+        read once, then kept in step by :meth:`_save`."""
+        if self._stored_cache is None:
+            self._stored_cache = self.access.store.load(self.access.layout.name)
+        return self._stored_cache
+
+    def _save(self, stored: Stored) -> None:
+        self.access.store.save(self.access.layout.name, stored)
+        self._stored_cache = stored
 
     def _record_pair(self) -> KeyPair:
+        if self._record_cache is None:
+            self._record_cache = self._read_record_pair()
+        return self._record_cache
+
+    def _read_record_pair(self) -> KeyPair:
         """The CA of record with its key, read from the first control-plane node."""
         node = self.access.control_planes()[0]
         files = self.access.nodes[node]
@@ -149,8 +166,8 @@ class Executor:
         new = pki.new_ca(desired.common_name, now=utcnow(), key=desired.key, validity=desired.validity,
                          organizations=desired.organizations)
         state = stored.state
-        self.access.store.save(self.access.layout.name, Stored(
-            type(state)(applied_rotation=state.applied_rotation, rotation=int(action.params["rotation"]),
+        self._save(Stored(
+            StoredState(applied_rotation=state.applied_rotation, rotation=int(action.params["rotation"]),
                         target=new.cert, previous=previous.cert, has_target_key=True, has_previous_key=True,
                         verified_phase=1, rolled_back_rotation=state.rolled_back_rotation,
                         started=utcnow().isoformat()),
@@ -161,8 +178,8 @@ class Executor:
         if stored.keys.previous is None or stored.keys.target is None:
             raise RotationError(f"cluster {self.access.name}: the state store holds no rotation to roll back")
         state = stored.state
-        self.access.store.save(self.access.layout.name, Stored(
-            type(state)(applied_rotation=state.applied_rotation, rotation=state.rotation,
+        self._save(Stored(
+            StoredState(applied_rotation=state.applied_rotation, rotation=state.rotation,
                         target=state.previous, previous=state.target, has_target_key=True, has_previous_key=True,
                         verified_phase=min(state.verified_phase, 2), rolling_back=True,
                         rolled_back_rotation=state.rolled_back_rotation, started=state.started),
@@ -174,18 +191,43 @@ class Executor:
         certs = [self._cert(value) for value in action.change.after]
         pem = pki.bundle_pem(certs)
         target = action.target
-        if target == EXTENSION_AUTH_ID:
+        if "/" in target and target.split("/", 1)[0] in CA_BUNDLE_KINDS:
+            self._update_ca_bundle(action, certs)
+        elif target == EXTENSION_AUTH_ID:
             self._update_extension_auth(action, pem)
         elif target.startswith("configmap/"):
             self._update_cluster_info(pem)
         elif target.startswith("local:"):
-            self._rewrite_kubeconfig_file(action.path, lambda doc: kubeconfig.with_ca(doc, pem))
+            scope = self._local_scope(action.path)
+            self._rewrite_kubeconfig_file(action.path, lambda doc: kubeconfig.with_ca(doc, pem, scope))
         else:
             files = self.access.nodes[action.node]
             if action.path.endswith(".crt"):
                 files.write(action.path, pem, files.mode(action.path) or kubeadm.PUBLIC)
             else:
                 self._rewrite_node_kubeconfig(action.node, action.path, lambda doc: kubeconfig.with_ca(doc, pem))
+
+    def _update_ca_bundle(self, action: Action, certs: list[x509.Certificate]) -> None:
+        """Replace the authority's certificates in one caBundle field, keeping the others."""
+        kind, rest = action.target.split("/", 1)
+        name, _, suffix = rest.partition("/")
+        path = f"{action.path}/{name}"
+        authority = set(action.change.before) | {fp(cert) for cert in certs}
+        client = self.access.client
+        for _ in range(5):
+            item = client.get(path)
+            fields = dict(ca_bundle_fields(kind, item))
+            current = pki.load_certificates(base64.b64decode(fields.get(f"/{suffix}" if suffix else "", "")),
+                                            source=f"{action.target} caBundle")
+            kept = [cert for cert in current if fp(cert) not in authority]
+            bundle = base64.b64encode(pki.bundle_pem(certs + kept)).decode()
+            _set_ca_bundle(kind, item, suffix, bundle)
+            try:
+                client.replace(path, item)  # carries the resourceVersion read
+                return
+            except APIConflictError:
+                continue
+        raise RotationError(f"{action.target} kept changing while being updated")
 
     def _update_cluster_info(self, pem: bytes) -> None:
         def trust(configmap: dict) -> None:
@@ -252,8 +294,6 @@ class Executor:
         files.write(path, kubeconfig.dump(change(document)).encode(), files.mode(path) or kubeadm.PRIVATE)
 
     def _rewrite_kubeconfig_file(self, path: str, change: Callable[[dict], dict]) -> None:
-        from pathlib import Path
-
         target = Path(path)
         document = kubeconfig.parse(target.read_text(), source=str(target))
         atomic_write(target, kubeconfig.dump(change(document)).encode(), target.stat().st_mode & 0o777)
@@ -273,11 +313,13 @@ class Executor:
         files.write(layout.signer_cert, pair.cert_pem, kubeadm.PUBLIC)
         if record_key:
             files.write(layout.record_key, pair.key_pem, kubeadm.PRIVATE)
+            self._record_cache = None
 
     def _remove_signer(self, action: Action) -> None:
         files = self.access.nodes[action.node]
         files.remove(self.access.layout.signer_cert)
         files.remove(self.access.layout.signer_key)
+        files.remove_directory(SIGNER_DIR)
 
     def _reissue(self, action: Action) -> None:
         ca = self._pair(action.change.after[0])
@@ -287,7 +329,9 @@ class Executor:
             return pki.reissue(template, ca, key=self.desired.key, validity=self.desired.leaf_validity, now=now)
 
         if action.target.startswith("local:"):
-            self._rewrite_kubeconfig_file(action.path, lambda doc: self._reissued_kubeconfig(doc, action, fresh))
+            scope = self._local_scope(action.path)
+            self._rewrite_kubeconfig_file(action.path,
+                                          lambda doc: self._reissued_kubeconfig(doc, action, fresh, scope))
             return
         files = self.access.nodes[action.node]
         where = f"{files.describe()} {action.path}"
@@ -307,10 +351,18 @@ class Executor:
         files.write(f"{action.path}.key", pair.key_pem, kubeadm.PRIVATE)
         files.write(f"{action.path}.crt", pair.cert_pem, kubeadm.PUBLIC)
 
+    def _local_scope(self, path: str | None = None) -> kubeconfig.Scope:
+        """Which entries of a local kubeconfig are this cluster's: the spec's kubeconfig may
+        reach other clusters too; the one careconcile wrote holds only this one."""
+        if path is not None and Path(path) != self.access.kubeconfig_path:
+            return kubeconfig.EVERYTHING
+        return local_kubeconfig_scope(self.access, self.access.kubeconfig_path.read_bytes())
+
     @staticmethod
-    def _reissued_kubeconfig(document: dict, action: Action, fresh: Callable[[x509.Certificate], KeyPair]) -> dict:
+    def _reissued_kubeconfig(document: dict, action: Action, fresh: Callable[[x509.Certificate], KeyPair],
+                             scope: kubeconfig.Scope = kubeconfig.EVERYTHING) -> dict:
         wanted_user = action.target.split("#", 1)[1] if "#" in action.target else None
-        for user, cert_pem, _ in kubeconfig.embedded_credentials(document):
+        for user, cert_pem, _ in kubeconfig.embedded_credentials(document, scope):
             if wanted_user is None or user == wanted_user:
                 pair = fresh(pki.load_certificates(cert_pem, source=f"{action.target} user {user}")[0])
                 document = kubeconfig.with_credentials(document, user, pair.cert_pem, pair.key_pem)
@@ -322,7 +374,9 @@ class Executor:
                                                client=True, key=self.desired.key,
                                                validity=self.desired.leaf_validity), now=utcnow())
         source = kubeconfig.parse(self.access.kubeconfig_path.read_text(), source=str(self.access.kubeconfig_path))
-        endpoints = kubeconfig.servers(source)
+        scope = self._local_scope()
+        endpoints = [endpoint for endpoint in kubeconfig.servers(source)
+                     if scope.clusters is None or endpoint.name in scope.clusters]
         document = kubeconfig.build(endpoints=endpoints, ca_pem=ca.cert_pem, user="kubernetes-admin",
                                     credentials=ClientCredentials(cert_pem=admin.cert_pem, key_pem=admin.key_pem))
         atomic_write(self.access.workspace_kubeconfig, kubeconfig.dump(document).encode(), kubeadm.PRIVATE)
@@ -375,7 +429,7 @@ class Executor:
             time.sleep(1.0)
         stored = self._stored()
         if stored.state.in_progress and stored.state.verified_phase < phase:
-            self.access.store.save(self.access.layout.name, with_state(stored, verified_phase=phase))
+            self._save(with_state(stored, verified_phase=phase))
 
     def problems(self, phase: int, new: x509.Certificate, old_fp: str) -> list[str]:
         """What still differs from the end state of ``phase``; empty when it is reached."""
@@ -488,11 +542,26 @@ class Executor:
         if not state.in_progress:
             return
         if state.rolling_back:
-            final = type(state)(applied_rotation=state.applied_rotation, rolled_back_rotation=state.rotation)
+            final = StoredState(applied_rotation=state.applied_rotation, rolled_back_rotation=state.rotation)
         else:
-            final = type(state)(applied_rotation=state.rotation if state.rotation is not None
+            final = StoredState(applied_rotation=state.rotation if state.rotation is not None
                                 else state.applied_rotation, rolled_back_rotation=state.rolled_back_rotation)
-        self.access.store.save(self.access.layout.name, Stored(final, StoredKeys()))
+        self._save(Stored(final, StoredKeys()))
+
+
+CA_BUNDLE_KINDS = {kind for kind, _ in CA_BUNDLE_OWNERS}
+
+
+def _set_ca_bundle(kind: str, item: dict, suffix: str, bundle: str) -> None:
+    if kind.endswith("webhookconfiguration"):
+        hook_name = suffix.split("/", 1)[1]
+        for hook in item.get("webhooks") or []:
+            if hook.get("name") == hook_name:
+                hook.setdefault("clientConfig", {})["caBundle"] = bundle
+    elif kind == "apiservice":
+        item["spec"]["caBundle"] = bundle
+    else:
+        item["spec"]["conversion"]["webhook"]["clientConfig"]["caBundle"] = bundle
 
 
 def _time(text: str | None) -> dt.datetime | None:

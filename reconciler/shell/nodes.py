@@ -7,6 +7,7 @@ itself); SSH is a second transport with the same three methods.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,9 @@ class NodeFiles(Protocol):
         """Replace the file atomically: a reader sees the old bytes or the new, never half."""
 
     def remove(self, path: str) -> None: ...
+
+    def remove_directory(self, path: str) -> None:
+        """Remove a directory careconcile made, once it is empty; a non-empty one stays."""
 
 
 class LocalNodeFiles:
@@ -78,6 +82,15 @@ class LocalNodeFiles:
             pass
         except OSError as exc:
             raise NodeUnreachableError(f"{self.describe()}: cannot remove {path}: {exc.strerror}") from exc
+
+    def remove_directory(self, path: str) -> None:
+        try:
+            os.rmdir(self._where(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise NodeUnreachableError(f"{self.describe()}: cannot remove {path}: {exc.strerror}") from exc
 
 
 def node_files(node: NodeSpec) -> NodeFiles:

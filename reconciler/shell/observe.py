@@ -6,6 +6,7 @@ malformed certificate or an unreachable node is reported where it is.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ def _kubeconfig(raw: bytes, source: str) -> dict[str, Any]:
     return kubeconfig.parse(raw.decode(errors="replace"), source=source)
 
 
-def _kubeconfig_bundle(raw: bytes, source: str) -> tuple[x509.Certificate, ...]:
-    pems = kubeconfig.ca_certificates(_kubeconfig(raw, source), source=source)
+def _kubeconfig_bundle(raw: bytes, source: str, scope: kubeconfig.Scope = kubeconfig.EVERYTHING
+                       ) -> tuple[x509.Certificate, ...]:
+    pems = kubeconfig.ca_certificates(_kubeconfig(raw, source), source=source, scope=scope)
     certs: list[x509.Certificate] = []
     for pem in pems:
         certs += [cert for cert in _certs(pem, source) if cert not in certs]
@@ -116,9 +118,9 @@ def _kubeconfig_bundle(raw: bytes, source: str) -> tuple[x509.Certificate, ...]:
 
 
 def _kubeconfig_leaves(raw: bytes, source: str, *, site: str, kind: str, node: str | None,
-                       path: str) -> list[ObservedLeaf]:
+                       path: str, scope: kubeconfig.Scope = kubeconfig.EVERYTHING) -> list[ObservedLeaf]:
     leaves = []
-    credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source))
+    credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source), scope)
     for user, cert_pem, key_pem in credentials:
         cert = _certs(cert_pem, f"{source} user {user}")[0]
         matches = key_pem is not None and pki.key_matches_cert(
@@ -217,6 +219,13 @@ def apiserver_servers(access: ClusterAccess) -> list[tuple[str, str]]:
     return found
 
 
+def local_kubeconfig_scope(access: ClusterAccess, raw: bytes) -> kubeconfig.Scope:
+    """The entries of the spec's kubeconfig that belong to this cluster."""
+    document = _kubeconfig(raw, str(access.kubeconfig_path))
+    servers = {server for _, server in apiserver_servers(access)}
+    return kubeconfig.scope_for(document, servers=servers, context=access.cluster.context)
+
+
 def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:
     where = files.describe()
     cert_raw, key_raw = files.read(layout.record_cert), files.read(layout.record_key)
@@ -266,6 +275,49 @@ def observe_api_bundles(client: KubeClient) -> list[ObservedBundle]:
     return bundles
 
 
+# Objects that carry a caBundle for the apiserver to verify a webhook or an aggregated
+# apiserver with: (kind for ids, list path, where in each item the caBundles are).
+CA_BUNDLE_OWNERS = (
+    ("validatingwebhookconfiguration", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"),
+    ("mutatingwebhookconfiguration", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"),
+    ("apiservice", "/apis/apiregistration.k8s.io/v1/apiservices"),
+    ("customresourcedefinition", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+)
+
+
+def ca_bundle_fields(kind: str, item: dict[str, Any]) -> list[tuple[str, str]]:
+    """(id suffix, base64 caBundle) of every caBundle field in one object."""
+    spec = item.get("spec") or {}
+    if kind.endswith("webhookconfiguration"):
+        return [(f"/webhooks/{hook.get('name')}", (hook.get("clientConfig") or {}).get("caBundle") or "")
+                for hook in item.get("webhooks") or []]
+    if kind == "apiservice":
+        return [("", spec.get("caBundle") or "")]
+    webhook = ((spec.get("conversion") or {}).get("webhook") or {})
+    return [("/conversion", (webhook.get("clientConfig") or {}).get("caBundle") or "")]
+
+
+def observe_ca_bundles(client: KubeClient, authority_cas: set[str]) -> list[ObservedBundle]:
+    """caBundles that trust one of the authority's CAs. Only those certificates are the
+    authority's business; others in the same bundle (a webhook's own CA) are kept as they are."""
+    bundles = []
+    for kind, path in CA_BUNDLE_OWNERS:
+        for item in client.list(path):
+            name = item["metadata"]["name"]
+            for suffix, data in ca_bundle_fields(kind, item):
+                if not data:
+                    continue
+                site = f"{kind}/{name}{suffix}"
+                try:
+                    certs = _certs(base64.b64decode(data), f"{site} caBundle")
+                except (PKIError, ValueError):
+                    continue  # not ours to judge: it cannot hold one of our CAs in a readable form
+                ours = tuple(cert for cert in certs if pki.fingerprint(cert) in authority_cas)
+                if ours:
+                    bundles.append(ObservedBundle(id=site, kind="ca-bundle", certs=ours, path=path))
+    return bundles
+
+
 def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObservation:
     bundles, leaves, components, records, endpoints = [], [], [], [], []
     for name, role in access.roles.items():
@@ -280,18 +332,29 @@ def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObser
     path = access.kubeconfig_path
     raw = path.read_bytes()
     site = f"local:{path}"
-    bundles.append(ObservedBundle(id=site, kind="local-kubeconfig", certs=_kubeconfig_bundle(raw, str(path)),
+    scope = local_kubeconfig_scope(access, raw)
+    bundles.append(ObservedBundle(id=site, kind="local-kubeconfig", certs=_kubeconfig_bundle(raw, str(path), scope),
                                   path=str(path)))
-    leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path))
+    leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path),
+                                 scope=scope)
+    stored = stored or access.store.load(access.layout.name)
     if access.layout.in_cluster_objects:
         bundles += observe_api_bundles(access.client)
+        authority_cas = {pki.fingerprint(cert) for cert in
+                         [r.cert for r in records] + [stored.state.target, stored.state.previous] if cert is not None}
+        bundles += observe_ca_bundles(access.client, authority_cas)
     workspace_leaf = None
     workspace_path = access.workspace_kubeconfig
     if workspace_path.is_file():
-        found = _kubeconfig_leaves(workspace_path.read_bytes(), str(workspace_path), site="workspace-kubeconfig",
-                                   kind="local-kubeconfig", node=None, path=str(workspace_path))
+        # The kubeconfig an earlier rotation wrote is a consumer like the spec's own.
+        raw = workspace_path.read_bytes()
+        site = f"local:{workspace_path}"
+        found = _kubeconfig_leaves(raw, str(workspace_path), site=site, kind="local-kubeconfig", node=None,
+                                   path=str(workspace_path))
+        bundles.append(ObservedBundle(id=site, kind="local-kubeconfig",
+                                      certs=_kubeconfig_bundle(raw, str(workspace_path)), path=str(workspace_path)))
+        leaves += found
         workspace_leaf = found[0] if found else None
-    stored = stored or access.store.load(access.layout.name)
     return ClusterObservation(
         cluster=access.name, authority=access.layout.name, records=tuple(records), bundles=tuple(bundles),
         leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=stored.state,

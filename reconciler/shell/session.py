@@ -163,7 +163,8 @@ class ApplyLog:
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, message: str) -> None:
-        self._file.write(f"{utcnow().isoformat(timespec='milliseconds')} {message}\n")
+        stamp = utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self._file.write(f"{stamp} {message}\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -219,8 +220,13 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
         lock = (locks or {}).get(cluster.cluster)
 
         def on_event(kind: str, action: Action, details: dict, name: str = cluster.cluster) -> None:
-            log.write(f"{kind} {action.id}" + (f" ({details['seconds']:.3f}s)" if "seconds" in details else "")
-                      + (f": {details['error']}" if "error" in details else ""))
+            if kind == "start":
+                change = f" [{', '.join(action.change.before)}] -> [{', '.join(action.change.after)}]" \
+                    if action.change else ""
+                log.write(f"start {action.id}{change}: {action.reason}")
+            else:
+                log.write(f"{kind} {action.id}" + (f" ({details['seconds']:.3f}s)" if "seconds" in details else "")
+                          + (f": {details['error']}" if "error" in details else ""))
             progress.event(name, kind, action, details)
 
         executor = Executor(access, desired, on_event=on_event, phase_timeout=phase_timeout,

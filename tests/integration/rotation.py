@@ -75,6 +75,7 @@ class Poller:
     its contexts (one per apiserver), as a user's kubectl would during the rotation."""
 
     kubeconfig: Path
+    servers: set[str]  # contexts of other clusters in the same file are not polled
     interval: float = 0.05
     requests: int = 0
     failures: list[str] = field(default_factory=list)
@@ -97,7 +98,8 @@ class Poller:
         while not self._stop.is_set():
             try:
                 document = kubeconfig.parse(self.kubeconfig.read_text(), source=str(self.kubeconfig))
-                contexts = [c["name"] for c in document["contexts"]]
+                servers = {c["name"]: c["cluster"]["server"] for c in document["clusters"]}
+                contexts = [c["name"] for c in document["contexts"] if servers.get(c["context"]["cluster"]) in self.servers]
                 context = contexts[turn % len(contexts)]
                 turn += 1
                 target = load_kubeconfig(self.kubeconfig, context)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pty
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,21 @@ def test_apply_without_a_terminal_needs_auto_approve(cluster, tmp_path):
     spec = _copy_spec(cluster, tmp_path, {})
     result = careconcile("apply", str(spec), workspace=tmp_path)
     assert result.returncode == 64 and "--auto-approve" in result.stderr
+
+
+def test_apply_on_a_terminal_asks_and_a_no_changes_nothing(cluster, tmp_path):
+    before = _tree_digest(Path(cluster.nodes_dir))
+    spec = _copy_spec(cluster, tmp_path, {})
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", str(spec)], stdin=terminal,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "CARECONCILE_WORKSPACE": str(tmp_path)})
+    os.close(terminal)
+    try:
+        os.write(controller, b"no\n")
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.close(controller)
+    assert process.returncode == 0, stderr
+    assert b"Do you want to perform these actions?" in stdout and b"Apply cancelled" in stderr
+    assert _tree_digest(Path(cluster.nodes_dir)) == before

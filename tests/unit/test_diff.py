@@ -357,10 +357,3 @@ def test_digest_changes_with_state_leaves_records_and_components():
     for item, observed in changed.items():
         now = item_digests(observed)
         assert [key for key in base if base[key] != now[key]] == [item], item
-
-
-def test_digest_covers_the_workspace_kubeconfig():
-    without, with_old = observation(), observation(workspace="old")
-    assert "workspace-kubeconfig" not in item_digests(without)
-    assert item_digests(with_old)["workspace-kubeconfig"] != item_digests(observation(workspace="new"))[
-        "workspace-kubeconfig"]

@@ -93,8 +93,9 @@ def _finished(plan: PlanDocument, reports: list, until: int | None, *, saved: bo
     if until is not None and any(report.stopped_after_phase for report in reports):
         go_on = ("This saved plan is now stale: make a new plan, or run `careconcile apply SPEC`, to go on"
                  if saved else "Run apply again to go on")
-        print(f"\nStopped after phase {until} ({PHASES[until]}): {done} actions done. {go_on}; "
-              "`careconcile rollback SPEC` undoes the rotation until the old CA is distrusted.")
+        rotating = plan.operation == "apply" and any(c.operation in ("rotate", "resume") for c in plan.clusters)
+        undo = "; `careconcile rollback SPEC` undoes the rotation" if rotating and until < 4 else ""
+        print(f"\nStopped after phase {until} ({PHASES[until]}): {done} actions done. {go_on}{undo}.")
         return
     what = "Rollback" if plan.operation == "rollback" else "Apply"
     print(f"\n{what} complete! {done} actions done. {summary_line(plan.actions()).replace('Plan: ', 'Changed: ')}")

@@ -266,7 +266,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 record_fp = fp(record.cert) if record.cert is not None else None
                 staged_fp = fp(record.signer) if record.signer is not None else record_fp
                 if new_cert is None or record_fp != new_fp or staged_fp != new_fp:
-                    builder.add(3, "switch-signer", f"{record.node}:signer", "sign new certificates with the new CA",
+                    builder.add(3, "switch-signer", f"{record.node}:signer", f"sign certificates with {short(new_fp)} from now on",
                                 node=record.node, change=Change(
                                     before=[fp(record.cert) if record.cert else "none"], after=[new_fp]))
         for leaf in observed.leaves:
@@ -288,7 +288,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
         # Once written, the workspace kubeconfig is a bundle and a leaf like any other.
         if not same and observed.workspace_kubeconfig is None:
             builder.add(4, "write-kubeconfig", f"local:{observed.workspace_kubeconfig_path}",
-                        "a fresh admin kubeconfig for the new CA", path=observed.workspace_kubeconfig_path,
+                        f"a fresh admin kubeconfig that trusts {short(new_fp)}", path=observed.workspace_kubeconfig_path,
                         change=Change(before=[], after=[new_fp]))
 
     _plan_restarts(builder, observed, splits_signer=splits_signer, verified=verified, operation=operation)
@@ -305,7 +305,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
             builder.add(phase, "verify", f"phase-{phase}", f"check {PHASES[phase]} on the live cluster",
                         expect=new_fp, old=old_fp)
     if open_phase(5):
-        builder.add(5, "verify", "phase-5", "check the whole cluster against the new CA", expect=new_fp, old=old_fp)
+        builder.add(5, "verify", "phase-5", f"check the whole cluster against {short(new_fp)}", expect=new_fp, old=old_fp)
     if not same:
         builder.add(5, "finalize", "state", "record the rotation as applied and drop the keys from the state store",
                     expect=new_fp)

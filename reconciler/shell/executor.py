@@ -379,7 +379,7 @@ class Executor:
                      if scope.clusters is None or endpoint.name in scope.clusters]
         document = kubeconfig.build(endpoints=endpoints, ca_pem=ca.cert_pem, user="kubernetes-admin",
                                     credentials=ClientCredentials(cert_pem=admin.cert_pem, key_pem=admin.key_pem))
-        atomic_write(self.access.workspace_kubeconfig, kubeconfig.dump(document).encode(), kubeadm.PRIVATE)
+        atomic_write(Path(action.path), kubeconfig.dump(document).encode(), kubeadm.PRIVATE)
 
     # --- restarts ------------------------------------------------------------------------
 

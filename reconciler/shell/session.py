@@ -26,7 +26,7 @@ from reconciler.core.observed import item_digests
 from reconciler.core.plan import FORMAT_VERSION, Action, PlanDocument, plan_cluster, summary_counts
 from reconciler.core.schemas import schemas
 from reconciler.core.spec import ClusterSpec, resolve_authority
-from reconciler.errors import PlanFileError, StalePlanError
+from reconciler.errors import PlanFileError, StalePlanError, UsageError
 from reconciler.shell.executor import Executor, RunReport, utcnow
 from reconciler.shell.kube import KubeconfigClient
 from reconciler.shell.lock import ClusterLock
@@ -66,6 +66,9 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
 
 def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None) -> dict[str, ClusterAccess]:
     clusters = [c for c in loaded.document.spec.clusters if only is None or c.name == only]
+    if not clusters:
+        known = ", ".join(c.name for c in loaded.document.spec.clusters)
+        raise UsageError(f"{loaded.path}: no cluster named {only!r} (clusters: {known})")
     return {cluster.name: open_cluster(loaded, cluster, workspace) for cluster in clusters}
 
 

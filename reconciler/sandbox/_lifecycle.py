@@ -24,7 +24,7 @@ from reconciler.core import kubeadm
 from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
-from reconciler.errors import SandboxError, SandboxNotFoundError
+from reconciler.errors import ClusterUnreachableError, SandboxError, SandboxNotFoundError
 from reconciler.sandbox import _api, _specfile, binaries
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
@@ -344,7 +344,7 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
             with _api.Client(Path(info.kubeconfig), timeout=5) as client:
                 workers = {node.name for node in info.nodes if node.role == "worker"}
                 ready_nodes = len(_api.ready_nodes(client) & workers)
-        except SandboxError as exc:
+        except (SandboxError, ClusterUnreachableError) as exc:
             problems.append(str(exc))
         if ready_nodes is not None and ready_nodes < info.workers:
             problems.append(f"{info.workers - ready_nodes} of {info.workers} nodes not Ready")

@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: Path, content: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, content: bytes, mode: int = 0o644, *, owner: tuple[int, int] | None = None) -> None:
     """Write ``content`` to a temp file beside ``path``, fsync, then rename over it.
 
-    The temp file gets ``mode`` before any byte is written, so a private key is never
-    readable by others, not even for an instant.
+    The temp file gets ``mode`` (and ``owner``, when rewriting someone's file) before any
+    byte is written, so a private key is never readable by others, not even for an instant.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
+        if owner is not None and owner != (os.getuid(), os.getgid()):
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()

@@ -77,9 +77,13 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _apply_saved(args: argparse.Namespace, workspace: Path) -> int:
     plan = session.load_plan(args.target)
+    if args.cluster is not None:
+        if args.cluster not in {c.cluster for c in plan.clusters}:
+            raise UsageError(f"{args.target}: the plan has no cluster named {args.cluster!r}")
+        plan = plan.model_copy(update={"clusters": [c for c in plan.clusters if c.cluster == args.cluster]})
     loaded = load_spec(Path(plan.spec_path))
-    accesses = session.open_clusters(loaded, workspace, args.cluster)
-    accesses = {name: access for name, access in accesses.items() if name in {c.cluster for c in plan.clusters}}
+    planned = {c.cluster for c in plan.clusters}
+    accesses = {name: access for name, access in session.open_clusters(loaded, workspace).items() if name in planned}
     with session.locked(accesses, plan.operation, _say) as locks:
         session.check_not_stale(plan, loaded, accesses)
         reports = session.run_plan(plan, loaded, accesses, until=args.until, phase_timeout=args.phase_timeout,

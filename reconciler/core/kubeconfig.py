@@ -79,7 +79,12 @@ def parse(text: str, *, source: str) -> dict[str, Any]:
     try:
         document = YAML(typ="safe", pure=True).load(text)
     except YAMLError as exc:
-        raise PKIError(f"{source}: not a kubeconfig ({exc})") from exc
+        # Only the problem and where: the parser's own message quotes the line, and a
+        # kubeconfig's lines hold client keys.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise PKIError(f"{source}: not a kubeconfig: {problem}{where}") from None
     if not isinstance(document, dict) or document.get("kind") != "Config":
         raise PKIError(f"{source}: not a kubeconfig (kind Config missing)")
     return document
@@ -164,6 +169,22 @@ def embedded_credentials(document: dict[str, Any], scope: Scope = EVERYTHING) ->
             key = user.get("client-key-data")
             found.append((entry.get("name", ""), base64.b64decode(user["client-certificate-data"]),
                           base64.b64decode(key) if key else None))
+    return found
+
+
+def file_references(document: dict[str, Any], scope: Scope = EVERYTHING) -> list[str]:
+    """Entries in scope that point at certificate files instead of embedding them: careconcile
+    rotates what a kubeconfig embeds, and would otherwise lock out the client that uses it."""
+    found = [f"cluster {entry.get('name')!r} certificate-authority: {(entry.get('cluster') or {})['certificate-authority']}"
+             for entry in document.get("clusters") or []
+             if _in_scope(entry.get("name", ""), scope.clusters)
+             and (entry.get("cluster") or {}).get("certificate-authority")
+             and not (entry.get("cluster") or {}).get("certificate-authority-data")]
+    for entry in document.get("users") or []:
+        user = entry.get("user") or {}
+        if _in_scope(entry.get("name", ""), scope.users) and user.get("client-certificate") \
+                and not user.get("client-certificate-data"):
+            found.append(f"user {entry.get('name')!r} client-certificate: {user['client-certificate']}")
     return found
 
 

@@ -163,11 +163,12 @@ class ClusterObservation:
                 "ca": fp(record.cert) if record.cert else None, "key": record.key_spec,
                 "signer": fp(record.signer) if record.signer else None, "signerKey": record.signer_key_matches,
             }
+        # A kubeconfig is a bundle and a leaf under one id: "#trusts" and "#cert" keep both.
         for bundle in self.bundles:
             if bundle.managed:
-                items[bundle.id] = list(bundle.fingerprints)
+                items[f"{bundle.id}#trusts"] = list(bundle.fingerprints)
         for leaf in self.leaves:
-            items[leaf.id] = {"cert": leaf.fingerprint, "keyMatches": leaf.key_matches}
+            items[f"{leaf.id}#cert"] = {"cert": leaf.fingerprint, "keyMatches": leaf.key_matches}
         for component in self.components:
             items[component.id] = {"restartedFor": component.restarted_for, "inputs": component.inputs_digest,
                                    "signer": [component.signer_cert, component.signer_key]}

@@ -24,11 +24,13 @@ from reconciler._files import atomic_write
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.authorities import SIGNER_DIR, manifest_path
 from reconciler.core.kubeconfig import ClientCredentials
-from reconciler.core.observed import NEW_CA, ClusterObservation, StoredState, fp
+from reconciler.core.observed import NEW_CA, ClusterObservation, StoredState, fp, short
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, ClusterPlan
 from reconciler.core.spec import ResolvedAuthority
-from reconciler.errors import APIConflictError, CareconcileError, PKIError, RotationError
+from reconciler.errors import (
+    APIConflictError, APIError, CareconcileError, ClusterUnreachableError, PKIError, RotationError,
+)
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, load_kubeconfig
 from reconciler.shell.observe import (
@@ -91,6 +93,12 @@ class Executor:
             except CareconcileError as exc:
                 self.on_event("failed", action, {"error": str(exc)})
                 raise
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # Something on a node or in an object is not as observed a moment ago.
+                error = RotationError(f"action {action.id} failed: {type(exc).__name__}: {exc}",
+                                      hint="nothing after this action ran; plan again to see the state")
+                self.on_event("failed", action, {"error": str(error)})
+                raise error from exc
             seconds = time.monotonic() - started
             report.done.append(ActionReport(action, seconds))
             report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
@@ -294,9 +302,16 @@ class Executor:
         files.write(path, kubeconfig.dump(change(document)).encode(), files.mode(path) or kubeadm.PRIVATE)
 
     def _rewrite_kubeconfig_file(self, path: str, change: Callable[[dict], dict]) -> None:
-        target = Path(path)
-        document = kubeconfig.parse(target.read_text(), source=str(target))
-        atomic_write(target, kubeconfig.dump(change(document)).encode(), target.stat().st_mode & 0o777)
+        """Rewrite a kubeconfig on this machine in place: through a symlink to its target,
+        with its owner and mode kept, so that its user can still read it."""
+        target = Path(path).resolve()
+        try:
+            document = kubeconfig.parse(target.read_text(), source=str(target))
+            status = target.stat()
+            atomic_write(target, kubeconfig.dump(change(document)).encode(), status.st_mode & 0o777,
+                         owner=(status.st_uid, status.st_gid))
+        except OSError as exc:
+            raise RotationError(f"kubeconfig {path}: cannot rewrite it: {exc.strerror or exc}") from exc
 
     def _stage_signer(self, action: Action) -> None:
         self._write_signer(action.node, self._pair(action.change.after[0]), record_key=False)
@@ -417,7 +432,10 @@ class Executor:
         deadline = time.monotonic() + self.phase_timeout
         while True:
             self.heartbeat()
-            problems = self.problems(phase, new, old_fp)
+            try:
+                problems = self.problems(phase, new, old_fp)
+            except (ClusterUnreachableError, APIError) as exc:  # a restart in progress, a Lease not yet made
+                problems = [f"cannot check yet: {exc.message}"]
             if not problems:
                 break
             if time.monotonic() > deadline:
@@ -436,11 +454,10 @@ class Executor:
         observed = observe(self.access)
         new_fp = fp(new)
         problems: list[str] = []
-        both = {new_fp, old_fp}
         for bundle in observed.bundles:
             have = set(bundle.fingerprints)
-            if phase in (2, 3) and not (both <= have if not bundle.managed else new_fp in have):
-                problems.append(f"{bundle.id} trusts {sorted(have)}, not yet both CAs")
+            if phase in (2, 3) and new_fp not in have:
+                problems.append(f"{bundle.id} does not trust {short(new_fp)} yet")
             if phase >= 4 and bundle.fingerprints != (new_fp,):
                 problems.append(f"{bundle.id} still trusts {sorted(have - {new_fp}) or 'not the new CA'}")
         if phase >= 3:

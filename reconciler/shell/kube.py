@@ -123,6 +123,7 @@ class KubeTarget:
 
     name: str
     server: str
+    context: str | None = None  # the kubeconfig context it came from
     ca_pem: bytes | None = field(default=None, repr=False)
     cert_pem: bytes | None = field(default=None, repr=False)
     key_pem: bytes | None = field(default=None, repr=False)
@@ -203,6 +204,7 @@ def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
     return KubeTarget(
         name=where,
         server=server,
+        context=context_name,
         ca_pem=ca_pem,
         cert_pem=_data_or_file(user, "client-certificate", base, where),
         key_pem=_data_or_file(user, "client-key", base, where),
@@ -450,9 +452,12 @@ class KubeconfigClient(KubeClient):
     rewrites its CA and client certificate), the next request uses what it holds now."""
 
     def __init__(self, path: Path, context: str | None = None, *, timeout: float = 10.0) -> None:
-        self.path, self.context = Path(path), context
+        self.path = Path(path)
         self._signature = self._stat()
-        super().__init__(load_kubeconfig(self.path, context), timeout=timeout)
+        target = load_kubeconfig(self.path, context)
+        # Pinned: a `kubectl config use-context` during a run must not move it to another cluster.
+        self.context = target.context
+        super().__init__(target, timeout=timeout)
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -467,7 +472,12 @@ class KubeconfigClient(KubeClient):
         if signature != self._signature:
             self.close()
             self._signature = signature
-            self.target = load_kubeconfig(self.path, self.context)
+            reloaded = load_kubeconfig(self.path, self.context)
+            if reloaded.server != self.target.server:
+                raise ClusterUnreachableError(
+                    f"{reloaded.name}: the server changed from {self.target.server} to {reloaded.server} "
+                    "while careconcile was using it; not following it to another cluster")
+            self.target = reloaded
             context = tls_context(ca_pem=self.target.ca_pem, cert_pem=self.target.cert_pem, key_pem=self.target.key_pem)
             self.transport = HTTPSTransport(self.target.server, context, timeout=self.timeout)
         return super().request(method, path, body, content_type)

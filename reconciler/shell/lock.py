@@ -21,6 +21,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
@@ -62,6 +63,16 @@ def _parse_time(text: str | None) -> dt.datetime | None:
         return None
 
 
+def process_space() -> str:
+    """This boot's id and this process's PID namespace: where a pid names one process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
 @dataclass(frozen=True)
 class LockInfo:
     """Who holds a cluster's lock, and since when."""
@@ -75,6 +86,9 @@ class LockInfo:
     created: str  # RFC 3339
     ttl: int  # seconds without a renewal after which the lock is stale
     renewed: str | None = None  # the Lease's renewTime (MicroTime)
+    # The boot and PID namespace the pid belongs to: two containers may share a host name
+    # but not their pids, so a pid is only checked where it means the same process.
+    process_space: str = ""
     took_over_from: "LockInfo | None" = None  # the stale lock this one replaced
 
     @classmethod
@@ -87,7 +101,7 @@ class LockInfo:
         now = _now()
         return cls(id=str(uuid.uuid4()), holder=f"{user}@{host}", host=host, pid=os.getpid(),
                    operation=operation, version=__version__, created=_rfc3339(now), ttl=ttl,
-                   renewed=_micro_time(now))
+                   renewed=_micro_time(now), process_space=process_space())
 
     @classmethod
     def from_lease(cls, lease: dict[str, Any]) -> "LockInfo":
@@ -109,6 +123,7 @@ class LockInfo:
             created=notes.get(f"{ANNOTATION}created") or spec.get("acquireTime") or "unknown",
             ttl=int(spec.get("leaseDurationSeconds") or 0),
             renewed=spec.get("renewTime") or spec.get("acquireTime"),
+            process_space=notes.get(f"{ANNOTATION}process-space", ""),
         )
 
     def expires_at(self) -> dt.datetime | None:
@@ -136,6 +151,7 @@ def lease_body(info: LockInfo, *, acquired: str | None = None) -> dict[str, Any]
                 f"{ANNOTATION}operation": info.operation,
                 f"{ANNOTATION}version": info.version,
                 f"{ANNOTATION}created": info.created,
+                f"{ANNOTATION}process-space": info.process_space,
             },
         },
         "spec": {
@@ -152,7 +168,8 @@ def stale_reason(holder: LockInfo, *, now: dt.datetime | None = None) -> str | N
     expires = holder.expires_at()
     if expires is not None and expires < (now or _now()):
         return f"its TTL of {holder.ttl}s ran out at {_rfc3339(expires)}"
-    if holder.host == socket.gethostname() and holder.pid > 0 and not process_alive(holder.pid):
+    if holder.host == socket.gethostname() and holder.process_space and \
+            holder.process_space == process_space() and holder.pid > 0 and not process_alive(holder.pid):
         return f"its process {holder.pid} on this host is gone"
     return None
 

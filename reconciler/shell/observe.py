@@ -94,7 +94,10 @@ def inputs_digest(files: NodeFiles, inputs: tuple[str, ...]) -> str:
 def _parse_time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None  # an annotation edited by hand: as if never restarted by careconcile
 
 
 def _certs(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
@@ -223,7 +226,13 @@ def local_kubeconfig_scope(access: ClusterAccess, raw: bytes) -> kubeconfig.Scop
     """The entries of the spec's kubeconfig that belong to this cluster."""
     document = _kubeconfig(raw, str(access.kubeconfig_path))
     servers = {server for _, server in apiserver_servers(access)}
-    return kubeconfig.scope_for(document, servers=servers, context=access.cluster.context)
+    scope = kubeconfig.scope_for(document, servers=servers, context=access.cluster.context)
+    references = kubeconfig.file_references(document, scope)
+    if references:
+        raise PKIError(f"kubeconfig {access.kubeconfig_path}: {'; '.join(references)}: careconcile rotates "
+                       "certificates a kubeconfig embeds, not files it points at",
+                       hint="embed them: kubectl config set-cluster/set-credentials ... --embed-certs")
+    return scope
 
 
 def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:

@@ -44,12 +44,13 @@ def workspace_root(option: str | None = None) -> Path:
 
 
 def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
-                 layout: AuthorityLayout = CLUSTER_CA) -> ClusterAccess:
+                 layout: AuthorityLayout = CLUSTER_CA, *, check_nodes: bool = True) -> ClusterAccess:
     """Reach a cluster's API and nodes; nothing is read or changed yet beyond the
     kubeconfig and the nodes' root directories."""
     nodes = {node.name: node_files(node) for node in cluster.nodes}
     for files in nodes.values():
-        files.check()
+        if check_nodes:
+            files.check()
     kubeconfig_path = loaded.kubeconfig_path(cluster)
     client = KubeconfigClient(kubeconfig_path, cluster.context)
     directory = workspace / cluster.name

@@ -76,6 +76,9 @@ def _stored_from(authority: str, files: dict[str, bytes], *, source: str) -> Sto
         return certificate, private
 
     (target, target_key), (previous, previous_key) = loaded("target"), loaded("previous")
+    if (target is None) != (previous is None):
+        raise PKIError(f"{source}: holds the {'target' if target is not None else 'previous'} CA of {authority} "
+                       "without the other; a rotation's state needs both")
     state = StoredState(
         applied_rotation=int(public.get("appliedRotation") or 0),
         rotation=public.get("rotation"),
@@ -116,7 +119,10 @@ class SecretStateStore:
 
     def load(self, authority: str) -> Stored:
         secret = self._read() or {}
-        files = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        try:
+            files = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise PKIError(f"{self.describe()}: a data value is not base64 ({exc})") from exc
         return _stored_from(authority, files, source=self.describe())
 
     def save(self, authority: str, stored: Stored) -> None:
@@ -135,30 +141,41 @@ class SecretStateStore:
 
 
 class WorkspaceStateStore:
-    """Files in the local workspace, for clusters that cannot hold a Secret for careconcile.
-    Keys are 0600; losing this directory mid-rotation loses the rotation's keys."""
+    """A file in the local workspace, for clusters that cannot hold a Secret for careconcile.
+
+    One JSON file (0600) holds what the Secret's data would, and is replaced atomically,
+    so a run killed while saving leaves the old state or the new, never half of each.
+    Losing this file mid-rotation loses the rotation's keys."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.path = directory / "state.json"
 
     def describe(self) -> str:
-        return f"workspace state {self.directory}"
+        return f"workspace state {self.path}"
+
+    def _read(self) -> dict[str, bytes]:
+        try:
+            document = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise PKIError(f"{self.describe()}: unreadable ({exc})") from exc
+        if not isinstance(document, dict):
+            raise PKIError(f"{self.describe()}: holds {type(document).__name__}, not an object")
+        try:
+            return {key: base64.b64decode(value) for key, value in document.items()}
+        except (TypeError, ValueError) as exc:
+            raise PKIError(f"{self.describe()}: a value is not base64 ({exc})") from exc
 
     def load(self, authority: str) -> Stored:
-        files = {}
-        if self.directory.is_dir():
-            files = {path.name: path.read_bytes() for path in self.directory.iterdir()
-                     if path.name.startswith(f"{authority}.") and path.is_file()}
-        return _stored_from(authority, files, source=self.describe())
+        return _stored_from(authority, self._read(), source=self.describe())
 
     def save(self, authority: str, stored: Stored) -> None:
-        wanted = _files_of(authority, stored)
-        for name, content in wanted.items():
-            atomic_write(self.directory / name, content, 0o600)
-        if self.directory.is_dir():
-            for path in self.directory.iterdir():
-                if path.name.startswith(f"{authority}.") and path.name not in wanted:
-                    path.unlink()
+        files = {key: value for key, value in self._read().items() if not key.startswith(f"{authority}.")}
+        files.update(_files_of(authority, stored))
+        document = {key: base64.b64encode(value).decode() for key, value in sorted(files.items())}
+        atomic_write(self.path, (json.dumps(document, indent=2) + "\n").encode(), 0o600)
 
 
 def with_state(stored: Stored, **changes: Any) -> Stored:

@@ -89,3 +89,18 @@ def test_rollback_without_a_rotation_in_progress_is_refused(undo, workspace):
     info, _ = undo
     refused = careconcile("rollback", info.spec, "--auto-approve", workspace=workspace)
     assert refused.returncode == 1 and "nothing to roll back" in refused.stderr
+
+
+def test_rollback_right_after_prepare_returns_to_the_ca_of_record(undo, workspace):
+    # Nothing trusts the new CA yet: the rollback must not wait for consumers to trust it.
+    info, _ = undo
+    spec = Path(info.spec)
+    before = record_ca(info)
+    set_rotation(spec, 2)
+    prepared = careconcile("apply", str(spec), "--auto-approve", "--until", "prepare", workspace=workspace)
+    assert prepared.returncode == 0, prepared.stderr
+    rolled = careconcile("rollback", str(spec), "--auto-approve", "--phase-timeout", "120", workspace=workspace)
+    assert rolled.returncode == 0, rolled.stdout[-2000:] + rolled.stderr
+    assert "Rollback complete!" in rolled.stdout
+    assert record_ca(info).cert == before.cert
+    assert_cluster_trusts_only(info, before.cert)

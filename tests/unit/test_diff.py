@@ -335,7 +335,7 @@ def test_digest_changes_with_a_managed_bundle_and_item_digests_name_it():
     assert before.digest() != after.digest()
     old_items, new_items = item_digests(before), item_digests(after)
     assert old_items.keys() == new_items.keys()
-    assert [key for key in old_items if old_items[key] != new_items[key]] == [f"{WORKER}:{KUBELET_CONF}"]
+    assert [key for key in old_items if old_items[key] != new_items[key]] == [f"{WORKER}:{KUBELET_CONF}#trusts"]
 
 
 def test_digest_ignores_unmanaged_bundles():
@@ -343,17 +343,31 @@ def test_digest_ignores_unmanaged_bundles():
     after = observation(unmanaged_trust=("old", "foreign"))
     assert before.digest() == after.digest()
     assert item_digests(before) == item_digests(after)
-    assert ROOT_CA not in item_digests(before)
+    assert not [key for key in item_digests(before) if key.startswith(ROOT_CA)]
 
 
 def test_digest_changes_with_state_leaves_records_and_components():
     base = item_digests(observation())
     changed = {
         "state": observation(state=StoredState(applied_rotation=1)),
-        f"{CP}:{APISERVER}": observation(leaves={f"{CP}:{APISERVER}": "new"}),
+        f"{CP}:{APISERVER}#cert": observation(leaves={f"{CP}:{APISERVER}": "new"}),
         f"{CP}:record": observation(signer="old"),
         SCHED: observation(stale=(SCHED,)),
     }
     for item, observed in changed.items():
         now = item_digests(observed)
         assert [key for key in base if base[key] != now[key]] == [item], item
+
+
+def test_a_kubeconfigs_trust_and_its_credentials_are_digested_apart():
+    # One id names both the kubeconfig's CA data and its client certificate; a change of
+    # either must make a saved plan stale.
+    site = f"{CP}:{CM_CONF}"
+    before = item_digests(observation())
+    trust_changed = item_digests(observation(bundles={site: ("old", "new")}))
+    cert_changed = item_digests(observation(leaves={site: "new"}))
+    # (the controller-manager reads that file, so its inputs change with it)
+    changed_by_trust = {key for key in before if before[key] != trust_changed[key]}
+    changed_by_cert = {key for key in before if before[key] != cert_changed[key]}
+    assert f"{site}#trusts" in changed_by_trust and f"{site}#cert" not in changed_by_trust
+    assert f"{site}#cert" in changed_by_cert and f"{site}#trusts" not in changed_by_cert

@@ -60,3 +60,13 @@ def test_a_scope_with_no_ca_data_is_an_error_naming_the_source(two_clusters):
     nothing = kubeconfig.Scope(clusters=frozenset(), users=frozenset())
     with pytest.raises(PKIError, match="the-file"):
         kubeconfig.ca_certificates(document, source="the-file", scope=nothing)
+
+
+def test_file_references_in_scope_are_named(two_clusters):
+    document, _, _ = two_clusters
+    document = {**document, "users": [{"name": "admin", "user": {"client-certificate": "/etc/admin.crt",
+                                                                   "client-key": "/etc/admin.key"}}]}
+    scope = kubeconfig.scope_for(document, servers={"https://127.0.0.1:6443"}, context=None)
+    assert kubeconfig.file_references(document, scope) == ["user 'admin' client-certificate: /etc/admin.crt"]
+    other = kubeconfig.scope_for(document, servers={"https://10.0.0.1:6443"}, context="me@elsewhere")
+    assert kubeconfig.file_references(document, other) == []

@@ -124,37 +124,37 @@ def test_workspace_store_round_trips(tmp_path):
     assert private_numbers(loaded.keys.target) == private_numbers(ca("new"))
 
 
-def test_workspace_store_writes_key_files_owner_only(tmp_path):
+def test_workspace_store_is_one_owner_only_file(tmp_path):
     directory = tmp_path / "state"
     WorkspaceStateStore(directory).save(AUTHORITY, rotating())
-    for name in ("clusterCA.target.key", "clusterCA.previous.key"):
-        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
-    assert not [path.name for path in directory.iterdir() if path.name.endswith(".tmp")]
+    assert [path.name for path in directory.iterdir()] == ["state.json"]  # no temp file left
+    assert stat.S_IMODE((directory / "state.json").stat().st_mode) == 0o600
 
 
-def test_workspace_store_removes_the_keys_on_finalize_and_keeps_other_authorities(tmp_path):
-    directory = tmp_path / "state"
-    store = WorkspaceStateStore(directory)
+def test_workspace_store_drops_the_keys_on_finalize_and_keeps_other_authorities(tmp_path):
+    store = WorkspaceStateStore(tmp_path / "state")
     store.save(AUTHORITY, rotating())
     store.save("frontProxyCA", rotating())
-    (directory / "clusterCA-notes.txt").write_text("not the store's")
     store.save(AUTHORITY, finalized())
-    names = sorted(path.name for path in directory.iterdir())
-    assert [name for name in names if name.startswith("clusterCA.")] == ["clusterCA.json"]
-    assert "clusterCA-notes.txt" in names
-    assert "frontProxyCA.target.key" in names and "frontProxyCA.previous.key" in names
-    loaded = store.load(AUTHORITY)
-    assert loaded == Stored(finalized().state, StoredKeys())
+    assert store.load(AUTHORITY) == Stored(finalized().state, StoredKeys())
+    assert store.load("frontProxyCA").keys.target is not None
+    assert "PRIVATE KEY" not in base64.b64decode(json.loads(store.path.read_text())["clusterCA.json"]).decode()
 
 
-def test_workspace_store_corrupt_json_names_the_directory(tmp_path):
-    directory = tmp_path / "state"
-    store = WorkspaceStateStore(directory)
+def test_workspace_store_corrupt_file_names_it(tmp_path):
+    store = WorkspaceStateStore(tmp_path / "state")
     store.save(AUTHORITY, rotating())
-    (directory / "clusterCA.json").write_text("{not json")
+    store.path.write_text("{not json")
     with pytest.raises(PKIError) as failed:
         store.load(AUTHORITY)
-    assert failed.value.message.startswith(f"workspace state {directory}: clusterCA.json is not JSON")
+    assert failed.value.message.startswith(f"workspace state {store.path}: unreadable")
+
+
+def test_a_state_with_one_of_the_two_cas_is_refused_by_name():
+    files = _files_of(AUTHORITY, rotating())
+    del files["clusterCA.previous.crt"], files["clusterCA.previous.key"]
+    with pytest.raises(PKIError, match="the-store: holds the target CA of clusterCA without the other"):
+        _stored_from(AUTHORITY, files, source="the-store")
 
 
 # --- the Secret store --------------------------------------------------------------------------------

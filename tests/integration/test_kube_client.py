@@ -192,7 +192,8 @@ def test_a_lock_whose_process_on_this_host_is_gone_is_taken_over(client, no_lock
     dead_pid = _dead_pid()
     stale = LockInfo(id=str(uuid.uuid4()), holder="someone@here", host=socket.gethostname(), pid=dead_pid,
                      operation="apply", version="0.0.1", created="2026-01-01T00:00:00Z", ttl=900,
-                     renewed=cluster_lock._micro_time(dt.datetime.now(dt.timezone.utc)))
+                     renewed=cluster_lock._micro_time(dt.datetime.now(dt.timezone.utc)),
+                     process_space=cluster_lock.process_space())
     _write_lease(client, stale)
     with ClusterLock(client, CLUSTER, operation="apply") as info:
         assert info.took_over_from is not None and info.took_over_from.id == stale.id
@@ -200,6 +201,18 @@ def test_a_lock_whose_process_on_this_host_is_gone_is_taken_over(client, no_lock
         lease = client.get(LEASE)
         assert lease["spec"]["holderIdentity"] == info.id and lease["spec"]["leaseTransitions"] == 1
     assert current_lock(client) is None
+
+
+def test_a_dead_pid_of_another_pid_namespace_proves_nothing(client, no_lock):
+    # Another container with the same host name: its pids are not ours to check.
+    elsewhere = LockInfo(id=str(uuid.uuid4()), holder="someone@here", host=socket.gethostname(), pid=_dead_pid(),
+                         operation="apply", version="0.0.1", created="2026-01-01T00:00:00Z", ttl=900,
+                         renewed=cluster_lock._micro_time(dt.datetime.now(dt.timezone.utc)),
+                         process_space="another-boot/pid:[4026531836]")
+    _write_lease(client, elsewhere)
+    with pytest.raises(LockHeldError, match=elsewhere.id):
+        ClusterLock(client, CLUSTER, operation="apply").acquire()
+    force_unlock(client, CLUSTER, elsewhere.id)
 
 
 def _dead_pid() -> int:

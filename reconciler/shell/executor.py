@@ -21,6 +21,7 @@ from cryptography import x509
 from ruamel.yaml import YAML
 
 from reconciler._files import atomic_write
+from reconciler._time import micro_time, parse_time, utcnow
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.authorities import SIGNER_DIR, manifest_path
 from reconciler.core.kubeconfig import ClientCredentials
@@ -42,10 +43,6 @@ from reconciler.shell.statestore import Stored, StoredKeys, with_state
 # differs; the crash-and-resume tests set it to kill a run at every action boundary.
 CRASH_AFTER_ENV = "CARECONCILE_TEST_CRASH_AFTER_ACTIONS"
 PROBE_USER = "careconcile:probe"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass
@@ -408,7 +405,7 @@ class Executor:
         metadata = manifest.setdefault("metadata", {})
         annotations = metadata.setdefault("annotations", {}) or {}
         annotations[RESTARTED_FOR] = inputs_digest(files, inputs)
-        annotations[RESTARTED_AT] = utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z")
+        annotations[RESTARTED_AT] = micro_time(utcnow())
         metadata["annotations"] = annotations
         signing = action.params.get("signing")
         if signing and self.access.layout.signer is not None:
@@ -529,7 +526,7 @@ class Executor:
             if readiness[name] == "leader-lease":
                 lease = client.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}")
                 spec = lease.get("spec") or {}
-                acquired, renewed = _time(spec.get("acquireTime")), _time(spec.get("renewTime"))
+                acquired, renewed = parse_time(spec.get("acquireTime")), parse_time(spec.get("renewTime"))
                 duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
                 if not spec.get("holderIdentity") or acquired is None or acquired < restarted or \
                         renewed is None or now - renewed > duration * 2:
@@ -537,7 +534,7 @@ class Executor:
             else:
                 stale = [lease["metadata"]["name"] for lease in
                          client.list("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
-                         if (_time((lease.get("spec") or {}).get("renewTime")) or restarted) <= restarted]
+                         if (parse_time((lease.get("spec") or {}).get("renewTime")) or restarted) <= restarted]
                 if stale:
                     problems.append(f"{name} has not renewed the leases of {len(stale)} node(s) since its restart "
                                     f"({', '.join(stale[:3])})")
@@ -579,12 +576,6 @@ def _set_ca_bundle(kind: str, item: dict, suffix: str, bundle: str) -> None:
         item["spec"]["caBundle"] = bundle
     else:
         item["spec"]["conversion"]["webhook"]["clientConfig"]["caBundle"] = bundle
-
-
-def _time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _dump_yaml(document: dict) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler._process import process_alive
+from reconciler._time import micro_time, parse_time, rfc3339, utcnow
 from reconciler.errors import APIConflictError, APINotFoundError, LockError, LockHeldError
 from reconciler.shell.kube import KubeClient
 
@@ -39,28 +40,6 @@ DEFAULT_TTL = 900
 
 # Lost races (another run created, took over or renewed in between) are retried this often.
 _ATTEMPTS = 3
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _micro_time(moment: dt.datetime) -> str:
-    """A Kubernetes MicroTime, e.g. 2026-11-28T10:00:00.000000Z."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def process_space() -> str:
@@ -98,10 +77,10 @@ class LockInfo:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = str(os.getuid())
-        now = _now()
+        now = utcnow()
         return cls(id=str(uuid.uuid4()), holder=f"{user}@{host}", host=host, pid=os.getpid(),
-                   operation=operation, version=__version__, created=_rfc3339(now), ttl=ttl,
-                   renewed=_micro_time(now), process_space=process_space())
+                   operation=operation, version=__version__, created=rfc3339(now), ttl=ttl,
+                   renewed=micro_time(now), process_space=process_space())
 
     @classmethod
     def from_lease(cls, lease: dict[str, Any]) -> "LockInfo":
@@ -127,7 +106,7 @@ class LockInfo:
         )
 
     def expires_at(self) -> dt.datetime | None:
-        renewed = _parse_time(self.renewed)
+        renewed = parse_time(self.renewed)
         return renewed + dt.timedelta(seconds=self.ttl) if renewed and self.ttl > 0 else None
 
     def describe(self) -> str:
@@ -166,8 +145,8 @@ def lease_body(info: LockInfo, *, acquired: str | None = None) -> dict[str, Any]
 def stale_reason(holder: LockInfo, *, now: dt.datetime | None = None) -> str | None:
     """Why a lock may be taken over without asking, or None while its holder may be alive."""
     expires = holder.expires_at()
-    if expires is not None and expires < (now or _now()):
-        return f"its TTL of {holder.ttl}s ran out at {_rfc3339(expires)}"
+    if expires is not None and expires < (now or utcnow()):
+        return f"its TTL of {holder.ttl}s ran out at {rfc3339(expires)}"
     if holder.host == socket.gethostname() and holder.process_space and \
             holder.process_space == process_space() and holder.pid > 0 and not process_alive(holder.pid):
         return f"its process {holder.pid} on this host is gone"
@@ -245,7 +224,7 @@ class ClusterLock:
             if reason is None:
                 raise LockHeldError(
                     f"cluster {self.cluster} is locked: {held.describe()}"
-                    + (f", expires {_rfc3339(held.expires_at())} unless renewed" if held.expires_at() else ""),
+                    + (f", expires {rfc3339(held.expires_at())} unless renewed" if held.expires_at() else ""),
                     hint=f"if that run is gone, remove its lock: careconcile force-unlock {self.cluster} {held.id}",
                 )
             mine = dataclasses.replace(mine, took_over_from=held)
@@ -270,7 +249,7 @@ class ClusterLock:
             if lease is None:
                 raise LockError(f"cluster {self.cluster}: cannot renew lock {mine.id}: it was removed "
                                 f"(force-unlocked?) while this run held it")
-            lease.setdefault("spec", {})["renewTime"] = _micro_time(_now())
+            lease.setdefault("spec", {})["renewTime"] = micro_time(utcnow())
             try:
                 renewed = self.client.replace(LEASE, lease)  # conditional: carries the read resourceVersion
             except (APIConflictError, APINotFoundError):

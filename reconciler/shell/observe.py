@@ -7,7 +7,6 @@ malformed certificate or an unreachable node is reported where it is.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from cryptography import x509
 from ruamel.yaml import YAML, YAMLError
 
+from reconciler._time import parse_time
 from reconciler.core import kubeconfig, pki
 from reconciler.core.authorities import AuthorityLayout, manifest_path
 from reconciler.core.observed import (
@@ -89,15 +89,6 @@ def inputs_digest(files: NodeFiles, inputs: tuple[str, ...]) -> str:
         content = files.read(path) or b""
         digest.update(f"{path}\0{hashlib.sha256(content).hexdigest()}\n".encode())
     return "sha256:" + digest.hexdigest()
-
-
-def _parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None  # an annotation edited by hand: as if never restarted by careconcile
 
 
 def _certs(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
@@ -193,7 +184,7 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
                 id=f"{name}:{component.name}", node=name, name=component.name, inputs=component.inputs,
                 inputs_digest=inputs_digest(files, component.inputs),
                 restarted_for=annotations.get(RESTARTED_FOR),
-                restarted_at=_parse_time(annotations.get(RESTARTED_AT)),
+                restarted_at=parse_time(annotations.get(RESTARTED_AT)),
                 signer_cert=flags.get(signer.cert_flag) if signer else None,
                 signer_key=flags.get(signer.key_flag) if signer else None,
             ))

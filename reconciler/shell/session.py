@@ -27,7 +27,8 @@ from reconciler.core.plan import FORMAT_VERSION, Action, PlanDocument, plan_clus
 from reconciler.core.schemas import schemas
 from reconciler.core.spec import ClusterSpec, resolve_authority
 from reconciler.errors import PlanFileError, StalePlanError, UsageError
-from reconciler.shell.executor import Executor, RunReport, utcnow
+from reconciler._time import utcnow
+from reconciler.shell.executor import Executor, RunReport
 from reconciler.shell.kube import KubeconfigClient
 from reconciler.shell.lock import ClusterLock
 from reconciler.shell.nodes import node_files

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from reconciler._time import micro_time
 from reconciler.core import pki
 from reconciler.errors import (APIConflictError, APINotFoundError, ClusterUnreachableError, LockError,
                                LockHeldError)
@@ -192,7 +193,7 @@ def test_a_lock_whose_process_on_this_host_is_gone_is_taken_over(client, no_lock
     dead_pid = _dead_pid()
     stale = LockInfo(id=str(uuid.uuid4()), holder="someone@here", host=socket.gethostname(), pid=dead_pid,
                      operation="apply", version="0.0.1", created="2026-01-01T00:00:00Z", ttl=900,
-                     renewed=cluster_lock._micro_time(dt.datetime.now(dt.timezone.utc)),
+                     renewed=micro_time(dt.datetime.now(dt.timezone.utc)),
                      process_space=cluster_lock.process_space())
     _write_lease(client, stale)
     with ClusterLock(client, CLUSTER, operation="apply") as info:
@@ -207,7 +208,7 @@ def test_a_dead_pid_of_another_pid_namespace_proves_nothing(client, no_lock):
     # Another container with the same host name: its pids are not ours to check.
     elsewhere = LockInfo(id=str(uuid.uuid4()), holder="someone@here", host=socket.gethostname(), pid=_dead_pid(),
                          operation="apply", version="0.0.1", created="2026-01-01T00:00:00Z", ttl=900,
-                         renewed=cluster_lock._micro_time(dt.datetime.now(dt.timezone.utc)),
+                         renewed=micro_time(dt.datetime.now(dt.timezone.utc)),
                          process_space="another-boot/pid:[4026531836]")
     _write_lease(client, elsewhere)
     with pytest.raises(LockHeldError, match=elsewhere.id):
@@ -224,7 +225,7 @@ def _dead_pid() -> int:
 def test_a_lock_on_this_host_whose_process_lives_is_held(client, no_lock):
     alive = LockInfo(id=str(uuid.uuid4()), holder="someone@here", host=socket.gethostname(), pid=1,
                      operation="apply", version="0.0.1", created="2026-01-01T00:00:00Z", ttl=900,
-                     renewed=cluster_lock._micro_time(dt.datetime.now(dt.timezone.utc)))
+                     renewed=micro_time(dt.datetime.now(dt.timezone.utc)))
     _write_lease(client, alive)
     with pytest.raises(LockHeldError, match=alive.id):
         ClusterLock(client, CLUSTER, operation="apply").acquire()
@@ -234,7 +235,7 @@ def test_an_expired_lock_is_taken_over_by_exactly_one_of_several_runs(target, cl
     long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     expired = LockInfo(id=str(uuid.uuid4()), holder="someone@elsewhere", host="elsewhere", pid=1,
                        operation="apply", version="0.0.1", created="2026-01-01T00:00:00Z", ttl=60,
-                       renewed=cluster_lock._micro_time(long_ago))
+                       renewed=micro_time(long_ago))
     _write_lease(client, expired)
     outcomes: list[object] = []
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cryptography import x509
-from ruamel.yaml import YAML
 
 from reconciler._files import atomic_write
 from reconciler._time import micro_time, parse_time, utcnow
@@ -35,7 +34,8 @@ from reconciler.errors import (
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, load_kubeconfig
 from reconciler.shell.observe import (
-    CA_BUNDLE_OWNERS, CLUSTER_INFO, ca_bundle_fields, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, apiserver_servers, local_kubeconfig_scope, RESTARTED_FOR, ClusterAccess, inputs_digest, load_manifest, observe,
+    CA_BUNDLE_OWNERS, CLUSTER_INFO, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, RESTARTED_FOR, ClusterAccess,
+    apiserver_servers, ca_bundle_fields, inputs_digest, load_manifest, local_kubeconfig_scope, observe, read_record,
 )
 from reconciler.shell.statestore import Stored, StoredKeys, with_state
 
@@ -129,15 +129,12 @@ class Executor:
 
     def _read_record_pair(self) -> KeyPair:
         """The CA of record with its key, read from the first control-plane node."""
-        node = self.access.control_planes()[0]
-        files = self.access.nodes[node]
+        files = self.access.nodes[self.access.control_planes()[0]]
         layout = self.access.layout
-        key = pki.load_private_key(files.read(layout.record_key) or b"", source=f"{files.describe()} {layout.record_key}")
-        certs = pki.load_certificates(files.read(layout.record_cert) or b"", source=f"{files.describe()} ca.crt")
-        for cert in certs:
-            if pki.key_matches_cert(key, cert):
-                return KeyPair(cert, key)
-        raise PKIError(f"{files.describe()}: {layout.record_key} matches no certificate in {layout.record_cert}")
+        key, cert = read_record(files, layout)
+        if cert is None:
+            raise PKIError(f"{files.describe()}: {layout.record_key} matches no certificate in {layout.record_cert}")
+        return KeyPair(cert, key)
 
     def _pair(self, fingerprint: str) -> KeyPair:
         """The CA with this fingerprint (or the new CA) and its key."""
@@ -278,17 +275,11 @@ class Executor:
         keys = self._stored().keys
         known = [pair for pair in (keys.previous, keys.target) if pair is not None]
         trust = pki.bundle_pem([pair.cert for pair in known])
-        accepting = []
-        for node, server in apiserver_servers(self.access):
-            for pair in known:
-                if fp(pair.cert) not in fingerprints:
-                    continue
-                probe = pki.issue_leaf(pair, LeafRequest(PROBE_USER, client=True, key=pki.KeySpec("ECDSA", 256)),
-                                       now=utcnow())
-                if probes.accepts_client_certificate(server, ca_pem=trust, cert_pem=probe.cert_pem,
-                                                     key_pem=probe.key_pem) is not None:
-                    accepting.append(f"{server} ({node})")
-        return accepting
+        probes_from = [_probe_certificate(pair) for pair in known if fp(pair.cert) in fingerprints]
+        return [f"{server} ({node})" for node, server in apiserver_servers(self.access)
+                if any(probes.accepts_client_certificate(server, ca_pem=trust, cert_pem=probe.cert_pem,
+                                                         key_pem=probe.key_pem) is not None
+                       for probe in probes_from)]
 
     def _rewrite_node_kubeconfig(self, node: str, path: str, change: Callable[[dict], dict]) -> None:
         files = self.access.nodes[node]
@@ -418,7 +409,9 @@ class Executor:
                 f"{signer.key_flag}={key}" if arg.startswith(signer.key_flag + "=") else arg
                 for arg in container["command"]
             ]
-        files.write(manifest_path(component), _dump_yaml(manifest), files.mode(manifest_path(component)) or 0o600)
+        # The YAML writer the sandbox writes manifests with.
+        files.write(manifest_path(component), kubeconfig.dump(manifest).encode(),
+                    files.mode(manifest_path(component)) or 0o600)
 
     # --- checks --------------------------------------------------------------------------
 
@@ -480,23 +473,15 @@ class Executor:
         problems = []
         trust = pki.bundle_pem([new] + ([self._cert(old_fp)] if phase < 4 and old_fp != fp(new) else []))
         if phase in (2, 5):
-            probe = self._probe_certificate(fp(new))
+            probe = _probe_certificate(self._pair(fp(new)))
             for endpoint in observed.endpoints:
                 if probes.accepts_client_certificate(endpoint.server, ca_pem=trust,
                                                      cert_pem=probe.cert_pem, key_pem=probe.key_pem) is None:
                     problems.append(f"apiserver {endpoint.server} does not yet accept client certificates "
                                     f"from the new CA")
         if phase >= 4 and old_fp != fp(new):
-            old = self._stored().keys
-            old_pair = next((p for p in (old.previous, old.target) if p is not None and fp(p.cert) == old_fp), None)
-            if old_pair is not None:
-                probe = pki.issue_leaf(old_pair, LeafRequest(PROBE_USER, client=True, key=pki.KeySpec("ECDSA", 256)),
-                                       now=utcnow())
-                for endpoint in observed.endpoints:
-                    if probes.accepts_client_certificate(endpoint.server, ca_pem=trust,
-                                                         cert_pem=probe.cert_pem, key_pem=probe.key_pem) is not None:
-                        problems.append(f"apiserver {endpoint.server} still accepts client certificates "
-                                        f"from the old CA {old_fp}")
+            problems += [f"apiserver {server} still accepts client certificates from the old CA {old_fp}"
+                         for server in self._accepting_old([old_fp])]
             if self.access.workspace_kubeconfig.is_file():
                 target = load_kubeconfig(self.access.workspace_kubeconfig)
                 try:
@@ -505,10 +490,6 @@ class Executor:
                 except CareconcileError as exc:
                     problems.append(f"the new kubeconfig {self.access.workspace_kubeconfig} does not work: {exc}")
         return problems
-
-    def _probe_certificate(self, fingerprint: str) -> KeyPair:
-        return pki.issue_leaf(self._pair(fingerprint), LeafRequest(PROBE_USER, client=True,
-                                                                   key=pki.KeySpec("ECDSA", 256)), now=utcnow())
 
     def _components_ready(self, observed: ClusterObservation) -> list[str]:
         """Each restarted component runs again: its leader Lease was acquired after the
@@ -578,11 +559,6 @@ def _set_ca_bundle(kind: str, item: dict, suffix: str, bundle: str) -> None:
         item["spec"]["conversion"]["webhook"]["clientConfig"]["caBundle"] = bundle
 
 
-def _dump_yaml(document: dict) -> bytes:
-    import io
-
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    out = io.StringIO()
-    yaml.dump(document, out)
-    return out.getvalue().encode()
+def _probe_certificate(ca: KeyPair) -> KeyPair:
+    """A throwaway client certificate from ``ca``, to ask an apiserver whether it trusts ``ca``."""
+    return pki.issue_leaf(ca, LeafRequest(PROBE_USER, client=True, key=pki.KeySpec("ECDSA", 256)), now=utcnow())

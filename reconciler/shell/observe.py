@@ -226,7 +226,9 @@ def local_kubeconfig_scope(access: ClusterAccess, raw: bytes) -> kubeconfig.Scop
     return scope
 
 
-def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:
+def read_record(files: NodeFiles, layout: AuthorityLayout) -> tuple[pki.PrivateKey, x509.Certificate | None]:
+    """A control-plane node's CA key, and the certificate in its CA file that the key
+    belongs to (None when it matches none of them)."""
     where = files.describe()
     cert_raw, key_raw = files.read(layout.record_cert), files.read(layout.record_key)
     if cert_raw is None or key_raw is None:
@@ -234,7 +236,12 @@ def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> Obs
         raise NodeUnreachableError(f"{where}: {missing} is missing; a control-plane node holds the CA of record")
     key = pki.load_private_key(key_raw, source=f"{where} {layout.record_key}")
     certs = _certs(cert_raw, f"{where} {layout.record_cert}")
-    record = next((cert for cert in certs if pki.key_matches_cert(key, cert)), None)
+    return key, next((cert for cert in certs if pki.key_matches_cert(key, cert)), None)
+
+
+def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:
+    where = files.describe()
+    key, record = read_record(files, layout)
     signer, signer_matches = None, False
     signer_raw, signer_key_raw = files.read(layout.signer_cert), files.read(layout.signer_key)
     if signer_raw is not None:

@@ -22,8 +22,12 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=tuple(FORMATS), default="text", help="output format (default: text)")
 
 
-def print_plan(plan: PlanDocument, output_format: str) -> None:
-    sys.stdout.write(FORMATS[output_format](plan))
+def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None = None) -> None:
+    """``plan_file`` is the saved plan, which a markdown plan cut to a comment's size points to."""
+    if output_format == "markdown":
+        sys.stdout.write(render.markdown(plan, plan_file=str(plan_file) if plan_file is not None else None))
+    else:
+        sys.stdout.write(FORMATS[output_format](plan))
     sys.stdout.flush()
 
 

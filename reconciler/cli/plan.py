@@ -36,8 +36,8 @@ def _plan(args: argparse.Namespace) -> int:
     loaded = load_spec(args.spec)
     accesses = session.open_clusters(loaded, session.workspace_root(args.workspace), args.cluster)
     plan = session.make_plan(loaded, accesses)
-    print_plan(plan, args.format)
     blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
+    print_plan(plan, args.format, plan_file=args.out if not blocking else None)  # a blocked plan is not saved
     if blocking:
         raise PlanConflictError(f"{len(blocking)} finding(s) block the plan: "
                                 + "; ".join(f"{f.subject}: {f.message}" for f in blocking))
@@ -49,5 +49,5 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print_plan(session.load_plan(args.planfile), args.format)
+    print_plan(session.load_plan(args.planfile), args.format, plan_file=args.planfile)
     return EXIT_OK

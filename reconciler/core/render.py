@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from collections import Counter
 
 from reconciler.core.observed import short
 from reconciler.core.plan import PHASE_TITLES, ROLLBACK_TITLES, Action, ClusterPlan, PlanDocument, summary_line
@@ -52,35 +54,193 @@ def text(plan: PlanDocument) -> str:
             detail = _change(action)
             lines.append(f"    {SYMBOLS[action.kind]:>3} {action.kind} {action.target}" + (f"  {detail}" if detail else ""))
             lines.append(f"        {action.reason}")
+        if len(plan.clusters) > 1 and cluster.actions:
+            lines += ["", f"  {cluster.cluster}: {summary_line(cluster.actions).removeprefix('Plan: ')}"]
         lines.append("")
     blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
     if blocking:
         lines.append(f"Error: {len(blocking)} finding(s) block this plan; nothing will change until they are resolved.")
+    if len(plan.clusters) > 1:
+        changing = [c.cluster for c in plan.clusters if any(a.kind != "verify" for a in c.actions)]
+        lines.append(f"{len(changing)} of {len(plan.clusters)} clusters change"
+                     + (f": {', '.join(changing)}." if changing else "."))
     lines.append(summary_line(plan.actions()))
     return "\n".join(lines) + "\n"
 
 
-def markdown(plan: PlanDocument) -> str:
-    """Summary first and details folded, as a pull-request comment wants it."""
-    lines = [f"### careconcile {plan.operation} plan", "", f"**{summary_line(plan.actions())}**", ""]
-    lines += ["| cluster | operation | from | to | actions |", "|---|---|---|---|---|"]
+# GitHub refuses a comment body over 65,536 characters; this leaves room for a line or two more.
+MARKDOWN_LIMIT = 65_000
+
+
+def _size(text: str) -> int:
+    """Counted in UTF-8 bytes: never fewer than the characters, so a limit on either holds."""
+    return len(text.encode())
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _escape(text: str) -> str:
+    """Plain text for a cell, list item or heading: one line, pipes escaped, no raw HTML."""
+    return " ".join(text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").split())
+
+
+def _code(text: str, *, table: bool = True) -> str:
+    """A code span; in a table its pipes are escaped (GitHub unescapes them inside the span)."""
+    text = " ".join(text.split())
+    if table:
+        text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def _changes(actions: list[Action]) -> bool:
+    return any(action.kind != "verify" for action in actions)
+
+
+def _blocking(cluster: ClusterPlan) -> list:
+    return [finding for finding in cluster.findings if finding.blocking]
+
+
+def _take(lines: list[str], budget: int, more, rank: list[int] | None = None) -> tuple[list[str], bool]:
+    """As many of ``lines`` as fit in ``budget`` (each counted with its newline), lowest
+    ``rank`` first, in their own order; when some do not fit, the line ``more(left_out)``
+    after them. Returns the lines and whether any was left out."""
+    if sum(_size(line) + 1 for line in lines) <= budget:
+        return lines, False
+    room = budget - (_size(more(len(lines))) + 1)  # the longest ``more`` line it can need
+    taken: set[int] = set()
+    for index in sorted(range(len(lines)), key=lambda i: (rank[i] if rank else 0, i)):
+        room -= _size(lines[index]) + 1
+        if room < 0:
+            break
+        taken.add(index)
+    return [line for index, line in enumerate(lines) if index in taken] + [more(len(lines) - len(taken))], True
+
+
+def _summary_table(plan: PlanDocument, budget: int) -> tuple[str, bool]:
+    """One row per cluster: operation, CAs, actions per phase, total, whether it changes;
+    a totals row when there are several. Rows that do not fit, clusters without changes
+    first, become one "more" row."""
+    titles = ROLLBACK_TITLES if plan.operation == "rollback" else PHASE_TITLES
+    phases = sorted(titles)
+    head = ["| cluster | operation | from | to | " + " | ".join(f"{p} {titles[p].split(':')[0]}" for p in phases)
+            + " | total | changes |",
+            "|---|---|---|---|" + "---:|" * (len(phases) + 1) + "---|"]
+    rows, rank = [], []
     for cluster in plan.clusters:
-        lines.append(f"| {cluster.cluster} | {cluster.operation} | `{short(cluster.old_ca or '-')}` | "
-                     f"`{short(cluster.new_ca or '-')}` | {len(cluster.actions)} |")
-    for cluster in plan.clusters:
-        lines += ["", f"#### {_describe(cluster)}", ""]
-        for finding in cluster.findings:
-            lines.append(f"- {'**blocking** ' if finding.blocking else ''}`{finding.subject}`: {finding.message}")
-        phases = sorted({action.phase for action in cluster.actions})
-        for phase in phases:
-            actions = [a for a in cluster.actions if a.phase == phase]
-            lines += ["", f"<details><summary>Phase {phase}: {_titles(cluster)[phase]} ({len(actions)} actions)</summary>",
-                      "", "| | action | target | change | why |", "|---|---|---|---|---|"]
-            for action in actions:
-                lines.append(f"| `{SYMBOLS[action.kind]}` | {action.kind} | `{action.target}` | "
-                             f"{_change(action).replace('|', '/')} | {action.reason} |")
-            lines += ["", "</details>"]
-    return "\n".join(lines) + "\n"
+        counts = Counter(action.phase for action in cluster.actions)
+        status = "**blocked**" if _blocking(cluster) else "yes" if _changes(cluster.actions) else "no changes"
+        rank.append(0 if _blocking(cluster) else 1 if _changes(cluster.actions) else 2)
+        rows.append(" | ".join([
+            f"| {_escape(cluster.cluster)}", cluster.operation, _code(short(cluster.old_ca or "-")),
+            _code(short(cluster.new_ca or "-")), *(str(counts.get(p, 0)) for p in phases),
+            str(len(cluster.actions)), f"{status} |"]))
+    tail = []
+    if len(plan.clusters) > 1:
+        counts = Counter(action.phase for action in plan.actions())
+        changing = sum(1 for cluster in plan.clusters if _changes(cluster.actions))
+        tail.append(" | ".join([
+            f"| **all {len(plan.clusters):,} clusters**", "", "", "", *(f"**{counts.get(p, 0)}**" for p in phases),
+            f"**{len(plan.actions())}**", f"{changing:,} with changes |"]))
+    fixed = sum(_size(line) + 1 for line in head + tail)
+
+    def more(left_out: int) -> str:
+        return f"| ... {_plural(left_out, 'more cluster')}, see the full plan |" + " |" * (len(phases) + 5)
+
+    rows, cut = _take(rows, budget - fixed, more, rank)  # blocked and changing clusters before the others
+    return "\n".join(head + rows + tail) + "\n", cut
+
+
+def _head(plan: PlanDocument, budget: int) -> tuple[str, bool]:
+    """Heading, summary line, blocking findings and the summary table: what a reviewer sees
+    without unfolding anything."""
+    text = f"### careconcile {plan.operation} plan\n\n**{summary_line(plan.actions())}**\n"
+    blocking = [(cluster, finding) for cluster in plan.clusters for finding in _blocking(cluster)]
+    cut = False
+    if blocking:
+        one = len(blocking) == 1
+        text += (f"\n**Error: {_plural(len(blocking), 'finding')} block{'s' if one else ''} this plan; nothing will "
+                 f"change until {'it is' if one else 'they are'} resolved.**\n\n")
+        items = [f"- {_escape(cluster.cluster)}: {_code(finding.subject, table=False)}: {_escape(finding.message)}"
+                 for cluster, finding in blocking]
+        # Half of what is left at most, so the table always has room.
+        items, cut = _take(items, (budget - _size(text)) // 2,
+                           lambda left_out: f"- ... {_plural(left_out, 'more blocking finding')}, see the full plan")
+        text += "\n".join(items) + "\n"
+    text += "\n"
+    table, table_cut = _summary_table(plan, budget - _size(text))
+    return text + table, cut or table_cut
+
+
+def _cluster_blocks(cluster: ClusterPlan) -> list[tuple[str, int]]:
+    """A cluster's details as blocks that are shown whole or not at all: its heading with its
+    findings, then one folded block per phase. Each with the number of actions it shows."""
+    lines = ["", f"#### {_escape(_describe(cluster))}"]
+    if cluster.findings:
+        lines.append("")
+    for finding in cluster.findings:
+        lines.append(f"- {'**blocking** ' if finding.blocking else ''}{_code(finding.subject, table=False)}: "
+                     f"{_escape(finding.message)}")
+    blocks = [("\n".join(lines) + "\n", 0)]
+    for phase in sorted({action.phase for action in cluster.actions}):
+        actions = [action for action in cluster.actions if action.phase == phase]
+        lines = ["", f"<details><summary>Phase {phase}: {_escape(_titles(cluster)[phase])} "
+                     f"({_plural(len(actions), 'action')})</summary>",
+                 "", "| | action | target | change | why |", "|---|---|---|---|---|"]
+        for action in actions:
+            lines.append(f"| `{SYMBOLS[action.kind]}` | {action.kind} | {_code(action.target)} | "
+                         f"{_escape(_change(action))} | {_escape(action.reason)} |")
+        lines += ["", "</details>"]
+        blocks.append(("\n".join(lines) + "\n", len(actions)))
+    return blocks
+
+
+def _truncation_note(plan_file: str | None, *, limit: int, actions: int, of_actions: int, clusters: int,
+                     of_clusters: int) -> str:
+    where = (f"The full plan is the saved plan file {_code(plan_file, table=False)}; "
+             f"{_code(f'careconcile show {shlex.quote(plan_file)}', table=False)} prints all of it."
+             if plan_file else
+             "To see all of it, save the plan with `careconcile plan SPEC --out PLANFILE`, upload the file "
+             "beside this comment (for example as a CI artifact) and run `careconcile show PLANFILE`.")
+    return (f"\n> **Truncated** to fit a pull-request comment ({limit:,} characters). Left out here: "
+            + (f"{actions:,} of {_plural(of_actions, 'action')}, in " if of_actions else "")
+            + f"{clusters:,} of {_plural(of_clusters, 'cluster')}. {where}\n")
+
+
+def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = MARKDOWN_LIMIT) -> str:
+    """Summary first and details folded, as a pull-request comment wants it, in at most
+    ``limit`` characters.
+
+    The heading, summary line, blocking findings and the summary table come first; then
+    each cluster's findings and its phases in ``<details>``, block by block while they fit.
+    The first block that does not fit ends the comment with a note of what was left out
+    and where the full plan is: ``plan_file``, the saved plan, or, without one, how to save
+    it. A block is never cut, so every table and every ``<details>`` stays whole."""
+    clusters = [_cluster_blocks(cluster) for cluster in plan.clusters]
+    head, cut = _head(plan, limit)
+    whole = head + "".join(block for blocks in clusters for block, _ in blocks)
+    if not cut and _size(whole) <= limit:
+        return whole
+    total_actions, total_clusters = len(plan.actions()), len(plan.clusters)
+    budget = limit - _size(_truncation_note(plan_file, limit=limit, actions=total_actions, of_actions=total_actions,
+                                            clusters=total_clusters, of_clusters=total_clusters))
+    head, cut = _head(plan, budget)
+    parts, used, shown, complete = [head], _size(head), 0, 0
+    for blocks in clusters if not cut else ():  # a cut summary leaves no room for details
+        for block, count in blocks:
+            if used + _size(block) > budget:
+                break
+            parts.append(block)
+            used += _size(block)
+            shown += count
+        else:
+            complete += 1
+            continue
+        break
+    parts.append(_truncation_note(plan_file, limit=limit, actions=total_actions - shown, of_actions=total_actions,
+                                  clusters=total_clusters - complete, of_clusters=total_clusters))
+    return "".join(parts)
 
 
 def as_json(plan: PlanDocument) -> str:

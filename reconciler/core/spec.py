@@ -256,8 +256,17 @@ class ClusterSpec(_Strict):
     """A cluster whose authorities careconcile keeps in the declared state."""
 
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="The cluster's name in this spec.")
-    kubeconfig: str = Field(description="Path to a kubeconfig with admin rights on the cluster; "
-                                        "a relative path is relative to the spec file's directory, '~' expands.")
+    # inCluster comes before kubeconfig: pydantic validates fields in order, and the
+    # kubeconfig's check reads it, so that its error points at `kubeconfig`.
+    in_cluster: bool = Field(
+        default=False, alias="inCluster",
+        description="true: reach the API as the pod careconcile runs in, with its ServiceAccount token "
+                    "(KUBERNETES_SERVICE_HOST/PORT, /var/run/secrets/kubernetes.io/serviceaccount); "
+                    "the alternative to kubeconfig.")
+    kubeconfig: str | None = Field(
+        default=None, validate_default=True,
+        description="Path to a kubeconfig with admin rights on the cluster; a relative path is relative to "
+                    "the spec file's directory, '~' expands. Required unless inCluster is true.")
     context: str | None = Field(default=None, description="Context in the kubeconfig; its current one if unset.")
     nodes: list[NodeSpec] = Field(default_factory=list, description="The nodes whose CA files careconcile manages.")
     state_store: StateStore = Field(
@@ -267,6 +276,29 @@ class ClusterSpec(_Strict):
         description="Where careconcile keeps its rotation state for this cluster; a Secret "
                     "kube-system/careconcile-state if unset.")
     authorities: Authorities = Field(default_factory=Authorities, description="The cluster's authorities.")
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["kubeconfig"], "not": {"required": ["inCluster"], "properties": {"inCluster": {"const": True}}}},
+        {"required": ["inCluster"], "properties": {"inCluster": {"const": True}}, "not": {"required": ["kubeconfig"]}},
+    ]})
+
+    @field_validator("kubeconfig")
+    @classmethod
+    def _kubeconfig_or_in_cluster(cls, kubeconfig: str | None, info: ValidationInfo) -> str | None:
+        if "in_cluster" not in info.data:  # inCluster itself is invalid; that error says enough
+            return kubeconfig
+        in_cluster = info.data["in_cluster"]
+        if kubeconfig is None and not in_cluster:
+            raise ValueError("required field is missing (or set inCluster: true)")
+        if kubeconfig is not None and in_cluster:
+            raise ValueError("set either kubeconfig or inCluster: true, not both")
+        return kubeconfig
+
+    @model_validator(mode="after")
+    def _context_needs_kubeconfig(self) -> "ClusterSpec":
+        if self.in_cluster and self.context is not None:
+            raise ValueError("context names a kubeconfig context; a cluster with inCluster: true has none")
+        return self
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> "ClusterSpec":

@@ -357,7 +357,7 @@ class Executor:
     def _local_scope(self, path: str | None = None) -> kubeconfig.Scope:
         """Which entries of a local kubeconfig are this cluster's: the spec's kubeconfig may
         reach other clusters too; the one careconcile wrote holds only this one."""
-        if path is not None and Path(path) != self.access.kubeconfig_path:
+        if self.access.kubeconfig_path is None or (path is not None and Path(path) != self.access.kubeconfig_path):
             return kubeconfig.EVERYTHING
         return local_kubeconfig_scope(self.access, self.access.kubeconfig_path.read_bytes())
 
@@ -376,10 +376,13 @@ class Executor:
         admin = pki.issue_leaf(ca, LeafRequest("kubernetes-admin", organizations=(kubeadm.CLUSTER_ADMINS_GROUP,),
                                                client=True, key=self.desired.key,
                                                validity=self.desired.leaf_validity), now=utcnow())
-        source = kubeconfig.parse(self.access.kubeconfig_path.read_text(), source=str(self.access.kubeconfig_path))
-        scope = self._local_scope()
-        endpoints = [endpoint for endpoint in kubeconfig.servers(source)
-                     if scope.clusters is None or endpoint.name in scope.clusters]
+        if self.access.kubeconfig_path is None:  # inCluster: true; the server careconcile reached it by
+            endpoints = [kubeconfig.Endpoint(self.access.name, self.access.client.target.server)]
+        else:
+            source = kubeconfig.parse(self.access.kubeconfig_path.read_text(), source=str(self.access.kubeconfig_path))
+            scope = self._local_scope()
+            endpoints = [endpoint for endpoint in kubeconfig.servers(source)
+                         if scope.clusters is None or endpoint.name in scope.clusters]
         document = kubeconfig.build(endpoints=endpoints, ca_pem=ca.cert_pem, user="kubernetes-admin",
                                     credentials=ClientCredentials(cert_pem=admin.cert_pem, key_pem=admin.key_pem))
         atomic_write(Path(action.path), kubeconfig.dump(document).encode(), kubeadm.PRIVATE)

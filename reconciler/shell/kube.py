@@ -6,7 +6,9 @@ material lives only in memory (``memfd``), and every failure is one of the typed
 :mod:`reconciler.errors`, with a message naming the request and the cluster.
 
 Public surface: :func:`tls_context`, :class:`KubeTarget`, :func:`load_kubeconfig`,
-:class:`Transport`, :class:`HTTPSTransport`, :class:`KubeClient`.
+:class:`Transport`, :class:`HTTPSTransport`, :class:`KubeClient`, :class:`KubeconfigClient`,
+and for a pod that uses its ServiceAccount (``inCluster: true``): :func:`load_in_cluster`,
+:class:`InClusterClient`, :data:`SERVICEACCOUNT_DIR_ENV`.
 """
 
 from __future__ import annotations
@@ -480,4 +482,81 @@ class KubeconfigClient(KubeClient):
             self.target = reloaded
             context = tls_context(ca_pem=self.target.ca_pem, cert_pem=self.target.cert_pem, key_pem=self.target.key_pem)
             self.transport = HTTPSTransport(self.target.server, context, timeout=self.timeout)
+        return super().request(method, path, body, content_type)
+
+
+# --- in a pod: the ServiceAccount's token -------------------------------------------------
+
+SERVICEACCOUNT_DIR_ENV = "CARECONCILE_SERVICEACCOUNT_DIR"
+# Where the kubelet mounts a pod's ServiceAccount token, CA and namespace; tests point
+# CARECONCILE_SERVICEACCOUNT_DIR at a directory of their own.
+SERVICEACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def serviceaccount_dir() -> Path:
+    return Path(os.environ.get(SERVICEACCOUNT_DIR_ENV) or SERVICEACCOUNT_DIR)
+
+
+def _read_mounted(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ClusterUnreachableError(
+            f"inCluster: cannot read the ServiceAccount {what} {path}: {exc.strerror}",
+            hint="inCluster: true works in a pod with a ServiceAccount token mounted "
+                 f"(automountServiceAccountToken); elsewhere use a kubeconfig, or set {SERVICEACCOUNT_DIR_ENV}") \
+            from exc
+
+
+def load_in_cluster(directory: Path | None = None) -> KubeTarget:
+    """The API server and ServiceAccount credentials of the pod careconcile runs in: the
+    server from KUBERNETES_SERVICE_HOST/PORT, the bearer token and the CA from the
+    ServiceAccount directory (:func:`serviceaccount_dir`)."""
+    directory = Path(directory) if directory is not None else serviceaccount_dir()
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise ClusterUnreachableError(
+            "inCluster: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set; careconcile is not "
+            "running in a pod", hint="outside a cluster, give the cluster a kubeconfig instead of inCluster: true")
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    token = _read_mounted(directory / "token", "token").decode("utf-8", "replace").strip()
+    if not token:
+        raise ClusterUnreachableError(f"inCluster: the ServiceAccount token {directory / 'token'} is empty")
+    return KubeTarget(name=f"in-cluster ServiceAccount ({directory})", server=server,
+                      ca_pem=_read_mounted(directory / "ca.crt", "CA"), token=token)
+
+
+class InClusterClient(KubeClient):
+    """A client that authenticates as the pod's ServiceAccount. The kubelet rotates a bound
+    token (and replaces ``ca.crt`` when the cluster's root CA changes) by swapping the
+    mounted files: when either file changes, the next request uses what it holds now."""
+
+    def __init__(self, directory: Path | None = None, *, timeout: float = 10.0) -> None:
+        self.directory = Path(directory) if directory is not None else serviceaccount_dir()
+        self._signatures = self._stat()
+        super().__init__(load_in_cluster(self.directory), timeout=timeout)
+
+    def _stat(self) -> dict[str, tuple[int, int, int, int] | None]:
+        signatures: dict[str, tuple[int, int, int, int] | None] = {}
+        for name in ("token", "ca.crt"):
+            try:
+                stat = (self.directory / name).stat()  # follows the kubelet's ..data symlinks
+            except OSError:
+                signatures[name] = None
+                continue
+            signatures[name] = (stat.st_mtime_ns, stat.st_ino, stat.st_dev, stat.st_size)
+        return signatures
+
+    def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
+                content_type: str = JSON) -> dict[str, Any]:
+        signatures = self._stat()
+        if signatures != self._signatures:
+            reloaded = load_in_cluster(self.directory)
+            if reloaded.ca_pem != self.target.ca_pem:
+                self.close()
+                context = tls_context(ca_pem=reloaded.ca_pem)
+                self.transport = HTTPSTransport(reloaded.server, context, timeout=self.timeout)
+            self.target = reloaded
+            self._signatures = signatures
         return super().request(method, path, body, content_type)

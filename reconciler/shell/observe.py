@@ -42,7 +42,7 @@ class ClusterAccess:
     cluster: ClusterSpec
     layout: AuthorityLayout
     client: KubeClient
-    kubeconfig_path: Path
+    kubeconfig_path: Path | None  # the spec's kubeconfig; None for inCluster: true
     nodes: dict[str, NodeFiles]
     roles: dict[str, str]
     store: StateStore
@@ -335,15 +335,17 @@ def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObser
         endpoints += node_endpoints
         if record is not None:
             records.append(record)
-    # The kubeconfig careconcile itself uses is a consumer like any other.
+    # The kubeconfig careconcile itself uses is a consumer like any other (a pod's
+    # ServiceAccount CA is the kube-root-ca.crt ConfigMap, observed with the API objects).
     path = access.kubeconfig_path
-    raw = path.read_bytes()
-    site = f"local:{path}"
-    scope = local_kubeconfig_scope(access, raw)
-    bundles.append(ObservedBundle(id=site, kind="local-kubeconfig", certs=_kubeconfig_bundle(raw, str(path), scope),
-                                  path=str(path)))
-    leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path),
-                                 scope=scope)
+    if path is not None:
+        raw = path.read_bytes()
+        site = f"local:{path}"
+        scope = local_kubeconfig_scope(access, raw)
+        bundles.append(ObservedBundle(id=site, kind="local-kubeconfig",
+                                      certs=_kubeconfig_bundle(raw, str(path), scope), path=str(path)))
+        leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path),
+                                     scope=scope)
     stored = stored or access.store.load(access.layout.name)
     if access.layout.in_cluster_objects:
         bundles += observe_api_bundles(access.client)

@@ -29,7 +29,7 @@ from reconciler.core.spec import ClusterSpec, resolve_authority
 from reconciler.errors import PlanFileError, StalePlanError, UsageError
 from reconciler._time import utcnow
 from reconciler.shell.executor import Executor, RunReport
-from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.kube import InClusterClient, KubeClient, KubeconfigClient
 from reconciler.shell.lock import ClusterLock
 from reconciler.shell.nodes import node_files
 from reconciler.shell.observe import ClusterAccess, observe
@@ -53,7 +53,8 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
         if check_nodes:
             files.check()
     kubeconfig_path = loaded.kubeconfig_path(cluster)
-    client = KubeconfigClient(kubeconfig_path, cluster.context)
+    client: KubeClient = (InClusterClient() if cluster.in_cluster or kubeconfig_path is None
+                          else KubeconfigClient(kubeconfig_path, cluster.context))
     directory = workspace / cluster.name
     store_spec = cluster.state_store
     if store_spec.workspace is not None:

@@ -30,9 +30,12 @@ class LoadedSpec:
     path: Path  # absolute, so that relative kubeconfigs stay right if the working directory changes
     document: SpecDocument
 
-    def kubeconfig_path(self, cluster: ClusterSpec) -> Path:
+    def kubeconfig_path(self, cluster: ClusterSpec) -> Path | None:
         """The cluster's kubeconfig, '~' expanded; a relative path is taken relative to
-        the spec file's directory, so a spec and its kubeconfigs can move together."""
+        the spec file's directory, so a spec and its kubeconfigs can move together.
+        None for a cluster reached with ``inCluster: true``."""
+        if cluster.kubeconfig is None:
+            return None
         kubeconfig = Path(cluster.kubeconfig).expanduser()
         return kubeconfig if kubeconfig.is_absolute() else self.path.parent / kubeconfig
 
@@ -198,6 +201,8 @@ def _message(error: ErrorDetails) -> str:
         return f"must be a mapping; got {_kind(value)}"
     if kind == "list_type":
         return f"must be a list; got {_kind(value)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false; got {_shown(value)}"
     if kind == "literal_error":
         return f"must be {error['ctx']['expected']}; got {_shown(value)}"
     if kind == "value_error":

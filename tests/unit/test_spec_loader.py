@@ -61,7 +61,7 @@ def test_every_error_is_reported_at_its_line_and_column(tmp_path):
     assert message == f"{path}: invalid spec (3 errors)"
     assert problems == [
         # missing: at the mapping that lacks the field (the cluster, line 7 after "- ")
-        f"{path}:7:7: spec.clusters[0].kubeconfig: required field is missing",
+        f"{path}:7:7: spec.clusters[0].kubeconfig: required field is missing (or set inCluster: true)",
         # unknown: at the unknown key itself
         f"{path}:8:7: spec.clusters[0].kubeconfg: unknown field; did you mean 'kubeconfig'?",
         # wrong value: at the value

@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict
 
 from reconciler.core import pki
-from reconciler.core.observed import ClusterObservation, fp
+from reconciler.core.observed import ClusterObservation, fp, short
 
 if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
 
 FindingCode = Literal[
     "rotation-requested", "ca-expiring", "key-mismatch", "pin-mismatch", "records-disagree", "record-missing",
-    "bundle-out-of-step", "leaf-out-of-step", "rotation-in-progress", "restart-pending",
+    "bundle-out-of-step", "leaf-out-of-step", "leaf-expiring", "rotation-in-progress", "restart-pending",
 ]
 
 # Findings that a rotation to a new CA resolves.
 ROTATION_TRIGGERS = {"rotation-requested", "ca-expiring", "key-mismatch"}
 # Findings that repairs under the CA of record resolve (no new CA needed).
-REPAIRABLE = {"bundle-out-of-step", "leaf-out-of-step", "restart-pending"}
+REPAIRABLE = {"bundle-out-of-step", "leaf-out-of-step", "leaf-expiring", "restart-pending"}
 
 
 class Finding(BaseModel):
@@ -102,6 +102,12 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         elif not leaf.key_matches:
             findings.append(Finding(code="leaf-out-of-step", subject=leaf.id, message=(
                 "its private key does not match its certificate")))
+        elif leaf.cert.not_valid_after_utc - now < desired.renew_before:
+            left = leaf.cert.not_valid_after_utc - now
+            findings.append(Finding(code="leaf-expiring", subject=leaf.id, message=(
+                f"certificate {short(leaf.fingerprint)} expires {leaf.cert.not_valid_after_utc:%Y-%m-%d}, "
+                + (f"in {_days(left)}, inside renewBefore {_days(desired.renew_before)}"
+                   if left > dt.timedelta(0) else "it has expired"))))
     for component in observed.components:
         if component.restarted_for is not None and component.restarted_for != component.inputs_digest:
             findings.append(Finding(code="restart-pending", subject=component.id, message=(

@@ -197,7 +197,8 @@ def plan_cluster(
         builder.add(1, "create-ca", "state", f"rotate: {reasons}", change=Change(before=[fp(old_cert)], after=[NEW_CA]),
                     key=str(desired.key), validity=f"{desired.validity.days}d", common_name=desired.common_name,
                     rotation=str(desired.rotation))
-    _plan_phases(builder, observed, old_cert, new_cert, operation=operation)
+    renew = {finding.subject: finding.message for finding in findings if finding.code == "leaf-expiring"}
+    _plan_phases(builder, observed, old_cert, new_cert, operation=operation, renew=renew)
     return result(operation, builder.actions, fp(old_cert), fp(new_cert) if new_cert else NEW_CA)
 
 
@@ -228,7 +229,9 @@ def _plan_rollback(observed: ClusterObservation, result) -> ClusterPlan:
 
 
 def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509.Certificate,
-                 new_cert: x509.Certificate | None, *, operation: Operation) -> None:
+                 new_cert: x509.Certificate | None, *, operation: Operation,
+                 renew: dict[str, str] | None = None) -> None:
+    """``renew``: leaves due for renewal (id -> why), reissued from the CA they already have."""
     state = observed.state
     old_fp = fp(old_cert)
     new_fp = fp(new_cert) if new_cert is not None else NEW_CA
@@ -270,10 +273,12 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                                 node=record.node, change=Change(
                                     before=[fp(record.cert) if record.cert else "none"], after=[new_fp]))
         for leaf in observed.leaves:
-            if new_cert is None or not pki.is_signed_by(leaf.cert, new_cert) or not leaf.key_matches:
+            due = (renew or {}).get(leaf.id)
+            if new_cert is None or not pki.is_signed_by(leaf.cert, new_cert) or not leaf.key_matches or due:
                 issuer = _issuer_label(leaf.cert, known)
-                builder.add(3, "reissue", leaf.id, (
-                    f"issued by {short(issuer)}" if leaf.key_matches else "its key does not match its certificate"),
+                reason = ("its key does not match its certificate" if not leaf.key_matches
+                          else due if due and same else f"issued by {short(issuer)}")
+                builder.add(3, "reissue", leaf.id, reason,
                     node=leaf.node, path=leaf.path, change=Change(before=[issuer], after=[new_fp]),
                     certificate=leaf.fingerprint, subject=leaf.cert.subject.rfc4514_string())
     # Phase 4: distrust old.

@@ -178,6 +178,11 @@ def _lifetime_problems(validity: dt.timedelta | None, renew_before: dt.timedelta
     if validity and leaf_validity and leaf_validity > validity:
         problems.append(f"leafValidity ({format_duration(leaf_validity)}) must not exceed "
                         f"validity ({format_duration(validity)})")
+    if renew_before and leaf_validity and renew_before >= leaf_validity:
+        # renewBefore is also when a leaf is renewed: a leaf would be due as soon as it was issued.
+        problems.append(f"renewBefore ({format_duration(renew_before)}) must be shorter than "
+                        f"leafValidity ({format_duration(leaf_validity)}): certificates are renewed that long "
+                        "before they expire")
     return problems
 
 

@@ -219,7 +219,8 @@ def test_counter_equal_to_rolled_back_rotation_is_not_requested_again():
 def test_ca_inside_renew_before_is_expiring():
     observed = observation(record="expiring", trust=("expiring",), leaves_from="expiring")
     findings = diff(desired(), observed, now=NOW)
-    assert codes(findings) == ["ca-expiring"]
+    # Its leaves cannot outlive it, so they are due as well.
+    assert codes(findings) == ["ca-expiring"] + ["leaf-expiring"] * len(LEAVES)
     assert "inside renewBefore 90d" in findings[0].message
     # With a shorter renewBefore the same CA is not due yet.
     assert diff(desired(renew_before=dt.timedelta(days=10)), observed, now=NOW) == []
@@ -371,3 +372,14 @@ def test_a_kubeconfigs_trust_and_its_credentials_are_digested_apart():
     changed_by_cert = {key for key in before if before[key] != cert_changed[key]}
     assert f"{site}#trusts" in changed_by_trust and f"{site}#cert" not in changed_by_trust
     assert f"{site}#cert" in changed_by_cert and f"{site}#trusts" not in changed_by_cert
+
+
+def test_leaves_inside_renew_before_are_due_under_the_ca_they_have():
+    later = NOW + dt.timedelta(days=300)  # the CA has years left, the one-year leaves 65 days
+    findings = diff(desired(), observation(), now=later)
+    assert codes(findings) == ["leaf-expiring"] * len(LEAVES)
+    assert {finding.subject for finding in findings} == set(LEAVES)
+    assert all("inside renewBefore 90d" in finding.message for finding in findings)
+    assert diff(desired(renew_before=dt.timedelta(days=30)), observation(), now=later) == []
+    expired = diff(desired(), observation(), now=NOW + dt.timedelta(days=400))
+    assert all("it has expired" in finding.message for finding in expired)

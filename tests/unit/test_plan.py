@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections import Counter
 
@@ -211,7 +212,7 @@ def test_action_ids_are_cluster_phase_kind_target_unique_and_stable():
 def test_expiring_ca_triggers_a_rotation_without_a_counter_change():
     result = plan(desired(), observation(record="expiring", trust=("expiring",), leaves_from="expiring"))
     assert result.operation == "rotate"
-    assert [f.code for f in result.findings] == ["ca-expiring"]
+    assert [f.code for f in result.findings if f.code != "leaf-expiring"] == ["ca-expiring"]
     assert len(select(result, kind="create-ca")) == 1
     assert select(result, kind="create-ca")[0].params["rotation"] == "0"
 
@@ -484,3 +485,18 @@ def test_local_kubeconfig_is_updated_and_reissued_by_path():
     local = [a for a in result.actions if a.target == f"local:{LOCAL_KUBECONFIG}"]
     assert {(a.phase, a.kind) for a in local} == {(2, "update-bundle"), (3, "reissue"), (4, "update-bundle")}
     assert all(a.path == LOCAL_KUBECONFIG and a.node is None for a in local)
+
+
+def test_leaves_inside_renew_before_are_reissued_from_the_ca_of_record_without_a_rotation():
+    later = NOW + dt.timedelta(days=300)
+    observed = observation()
+    result = plan_cluster(desired(), observed, diff(desired(), observed, now=later), digest=observed.digest(),
+                          items=item_digests(observed))
+    assert result.operation == "repair"
+    assert not select(result, kind="create-ca") and not select(result, kind="switch-signer")
+    reissued = select(result, kind="reissue")
+    assert {action.target for action in reissued} == set(LEAVES)
+    assert all(action.change.after == [cert_fp("old")] for action in reissued)
+    assert all("renewBefore" in action.reason for action in reissued)
+    # Nothing else changes trust: the bundles already trust only the CA of record.
+    assert not select(result, kind="update-bundle")

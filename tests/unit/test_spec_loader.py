@@ -89,7 +89,8 @@ def test_lifetimes_that_clash_only_with_defaults_point_at_the_cluster(tmp_path):
     _, problems = problems_of(write(tmp_path, text))
     assert problems == [
         f"{tmp_path}/spec.yaml:10:7: spec.clusters[0]: authorities.clusterCA, with defaults applied: "
-        "renewBefore (400d) must be shorter than validity (365d)",
+        "renewBefore (400d) must be shorter than validity (365d); renewBefore (400d) must be shorter than "
+        "leafValidity (365d): certificates are renewed that long before they expire",
     ]
 
 

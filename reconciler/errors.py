@@ -120,6 +120,10 @@ class PlanConflictError(CareconcileError):
     pinned fingerprint that no CA on the cluster has)."""
 
 
+class OutputFileError(CareconcileError):
+    """A file careconcile was asked to write (a saved plan, a metrics file) could not be written."""
+
+
 class RotationError(CareconcileError):
     """An action failed, or a phase's result did not show on the live cluster in time."""
 

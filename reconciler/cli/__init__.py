@@ -8,6 +8,7 @@ import sys
 
 from reconciler import __version__
 from reconciler.cli import apply as apply_command
+from reconciler.cli import pin as pin_command
 from reconciler.cli import plan as plan_command
 from reconciler.cli import sandbox as sandbox_command
 from reconciler.cli import schema as schema_command
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_command.register(commands)
     validate_command.register(commands)
     schema_command.register(commands)
+    pin_command.register(commands)
     return parser
 
 

@@ -8,6 +8,7 @@ import sys
 
 from reconciler import __version__
 from reconciler.cli import apply as apply_command
+from reconciler.cli import drift as drift_command
 from reconciler.cli import pin as pin_command
 from reconciler.cli import plan as plan_command
 from reconciler.cli import sandbox as sandbox_command
@@ -26,11 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     plan_command.register(commands)
     apply_command.register(commands)
+    drift_command.register(commands)
     unlock_command.register(commands)
     sandbox_command.register(commands)
     validate_command.register(commands)
-    schema_command.register(commands)
     pin_command.register(commands)
+    schema_command.register(commands)
     return parser
 
 

@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from reconciler._files import atomic_write
 from reconciler.core import render
 from reconciler.core.plan import PHASES, PlanDocument
+from reconciler.errors import OutputFileError
+from reconciler.shell.fleet import DEFAULT_PARALLELISM
 
 FORMATS = {"text": render.text, "json": render.as_json, "markdown": render.markdown}
 
@@ -20,6 +23,28 @@ def add_workspace_option(parser: argparse.ArgumentParser) -> None:
 
 def add_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=tuple(FORMATS), default="text", help="output format (default: text)")
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return number
+
+
+def add_parallelism_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parallelism", type=_positive, default=DEFAULT_PARALLELISM, metavar="N",
+                        help=f"read at most N clusters at once (default: {DEFAULT_PARALLELISM})")
+
+
+def add_max_parallel_clusters_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-parallel-clusters", type=_positive, default=1, metavar="N",
+                        help="rotate up to N clusters at once, in waves (default: 1, one after the other)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="go on with the next waves after a cluster fails (default: stop after its wave)")
 
 
 def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None = None) -> None:
@@ -49,3 +74,11 @@ def is_plan_file(path: Path) -> bool:
     except OSError:
         return False
     return head.startswith(b"{")
+
+
+def write_output(path: Path, content: str) -> None:
+    """Write a file the user asked for (a saved plan, a metrics file) in one piece."""
+    try:
+        atomic_write(path, content.encode(), 0o644)
+    except OSError as exc:
+        raise OutputFileError(f"{path}: cannot write it: {exc.strerror or exc}") from exc

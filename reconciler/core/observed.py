@@ -17,6 +17,7 @@ from cryptography import x509
 from reconciler.core import pki
 
 NEW_CA = "(new CA)"  # stands for the fingerprint of a CA that apply has not made yet
+RETIRED_KEPT = 20  # how many retired CA fingerprints the state store remembers
 
 
 def fp(cert: x509.Certificate) -> str:
@@ -123,6 +124,9 @@ class StoredState:
     rolling_back: bool = False
     rolled_back_rotation: int | None = None
     started: str | None = None
+    # Fingerprints of CAs this authority left behind (rotated away from, or rolled back from):
+    # how a webhook's caBundle that still carries one is recognised as the cluster's.
+    retired: tuple[str, ...] = ()
 
     @property
     def in_progress(self) -> bool:
@@ -137,6 +141,7 @@ class StoredState:
             "verifiedPhase": self.verified_phase,
             "rollingBack": self.rolling_back,
             "rolledBackRotation": self.rolled_back_rotation,
+            "retired": list(self.retired),
         }
 
 

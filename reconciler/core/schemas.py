@@ -10,6 +10,7 @@ import json
 
 from pydantic import BaseModel
 
+from reconciler.core.drift import DriftReport
 from reconciler.core.plan import PlanDocument
 from reconciler.core.spec import SpecDocument
 
@@ -19,6 +20,7 @@ BASE_ID = "https://careconcile.dev/schemas/"
 _MODELS: dict[str, type[BaseModel]] = {
     "spec.schema.json": SpecDocument,
     "plan.schema.json": PlanDocument,
+    "drift-report.schema.json": DriftReport,
 }
 
 

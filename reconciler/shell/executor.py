@@ -24,7 +24,7 @@ from reconciler._time import micro_time, parse_time, utcnow
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.authorities import SIGNER_DIR, manifest_path
 from reconciler.core.kubeconfig import ClientCredentials
-from reconciler.core.observed import NEW_CA, ClusterObservation, StoredState, fp, short
+from reconciler.core.observed import NEW_CA, RETIRED_KEPT, ClusterObservation, StoredState, fp, short
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, ClusterPlan
 from reconciler.core.spec import ResolvedAuthority
@@ -172,7 +172,7 @@ class Executor:
             StoredState(applied_rotation=state.applied_rotation, rotation=int(action.params["rotation"]),
                         target=new.cert, previous=previous.cert, has_target_key=True, has_previous_key=True,
                         verified_phase=1, rolled_back_rotation=state.rolled_back_rotation,
-                        started=utcnow().isoformat()),
+                        started=utcnow().isoformat(), retired=state.retired),
             StoredKeys(target=new, previous=previous)))
 
     def _rollback_target(self, action: Action) -> None:
@@ -184,7 +184,8 @@ class Executor:
             StoredState(applied_rotation=state.applied_rotation, rotation=state.rotation,
                         target=state.previous, previous=state.target, has_target_key=True, has_previous_key=True,
                         verified_phase=min(state.verified_phase, 2), rolling_back=True,
-                        rolled_back_rotation=state.rolled_back_rotation, started=state.started),
+                        rolled_back_rotation=state.rolled_back_rotation, started=state.started,
+                        retired=state.retired),
             StoredKeys(target=stored.keys.previous, previous=stored.keys.target)))
 
     # --- files ---------------------------------------------------------------------------
@@ -539,11 +540,16 @@ class Executor:
         state = stored.state
         if not state.in_progress:
             return
+        # The CA left behind is remembered (public fingerprint only) so that a caBundle still
+        # carrying it is recognised as the cluster's and reported by drift.
+        retired = tuple(dict.fromkeys((*state.retired, fp(state.previous))))[-RETIRED_KEPT:]
         if state.rolling_back:
-            final = StoredState(applied_rotation=state.applied_rotation, rolled_back_rotation=state.rotation)
+            final = StoredState(applied_rotation=state.applied_rotation, rolled_back_rotation=state.rotation,
+                                retired=retired)
         else:
             final = StoredState(applied_rotation=state.rotation if state.rotation is not None
-                                else state.applied_rotation, rolled_back_rotation=state.rolled_back_rotation)
+                                else state.applied_rotation, rolled_back_rotation=state.rolled_back_rotation,
+                                retired=retired)
         self._save(Stored(final, StoredKeys()))
 
 

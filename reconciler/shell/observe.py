@@ -351,6 +351,7 @@ def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObser
         bundles += observe_api_bundles(access.client)
         authority_cas = {pki.fingerprint(cert) for cert in
                          [r.cert for r in records] + [stored.state.target, stored.state.previous] if cert is not None}
+        authority_cas |= set(stored.state.retired)
         bundles += observe_ca_bundles(access.client, authority_cas)
     workspace_leaf = None
     workspace_path = access.workspace_kubeconfig

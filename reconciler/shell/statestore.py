@@ -48,6 +48,7 @@ def _files_of(authority: str, stored: Stored) -> dict[str, bytes]:
     files = {f"{authority}.json": (json.dumps({
         "appliedRotation": state.applied_rotation, "rotation": state.rotation, "verifiedPhase": state.verified_phase,
         "rollingBack": state.rolling_back, "rolledBackRotation": state.rolled_back_rotation, "started": state.started,
+        "retired": list(state.retired),
     }, sort_keys=True) + "\n").encode()}
     for role, pair in (("target", stored.keys.target), ("previous", stored.keys.previous)):
         if pair is not None:
@@ -90,6 +91,7 @@ def _stored_from(authority: str, files: dict[str, bytes], *, source: str) -> Sto
         rolling_back=bool(public.get("rollingBack")),
         rolled_back_rotation=public.get("rolledBackRotation"),
         started=public.get("started"),
+        retired=tuple(str(value) for value in public.get("retired") or ()),
     )
     return Stored(state, StoredKeys(
         KeyPair(target, target_key) if target_key is not None else None,

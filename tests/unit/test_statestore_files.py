@@ -22,7 +22,7 @@ def rotating() -> Stored:
     """The store between create-ca and finalize: both CAs with their keys."""
     state = StoredState(applied_rotation=2, rotation=3, target=ca("new").cert, previous=ca("old").cert,
                         has_target_key=True, has_previous_key=True, verified_phase=2, rolling_back=False,
-                        rolled_back_rotation=1, started="2026-11-28T11:00:00+00:00")
+                        rolled_back_rotation=1, started="2026-11-28T11:00:00+00:00", retired=("sha256:" + "ab" * 32,))
     return Stored(state, StoredKeys(target=ca("new"), previous=ca("old")))
 
 
@@ -43,7 +43,7 @@ def test_files_of_a_rotation_hold_state_and_both_pairs():
                              "clusterCA.target.crt", "clusterCA.target.key"]
     assert json.loads(files["clusterCA.json"]) == {
         "appliedRotation": 2, "rotation": 3, "verifiedPhase": 2, "rollingBack": False, "rolledBackRotation": 1,
-        "started": "2026-11-28T11:00:00+00:00"}
+        "started": "2026-11-28T11:00:00+00:00", "retired": ["sha256:" + "ab" * 32]}
     assert files["clusterCA.target.crt"] == ca("new").cert_pem
     assert files["clusterCA.previous.key"] == ca("old").key_pem
     assert b"PRIVATE KEY" not in files["clusterCA.json"]

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconciler.cli._common import add_workspace_option, is_plan_file, phase_number, print_plan
+from reconciler.cli._common import (add_max_parallel_clusters_option, add_parallelism_option, add_workspace_option,
+                                    is_plan_file, phase_number, print_plan)
 from reconciler.core.plan import PHASES, PlanDocument, summary_line
 from reconciler.errors import EXIT_OK, PlanConflictError, UsageError
 from reconciler.shell import session
@@ -23,6 +24,8 @@ def register(commands: Any) -> None:
     apply.add_argument("--cluster", metavar="NAME", help="only this cluster of the spec")
     apply.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS",
                        help="how long a phase's check waits for the cluster to show its result (default: 300)")
+    add_max_parallel_clusters_option(apply)
+    add_parallelism_option(apply)
     add_workspace_option(apply)
     apply.set_defaults(handler=_apply, rollback=False)
 
@@ -31,6 +34,8 @@ def register(commands: Any) -> None:
     rollback.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     rollback.add_argument("--cluster", metavar="NAME", help="only this cluster of the spec")
     rollback.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS")
+    add_max_parallel_clusters_option(rollback)
+    add_parallelism_option(rollback)
     add_workspace_option(rollback)
     rollback.set_defaults(handler=_apply, rollback=True, until=None)
 
@@ -57,7 +62,7 @@ def _apply(args: argparse.Namespace) -> int:
     accesses = session.open_clusters(loaded, workspace, args.cluster)
     operation = "rollback" if args.rollback else "apply"
     with session.locked(accesses, operation, _say) as locks:
-        plan = session.make_plan(loaded, accesses, rollback=args.rollback)
+        plan = session.make_plan(loaded, accesses, rollback=args.rollback, parallelism=args.parallelism)
         print_plan(plan, "text")
         blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
         if blocking:
@@ -70,7 +75,8 @@ def _apply(args: argparse.Namespace) -> int:
         for lock in locks.values():  # the answer may have taken a while
             lock.renew()
         reports = session.run_plan(plan, loaded, accesses, until=args.until, phase_timeout=args.phase_timeout,
-                                   locks=locks)
+                                   locks=locks, max_parallel_clusters=args.max_parallel_clusters,
+                                   keep_going=args.keep_going)
     _finished(plan, reports, args.until, saved=False)
     return EXIT_OK
 
@@ -85,9 +91,10 @@ def _apply_saved(args: argparse.Namespace, workspace: Path) -> int:
     planned = {c.cluster for c in plan.clusters}
     accesses = {name: access for name, access in session.open_clusters(loaded, workspace).items() if name in planned}
     with session.locked(accesses, plan.operation, _say) as locks:
-        session.check_not_stale(plan, loaded, accesses)
+        session.check_not_stale(plan, loaded, accesses, parallelism=args.parallelism)
         reports = session.run_plan(plan, loaded, accesses, until=args.until, phase_timeout=args.phase_timeout,
-                                   locks=locks)
+                                   locks=locks, max_parallel_clusters=args.max_parallel_clusters,
+                                   keep_going=args.keep_going)
     _finished(plan, reports, args.until, saved=True)
     return EXIT_OK
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconciler._files import atomic_write
-from reconciler.cli._common import add_format_option, add_workspace_option, print_plan
+from reconciler.cli._common import (add_format_option, add_parallelism_option, add_workspace_option, print_plan,
+                                    write_output)
 from reconciler.core import render
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, PlanConflictError
 from reconciler.shell import session
@@ -23,6 +23,7 @@ def register(commands: Any) -> None:
                       help="exit 0 when nothing changes, 2 when the plan has changes, 1 on error")
     plan.add_argument("--cluster", metavar="NAME", help="only this cluster of the spec")
     add_format_option(plan)
+    add_parallelism_option(plan)
     add_workspace_option(plan)
     plan.set_defaults(handler=_plan)
 
@@ -35,14 +36,14 @@ def register(commands: Any) -> None:
 def _plan(args: argparse.Namespace) -> int:
     loaded = load_spec(args.spec)
     accesses = session.open_clusters(loaded, session.workspace_root(args.workspace), args.cluster)
-    plan = session.make_plan(loaded, accesses)
+    plan = session.make_plan(loaded, accesses, parallelism=args.parallelism)
     blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
     print_plan(plan, args.format, plan_file=args.out if not blocking else None)  # a blocked plan is not saved
     if blocking:
         raise PlanConflictError(f"{len(blocking)} finding(s) block the plan: "
                                 + "; ".join(f"{f.subject}: {f.message}" for f in blocking))
     if args.out:
-        atomic_write(args.out, render.as_json(plan).encode(), 0o644)
+        write_output(args.out, render.as_json(plan))
         print(f"\nSaved the plan to {args.out}. To carry it out: careconcile apply {args.out}", file=sys.stderr)
     changes = any(action.kind != "verify" for action in plan.actions())
     return EXIT_CHANGES if args.detailed_exitcode and changes else EXIT_OK

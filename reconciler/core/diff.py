@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Literal
 
+from cryptography import x509
 from pydantic import BaseModel, ConfigDict
 
 from reconciler.core import pki
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 FindingCode = Literal[
     "rotation-requested", "ca-expiring", "key-mismatch", "pin-mismatch", "records-disagree", "record-missing",
     "bundle-out-of-step", "leaf-out-of-step", "leaf-expiring", "rotation-in-progress", "restart-pending",
+    "unmanaged-certificate",
 ]
 
 # Findings that a rotation to a new CA resolves.
@@ -31,6 +33,7 @@ class Finding(BaseModel):
     subject: str
     message: str
     blocking: bool = False  # nothing careconcile can plan resolves it; the plan stops here
+    warning: bool = False  # changes nothing in the plan, but someone should act on it
 
 
 def _days(delta: dt.timedelta) -> str:
@@ -52,7 +55,7 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         if desired.fingerprint and desired.fingerprint not in (target, fp(state.previous)):
             findings.append(Finding(code="pin-mismatch", subject=authority, blocking=True, message=(
                 f"spec pins {desired.fingerprint}, but the rotation in progress moves to {target}")))
-        return findings
+        return findings + _left_behind(observed, state.previous, now)
 
     missing = [record.node for record in observed.records if record.cert is None]
     if missing or not observed.records:
@@ -112,4 +115,21 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         if component.restarted_for is not None and component.restarted_for != component.inputs_digest:
             findings.append(Finding(code="restart-pending", subject=component.id, message=(
                 "its files changed since it was last restarted; it may still hold the old ones")))
+    if rotating:
+        findings += _left_behind(observed, record, now)
     return findings
+
+
+def _left_behind(observed: ClusterObservation, old: x509.Certificate, now: dt.datetime) -> list[Finding]:
+    """Certificates careconcile does not manage that the rotation leaves signed by the old CA."""
+    managed = {leaf.fingerprint for leaf in observed.leaves}
+    return [
+        Finding(code="unmanaged-certificate", subject=foreign.id, warning=True, message=(
+            f"certificate {short(fp(foreign.cert))} ({foreign.cert.subject.rfc4514_string() or 'no subject'}, "
+            f"until {foreign.cert.not_valid_after_utc:%Y-%m-%d}) is signed by the old CA {short(fp(old))}; "
+            "careconcile does not manage it, and clients stop trusting it when phase 4 distrusts the old CA: "
+            "reissue it from the new CA before then"))
+        for foreign in observed.foreign
+        if fp(foreign.cert) not in managed and foreign.cert.not_valid_after_utc > now
+        and pki.is_signed_by(foreign.cert, old)
+    ]

@@ -107,6 +107,16 @@ class ObservedEndpoint:
 
 
 @dataclass(frozen=True)
+class ForeignCertificate:
+    """A certificate in the cluster that careconcile does not manage (a kubernetes.io/tls
+    Secret, an approved CertificateSigningRequest's certificate): never rewritten, only
+    named when a rotation would leave it signed by a CA nobody trusts any more."""
+
+    id: str  # secret/<namespace>/<name> or certificatesigningrequest/<name>
+    cert: x509.Certificate
+
+
+@dataclass(frozen=True)
 class StoredState:
     """Rotation state careconcile keeps in the cluster's state store (public part).
 
@@ -158,6 +168,8 @@ class ClusterObservation:
     workspace_kubeconfig: ObservedLeaf | None = None
     workspace_kubeconfig_path: str = ""
     node_names: tuple[str, ...] = field(default_factory=tuple)
+    # Read for plans only, and not part of the digest: careconcile changes none of them.
+    foreign: tuple[ForeignCertificate, ...] = ()
 
     def items(self) -> dict[str, Any]:
         """Everything a plan acts on, by id, in public form: the input of the digest that

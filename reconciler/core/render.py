@@ -45,7 +45,8 @@ def text(plan: PlanDocument) -> str:
     for cluster in plan.clusters:
         lines.append(_describe(cluster))
         for finding in cluster.findings:
-            lines.append(f"  {'!' if finding.blocking else '*'} {finding.subject}: {finding.message}")
+            marker = "!" if finding.blocking else "warning:" if finding.warning else "*"
+            lines.append(f"  {marker} {finding.subject}: {finding.message}")
         phase = None
         for action in cluster.actions:
             if action.phase != phase:
@@ -180,7 +181,8 @@ def _cluster_blocks(cluster: ClusterPlan) -> list[tuple[str, int]]:
     if cluster.findings:
         lines.append("")
     for finding in cluster.findings:
-        lines.append(f"- {'**blocking** ' if finding.blocking else ''}{_code(finding.subject, table=False)}: "
+        marker = "**blocking** " if finding.blocking else "**warning** " if finding.warning else ""
+        lines.append(f"- {marker}{_code(finding.subject, table=False)}: "
                      f"{_escape(finding.message)}")
     blocks = [("\n".join(lines) + "\n", 0)]
     for phase in sorted({action.phase for action in cluster.actions}):

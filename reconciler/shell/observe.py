@@ -117,8 +117,8 @@ def _kubeconfig_leaves(raw: bytes, source: str, *, site: str, kind: str, node: s
     credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source), scope)
     for user, cert_pem, key_pem in credentials:
         cert = _certs(cert_pem, f"{source} user {user}")[0]
-        matches = key_pem is not None and pki.key_matches_cert(
-            pki.load_private_key(key_pem, source=f"{source} user {user}"), cert)
+        matches = key_pem is not None and pki.key_pem_matches_cert(
+            key_pem, cert, source=f"{source} user {user}")
         leaves.append(ObservedLeaf(id=site if len(credentials) == 1 else f"{site}#{user}", kind=kind, cert=cert,
                                    key_matches=matches, node=node, path=path, user=user))
     return leaves
@@ -153,8 +153,8 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
             if cert_raw is None:
                 continue
             cert = _certs(cert_raw, f"{source}.crt")[0]
-            matches = key_raw is not None and pki.key_matches_cert(
-                pki.load_private_key(key_raw, source=f"{source}.key"), cert)
+            matches = key_raw is not None and pki.key_pem_matches_cert(
+                key_raw, cert, source=f"{source}.key")
             leaves.append(ObservedLeaf(id=site_id, kind="node-pair", cert=cert, key_matches=matches, node=name,
                                        path=site.path))
         elif site.form == "combined":
@@ -162,7 +162,7 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
             if raw is None:
                 continue
             cert = _certs(raw, source)[0]
-            matches = b"PRIVATE KEY-----" in raw and pki.key_matches_cert(pki.load_private_key(raw, source=source), cert)
+            matches = b"PRIVATE KEY-----" in raw and pki.key_pem_matches_cert(raw, cert, source=source)
             leaves.append(ObservedLeaf(id=site_id, kind="node-combined", cert=cert, key_matches=matches, node=name,
                                        path=site.path))
         else:
@@ -246,8 +246,8 @@ def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> Obs
     signer_raw, signer_key_raw = files.read(layout.signer_cert), files.read(layout.signer_key)
     if signer_raw is not None:
         signer = _certs(signer_raw, f"{where} {layout.signer_cert}")[0]
-        signer_matches = signer_key_raw is not None and pki.key_matches_cert(
-            pki.load_private_key(signer_key_raw, source=f"{where} {layout.signer_key}"), signer)
+        signer_matches = signer_key_raw is not None and pki.key_pem_matches_cert(
+            signer_key_raw, signer, source=f"{where} {layout.signer_key}")
     return ObservedRecord(node=node, cert=record, key_spec=str(pki.key_spec_of(key)), signer=signer,
                           signer_key_matches=signer_matches)
 

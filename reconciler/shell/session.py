@@ -7,12 +7,14 @@ drive a rotation without a subprocess.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import time
 import json
 import os
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
@@ -23,12 +25,14 @@ from reconciler import __version__
 from reconciler.core.authorities import CLUSTER_CA, AuthorityLayout
 from reconciler.core.diff import diff
 from reconciler.core.observed import item_digests
-from reconciler.core.plan import FORMAT_VERSION, Action, PlanDocument, plan_cluster, summary_counts
+from reconciler.core.plan import FORMAT_VERSION, Action, ClusterPlan, PlanDocument, plan_cluster, summary_counts
 from reconciler.core.schemas import schemas
 from reconciler.core.spec import ClusterSpec, resolve_authority
-from reconciler.errors import PlanFileError, StalePlanError, UsageError
+from reconciler.errors import CareconcileError, PlanFileError, RotationError, StalePlanError, UsageError
 from reconciler._time import utcnow
 from reconciler.shell.executor import Executor, RunReport
+from reconciler.shell.fleet import DEFAULT_PARALLELISM, map_bounded
+from reconciler.shell.foreign import observe_foreign
 from reconciler.shell.kube import InClusterClient, KubeClient, KubeconfigClient
 from reconciler.shell.lock import ClusterLock
 from reconciler.shell.nodes import node_files
@@ -79,14 +83,16 @@ def spec_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollback: bool = False) -> PlanDocument:
-    plans = []
-    for name, access in accesses.items():
+def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollback: bool = False,
+              parallelism: int = DEFAULT_PARALLELISM) -> PlanDocument:
+    def plan_one(access: ClusterAccess) -> ClusterPlan:
         desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
-        observed = observe(access)
+        observed = dataclasses.replace(observe(access), foreign=observe_foreign(access.client))
         findings = diff(desired, observed, now=utcnow())
-        plans.append(plan_cluster(desired, observed, findings, rollback=rollback, digest=observed.digest(),
-                                  items=item_digests(observed)))
+        return plan_cluster(desired, observed, findings, rollback=rollback, digest=observed.digest(),
+                            items=item_digests(observed))
+
+    plans = map_bounded(plan_one, accesses.values(), parallelism)
     actions = [action for plan in plans for action in plan.actions]
     return PlanDocument(
         format_version=FORMAT_VERSION, careconcile_version=__version__,
@@ -118,13 +124,14 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: not a valid plan: {exc}") from exc
 
 
-def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess]) -> None:
+def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
+                    parallelism: int = DEFAULT_PARALLELISM) -> None:
     """Refuse a saved plan when the spec or a cluster changed since it was made, naming what."""
     if spec_digest(loaded.path) != plan.spec_digest:
         raise StalePlanError(f"saved plan is stale: the spec {loaded.path} changed since the plan was made",
                              hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
-    for cluster in plan.clusters:
-        observed = observe(accesses[cluster.cluster])
+    observations = map_bounded(lambda cluster: observe(accesses[cluster.cluster]), plan.clusters, parallelism)
+    for cluster, observed in zip(plan.clusters, observations):
         if observed.digest() == cluster.observed_digest:
             continue
         now = item_digests(observed)
@@ -179,23 +186,29 @@ class ApplyLog:
 
 @dataclass
 class Progress:
-    """Per-action progress: counters and phase headings on a terminal, plain lines otherwise."""
+    """Per-action progress: counters and phase headings on a terminal, plain lines otherwise.
+    Clusters of one wave report from their own threads, so each event is written whole."""
 
     total: int
     stream: TextIO = sys.stdout
     count: int = 0
-    phase: int | None = None
+    phase: tuple[str, int] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def terminal(self) -> bool:
         return self.stream.isatty()
 
     def event(self, cluster: str, kind: str, action: Action, details: dict) -> None:
+        with self._lock:
+            self._event(cluster, kind, action, details)
+
+    def _event(self, cluster: str, kind: str, action: Action, details: dict) -> None:
         if kind == "start":
             self.count += 1
-            if self.terminal and action.phase != self.phase:
+            if self.terminal and (cluster, action.phase) != self.phase:
                 self.stream.write(f"\n{cluster}: phase {action.phase}\n")
-            self.phase = action.phase
+            self.phase = (cluster, action.phase)
             if action.kind == "verify" and self.terminal:
                 self.stream.write(f"  [{self.count}/{self.total}] checking {action.target} ...\n")
             self.stream.flush()
@@ -209,42 +222,106 @@ class Progress:
         self.stream.flush()
 
 
+@dataclass
+class FleetOutcome:
+    """How each cluster of an apply ended: done, failed (with its error) or never started."""
+
+    reports: list[RunReport] = field(default_factory=list)
+    failed: dict[str, CareconcileError] = field(default_factory=dict)
+    not_started: list[str] = field(default_factory=list)
+
+
 def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
              until: int | None = None, phase_timeout: float = 300.0, stream: TextIO = sys.stdout,
-             locks: dict[str, ClusterLock] | None = None) -> list[RunReport]:
-    """Run every cluster's actions in order; the caller holds the locks."""
-    reports = []
+             locks: dict[str, ClusterLock] | None = None, max_parallel_clusters: int = 1,
+             keep_going: bool = False) -> list[RunReport]:
+    """Run every cluster's actions in order, ``max_parallel_clusters`` clusters at a time
+    (a wave). After a wave in which a cluster failed, later waves start only with
+    ``keep_going``. The caller holds the locks. Raises when any cluster failed."""
     progress = Progress(total=sum(1 for a in plan.actions() if until is None or a.phase <= until), stream=stream)
-    for cluster in plan.clusters:
-        if not cluster.actions:
-            continue
-        access = accesses[cluster.cluster]
-        desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
-        log = ApplyLog(access, plan.operation)
-        log.write(f"{plan.operation} cluster {cluster.cluster}: {len(cluster.actions)} actions, "
-                  f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
-        lock = (locks or {}).get(cluster.cluster)
+    pending = [cluster for cluster in plan.clusters if cluster.actions]
+    waves = [pending[i:i + max_parallel_clusters] for i in range(0, len(pending), max_parallel_clusters)]
+    outcome = FleetOutcome()
+    # Set on Ctrl-C during a wave: the wave's other clusters stop before their next action,
+    # so that no cluster is changed after the locks are released.
+    interrupted = threading.Event()
 
-        def on_event(kind: str, action: Action, details: dict, name: str = cluster.cluster) -> None:
-            if kind == "start":
-                change = f" [{', '.join(action.change.before)}] -> [{', '.join(action.change.after)}]" \
-                    if action.change else ""
-                log.write(f"start {action.id}{change}: {action.reason}")
-            else:
-                log.write(f"{kind} {action.id}" + (f" ({details['seconds']:.3f}s)" if "seconds" in details else "")
-                          + (f": {details['error']}" if "error" in details else ""))
-            progress.event(name, kind, action, details)
-
-        executor = Executor(access, desired, on_event=on_event, phase_timeout=phase_timeout,
-                            heartbeat=_throttled(lock.renew) if lock is not None else lambda: None)
+    def run_one(cluster: ClusterPlan) -> RunReport | CareconcileError:
         try:
-            report = executor.run(cluster, until=until)
-            log.write("stopped after phase %d" % until if report.stopped_after_phase else "finished")
-        finally:
-            log.close()
-        reports.append(report)
-    return reports
+            return _run_cluster(plan, cluster, loaded, accesses[cluster.cluster], until=until,
+                                phase_timeout=phase_timeout, progress=progress,
+                                lock=(locks or {}).get(cluster.cluster), interrupted=interrupted)
+        except CareconcileError as exc:  # this cluster's failure; the others of its wave finish
+            return exc
 
+    for index, wave in enumerate(waves):
+        if outcome.failed and not keep_going:
+            outcome.not_started += [cluster.cluster for later in waves[index:] for cluster in later]
+            break
+        for cluster, result in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
+                                                     interrupted=interrupted)):
+            if isinstance(result, CareconcileError):
+                outcome.failed[cluster.cluster] = result
+            else:
+                outcome.reports.append(result)
+    if outcome.failed:
+        raise _fleet_failure(outcome, len(pending))
+    return outcome.reports
+
+
+def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
+    if clusters == 1:
+        return next(iter(outcome.failed.values()))
+    lines = [f"{len(outcome.failed)} of {clusters} clusters failed:"]
+    lines += [f"  {name}: {error}" for name, error in outcome.failed.items()]
+    if outcome.reports:
+        lines.append("  finished: " + ", ".join(report.cluster for report in outcome.reports))
+    if outcome.not_started:
+        lines.append("  not started (an earlier wave failed): " + ", ".join(outcome.not_started))
+    error = RotationError("\n".join(lines), hint="fix the failed clusters, then plan again: `careconcile plan SPEC` "
+                          "resumes each cluster where it stopped")
+    error.__cause__ = next(iter(outcome.failed.values()))
+    return error
+
+
+def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, access: ClusterAccess, *,
+                 until: int | None, phase_timeout: float, progress: Progress,
+                 lock: ClusterLock | None, interrupted: threading.Event | None = None) -> RunReport:
+    if lock is not None:
+        # The lock was taken before the first wave and is renewed only by its own cluster's
+        # run: a cluster of a later wave may have waited past its TTL. Renewing it first
+        # fails this cluster, before any change, if another run took the lock over meanwhile.
+        lock.renew()
+    desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
+    log = ApplyLog(access, plan.operation)
+    log.write(f"{plan.operation} cluster {cluster.cluster}: {len(cluster.actions)} actions, "
+              f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
+
+    def on_event(kind: str, action: Action, details: dict) -> None:
+        if kind == "start":
+            change = f" [{', '.join(action.change.before)}] -> [{', '.join(action.change.after)}]" \
+                if action.change else ""
+            log.write(f"start {action.id}{change}: {action.reason}")
+        else:
+            log.write(f"{kind} {action.id}" + (f" ({details['seconds']:.3f}s)" if "seconds" in details else "")
+                      + (f": {details['error']}" if "error" in details else ""))
+        progress.event(cluster.cluster, kind, action, details)
+
+    renew = _throttled(lock.renew) if lock is not None else (lambda: None)
+
+    def heartbeat() -> None:  # the executor calls it before every action and while it waits
+        if interrupted is not None and interrupted.is_set():
+            raise RotationError(f"cluster {cluster.cluster}: interrupted; stopped before its next action",
+                                hint="plan again to see where it stopped; apply resumes it")
+        renew()
+
+    executor = Executor(access, desired, on_event=on_event, phase_timeout=phase_timeout, heartbeat=heartbeat)
+    try:
+        report = executor.run(cluster, until=until)
+        log.write("stopped after phase %d" % until if report.stopped_after_phase else "finished")
+    finally:
+        log.close()
+    return report
 
 
 def _throttled(renew: Callable[[], object], every: float = 20.0) -> Callable[[], None]:

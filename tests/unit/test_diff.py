@@ -383,3 +383,29 @@ def test_leaves_inside_renew_before_are_due_under_the_ca_they_have():
     assert diff(desired(renew_before=dt.timedelta(days=30)), observation(), now=later) == []
     expired = diff(desired(), observation(), now=NOW + dt.timedelta(days=400))
     assert all("it has expired" in finding.message for finding in expired)
+
+
+def test_a_rotation_warns_of_unmanaged_certificates_the_old_ca_signed():
+    from dataclasses import replace
+
+    from reconciler.core.observed import ForeignCertificate
+
+    ours = ForeignCertificate(id="secret/default/web-tls", cert=leaf("old", "web.example").cert)
+    theirs = ForeignCertificate(id="secret/default/other-tls", cert=leaf("foreign", "other.example").cert)
+    managed_copy = ForeignCertificate(id="certificatesigningrequest/csr-1",
+                                      cert=leaf("old", "system:node:w1").cert)  # the same cert as a managed leaf
+    observed = replace(observation(), foreign=(ours, theirs, managed_copy))
+    rotating = diff(desired(rotation=1), observed, now=NOW)
+    warnings = [finding for finding in rotating if finding.warning]
+    assert [(w.code, w.subject) for w in warnings] == [("unmanaged-certificate", "secret/default/web-tls")]
+    assert "web.example" in warnings[0].message and "phase 4" in warnings[0].message
+    assert not warnings[0].blocking
+    # Nothing to warn about when the old CA stays.
+    assert [f for f in diff(desired(), observed, now=NOW) if f.warning] == []
+    # Mid-rotation the CA being left is the stored previous one.
+    midway = replace(observation(trust=("old", "new"), state=in_progress(2)), foreign=(ours,))
+    assert [f.subject for f in diff(desired(rotation=1), midway, now=NOW) if f.warning] == ["secret/default/web-tls"]
+    # Once expired, it no longer matters.
+    assert [f for f in diff(desired(rotation=1), observed, now=NOW + dt.timedelta(days=400)) if f.warning] == []
+    # The plan stays a rotation; the warning changes no action.
+    assert plan(desired(rotation=1), observed).actions == plan(desired(rotation=1), observation()).actions

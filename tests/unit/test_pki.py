@@ -79,3 +79,15 @@ def test_bundle_with_two_certificates_loads_both():
     a, b = pki.new_ca("a", now=NOW, key=FAST), pki.new_ca("b", now=NOW, key=FAST)
     certs = pki.load_certificates(a.cert_pem + b.cert_pem, source="bundle")
     assert [pki.fingerprint(c) for c in certs] == [pki.fingerprint(a.cert), pki.fingerprint(b.cert)]
+
+
+def test_a_key_is_compared_with_a_certificate_without_the_checks_a_signing_key_gets():
+    now = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
+    ca = pki.new_ca("kubernetes", now=now, key=pki.KeySpec("RSA", 2048))
+    other = pki.new_ca("other", now=now, key=pki.KeySpec("ECDSA", 256))
+    assert pki.key_pem_matches_cert(ca.key_pem, ca.cert, source="ca.key")
+    assert not pki.key_pem_matches_cert(other.key_pem, ca.cert, source="other.key")
+    assert not pki.key_pem_matches_cert(ca.key_pem, other.cert, source="ca.key")
+    with pytest.raises(PKIError, match="broken.key: not an unencrypted PEM private key"):
+        pki.key_pem_matches_cert(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", ca.cert,
+                                 source="broken.key")

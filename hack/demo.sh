@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: start a sandbox cluster (1 control plane, 3 kwok workers) from the pinned
 # binaries, show the CA its nodes trust, then rotate the cluster CA the way a user would:
-# raise the rotation counter in the spec, plan, apply, and plan again (no changes).
+# raise the rotation counter in the spec (drift reports it), plan, apply, plan again (no
+# changes), pin the new CA in the spec, and check drift with metrics (in sync).
 # DEMO_KEEP=1 leaves the sandbox running for you to explore.
 set -euo pipefail
 name="${DEMO_NAME:-demo}"
@@ -48,7 +49,15 @@ export CARECONCILE_WORKSPACE="$root/careconcile-workspace"
 spec="$root/spec.yaml"
 sed -i 's/rotation: 0/rotation: 1/' "$spec"
 echo
-echo "==> raised clusterCA.rotation to 1; careconcile plan $spec --out $root/rotate.plan.json"
+echo "==> raised clusterCA.rotation to 1; careconcile drift $spec (expect: rotation-requested, exit 2)"
+set +e
+careconcile drift "$spec"
+status=$?
+set -e
+[[ $status == 2 ]] || { echo "expected drift (exit 2), got $status" >&2; exit 1; }
+
+echo
+echo "==> careconcile plan $spec --out $root/rotate.plan.json"
 set +e
 careconcile plan "$spec" --out "$root/rotate.plan.json" --detailed-exitcode
 status=$?
@@ -66,6 +75,15 @@ careconcile plan "$spec" --detailed-exitcode | tail -1
 echo
 echo "==> the cluster CA every node trusts now"
 show_trust
+
+echo
+echo "==> careconcile pin $spec (record the new CA's fingerprint in the spec)"
+careconcile pin "$spec"
+
+echo
+echo "==> careconcile drift $spec --metrics-file $root/careconcile.prom (expect: in sync, exit 0)"
+careconcile drift "$spec" --metrics-file "$root/careconcile.prom"
+grep -E '^careconcile_(ca_not_after|cluster_in_sync|drift_last_success)' "$root/careconcile.prom"
 echo
 echo "The new admin kubeconfig: $CARECONCILE_WORKSPACE/$name/$name-kubeconfig"
 echo "The apply log:            $(ls "$CARECONCILE_WORKSPACE/$name"/log/apply-*/apply.log)"

@@ -16,7 +16,7 @@ from reconciler.core.drift import REPORT_FORMAT_VERSION, ClusterDrift, DriftRepo
     status_of, totals
 from reconciler.core.spec import ClusterSpec, resolve_authority
 from reconciler.errors import CareconcileError, UsageError
-from reconciler.shell.fleet import map_bounded
+from reconciler.shell.fleet import DEFAULT_PARALLELISM, map_bounded
 from reconciler.shell.observe import observe
 from reconciler.shell.session import open_cluster
 from reconciler.shell.specfile import LoadedSpec
@@ -50,7 +50,7 @@ def check_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path) -> 
 
 
 def check(specs: list[LoadedSpec], workspace: Path, *, only: str | None = None,
-          parallelism: int = 8) -> DriftReport:
+          parallelism: int = DEFAULT_PARALLELISM) -> DriftReport:
     targets = [_Target(loaded, cluster) for loaded in specs for cluster in loaded.document.spec.clusters
                if only is None or cluster.name == only]
     if only is not None and not targets:

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install binaries demo test unit integration schemas clean
+.PHONY: install binaries sshd demo test unit integration schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,16 +17,20 @@ install: $(STAMP)
 binaries:
 	hack/build-binaries.sh >/dev/null
 
+# Debian's sshd, unpacked into a cache, for the SSH transport's tests and `sandbox up --ssh`.
+sshd:
+	hack/install-sshd.sh
+
 demo: install binaries
 	PATH="$(abspath $(BIN)):$$PATH" hack/demo.sh
 
-test: install binaries
+test: install binaries sshd
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install binaries
+integration: install binaries sshd
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 clean:

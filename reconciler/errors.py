@@ -132,6 +132,12 @@ class RollbackRefusedError(CareconcileError):
     """There is nothing to roll back, or the old CA is no longer trusted everywhere."""
 
 
+class AdminClusterError(CareconcileError):
+    """The management (admin) cluster does not hold what admin mode needs for a cluster (its
+    CA Secret, its kubeconfig Secret, its node inventory), or a registration cannot be done
+    as asked."""
+
+
 def exit_code_for(error: BaseException) -> int:
     """The process exit code for an error that reached the CLI."""
     if isinstance(error, CareconcileError):

@@ -11,6 +11,7 @@ from reconciler.cli import apply as apply_command
 from reconciler.cli import drift as drift_command
 from reconciler.cli import pin as pin_command
 from reconciler.cli import plan as plan_command
+from reconciler.cli import register as register_command
 from reconciler.cli import sandbox as sandbox_command
 from reconciler.cli import schema as schema_command
 from reconciler.cli import unlock as unlock_command
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply_command.register(commands)
     drift_command.register(commands)
     unlock_command.register(commands)
+    register_command.register(commands)
     sandbox_command.register(commands)
     validate_command.register(commands)
     pin_command.register(commands)

@@ -28,6 +28,12 @@ def register(commands: Any) -> None:
     up.add_argument("--control-planes", type=int, default=1, metavar="K",
                     help="kube-apiservers on one etcd; 2 or more is the HA case (default: 1)")
     up.add_argument("--workers", type=int, default=3, metavar="W", help="kwok worker nodes (default: 3)")
+    up.add_argument("--ssh", action="store_true",
+                    help="serve the node directories over SSH (an sshd on 127.0.0.1 installed by "
+                         "hack/install-sshd.sh) and write a spec that reaches every node with `access: ssh`")
+    up.add_argument("--admin", type=_sandbox_name, metavar="NAME",
+                    help="register the new sandbox in the running sandbox NAME, its management cluster, and "
+                         "write a spec that reaches it in admin mode (docs/admin-mode.md)")
     up.add_argument("--output", choices=("text", "json"), default="text")
     up.set_defaults(handler=_up)
 
@@ -49,7 +55,8 @@ def _progress(message: str) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress)
+    info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress,
+                      ssh=args.ssh, admin=args.admin)
     if args.output == "json":
         print(json.dumps(info.to_json(), indent=2))
         return EXIT_OK
@@ -58,8 +65,14 @@ def _up(args: argparse.Namespace) -> int:
     print(f"  kubeconfig:  {info.kubeconfig}")
     print(f"  spec:        {info.spec}")
     print(f"  nodes:       {info.nodes_dir}")
+    if info.ssh is not None:
+        print(f"  ssh:         {info.ssh['user']}@{info.ssh['host']}:{info.ssh['port']} serves the nodes "
+              f"(key {info.ssh['key_file']})")
     for server in info.apiservers:
         print(f"  apiserver:   {server}")
+    if info.admin is not None:
+        print(f"  registered:  in sandbox {info.admin['name']}, namespace {info.admin['namespace']} "
+              f"(Secrets {info.name}-ca, {info.name}-kubeconfig; the spec is in admin mode)")
     print(f"Stop it with: careconcile sandbox down --name {info.name}")
     return EXIT_OK
 

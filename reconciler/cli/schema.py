@@ -1,4 +1,4 @@
-"""`careconcile schema [spec|plan|drift-report]`: print the JSON Schema of a careconcile document."""
+"""`careconcile schema [spec|plan|drift-report|inventory]`: print the JSON Schema of a careconcile document."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 from reconciler.core.schemas import render, schemas
 from reconciler.errors import EXIT_OK, UsageError
 
-DOCUMENTS = ("spec", "plan", "drift-report")
+DOCUMENTS = ("spec", "plan", "drift-report", "inventory")
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("schema", help="print the JSON Schema of a spec, a saved plan or a drift report")
+    parser = commands.add_parser("schema", help="print the JSON Schema of a spec, a saved plan, a drift report or a node inventory")
     parser.add_argument("document", nargs="?", choices=DOCUMENTS, default="spec",
                         help="which document (default: spec)")
     parser.set_defaults(handler=_schema)

@@ -29,6 +29,7 @@ def _force_unlock(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.spec}: no cluster named {args.cluster!r}")
     # Unlocking needs the API only: a node that cannot be reached must not keep the lock in place.
     access = session.open_cluster(loaded, cluster, session.workspace_root(args.workspace), check_nodes=False)
-    removed = force_unlock(access.client, args.cluster, args.lock_id)
+    removed = force_unlock(access.lock_client or access.client, args.cluster, args.lock_id,
+                           namespace=access.lock_namespace, name=access.lock_name)
     print(f"Removed the lock of cluster {args.cluster}: {removed.describe()}")
     return EXIT_OK

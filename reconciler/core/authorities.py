@@ -75,6 +75,11 @@ class AuthorityLayout:
     # Whether the cluster's own objects carry it: kube-public/cluster-info, kube-root-ca.crt
     # and the apiserver's extension-apiserver-authentication client-ca-file.
     in_cluster_objects: bool
+    # In admin (management) mode: the suffix of the Cluster API Secret <cluster>-<suffix> in
+    # the management namespace that holds this CA and its key (a CA of record beside the
+    # control-plane nodes' files), and whether the Secret <cluster>-kubeconfig trusts it.
+    management_secret: str | None = None
+    management_kubeconfig: bool = False
 
     @property
     def signer_cert(self) -> str:
@@ -113,6 +118,8 @@ CLUSTER_CA = AuthorityLayout(
     ),
     signer=SignerFlags("--cluster-signing-cert-file", "--cluster-signing-key-file"),
     in_cluster_objects=True,
+    management_secret="ca",  # Cluster API's <cluster>-ca; the etcd CA is <cluster>-etcd, front-proxy <cluster>-proxy
+    management_kubeconfig=True,
 )
 
 AUTHORITIES = {CLUSTER_CA.name: CLUSTER_CA}

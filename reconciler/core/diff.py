@@ -58,15 +58,20 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         return findings + _left_behind(observed, state.previous, now)
 
     missing = [record.node for record in observed.records if record.cert is None]
-    if missing or not observed.records:
+    # A Secret in the management cluster (admin mode) is a record beside the nodes, never instead of them.
+    if missing or not any(record.kind == "node" for record in observed.records):
+        secret_missing = any(record.kind == "secret" and record.cert is None for record in observed.records)
         findings.append(Finding(code="record-missing", subject=authority, blocking=True, message=(
-            "no control-plane node holds a CA key that matches its CA certificate: "
+            ("a CA key matches no certificate beside it (tls.key and tls.crt of a Secret, ca.key and ca.crt of a "
+             "node): " if secret_missing else "no control-plane node holds a CA key that matches its CA certificate: ")
             + (", ".join(missing) if missing else "no control-plane nodes in the spec"))))
         return findings
     record_fps = {fp(record.cert) for record in observed.records}
     if len(record_fps) > 1:
+        holders = ("control-plane nodes" if all(record.kind == "node" for record in observed.records)
+                   else "control-plane nodes and the management cluster")
         findings.append(Finding(code="records-disagree", subject=authority, blocking=True, message=(
-            "control-plane nodes hold different CAs of record: "
+            f"{holders} hold different CAs of record: "
             + ", ".join(f"{record.node}={fp(record.cert)}" for record in observed.records))))
         return findings
     record = observed.records[0].cert

@@ -38,7 +38,7 @@ class ObservedBundle:
 
     id: str
     kind: Literal["node-pem", "node-kubeconfig", "local-kubeconfig", "cluster-info", "extension-auth", "configmap",
-                  "ca-bundle"]
+                  "ca-bundle", "secret-kubeconfig"]
     certs: tuple[x509.Certificate, ...]
     node: str | None = None
     path: str | None = None
@@ -54,7 +54,7 @@ class ObservedLeaf:
     """A certificate signed by the authority, and whether the key beside it matches it."""
 
     id: str
-    kind: Literal["node-pair", "node-combined", "node-kubeconfig", "local-kubeconfig"]
+    kind: Literal["node-pair", "node-combined", "node-kubeconfig", "local-kubeconfig", "secret-kubeconfig"]
     cert: x509.Certificate
     key_matches: bool
     node: str | None = None
@@ -88,13 +88,18 @@ class ObservedComponent:
 @dataclass(frozen=True)
 class ObservedRecord:
     """A control-plane node's CA of record: its key file, and the certificate in its CA
-    file that the key belongs to (None when the key matches none of them)."""
+    file that the key belongs to (None when the key matches none of them).
+
+    In admin mode the management cluster's Secret ``<cluster>-ca`` is a CA of record too
+    (``kind`` "secret", ``node`` its id ``secret/<namespace>/<name>``): it has no signer
+    files, and must agree with the nodes like another node."""
 
     node: str
     cert: x509.Certificate | None
     key_spec: str
     signer: x509.Certificate | None = None  # the staged signer certificate, when one exists
     signer_key_matches: bool = False
+    kind: Literal["node", "secret"] = "node"
 
 
 @dataclass(frozen=True)

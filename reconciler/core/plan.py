@@ -257,7 +257,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                             change=Change(before=list(bundle.fingerprints), after=after))
         for record in observed.records:
             staged = record.signer is not None and record.signer_key_matches
-            if not staged and record.cert is not None:
+            if not staged and record.cert is not None and record.kind == "node":
                 # It goes on signing with the CA it signs with now, whichever way the rotation runs.
                 builder.add(2, "stage-signer", f"{record.node}:signer", (
                     "the controller-manager must sign from a single-certificate file while ca.crt holds two"),
@@ -265,13 +265,19 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
     # Phase 3: reissue.
     if open_phase(3):
         if not same:
-            for record in observed.records:
+            # The management cluster's record (admin mode) first: the new CA is uploaded there
+            # before the nodes sign with it.
+            for record in sorted(observed.records, key=lambda r: r.kind != "secret"):
                 record_fp = fp(record.cert) if record.cert is not None else None
                 staged_fp = fp(record.signer) if record.signer is not None else record_fp
-                if new_cert is None or record_fp != new_fp or staged_fp != new_fp:
+                before = Change(before=[fp(record.cert) if record.cert else "none"], after=[new_fp])
+                if record.kind == "secret" and (new_cert is None or record_fp != new_fp):
+                    builder.add(3, "switch-signer", record.node,
+                                f"make {short(new_fp)} the CA of record in the management cluster (tls.crt, tls.key)",
+                                change=before)
+                elif record.kind == "node" and (new_cert is None or record_fp != new_fp or staged_fp != new_fp):
                     builder.add(3, "switch-signer", f"{record.node}:signer", f"sign certificates with {short(new_fp)} from now on",
-                                node=record.node, change=Change(
-                                    before=[fp(record.cert) if record.cert else "none"], after=[new_fp]))
+                                node=record.node, change=before)
         for leaf in observed.leaves:
             due = (renew or {}).get(leaf.id)
             if new_cert is None or not pki.is_signed_by(leaf.cert, new_cert) or not leaf.key_matches or due:
@@ -299,7 +305,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
     _plan_restarts(builder, observed, splits_signer=splits_signer, verified=verified, operation=operation)
 
     if open_phase(4) and not same:
-        for record in observed.records:
+        for record in (record for record in observed.records if record.kind == "node"):
             if record.signer is not None or \
                     any(a.kind == "stage-signer" and a.node == record.node for a in builder.actions):
                 builder.add(4, "remove-signer", f"{record.node}:signer",

@@ -10,6 +10,7 @@ import json
 
 from pydantic import BaseModel
 
+from reconciler.core.admin import NodeInventory
 from reconciler.core.drift import DriftReport
 from reconciler.core.plan import PlanDocument
 from reconciler.core.spec import SpecDocument
@@ -21,6 +22,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "spec.schema.json": SpecDocument,
     "plan.schema.json": PlanDocument,
     "drift-report.schema.json": DriftReport,
+    "inventory.schema.json": NodeInventory,
 }
 
 

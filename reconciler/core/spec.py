@@ -10,6 +10,7 @@ rotation counter. ``spec.defaults.authorities`` fills what a cluster leaves unse
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -80,6 +81,16 @@ def _repeated(names: list[str]) -> str:
     return ", ".join(sorted({name for name in names if names.count(name) > 1}))
 
 
+def _absolute_path(value: str) -> str:
+    if not PurePosixPath(value).is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
+
+
+# A directory on a node that stands for its '/'.
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
 class _Strict(BaseModel):
     # Unknown fields are errors: a typo in a spec must not silently mean "default".
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
@@ -105,23 +116,82 @@ class LocalAccess(_Strict):
     """The node's filesystem is reachable here, under a root directory (the sandbox's
     node directories, or "/" when careconcile runs on the node itself)."""
 
-    root: str = Field(description="Absolute directory that stands for the node's '/'.")
+    root: AbsolutePath = Field(description="Absolute directory that stands for the node's '/'.")
 
-    @field_validator("root")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not PurePosixPath(value).is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
+
+# The public key types OpenSSH offers as host keys, as a known_hosts line names them.
+HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+HOST_KEY = r"^(" + "|".join(HOST_KEY_TYPES) + r") [A-Za-z0-9+/]+={0,2}( .*)?$"
+
+
+def _host_key_line(value: str) -> str:
+    """``ssh-ed25519 AAAA...`` (a comment may follow): the type must be the one the key's
+    own bytes name, so a line cut short or pasted from another key is caught here."""
+    value = value.strip()
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in HOST_KEY_TYPES:
+        raise ValueError(f"must be a public key line such as 'ssh-ed25519 AAAA...' (types: {', '.join(HOST_KEY_TYPES)})")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+        length = int.from_bytes(blob[:4], "big")
+        named = blob[4:4 + length].decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the key after the type is not valid base64") from None
+    if named != parts[0]:
+        raise ValueError(f"the key is a {named or 'malformed'} key, not {parts[0]}")
+    return " ".join(parts[:2])
+
+
+class SSHAccess(_Strict):
+    """The node's files are reached over SSH (SFTP), with a private key, from a server whose
+    host key is known beforehand: careconcile never trusts a host key on first use."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["hostKey"], "not": {"required": ["knownHostsFile"]}},
+        {"required": ["knownHostsFile"], "not": {"required": ["hostKey"]}},
+    ]})
+
+    host: str = Field(min_length=1, pattern=r"^[^\s@/\[\]]+$", description="The node's host name or IP address.")
+    port: int = Field(default=22, ge=1, le=65535, description="The SSH port.")
+    user: str = Field(min_length=1, pattern=r"^[^\s@:]+$",
+                      description="The user to log in as; it must be able to write the node's CA files (root on a "
+                                  "kubeadm node).")
+    # The private key's source. keyFile is the only one today; a key in a Secret
+    # (keySecret, for the admin-cluster mode) becomes its alternative, chosen like the
+    # host-key policy below.
+    key_file: str = Field(
+        alias="keyFile", min_length=1,
+        description="Path to the private key to log in with (OpenSSH or PEM format, unencrypted); a relative path "
+                    "is relative to the spec file's directory, '~' expands.")
+    # The host-key policy: exactly one of the two.
+    host_key: Annotated[str, AfterValidator(_host_key_line)] | None = Field(
+        default=None, alias="hostKey", json_schema_extra={"pattern": HOST_KEY},  # the validator's message is clearer
+        description="Pins the node's public host key, as a known_hosts line has it: 'ssh-ed25519 AAAA...'. "
+                    "Exactly one of hostKey and knownHostsFile.")
+    known_hosts_file: str | None = Field(
+        default=None, alias="knownHostsFile", min_length=1,
+        description="Path to a known_hosts file that holds the node's host key, under 'host' or '[host]:port' "
+                    "(hashed entries work); relative to the spec file's directory, '~' expands. Exactly one of "
+                    "hostKey and knownHostsFile.")
+    root: AbsolutePath = Field(default="/", description="Absolute directory on the node that stands for its '/'.")
+
+    @model_validator(mode="after")
+    def _one_host_key_policy(self) -> "SSHAccess":
+        if self.host_key is None and self.known_hosts_file is None:
+            raise ValueError("set hostKey (the node's public host key, as `ssh-keyscan -p PORT HOST` prints it) or "
+                             "knownHostsFile: careconcile never trusts a host key on first use")
+        if self.host_key is not None and self.known_hosts_file is not None:
+            raise ValueError("set either hostKey or knownHostsFile, not both")
+        return self
 
 
 class NodeAccess(_ExactlyOne):
-    """How careconcile reaches a node's files. Exactly one transport is set; more
-    transports (ssh) are added beside `local`."""
+    """How careconcile reaches a node's files. Exactly one transport is set."""
 
     choice: ClassVar[str] = "access transport"
 
     local: LocalAccess | None = Field(default=None, description="The node's files are on this machine.")
+    ssh: SSHAccess | None = Field(default=None, description="The node's files are reached over SSH (SFTP).")
 
 
 class NodeSpec(_Strict):
@@ -257,6 +327,23 @@ class StateStore(_ExactlyOne):
     workspace: WorkspaceStateStore | None = Field(default=None, description="In the local workspace directory.")
 
 
+MANAGEMENT_NAMESPACE = "cluster-{name}"  # Cluster API's habit; the default of management.namespace
+
+
+class ManagementSpec(_Strict):
+    """A management (admin) cluster that holds this cluster the way Cluster API does: its CA
+    of record in the Secret ``<name>-ca``, its kubeconfig in the Secret ``<name>-kubeconfig``,
+    and careconcile's rotation state and lock, all in one namespace there."""
+
+    kubeconfig: str = Field(
+        description="Path to a kubeconfig of the management cluster, with rights on Secrets, ConfigMaps and "
+                    "Leases in the namespace; a relative path is relative to the spec file's directory, '~' expands.")
+    context: str | None = Field(default=None, description="Context in that kubeconfig; its current one if unset.")
+    namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63,
+        description="The namespace in the management cluster that holds the cluster; cluster-<name> if unset.")
+
+
 class ClusterSpec(_Strict):
     """A cluster whose authorities careconcile keeps in the declared state."""
 
@@ -268,10 +355,17 @@ class ClusterSpec(_Strict):
         description="true: reach the API as the pod careconcile runs in, with its ServiceAccount token "
                     "(KUBERNETES_SERVICE_HOST/PORT, /var/run/secrets/kubernetes.io/serviceaccount); "
                     "the alternative to kubeconfig.")
+    # management, too, comes before kubeconfig: with it, kubeconfig may be left out.
+    management: ManagementSpec | None = Field(
+        default=None,
+        description="A management cluster that holds this cluster's CA of record (Secret <name>-ca), its "
+                    "kubeconfig (Secret <name>-kubeconfig) and careconcile's state and lock, as Cluster API "
+                    "keeps a cluster. The cluster's name is its name there.")
     kubeconfig: str | None = Field(
         default=None, validate_default=True,
         description="Path to a kubeconfig with admin rights on the cluster; a relative path is relative to "
-                    "the spec file's directory, '~' expands. Required unless inCluster is true.")
+                    "the spec file's directory, '~' expands. Required unless inCluster is true or a management "
+                    "cluster is named (careconcile then uses the kubeconfig in the Secret <name>-kubeconfig).")
     context: str | None = Field(default=None, description="Context in the kubeconfig; its current one if unset.")
     nodes: list[NodeSpec] = Field(default_factory=list, description="The nodes whose CA files careconcile manages.")
     state_store: StateStore = Field(
@@ -279,22 +373,27 @@ class ClusterSpec(_Strict):
         # as written in a spec; pydantic's own rendering would list `workspace: null` too
         json_schema_extra={"default": {"secret": {}}},
         description="Where careconcile keeps its rotation state for this cluster; a Secret "
-                    "kube-system/careconcile-state if unset.")
+                    "kube-system/careconcile-state if unset, or with management the Secret "
+                    "<name>-careconcile-state in the management namespace. With management only "
+                    "`workspace: {}` may be set here.")
     authorities: Authorities = Field(default_factory=Authorities, description="The cluster's authorities.")
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
         {"required": ["kubeconfig"], "not": {"required": ["inCluster"], "properties": {"inCluster": {"const": True}}}},
         {"required": ["inCluster"], "properties": {"inCluster": {"const": True}}, "not": {"required": ["kubeconfig"]}},
+        {"required": ["management"], "not": {"anyOf": [
+            {"required": ["kubeconfig"]}, {"required": ["inCluster"], "properties": {"inCluster": {"const": True}}},
+        ]}},
     ]})
 
     @field_validator("kubeconfig")
     @classmethod
     def _kubeconfig_or_in_cluster(cls, kubeconfig: str | None, info: ValidationInfo) -> str | None:
-        if "in_cluster" not in info.data:  # inCluster itself is invalid; that error says enough
-            return kubeconfig
+        if "in_cluster" not in info.data or "management" not in info.data:
+            return kubeconfig  # inCluster or management itself is invalid; that error says enough
         in_cluster = info.data["in_cluster"]
-        if kubeconfig is None and not in_cluster:
-            raise ValueError("required field is missing (or set inCluster: true)")
+        if kubeconfig is None and not in_cluster and info.data["management"] is None:
+            raise ValueError("required field is missing (or set inCluster: true, or name a management cluster)")
         if kubeconfig is not None and in_cluster:
             raise ValueError("set either kubeconfig or inCluster: true, not both")
         return kubeconfig
@@ -303,7 +402,29 @@ class ClusterSpec(_Strict):
     def _context_needs_kubeconfig(self) -> "ClusterSpec":
         if self.in_cluster and self.context is not None:
             raise ValueError("context names a kubeconfig context; a cluster with inCluster: true has none")
+        if self.management is not None and self.kubeconfig is None and self.context is not None:
+            raise ValueError(f"context names a context of kubeconfig; without kubeconfig careconcile uses the "
+                             f"current context of the Secret {self.name}-kubeconfig")
         return self
+
+    @model_validator(mode="after")
+    def _management_holds_the_state(self) -> "ClusterSpec":
+        if self.management is None:
+            return self
+        if "state_store" in self.model_fields_set and self.state_store.secret is not None:
+            raise ValueError(f"with management, the state is the Secret {self.name}-careconcile-state in the "
+                             "management namespace; stateStore may only be `workspace: {}`")
+        if self.management.namespace is None and len(MANAGEMENT_NAMESPACE.format(name=self.name)) > 63:
+            raise ValueError(f"the default management namespace {MANAGEMENT_NAMESPACE.format(name=self.name)!r} "
+                             "is longer than 63 characters; set management.namespace")
+        return self
+
+    @property
+    def management_namespace(self) -> str | None:
+        """The namespace in the management cluster that holds this cluster, None without one."""
+        if self.management is None:
+            return None
+        return self.management.namespace or MANAGEMENT_NAMESPACE.format(name=self.name)
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> "ClusterSpec":

@@ -25,7 +25,7 @@ from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
 from reconciler.errors import ClusterUnreachableError, SandboxError, SandboxNotFoundError
-from reconciler.sandbox import _api, _specfile, binaries
+from reconciler.sandbox import _admin, _api, _specfile, binaries, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
 
@@ -58,6 +58,12 @@ class SandboxInfo:
     nodes: list[NodeInfo]
     startup_seconds: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # With `up --ssh`: the sshd that serves the node directories (host, port, user,
+    # host_key, key_file, directory); the spec reaches every node through it.
+    ssh: dict[str, Any] | None = None
+    # With `up --admin`: the management sandbox it is registered in (name, kubeconfig,
+    # context, namespace); the spec then reaches the cluster in admin mode.
+    admin: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +105,7 @@ def _write_manifest(root: Path, pod: dict[str, Any]) -> None:
 
 def _lay_out(
     paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
+    ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None,
 ) -> SandboxInfo:
     """Write every node directory, the kubeconfig, the spec and the sandbox record."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -150,6 +157,7 @@ def _lay_out(
         name=name, directory=str(paths.directory), kubeconfig=str(paths.kubeconfig), spec=str(paths.spec),
         nodes_dir=str(paths.nodes), apiservers=[f"https://{kubeadm.LOOPBACK}:{p}" for p in apiserver_ports],
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
+        ssh=ssh, admin=admin,
     )
     atomic_write(paths.spec, _specfile.render(info).encode())
     _save_record(paths, info, bin_dir=bin_dir)
@@ -159,6 +167,20 @@ def _lay_out(
 def _save_record(paths: SandboxPaths, info: SandboxInfo, *, bin_dir: Path) -> None:
     record = info.to_json() | {"bin_dir": str(bin_dir), "careconcile_version": __version__}
     atomic_write_json(paths.record, record)
+
+
+def _start_sshd(paths: SandboxPaths) -> dict[str, Any]:
+    """An sshd for the sandbox's node directories, from the cached install; what the spec needs to reach it."""
+    server = sshd.start(paths.ssh)
+    return {"host": sshd.LOOPBACK, "port": server.port, "user": server.user, "host_key": server.host_key,
+            "key_file": str(server.client_key), "directory": str(paths.ssh)}
+
+
+def _sshd_pid(paths: SandboxPaths) -> int | None:
+    try:
+        return int((paths.ssh / "sshd.pid").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _start_supervisor(paths: SandboxPaths) -> int:
@@ -219,16 +241,23 @@ def _wait_for(what: str, check: Callable[[], bool], paths: SandboxPaths, deadlin
 
 def up(
     name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
-    key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None,
+    key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None, ssh: bool = False,
+    admin: str | None = None,
 ) -> SandboxInfo:
     """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
-    node Ready and `kube-root-ca.crt` published in `default`."""
+    node Ready and `kube-root-ca.crt` published in `default`. With ``ssh``, an sshd on
+    127.0.0.1 serves the node directories and the spec reaches every node over SSH. With
+    ``admin``, the sandbox is registered in the running sandbox of that name, its
+    management cluster, and its spec reaches it in admin mode."""
     if control_planes < 1:
         raise SandboxError("a sandbox needs at least one control plane (--control-planes >= 1)")
     if workers < 0:
         raise SandboxError("--workers cannot be negative")
     paths = SandboxPaths.named(name)
     bin_dir = require_binaries()
+    if ssh:
+        sshd.require_install()  # before anything is made: the error names hack/install-sshd.sh
+    management = _admin.management_of(admin, name) if admin is not None else None
     paths.directory.parent.mkdir(parents=True, exist_ok=True)
     try:
         paths.directory.mkdir()  # atomic: of two concurrent `up`s with one name, one wins
@@ -241,10 +270,15 @@ def up(
     timings: dict[str, float] = {}
     progress(f"laying out {control_planes} control-plane and {workers} worker node directories")
     try:
+        ssh_info = None
+        if ssh:
+            ssh_info = _start_sshd(paths)
+            progress(f"sshd serves the node directories on {ssh_info['host']}:{ssh_info['port']}")
         info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
-                        key=key or KeySpec(), bin_dir=bin_dir)
+                        key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management)
     except BaseException:
-        shutil.rmtree(paths.directory, ignore_errors=True)  # nothing started yet, nothing to keep
+        _stop(paths)  # the sshd, if it started
+        shutil.rmtree(paths.directory, ignore_errors=True)  # nothing else started yet, nothing to keep
         raise
     timings["layout"] = time.monotonic() - started
     progress("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
@@ -269,6 +303,10 @@ def up(
             ca_text = ca_path.read_text()
             _wait_for("kube-root-ca.crt in namespace default",
                       lambda: _api.root_ca_configmap(client, "default") == ca_text, paths, deadline)
+        if management is not None:
+            progress(f"registering it in sandbox {management['name']!r}, namespace {management['namespace']}")
+            _admin.register(info, paths)
+            timings["registered"] = time.monotonic() - started
     except BaseException as exc:
         _stop(paths)
         if isinstance(exc, SandboxError) and not exc.hint:
@@ -338,10 +376,20 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
     ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
     apiservers = {server: supervisor and _api.readyz(server, ca_path, timeout=3) for server in info.apiservers}
     problems += [f"{server} not ready" for server, ok in apiservers.items() if not ok]
+    ssh_running = None
+    if info.ssh is not None:
+        pid = _sshd_pid(paths)
+        ssh_running = pid is not None and sshd.running(pid, paths.ssh)
+        if not ssh_running:
+            problems.append("sshd not running (the spec reaches the nodes over SSH)")
     ready_nodes: int | None = None
     if any(apiservers.values()):
         try:
-            with _api.Client(Path(info.kubeconfig), timeout=5) as client:
+            # In admin mode a rotation leaves the sandbox's own kubeconfig behind (the Secret
+            # <name>-kubeconfig is the one rotated); the control plane's admin.conf follows.
+            kubeconfig = Path(info.kubeconfig) if info.admin is None else \
+                node_path(Path(info.nodes[0].root), f"{kubeadm.KUBERNETES_DIR}/admin.conf")
+            with _api.Client(kubeconfig, timeout=5) as client:
                 workers = {node.name for node in info.nodes if node.role == "worker"}
                 ready_nodes = len(_api.ready_nodes(client) & workers)
         except (SandboxError, ClusterUnreachableError) as exc:
@@ -358,6 +406,7 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
         "workers": info.workers,
         "control_planes": info.control_planes,
         "kubeconfig": info.kubeconfig,
+        "ssh": None if info.ssh is None else {"port": info.ssh["port"], "running": ssh_running},
         "components": {
             key: {k: c.get(k) for k in ("status", "pid", "restarts", "last_exit_code", "last_restart_reason",
                                          "started_at", "message")}
@@ -424,6 +473,11 @@ def _stop(paths: SandboxPaths) -> list[int]:
         time.sleep(0.1)
     if pid is not None:
         _reap(pid)
+    ssh_pid = _sshd_pid(paths)
+    if ssh_pid is not None:
+        sshd.stop(ssh_pid, paths.ssh)
+        if sshd.running(ssh_pid, paths.ssh):
+            leftovers.append(ssh_pid)
     return leftovers
 
 

@@ -85,6 +85,11 @@ class SandboxPaths:
     def supervisor_log(self) -> Path:
         return self.logs / "supervisor.log"
 
+    @property
+    def ssh(self) -> Path:
+        """With `up --ssh`: the sshd's config, host key, client key, pid file and log."""
+        return self.directory / "ssh"
+
 
 def node_path(root: Path, absolute: str) -> Path:
     """Where a node's absolute path (``/etc/kubernetes/pki/ca.crt``) is under its root dir."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from typing import TYPE_CHECKING
 
 from ruamel.yaml import YAML
@@ -10,12 +11,38 @@ from ruamel.yaml import YAML
 from reconciler.core.spec import API_VERSION, KIND, SpecDocument
 
 if TYPE_CHECKING:
-    from reconciler.sandbox._lifecycle import SandboxInfo
+    from reconciler.sandbox._lifecycle import NodeInfo, SandboxInfo
 
 HEADER = """\
 # careconcile spec for the sandbox cluster {name!r}, written by `careconcile sandbox up`.
 # Raising spec.clusters[0].authorities.clusterCA.rotation by one requests a rotation of the cluster CA.
 """
+
+ADMIN_HEADER = """\
+# Admin mode: the cluster's CA, kubeconfig, rotation state and lock live in the sandbox {name!r},
+# namespace {namespace!r} (see docs/admin-mode.md).
+"""
+
+
+def _access(info: "SandboxInfo", node: "NodeInfo") -> dict:
+    if info.ssh is None:
+        return {"local": {"root": node.root}}
+    ssh = info.ssh
+    # The key is given relative to the spec's directory (the sandbox's), as a spec kept
+    # beside its keys would give it.
+    key_file = os.path.relpath(ssh["key_file"], os.path.dirname(info.spec))
+    return {"ssh": {"host": ssh["host"], "port": ssh["port"], "user": ssh["user"], "keyFile": key_file,
+                    "hostKey": ssh["host_key"], "root": node.root}}
+
+
+def _reach(info: "SandboxInfo") -> dict:
+    """How careconcile reaches the API: the sandbox's kubeconfig, or with `up --admin` the
+    management sandbox, whose Secret <name>-kubeconfig holds the kubeconfig (admin mode)."""
+    admin = getattr(info, "admin", None)
+    if admin is None:
+        return {"kubeconfig": info.kubeconfig, "context": f"kubernetes-admin@{info.name}"}
+    return {"management": {"kubeconfig": admin["kubeconfig"], "context": admin["context"],
+                           "namespace": admin["namespace"]}}
 
 
 def document(info: "SandboxInfo") -> dict:
@@ -26,12 +53,8 @@ def document(info: "SandboxInfo") -> dict:
         "spec": {
             "clusters": [{
                 "name": info.name,
-                "kubeconfig": info.kubeconfig,
-                "context": f"kubernetes-admin@{info.name}",
-                "nodes": [
-                    {"name": node.name, "role": node.role, "access": {"local": {"root": node.root}}}
-                    for node in info.nodes
-                ],
+                **_reach(info),
+                "nodes": [{"name": node.name, "role": node.role, "access": _access(info, node)} for node in info.nodes],
                 "authorities": {"clusterCA": {"rotation": 0}},
             }],
         },
@@ -46,4 +69,7 @@ def render(info: "SandboxInfo") -> str:
     yaml.width = 4096  # keep long node paths on one line
     out = io.StringIO()
     yaml.dump(body, out)
-    return HEADER.format(name=info.name) + out.getvalue()
+    header = HEADER.format(name=info.name)
+    if getattr(info, "admin", None) is not None:
+        header += ADMIN_HEADER.format(**info.admin)
+    return header + out.getvalue()

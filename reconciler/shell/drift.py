@@ -46,7 +46,7 @@ def check_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path) -> 
                             error=str(exc) if isinstance(exc, CareconcileError) else f"{type(exc).__name__}: {exc}")
     finally:
         if access is not None:
-            access.client.close()
+            access.close()
 
 
 def check(specs: list[LoadedSpec], workspace: Path, *, only: str | None = None,

@@ -33,6 +33,7 @@ from reconciler.errors import (
 )
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, load_kubeconfig
+from reconciler.shell.management import SecretKubeconfigClient
 from reconciler.shell.observe import (
     CA_BUNDLE_OWNERS, CLUSTER_INFO, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, RESTARTED_FOR, ClusterAccess,
     apiserver_servers, ca_bundle_fields, inputs_digest, load_manifest, local_kubeconfig_scope, observe, read_record,
@@ -203,6 +204,8 @@ class Executor:
         elif target.startswith("local:"):
             scope = self._local_scope(action.path)
             self._rewrite_kubeconfig_file(action.path, lambda doc: kubeconfig.with_ca(doc, pem, scope))
+        elif target.startswith("secret/"):  # admin mode: <name>-kubeconfig in the management cluster
+            self._rewrite_kubeconfig_secret(lambda doc: kubeconfig.with_ca(doc, pem))
         else:
             files = self.access.nodes[action.node]
             if action.path.endswith(".crt"):
@@ -306,7 +309,19 @@ class Executor:
         self._write_signer(action.node, self._pair(action.change.after[0]), record_key=False)
 
     def _switch_signer(self, action: Action) -> None:
-        self._write_signer(action.node, self._pair(action.change.after[0]), record_key=True)
+        pair = self._pair(action.change.after[0])
+        if action.node is None and action.target.startswith("secret/"):
+            # Admin mode: the management cluster's CA of record, <name>-ca, holds the CA alone.
+            self.access.management.write_authority(self.access.layout.management_secret, pair)
+            return
+        self._write_signer(action.node, pair, record_key=True)
+
+    def _rewrite_kubeconfig_secret(self, change: Callable[[dict], dict]) -> None:
+        """Rewrite the kubeconfig Secret of admin mode; careconcile's own client of the
+        cluster, when it uses that Secret, follows it at once."""
+        self.access.management.rewrite_kubeconfig(change)
+        if isinstance(self.access.client, SecretKubeconfigClient):
+            self.access.client.reload()
 
     def _write_signer(self, node: str, pair: KeyPair, *, record_key: bool) -> None:
         files = self.access.nodes[node]
@@ -336,6 +351,9 @@ class Executor:
             scope = self._local_scope(action.path)
             self._rewrite_kubeconfig_file(action.path,
                                           lambda doc: self._reissued_kubeconfig(doc, action, fresh, scope))
+            return
+        if action.target.startswith("secret/"):
+            self._rewrite_kubeconfig_secret(lambda doc: self._reissued_kubeconfig(doc, action, fresh))
             return
         files = self.access.nodes[action.node]
         where = f"{files.describe()} {action.path}"
@@ -493,6 +511,13 @@ class Executor:
                         client.get("/api")
                 except CareconcileError as exc:
                     problems.append(f"the new kubeconfig {self.access.workspace_kubeconfig} does not work: {exc}")
+            management = self.access.management
+            if management is not None and self.access.layout.management_kubeconfig:
+                try:
+                    with KubeClient(management.user_target(), timeout=5) as client:
+                        client.get("/api")
+                except CareconcileError as exc:
+                    problems.append(f"the kubeconfig in {management.kubeconfig_source} does not work: {exc}")
         return problems
 
     def _components_ready(self, observed: ClusterObservation) -> list[str]:

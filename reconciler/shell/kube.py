@@ -5,7 +5,7 @@ the process is SIGKILLed), it is slow to import and its errors are untyped. Here
 material lives only in memory (``memfd``), and every failure is one of the typed errors of
 :mod:`reconciler.errors`, with a message naming the request and the cluster.
 
-Public surface: :func:`tls_context`, :class:`KubeTarget`, :func:`load_kubeconfig`,
+Public surface: :func:`tls_context`, :class:`KubeTarget`, :func:`load_kubeconfig`, :func:`kubeconfig_target`,
 :class:`Transport`, :class:`HTTPSTransport`, :class:`KubeClient`, :class:`KubeconfigClient`,
 and for a pod that uses its ServiceAccount (``inCluster: true``): :func:`load_in_cluster`,
 :class:`InClusterClient`, :data:`SERVICEACCOUNT_DIR_ENV`.
@@ -142,9 +142,9 @@ def _named(entries: Any, name: str) -> dict[str, Any] | None:
     return None
 
 
-def _data_or_file(section: dict[str, Any], key: str, base: Path, where: str) -> bytes | None:
+def _data_or_file(section: dict[str, Any], key: str, base: Path | None, where: str) -> bytes | None:
     """``KEY-data`` (base64) or ``KEY`` (a path, relative to the kubeconfig's directory,
-    as kubectl resolves it)."""
+    as kubectl resolves it). A kubeconfig that is not a file (``base`` None) must embed it."""
     data = section.get(f"{key}-data")
     if data:
         try:
@@ -152,6 +152,8 @@ def _data_or_file(section: dict[str, Any], key: str, base: Path, where: str) -> 
         except (ValueError, TypeError) as exc:
             raise PKIError(f"{where}: {key}-data is not base64") from exc
     path = section.get(key)
+    if path and base is None:
+        raise PKIError(f"{where}: {key} names a file; a kubeconfig that is not a file must embed it ({key}-data)")
     if path:
         resolved = base / Path(path).expanduser()
         try:
@@ -168,11 +170,18 @@ def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
         text = path.read_text()
     except OSError as exc:
         raise ClusterUnreachableError(f"kubeconfig {path}: cannot read it: {exc.strerror}") from exc
-    document = kubeconfig.parse(text, source=f"kubeconfig {path}")
+    return kubeconfig_target(text, source=f"kubeconfig {path}", context=context, base=path.resolve().parent)
+
+
+def kubeconfig_target(text: str, *, source: str, context: str | None = None, base: Path | None = None) -> KubeTarget:
+    """The server and credentials of ``context`` (default: current-context) in a kubeconfig's
+    text; ``source`` names it in errors. ``base`` is the directory file references are relative
+    to; None (a kubeconfig held in a Secret) refuses them."""
+    document = kubeconfig.parse(text, source=source)
     context_name = context or document.get("current-context")
     if not context_name:
-        raise ClusterUnreachableError(f"kubeconfig {path}: no context given and no current-context set")
-    where = f"kubeconfig {path} context {context_name}"
+        raise ClusterUnreachableError(f"{source}: no context given and no current-context set")
+    where = f"{source} context {context_name}"
     context_entry = _named(document.get("contexts"), context_name)
     if context_entry is None:
         known = ", ".join(str(c.get("name")) for c in document.get("contexts") or []) or "none"
@@ -185,7 +194,6 @@ def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
     server = cluster.get("server")
     if not server:
         raise ClusterUnreachableError(f"{where}: cluster {cluster_entry['name']!r} has no server")
-    base = path.resolve().parent
     ca_pem = _data_or_file(cluster, "certificate-authority", base, where)
     if ca_pem is None:
         raise PKIError(f"{where}: cluster {cluster_entry['name']!r} has no certificate-authority(-data); "
@@ -198,6 +206,8 @@ def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
         user = user_entry.get("user") or {}
     token = user.get("token")
     if not token and user.get("tokenFile"):
+        if base is None:
+            raise PKIError(f"{where}: tokenFile names a file; a kubeconfig that is not a file must embed the token")
         token_path = base / Path(user["tokenFile"]).expanduser()
         try:
             token = token_path.read_text().strip()

@@ -7,7 +7,8 @@ its TTL ran out without a renewal, or its holder was a process on this host that
 longer alive. Every takeover and removal is conditional on the resourceVersion (or uid)
 just read, so two runs racing for a stale lock cannot both win.
 
-The Lease ``kube-system/careconcile-lock``: ``spec.holderIdentity`` is the lock id,
+The Lease ``kube-system/careconcile-lock`` (in admin mode ``<cluster>-careconcile-lock`` in the
+cluster's namespace of the management cluster): ``spec.holderIdentity`` is the lock id,
 ``spec.leaseDurationSeconds`` the TTL, ``spec.acquireTime``/``renewTime`` when it was
 taken and last renewed; the rest is in ``careconcile.dev/lock-*`` annotations.
 """
@@ -34,6 +35,12 @@ NAMESPACE = "kube-system"
 LEASE_NAME = "careconcile-lock"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
 LEASE = f"{LEASES}/{LEASE_NAME}"
+
+
+def lease_paths(namespace: str = NAMESPACE, name: str = LEASE_NAME) -> tuple[str, str]:
+    """The API paths of the Leases collection of ``namespace`` and of the lock Lease ``name``."""
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return leases, f"{leases}/{name}"
 ANNOTATION = "careconcile.dev/lock-"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "careconcile"}
 DEFAULT_TTL = 900
@@ -114,14 +121,15 @@ class LockInfo:
                 f"operation {self.operation}, careconcile {self.version}, created {self.created})")
 
 
-def lease_body(info: LockInfo, *, acquired: str | None = None) -> dict[str, Any]:
+def lease_body(info: LockInfo, *, acquired: str | None = None, namespace: str = NAMESPACE,
+               name: str = LEASE_NAME) -> dict[str, Any]:
     """The Lease that records ``info``."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {
-            "name": LEASE_NAME,
-            "namespace": NAMESPACE,
+            "name": name,
+            "namespace": namespace,
             "labels": dict(MANAGED_BY),
             "annotations": {
                 f"{ANNOTATION}holder": info.holder,
@@ -153,20 +161,22 @@ def stale_reason(holder: LockInfo, *, now: dt.datetime | None = None) -> str | N
     return None
 
 
-def current_lock(client: KubeClient) -> LockInfo | None:
+def current_lock(client: KubeClient, *, namespace: str = NAMESPACE, name: str = LEASE_NAME) -> LockInfo | None:
     """The lock on the cluster ``client`` talks to, or None."""
     try:
-        return LockInfo.from_lease(client.get(LEASE))
+        return LockInfo.from_lease(client.get(lease_paths(namespace, name)[1]))
     except APINotFoundError:
         return None
 
 
-def force_unlock(client: KubeClient, cluster: str, lock_id: str) -> LockInfo:
+def force_unlock(client: KubeClient, cluster: str, lock_id: str, *, namespace: str = NAMESPACE,
+                 name: str = LEASE_NAME) -> LockInfo:
     """Remove the lock ``lock_id`` whoever holds it; the id guards against removing a
     lock taken since its holder was looked at. Returns the lock removed."""
+    lease_path = lease_paths(namespace, name)[1]
     for _ in range(_ATTEMPTS):
         try:
-            lease = client.get(LEASE)
+            lease = client.get(lease_path)
         except APINotFoundError:
             raise LockError(f"cluster {cluster}: not locked (no lock {lock_id} to remove)") from None
         held = LockInfo.from_lease(lease)
@@ -175,7 +185,7 @@ def force_unlock(client: KubeClient, cluster: str, lock_id: str) -> LockInfo:
                             hint=f"careconcile force-unlock {cluster} {held.id}")
         metadata = lease.get("metadata") or {}
         try:
-            client.delete(LEASE, uid=metadata.get("uid"), resource_version=metadata.get("resourceVersion"))
+            client.delete(lease_path, uid=metadata.get("uid"), resource_version=metadata.get("resourceVersion"))
         except APINotFoundError:
             raise LockError(f"cluster {cluster}: not locked (lock {lock_id} was removed meanwhile)") from None
         except APIConflictError:
@@ -188,10 +198,13 @@ class ClusterLock:
     """The lock of one cluster for one operation. ``with ClusterLock(...) as info:``
     acquires and releases; a long run calls :meth:`renew` well within ``ttl``."""
 
-    def __init__(self, client: KubeClient, cluster: str, *, operation: str, ttl: int = DEFAULT_TTL) -> None:
+    def __init__(self, client: KubeClient, cluster: str, *, operation: str, ttl: int = DEFAULT_TTL,
+                 namespace: str = NAMESPACE, name: str = LEASE_NAME) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self.client = client
+        self.namespace, self.name = namespace, name
+        self._leases, self._lease = lease_paths(namespace, name)
         self.cluster = cluster
         self.operation = operation
         self.ttl = ttl
@@ -210,13 +223,13 @@ class ClusterLock:
         for _ in range(_ATTEMPTS):
             mine = LockInfo.new(self.operation, self.ttl)
             try:
-                self.client.create(LEASES, lease_body(mine))
+                self.client.create(self._leases, self._body(mine))
                 self.info = mine
                 return mine
             except APIConflictError:
                 pass
             try:
-                lease = self.client.get(LEASE)
+                lease = self.client.get(self._lease)
             except APINotFoundError:
                 continue  # released in between: create again
             held = LockInfo.from_lease(lease)
@@ -228,13 +241,13 @@ class ClusterLock:
                     hint=f"if that run is gone, remove its lock: careconcile force-unlock {self.cluster} {held.id}",
                 )
             mine = dataclasses.replace(mine, took_over_from=held)
-            body = lease_body(mine)
+            body = self._body(mine)
             # The resourceVersion just read makes the takeover conditional: of two runs
             # taking over the same stale lock, the second gets 409 and reads the winner.
             body["metadata"]["resourceVersion"] = lease["metadata"]["resourceVersion"]
             body["spec"]["leaseTransitions"] = int((lease.get("spec") or {}).get("leaseTransitions") or 0) + 1
             try:
-                self.client.replace(LEASE, body)
+                self.client.replace(self._lease, body)
             except (APIConflictError, APINotFoundError):
                 continue
             self.info = mine
@@ -251,7 +264,7 @@ class ClusterLock:
                                 f"(force-unlocked?) while this run held it")
             lease.setdefault("spec", {})["renewTime"] = micro_time(utcnow())
             try:
-                renewed = self.client.replace(LEASE, lease)  # conditional: carries the read resourceVersion
+                renewed = self.client.replace(self._lease, lease)  # conditional: carries the read resourceVersion
             except (APIConflictError, APINotFoundError):
                 continue  # changed in between: read again, the id decides
             self.info = dataclasses.replace(mine, renewed=(renewed.get("spec") or {}).get("renewTime"))
@@ -268,7 +281,7 @@ class ClusterLock:
             if lease is not None:
                 metadata = lease.get("metadata") or {}
                 try:
-                    self.client.delete(LEASE, uid=metadata.get("uid"),
+                    self.client.delete(self._lease, uid=metadata.get("uid"),
                                        resource_version=metadata.get("resourceVersion"))
                 except APINotFoundError:
                     pass
@@ -277,6 +290,9 @@ class ClusterLock:
             self.info = None
             return
         raise LockError(f"cluster {self.cluster}: lock {self._held().id} could not be released; it kept changing")
+
+    def _body(self, info: LockInfo) -> dict[str, Any]:
+        return lease_body(info, namespace=self.namespace, name=self.name)
 
     def _held(self) -> LockInfo:
         if self.info is None:
@@ -287,7 +303,7 @@ class ClusterLock:
         """The Lease while it still records our lock, None once it is gone."""
         mine = self._held()
         try:
-            lease = self.client.get(LEASE)
+            lease = self.client.get(self._lease)
         except APINotFoundError:
             return None
         held = LockInfo.from_lease(lease)

@@ -2,7 +2,9 @@
 
 A transport reads, writes and removes files by their absolute path on the node. ``local``
 maps them under a root directory (the sandbox's node directories, or "/" on the node
-itself); SSH is a second transport with the same three methods.
+itself); ``ssh`` (:mod:`reconciler.shell.ssh`) does the same over SFTP, with one reused
+connection per node. Restarting a component is a write of its manifest, so files are all
+a transport needs.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from reconciler._files import atomic_write
 from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodeUnreachableError
+from reconciler.shell.fleet import map_bounded
+
+# How many nodes of one cluster are connected to, checked or read at once.
+NODE_PARALLELISM = 8
 
 
 class NodeFiles(Protocol):
@@ -37,6 +43,9 @@ class NodeFiles(Protocol):
 
     def remove_directory(self, path: str) -> None:
         """Remove a directory careconcile made, once it is empty; a non-empty one stays."""
+
+    def close(self) -> None:
+        """Let go of any connection; a later call opens it again."""
 
 
 class LocalNodeFiles:
@@ -83,6 +92,9 @@ class LocalNodeFiles:
         except OSError as exc:
             raise NodeUnreachableError(f"{self.describe()}: cannot remove {path}: {exc.strerror}") from exc
 
+    def close(self) -> None:
+        pass
+
     def remove_directory(self, path: str) -> None:
         try:
             os.rmdir(self._where(path))
@@ -93,7 +105,43 @@ class LocalNodeFiles:
                 raise NodeUnreachableError(f"{self.describe()}: cannot remove {path}: {exc.strerror}") from exc
 
 
-def node_files(node: NodeSpec) -> NodeFiles:
+def _spec_path(value: str, base: Path) -> Path:
+    """A path from the spec: '~' expands, a relative one is relative to the spec's directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def node_files(node: NodeSpec, base: Path | None = None) -> NodeFiles:
+    """The transport of ``node``'s access; ``base`` is the spec file's directory, which
+    relative paths in the access (an SSH key file, a known_hosts file) are relative to.
+    Nothing is connected yet."""
+    base = base if base is not None else Path.cwd()
     if node.access.local is not None:
         return LocalNodeFiles(node.name, node.access.local.root)
+    if node.access.ssh is not None:
+        from reconciler.shell.ssh import SSHNodeFiles  # paramiko is loaded only for nodes that need it
+
+        ssh = node.access.ssh
+        return SSHNodeFiles(node.name, ssh, key_file=_spec_path(ssh.key_file, base),
+                            known_hosts_file=_spec_path(ssh.known_hosts_file, base) if ssh.known_hosts_file else None)
     raise NodeUnreachableError(f"node {node.name}: no supported access transport")
+
+
+def open_nodes(nodes: Iterable[NodeSpec], base: Path | None = None, *, check: bool = True,
+               parallelism: int = NODE_PARALLELISM) -> dict[str, NodeFiles]:
+    """Every node's transport, by name, checked (connected, for SSH) ``parallelism`` at a
+    time when ``check``. If a check fails, every transport is closed and the first failure,
+    in the nodes' order, is raised."""
+    opened = {node.name: node_files(node, base) for node in nodes}
+    if check:
+        try:
+            map_bounded(lambda files: files.check(), opened.values(), parallelism)
+        except BaseException:
+            close_nodes(opened)
+            raise
+    return opened
+
+
+def close_nodes(nodes: dict[str, NodeFiles]) -> None:
+    for files in nodes.values():
+        files.close()

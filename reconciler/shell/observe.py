@@ -25,7 +25,10 @@ from reconciler.core.spec import ClusterSpec
 from reconciler.errors import APINotFoundError, NodeUnreachableError, PKIError
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient
-from reconciler.shell.nodes import NodeFiles
+from reconciler.shell.fleet import map_bounded
+from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, ClusterLock
+from reconciler.shell.management import ManagementAccess
+from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore, Stored
 
 RESTARTED_FOR = "careconcile.dev/restarted-for"
@@ -47,10 +50,21 @@ class ClusterAccess:
     roles: dict[str, str]
     store: StateStore
     workspace: Path  # careconcile-workspace/<cluster>
+    # Admin mode: the management cluster that holds the cluster's CA Secret, kubeconfig
+    # Secret, state and lock. The lock's Lease lives on lock_client (the cluster itself if None).
+    management: ManagementAccess | None = None
+    lock_client: KubeClient | None = None
+    lock_namespace: str = LOCK_NAMESPACE
+    lock_name: str = LEASE_NAME
 
     @property
     def name(self) -> str:
         return self.cluster.name
+
+    def lock(self, operation: str) -> ClusterLock:
+        """The cluster's lock for one operation (not taken yet)."""
+        return ClusterLock(self.lock_client or self.client, self.name, operation=operation,
+                           namespace=self.lock_namespace, name=self.lock_name)
 
     @property
     def workspace_kubeconfig(self) -> Path:
@@ -58,6 +72,13 @@ class ClusterAccess:
 
     def control_planes(self) -> list[str]:
         return [name for name, role in self.roles.items() if role == "control-plane"]
+
+    def close(self) -> None:
+        """Close the API client and the nodes' connections (SSH); a later call reopens them."""
+        close_nodes(self.nodes)
+        self.client.close()
+        if self.management is not None:
+            self.management.close()
 
 
 def load_manifest(files: NodeFiles, component: str) -> dict[str, Any] | None:
@@ -325,10 +346,35 @@ def observe_ca_bundles(client: KubeClient, authority_cas: set[str]) -> list[Obse
     return bundles
 
 
+def observe_management(access: ClusterAccess) -> tuple[list[ObservedRecord], list[ObservedBundle],
+                                                       list[ObservedLeaf]]:
+    """Admin mode: the Secret <name>-ca, a CA of record beside the control-plane nodes' files,
+    and the Secret <name>-kubeconfig, a bundle and a leaf like any kubeconfig (it holds this
+    cluster alone, so all of its entries count). Both must exist."""
+    management, layout = access.management, access.layout
+    records, bundles, leaves = [], [], []
+    if layout.management_secret is not None:
+        certs, key = management.read_authority(layout.management_secret)
+        site = management.secret_id(management.names.authority_secret(layout.management_secret))
+        records.append(ObservedRecord(node=site, kind="secret", key_spec=str(pki.key_spec_of(key)),
+                                      cert=next((cert for cert in certs if pki.key_matches_cert(key, cert)), None)))
+    if layout.management_kubeconfig:
+        raw = management.read_kubeconfig().encode()
+        source = management.kubeconfig_source
+        site = management.secret_id(management.names.kubeconfig_secret)
+        references = kubeconfig.file_references(_kubeconfig(raw, source))
+        if references:
+            raise PKIError(f"{source}: {'; '.join(references)}: a kubeconfig in a Secret must embed its certificates")
+        bundles.append(ObservedBundle(id=site, kind="secret-kubeconfig", certs=_kubeconfig_bundle(raw, source)))
+        leaves += _kubeconfig_leaves(raw, source, site=site, kind="secret-kubeconfig", node=None, path=None)
+    return records, bundles, leaves
+
+
 def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObservation:
     bundles, leaves, components, records, endpoints = [], [], [], [], []
-    for name, role in access.roles.items():
-        node_bundles, node_leaves, node_components, record, node_endpoints = _observe_node(access, name, role)
+    # Nodes are read several at once (over SSH mostly waiting); results keep the nodes' order.
+    observed_nodes = map_bounded(lambda node: _observe_node(access, *node), access.roles.items(), NODE_PARALLELISM)
+    for node_bundles, node_leaves, node_components, record, node_endpoints in observed_nodes:
         bundles += node_bundles
         leaves += node_leaves
         components += node_components
@@ -346,6 +392,11 @@ def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObser
                                       certs=_kubeconfig_bundle(raw, str(path), scope), path=str(path)))
         leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path),
                                      scope=scope)
+    if access.management is not None:  # admin mode: the CA of record and the kubeconfig Secrets
+        management_records, management_bundles, management_leaves = observe_management(access)
+        records += management_records
+        bundles += management_bundles
+        leaves += management_leaves
     stored = stored or access.store.load(access.layout.name)
     if access.layout.in_cluster_objects:
         bundles += observe_api_bundles(access.client)

@@ -22,6 +22,7 @@ import jsonschema
 from pydantic import ValidationError
 
 from reconciler import __version__
+from reconciler.core.admin import ManagementNames
 from reconciler.core.authorities import CLUSTER_CA, AuthorityLayout
 from reconciler.core.diff import diff
 from reconciler.core.observed import item_digests
@@ -35,7 +36,8 @@ from reconciler.shell.fleet import DEFAULT_PARALLELISM, map_bounded
 from reconciler.shell.foreign import observe_foreign
 from reconciler.shell.kube import InClusterClient, KubeClient, KubeconfigClient
 from reconciler.shell.lock import ClusterLock
-from reconciler.shell.nodes import node_files
+from reconciler.shell.management import ManagementAccess, SecretKubeconfigClient
+from reconciler.shell.nodes import open_nodes
 from reconciler.shell.observe import ClusterAccess, observe
 from reconciler.shell.specfile import LoadedSpec
 from reconciler.shell.statestore import SecretStateStore, WorkspaceStateStore
@@ -52,23 +54,42 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
                  layout: AuthorityLayout = CLUSTER_CA, *, check_nodes: bool = True) -> ClusterAccess:
     """Reach a cluster's API and nodes; nothing is read or changed yet beyond the
     kubeconfig and the nodes' root directories."""
-    nodes = {node.name: node_files(node) for node in cluster.nodes}
-    for files in nodes.values():
-        if check_nodes:
-            files.check()
+    nodes = open_nodes(cluster.nodes, loaded.path.parent, check=check_nodes)  # SSH: connects, several at once
     kubeconfig_path = loaded.kubeconfig_path(cluster)
-    client: KubeClient = (InClusterClient() if cluster.in_cluster or kubeconfig_path is None
-                          else KubeconfigClient(kubeconfig_path, cluster.context))
+    management = open_management(loaded, cluster)
+    client: KubeClient
+    if kubeconfig_path is not None:
+        client = KubeconfigClient(kubeconfig_path, cluster.context)
+    elif cluster.in_cluster or management is None:
+        client = InClusterClient()
+    else:  # admin mode without a kubeconfig of its own: the one in the Secret <name>-kubeconfig
+        client = SecretKubeconfigClient(management)
     directory = workspace / cluster.name
     store_spec = cluster.state_store
     if store_spec.workspace is not None:
         store = WorkspaceStateStore(directory / "state")
+    elif management is not None:  # admin mode: state and lock in the cluster's management namespace
+        store = SecretStateStore(management.client, namespace=management.namespace,
+                                 name=management.names.state_secret)
     else:
         secret = store_spec.secret
         store = SecretStateStore(client, namespace=secret.namespace, name=secret.name)
-    return ClusterAccess(cluster=cluster, layout=layout, client=client, kubeconfig_path=kubeconfig_path,
-                         nodes=nodes, roles={node.name: node.role for node in cluster.nodes}, store=store,
-                         workspace=directory)
+    access = ClusterAccess(cluster=cluster, layout=layout, client=client, kubeconfig_path=kubeconfig_path,
+                           nodes=nodes, roles={node.name: node.role for node in cluster.nodes}, store=store,
+                           workspace=directory, management=management)
+    if management is not None:
+        access.lock_client = management.client
+        access.lock_namespace, access.lock_name = management.namespace, management.names.lock_lease
+    return access
+
+
+def open_management(loaded: LoadedSpec, cluster: ClusterSpec) -> ManagementAccess | None:
+    """Admin mode: the cluster's management cluster, and where its objects live there."""
+    path = loaded.management_kubeconfig_path(cluster)
+    if path is None:
+        return None
+    client = KubeconfigClient(path, cluster.management.context)
+    return ManagementAccess(client, ManagementNames(cluster.name, cluster.management_namespace))
 
 
 def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None) -> dict[str, ClusterAccess]:
@@ -153,7 +174,7 @@ def locked(accesses: dict[str, ClusterAccess], operation: str,
     locks: dict[str, ClusterLock] = {}
     try:
         for name, access in accesses.items():
-            lock = ClusterLock(access.client, name, operation=operation)
+            lock = access.lock(operation)
             info = lock.acquire()
             if info.took_over_from is not None:
                 say(f"cluster {name}: took over the stale lock {info.took_over_from.describe()}")

@@ -36,8 +36,17 @@ class LoadedSpec:
         None for a cluster reached with ``inCluster: true``."""
         if cluster.kubeconfig is None:
             return None
-        kubeconfig = Path(cluster.kubeconfig).expanduser()
-        return kubeconfig if kubeconfig.is_absolute() else self.path.parent / kubeconfig
+        return self.resolve(cluster.kubeconfig)
+
+    def management_kubeconfig_path(self, cluster: ClusterSpec) -> Path | None:
+        """The kubeconfig of the cluster's management cluster, resolved the same way; None
+        when the cluster names none."""
+        return None if cluster.management is None else self.resolve(cluster.management.kubeconfig)
+
+    def resolve(self, path: str) -> Path:
+        """A path as the spec writes it: '~' expanded, relative to the spec file's directory."""
+        expanded = Path(path).expanduser()
+        return expanded if expanded.is_absolute() else self.path.parent / expanded
 
 
 def load_spec(path: Path) -> LoadedSpec:

@@ -116,8 +116,9 @@ def bundle_fingerprints(pem: bytes, source: str) -> list[str]:
     return [pki.fingerprint(cert) for cert in pki.load_certificates(pem, source=source)]
 
 
-def assert_cluster_trusts_only(info, ca: x509.Certificate, workspace_kubeconfig: Path | None = None) -> None:
-    """Every consumer of the cluster CA trusts exactly ``ca`` and every leaf comes from it."""
+def assert_nodes_trust_only(info, ca: x509.Certificate) -> None:
+    """Every node file of the cluster CA trusts exactly ``ca``, every leaf comes from it, and
+    every apiserver presents a chain to it."""
     expected = [pki.fingerprint(ca)]
     for node in info.nodes:
         root = Path(node.root)
@@ -132,6 +133,14 @@ def assert_cluster_trusts_only(info, ca: x509.Certificate, workspace_kubeconfig:
                     assert pki.is_signed_by(pki.load_certificates(cert_pem, source=user)[0], ca), f"{path} {user}"
         pem = root / kubeadm.KUBELET_CLIENT_CERT.lstrip("/")
         assert pki.is_signed_by(pki.load_certificates(pem.read_bytes(), source=str(pem))[0], ca), str(pem)
+    for server in info.apiservers:
+        assert probes.serves_chain_to(server, pki.cert_pem(ca)), f"{server} does not present a chain to the CA"
+
+
+def assert_cluster_trusts_only(info, ca: x509.Certificate, workspace_kubeconfig: Path | None = None) -> None:
+    """Every consumer of the cluster CA trusts exactly ``ca`` and every leaf comes from it."""
+    assert_nodes_trust_only(info, ca)
+    expected = [pki.fingerprint(ca)]
     with KubeClient(load_kubeconfig(Path(info.kubeconfig))) as client:
         configmaps = client.list("/api/v1/configmaps", field_selector="metadata.name=kube-root-ca.crt")
         assert configmaps, "no kube-root-ca.crt ConfigMaps"
@@ -145,8 +154,6 @@ def assert_cluster_trusts_only(info, ca: x509.Certificate, workspace_kubeconfig:
         nodes = client.list("/api/v1/nodes")
         assert nodes and all(any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
                              for n in nodes), "not every node is Ready"
-    for server in info.apiservers:
-        assert probes.serves_chain_to(server, pki.cert_pem(ca)), f"{server} does not present a chain to the CA"
     if workspace_kubeconfig is not None:
         with KubeClient(load_kubeconfig(workspace_kubeconfig)) as client:
             assert client.get("/api")["kind"] == "APIVersions"

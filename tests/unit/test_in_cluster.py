@@ -83,7 +83,7 @@ def test_a_kubeconfig_alone_is_valid_and_in_cluster_false_changes_nothing(tmp_pa
 @pytest.mark.parametrize("access", ["context: admin@one", "inCluster: false"])
 def test_neither_kubeconfig_nor_in_cluster_is_reported_at_the_cluster(tmp_path, access):
     path = spec_file(tmp_path, access)
-    assert problems(path) == ["7:7: spec.clusters[0].kubeconfig: required field is missing (or set inCluster: true)"]
+    assert problems(path) == ["7:7: spec.clusters[0].kubeconfig: required field is missing (or set inCluster: true, or name a management cluster)"]
     assert not schema_accepts(path)
 
 

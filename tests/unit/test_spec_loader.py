@@ -61,7 +61,7 @@ def test_every_error_is_reported_at_its_line_and_column(tmp_path):
     assert message == f"{path}: invalid spec (3 errors)"
     assert problems == [
         # missing: at the mapping that lacks the field (the cluster, line 7 after "- ")
-        f"{path}:7:7: spec.clusters[0].kubeconfig: required field is missing (or set inCluster: true)",
+        f"{path}:7:7: spec.clusters[0].kubeconfig: required field is missing (or set inCluster: true, or name a management cluster)",
         # unknown: at the unknown key itself
         f"{path}:8:7: spec.clusters[0].kubeconfg: unknown field; did you mean 'kubeconfig'?",
         # wrong value: at the value
@@ -75,7 +75,7 @@ def test_errors_of_an_object_point_at_the_object(tmp_path):
     _, problems = problems_of(write(tmp_path, text))
     assert problems == [
         f"{tmp_path}/spec.yaml:17:19: spec.clusters[0].nodes[1].access: "
-        "set exactly one access transport (one of: local)",
+        "set exactly one access transport (one of: local, ssh)",
     ]
     text = VALID.replace("        - name: w1\n", "        - name: cp\n")
     _, problems = problems_of(write(tmp_path, text))

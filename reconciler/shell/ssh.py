@@ -1,0 +1,388 @@
+"""The ``ssh`` transport: a node's files over SFTP, with the same methods as ``local``.
+
+One SSH connection and one SFTP session per node, opened on first use and reused for
+every later call; a lock per node makes it safe to share between threads (work on
+different nodes runs concurrently, each node's calls one after the other). A connection
+that drops is opened again on the next call.
+
+Host keys are never trusted on first use: the spec pins the node's key (``hostKey``) or
+names a known_hosts file that holds it. Writes are atomic: a temp file beside the target,
+created with the file's mode before any byte is written, given the old file's owner,
+fsynced, then renamed over the target (OpenSSH's posix-rename), and removed on any
+failure. Restarting a component is a write of its manifest, so files are all it needs.
+
+Every failure is a :class:`NodeUnreachableError` that names the node, ``user@host:port``
+and what was being done, with the paramiko or OS error as its cause.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import errno
+import posixpath
+import secrets
+import socket
+import stat
+import threading
+import weakref
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import paramiko
+from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+from paramiko.sftp_attr import SFTPAttributes
+from paramiko.sftp_file import SFTPFile
+
+from reconciler.core.spec import SSHAccess
+from reconciler.errors import NodeUnreachableError
+
+CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, authentication, opening the SFTP channel
+OPERATION_TIMEOUT = 60.0  # one SFTP request without an answer: the connection is taken as lost
+KEEPALIVE_SECONDS = 30  # phase checks may leave a connection idle for minutes
+
+Result = TypeVar("Result")
+
+# Connections still open when the process ends are closed then (the CLI commands end
+# with the process; code that opens clusters in-process closes them with ClusterAccess.close).
+_open: "weakref.WeakSet[SSHNodeFiles]" = weakref.WeakSet()
+
+
+def close_all() -> None:
+    for files in list(_open):
+        files.close()
+
+
+atexit.register(close_all)
+
+
+def key_fingerprint(key: paramiko.PKey) -> str:
+    """``ssh-ed25519 SHA256:...``, as OpenSSH shows a key."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, key: paramiko.PKey) -> None:
+        super().__init__(key_fingerprint(key))
+        self.key = key
+
+
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+    """A host key the spec does not know is refused, never added."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(key)
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether an error means the connection is gone (rather than an SFTP status for one file)."""
+    return isinstance(exc, (paramiko.SSHException, EOFError, socket.timeout, ConnectionError))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.EACCES:
+        return "permission denied"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+        return "no such file or directory"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class SSHNodeFiles:
+    """A node's files over SSH; paths are the node's absolute paths, mapped under ``root``."""
+
+    def __init__(self, node: str, access: SSHAccess, *, key_file: Path, known_hosts_file: Path | None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.node = node
+        self.host = access.host
+        self.port = access.port
+        self.user = access.user
+        self.root = access.root
+        self.key_file = key_file
+        self.known_hosts_file = known_hosts_file
+        self.pinned_host_key = access.host_key
+        self.connect_timeout = connect_timeout
+        self.connections = 0  # how often this node was connected to (reuse keeps it at 1)
+        self._lock = threading.RLock()
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._orphans: set[str] = set()  # temp files a dropped connection kept us from removing
+
+    # --- describing and connecting ------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        root = f", root {self.root}" if self.root != "/" else ""
+        return f"node {self.node} (ssh {self.address}{root})"
+
+    def _fail(self, message: str, *, hint: str | None = None) -> NodeUnreachableError:
+        return NodeUnreachableError(f"{self.describe()}: {message}", hint=hint)
+
+    def _where(self, path: str) -> str:
+        return posixpath.join(self.root, path.lstrip("/"))
+
+    def _host_key_name(self) -> str:
+        # How known_hosts names a host (OpenSSH and paramiko alike).
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _private_key(self) -> paramiko.PKey:
+        # The key's one source today; a key from a Secret (keySecret) becomes another here.
+        try:
+            return paramiko.PKey.from_path(self.key_file)
+        except paramiko.PasswordRequiredException as exc:
+            raise self._fail(f"the key file {self.key_file} is encrypted; careconcile needs a key without a "
+                             "passphrase") from exc
+        except OSError as exc:
+            raise self._fail(f"cannot read the key file {self.key_file}: {_reason(exc)}",
+                             hint="check keyFile (relative paths are relative to the spec file's directory)") from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            raise self._fail(f"the key file {self.key_file} is not a private key careconcile can read ({exc})") from exc
+
+    def _expected_host_keys(self, client: paramiko.SSHClient) -> str:
+        """Load the keys the node may offer into ``client``; returns where they came from."""
+        keys = client.get_host_keys()
+        if self.pinned_host_key is not None:
+            kind, data = self.pinned_host_key.split()[:2]
+            keys.add(self._host_key_name(), kind, paramiko.PKey.from_type_string(kind, base64.b64decode(data)))
+            return "the spec's hostKey"
+        assert self.known_hosts_file is not None
+        try:
+            keys.load(str(self.known_hosts_file))
+        except OSError as exc:
+            raise self._fail(f"cannot read the known_hosts file {self.known_hosts_file}: {_reason(exc)}",
+                             hint="check knownHostsFile (relative paths are relative to the spec file's "
+                                  "directory)") from exc
+        return f"the known_hosts file {self.known_hosts_file}"
+
+    def _connect(self) -> paramiko.SFTPClient:
+        key = self._private_key()
+        client = paramiko.SSHClient()
+        expected_from = self._expected_host_keys(client)
+        client.set_missing_host_key_policy(_RejectUnknown())
+        where = f"{self.host}:{self.port}"
+        timeout = self.connect_timeout
+        try:
+            client.connect(self.host, self.port, username=self.user, pkey=key, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+                           allow_agent=False, look_for_keys=False)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise self._fail(
+                f"wrong host key: {where} offered {key_fingerprint(exc.key)}, but {expected_from} expects "
+                f"{key_fingerprint(exc.expected_key)}; not connecting",
+                hint="if the node's host key changed on purpose, check the new key out of band "
+                     f"(ssh-keyscan -p {self.port} {self.host}) and update the spec") from exc
+        except _UnknownHostKey as exc:
+            client.close()
+            raise self._fail(
+                f"unknown host key: {where} offered {exc}, and {expected_from} holds no key for "
+                f"{self._host_key_name()}; careconcile never trusts a host key on first use; not connecting",
+                hint="add the node's host key to the known_hosts file, or pin it with hostKey") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise self._fail(f"{where} refused the key {self.key_file} ({key_fingerprint(key)}) for user "
+                             f"{self.user}: {exc}",
+                             hint=f"add the key's public half to {self.user}'s authorized_keys on the node") from exc
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            client.close()
+            raise self._fail(f"cannot connect to {where}: connection refused",
+                             hint="is sshd running there, on that port?") from exc
+        except socket.timeout as exc:
+            client.close()
+            raise self._fail(f"cannot connect to {where}: no answer within {timeout:.0f}s") from exc
+        except (paramiko.SSHException, EOFError) as exc:
+            client.close()
+            raise self._fail(f"SSH handshake with {where} failed: {exc or type(exc).__name__}") from exc
+        except OSError as exc:
+            client.close()
+            raise self._fail(f"cannot connect to {where}: {_reason(exc)}") from exc
+        try:
+            sftp = client.open_sftp()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            client.close()
+            raise self._fail(f"{where} offers no SFTP subsystem: {exc or type(exc).__name__}",
+                             hint="careconcile reaches node files over SFTP; enable sshd's sftp Subsystem") from exc
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE_SECONDS)
+        sftp.get_channel().settimeout(OPERATION_TIMEOUT)
+        self._client, self._sftp = client, sftp
+        self.connections += 1
+        _open.add(self)
+        for orphan in sorted(self._orphans):  # left by a connection that dropped mid-write
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                sftp.remove(orphan)
+            self._orphans.discard(orphan)
+        return sftp
+
+    def _session(self) -> paramiko.SFTPClient:
+        if self._sftp is not None and self._client is not None:
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return self._sftp
+            self.close()
+        return self._connect()
+
+    def _run(self, doing: str, work: Callable[[paramiko.SFTPClient], Result]) -> Result:
+        """``work`` on this node's SFTP session, one call at a time; errors name the node."""
+        with self._lock:
+            sftp = self._session()
+            try:
+                return work(sftp)
+            except NodeUnreachableError:
+                raise
+            except Exception as exc:
+                if _lost(exc):
+                    self.close()
+                    raise self._fail(f"lost the connection while trying to {doing}: {exc or type(exc).__name__}") from exc
+                raise self._fail(f"cannot {doing}: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._sftp = self._client, None, None
+            _open.discard(self)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    # --- the NodeFiles methods -----------------------------------------------------------
+
+    def check(self) -> None:
+        def root_is_directory(sftp: paramiko.SFTPClient) -> None:
+            try:
+                attributes = sftp.stat(self.root)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise self._fail(f"the root directory {self.root} does not exist on the node",
+                                     hint="check spec.clusters[].nodes[].access.ssh.root") from None
+                raise
+            if not stat.S_ISDIR(attributes.st_mode or 0):
+                raise self._fail(f"the root {self.root} is not a directory on the node")
+        self._run(f"read the root directory {self.root}", root_is_directory)
+
+    def read(self, path: str) -> bytes | None:
+        def read(sftp: paramiko.SFTPClient) -> bytes | None:
+            try:
+                with sftp.open(self._where(path), "rb") as handle:
+                    return handle.read()
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and not _lost(exc):
+                    return None
+                raise
+        return self._run(f"read {path}", read)
+
+    def mode(self, path: str) -> int | None:
+        def mode(sftp: paramiko.SFTPClient) -> int | None:
+            try:
+                return (sftp.stat(self._where(path)).st_mode or 0) & 0o777
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and not _lost(exc):
+                    return None
+                raise
+        return self._run(f"read the mode of {path}", mode)
+
+    def write(self, path: str, content: bytes, mode: int) -> None:
+        target = self._where(path)
+        directory, name = posixpath.split(target)
+        temp = posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
+
+        def write(sftp: paramiko.SFTPClient) -> None:
+            _make_directories(sftp, directory)
+            try:
+                existing = sftp.stat(target)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or _lost(exc):
+                    raise
+                existing = None
+            handle = _create(sftp, temp, mode)
+            try:
+                with handle:
+                    handle.chmod(mode)  # exactly the mode: the server's umask may have taken bits away
+                    if existing is not None:
+                        mine = handle.stat()
+                        if (mine.st_uid, mine.st_gid) != (existing.st_uid, existing.st_gid):
+                            handle.chown(existing.st_uid, existing.st_gid)  # root may; others fail here
+                    handle.write(content)
+                    handle.flush()
+                    _fsync(sftp, handle)
+                sftp.posix_rename(temp, target)
+            except BaseException as exc:
+                try:
+                    sftp.remove(temp)
+                except Exception:
+                    if _lost(exc):
+                        self._orphans.add(temp)  # removed when the node is reached again
+                raise
+        self._run(f"write {path}", write)
+
+    def remove(self, path: str) -> None:
+        def remove(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.remove(self._where(path))
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or _lost(exc):
+                    raise
+        self._run(f"remove {path}", remove)
+
+    def remove_directory(self, path: str) -> None:
+        def remove_directory(sftp: paramiko.SFTPClient) -> None:
+            where = self._where(path)
+            try:
+                sftp.rmdir(where)
+            except OSError as exc:
+                if _lost(exc) or exc.errno not in (errno.ENOENT, None):
+                    raise
+                if exc.errno is None and not sftp.listdir(where):
+                    raise  # SFTP says only "Failure": the directory is empty, so it was something else
+        self._run(f"remove the directory {path}", remove_directory)
+
+
+def _create(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:
+    """Create ``path`` exclusively, with ``mode`` from the start: SFTP's open carries the new
+    file's permissions, which paramiko's ``open`` does not expose."""
+    attributes = SFTPAttributes()
+    attributes.st_mode = mode
+    kind, message = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes)
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError(f"expected a file handle from the server opening {path}")
+    return SFTPFile(sftp, message.get_binary(), "wb")
+
+
+def _fsync(sftp: paramiko.SFTPClient, handle: SFTPFile) -> None:
+    """OpenSSH's fsync@openssh.com, when the server has it."""
+    try:
+        sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
+    except OSError as exc:
+        if exc.errno is not None or "unsupported" not in str(exc).lower():
+            raise
+
+
+def _make_directories(sftp: paramiko.SFTPClient, directory: str) -> None:
+    missing = []
+    while directory not in ("", "/"):
+        try:
+            sftp.stat(directory)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENOENT or _lost(exc):
+                raise
+            missing.append(directory)
+            directory = posixpath.dirname(directory)
+    for path in reversed(missing):
+        try:
+            sftp.mkdir(path, 0o755)
+        except OSError as exc:
+            if _lost(exc) or not _is_directory(sftp, path):  # else another writer made it meanwhile
+                raise
+
+
+def _is_directory(sftp: paramiko.SFTPClient, path: str) -> bool:
+    try:
+        return stat.S_ISDIR(sftp.stat(path).st_mode or 0)
+    except OSError:
+        return False

@@ -1,0 +1,349 @@
+"""The ssh node transport against a real OpenSSH server (Debian's sshd on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from paramiko.sftp_file import SFTPFile
+
+from reconciler.core import pki
+from reconciler.core.spec import NodeSpec
+from reconciler.errors import NodeUnreachableError
+from reconciler.shell.nodes import node_files, open_nodes
+
+from .rotation import (
+    Poller, assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, record_ca, rejects_client_of,
+    set_rotation,
+)
+from .sshd import UNPRIVILEGED, closed_port, other_host_key, running_sshd, ssh_access
+
+pytestmark = pytest.mark.integration
+
+CA_CERT = "/etc/kubernetes/pki/ca.crt"
+CA_KEY = "/etc/kubernetes/pki/ca.key"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_sshd(unprivileged=os.geteuid() == 0) as started:
+        yield started
+
+
+def _node(name: str, access: dict) -> NodeSpec:
+    return NodeSpec.model_validate({"name": name, "role": "worker", "access": {"ssh": access}})
+
+
+def _files(server, root, name="n1", **overrides):
+    return node_files(_node(name, ssh_access(server, root, **overrides)))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: what "nothing changed" compares."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _node_root(tmp_path: Path) -> Path:
+    root = tmp_path / "node"
+    (root / "etc/kubernetes/pki").mkdir(parents=True)
+    (root / "etc/kubernetes/pki/ca.crt").write_bytes(b"old certificate\n")
+    return root
+
+
+def test_read_write_mode_remove_round_trip(server, tmp_path):
+    root = _node_root(tmp_path)
+    files = _files(server, root)
+    try:
+        files.check()
+        assert files.read("/etc/kubernetes/pki/missing.crt") is None
+        assert files.mode("/etc/kubernetes/pki/missing.crt") is None
+        assert files.read(CA_CERT) == b"old certificate\n"
+
+        # a new file in directories that do not exist yet, as stage-signer writes one
+        files.write("/etc/kubernetes/pki/careconcile/clusterCA.key", b"key bytes", 0o600)
+        local = root / "etc/kubernetes/pki/careconcile/clusterCA.key"
+        assert local.read_bytes() == b"key bytes"
+        assert local.stat().st_mode & 0o777 == 0o600
+        assert files.mode("/etc/kubernetes/pki/careconcile/clusterCA.key") == 0o600
+        assert files.read("/etc/kubernetes/pki/careconcile/clusterCA.key") == b"key bytes"
+
+        files.write(CA_CERT, b"new certificate\n" * 5000, 0o644)  # larger than one SFTP request
+        assert (root / CA_CERT.lstrip("/")).read_bytes() == b"new certificate\n" * 5000
+
+        files.remove("/etc/kubernetes/pki/careconcile/clusterCA.key")
+        files.remove("/etc/kubernetes/pki/careconcile/clusterCA.key")  # gone already: fine
+        assert not local.exists()
+        (root / "etc/kubernetes/pki/careconcile/other").write_text("not careconcile's")
+        files.remove_directory("/etc/kubernetes/pki/careconcile")  # not empty: stays
+        assert (root / "etc/kubernetes/pki/careconcile/other").exists()
+        (root / "etc/kubernetes/pki/careconcile/other").unlink()
+        files.remove_directory("/etc/kubernetes/pki/careconcile")
+        assert not (root / "etc/kubernetes/pki/careconcile").exists()
+        files.remove_directory("/etc/kubernetes/pki/careconcile")  # gone already: fine
+        assert sorted(p.name for p in (root / "etc/kubernetes/pki").iterdir()) == ["ca.crt"]
+    finally:
+        files.close()
+
+
+def test_write_sets_mode_and_owner_before_any_byte_and_leaves_no_temp_file(server, tmp_path, monkeypatch):
+    root = _node_root(tmp_path)
+    key = root / CA_KEY.lstrip("/")
+    key.write_bytes(b"old key")
+    key.chmod(0o644)
+    owner = (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        owner = (1234, 2345)  # someone else's file: the rewrite keeps its owner
+        os.chown(key, *owner)
+    seen = []  # the temp file as it was when the first byte went out
+    write = SFTPFile.write
+
+    def spy(handle, data):
+        for path in key.parent.iterdir():
+            if path.name.startswith(".ca.key.careconcile-"):
+                info = path.stat()
+                seen.append((info.st_mode & 0o777, (info.st_uid, info.st_gid), info.st_size))
+        return write(handle, data)
+
+    monkeypatch.setattr(SFTPFile, "write", spy)
+    files = _files(server, root)
+    try:
+        files.write(CA_KEY, b"new key", 0o600)
+    finally:
+        files.close()
+    assert seen == [(0o600, owner, 0)]
+    assert key.read_bytes() == b"new key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (key.stat().st_uid, key.stat().st_gid) == owner
+    assert sorted(p.name for p in key.parent.iterdir()) == ["ca.crt", "ca.key"]
+
+
+def test_a_refused_connection_names_the_node_and_changes_nothing(tmp_path, server):
+    root = _node_root(tmp_path)
+    before = _tree(root)
+    port = closed_port()
+    files = _files(server, root, name="refusing-node", port=port)
+    with pytest.raises(NodeUnreachableError) as error:
+        files.write(CA_CERT, b"new", 0o644)
+    message = str(error.value)
+    assert "node refusing-node" in message and f"127.0.0.1:{port}" in message
+    assert "connection refused" in message
+    assert isinstance(error.value.__cause__, OSError)
+    assert _tree(root) == before
+
+    # the same through the command line: exit 1, the node named, before any API call
+    spec = tmp_path / "spec" / "spec.yaml"
+    (spec.parent / "keys").mkdir(parents=True)
+    shutil.copy(server.client_key, spec.parent / "keys" / "client")
+    spec.write_text(f"""\
+apiVersion: careconcile.dev/v1alpha1
+kind: CASpec
+metadata: {{name: refused}}
+spec:
+  clusters:
+    - name: refused
+      kubeconfig: no-such-kubeconfig
+      nodes:
+        - name: refusing-node
+          role: control-plane
+          access:
+            ssh: {{host: 127.0.0.1, port: {port}, user: {server.user}, keyFile: keys/client, hostKey: "{server.host_key}",
+                  root: {root}}}
+""")
+    result = careconcile("plan", str(spec), workspace=tmp_path / "workspace")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "node refusing-node" in result.stderr and f"127.0.0.1:{port}: connection refused" in result.stderr
+    assert _tree(root) == before
+
+
+def test_a_wrong_host_key_is_refused_naming_both_keys(server, tmp_path):
+    root = _node_root(tmp_path)
+    before = _tree(root)
+    pinned = other_host_key(tmp_path)
+    files = _files(server, root, name="impostor", hostKey=pinned)
+    with pytest.raises(NodeUnreachableError) as error:
+        files.write(CA_CERT, b"new", 0o644)
+    message = str(error.value)
+    offered = pki_fingerprint_of(server.host_key)
+    expected = pki_fingerprint_of(pinned)
+    assert "node impostor" in message and f"127.0.0.1:{server.port}" in message
+    assert f"wrong host key: 127.0.0.1:{server.port} offered ssh-ed25519 {offered}" in message
+    assert f"the spec's hostKey expects ssh-ed25519 {expected}" in message
+    assert _tree(root) == before
+    assert files.connections == 0
+
+
+def test_known_hosts_file_hashed_entries_work_and_a_missing_entry_is_refused(server, tmp_path):
+    root = _node_root(tmp_path)
+    known = tmp_path / "known_hosts"
+    known.write_text(server.known_hosts_line() + "\n")
+    os.system(f"ssh-keygen -q -H -f {known} >/dev/null 2>&1")  # hash the names, as HashKnownHosts does
+    assert "127.0.0.1" not in known.read_text()
+    files = _files(server, root, hostKey=None, knownHostsFile=str(known))
+    try:
+        assert files.read(CA_CERT) == b"old certificate\n"
+    finally:
+        files.close()
+
+    elsewhere = tmp_path / "known_hosts_elsewhere"
+    elsewhere.write_text(server.known_hosts_line(host="node-elsewhere") + "\n")  # names another host; never contacted
+    files = _files(server, root, name="stranger", hostKey=None, knownHostsFile=str(elsewhere))
+    with pytest.raises(NodeUnreachableError, match=r"node stranger .*unknown host key: .*never trusts a host key "
+                                                   r"on first use"):
+        files.check()
+
+
+def test_a_client_key_the_node_does_not_accept_is_reported(server, tmp_path):
+    root = _node_root(tmp_path)
+    before = _tree(root)
+    stranger = tmp_path / "stranger_key"
+    other_host_key(tmp_path)  # any key the server does not list in authorized_keys
+    shutil.copy(tmp_path / "other_host_key", stranger)
+    files = _files(server, root, name="picky-node", keyFile=str(stranger))
+    with pytest.raises(NodeUnreachableError) as error:
+        files.write(CA_CERT, b"new", 0o644)
+    assert f"node picky-node (ssh {server.user}@127.0.0.1:{server.port}" in str(error.value)
+    assert f"refused the key {stranger}" in str(error.value)
+    assert _tree(root) == before
+
+
+def pki_fingerprint_of(line: str) -> str:
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def test_a_permission_error_names_the_node_and_the_path_and_leaves_nothing(server):
+    # Root may write anywhere, so as root the node is reached as an unprivileged user
+    # (SFTP only), whose writes into root's 0755 directories fail for real. As another
+    # user, a 0555 directory does the same.
+    unprivileged = os.geteuid() == 0
+    scratch = Path(tempfile.mkdtemp(prefix="careconcile-ssh-perm-"))
+    try:
+        scratch.chmod(0o755)
+        root = _node_root(scratch)
+        key = root / CA_KEY.lstrip("/")
+        key.write_bytes(b"root's key")
+        key.chmod(0o600)
+        pki_dir = root / "etc/kubernetes/pki"
+        if not unprivileged:
+            pki_dir.chmod(0o555)
+        before = _tree(root)
+        files = _files(server, root, name="locked-node", user=UNPRIVILEGED if unprivileged else None)
+        try:
+            files.check()
+            with pytest.raises(NodeUnreachableError) as error:
+                files.write(CA_CERT, b"new certificate", 0o644)
+            message = str(error.value)
+            assert "node locked-node" in message and f"127.0.0.1:{server.port}" in message
+            assert f"cannot write {CA_CERT}: permission denied" in message
+            assert isinstance(error.value.__cause__, PermissionError)
+            if unprivileged:
+                with pytest.raises(NodeUnreachableError, match=f"node locked-node .*cannot read {CA_KEY}: "
+                                                                "permission denied"):
+                    files.read(CA_KEY)
+            files.check()  # the connection survives a refused write
+        finally:
+            files.close()
+        pki_dir.chmod(0o755)
+        assert _tree(root) == before
+        assert sorted(p.name for p in pki_dir.iterdir()) == ["ca.crt", "ca.key"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_one_connection_per_node_reused_across_calls_and_threads(server, tmp_path):
+    root = _node_root(tmp_path)
+    logins = server.accepted_logins()
+    files = _files(server, root)
+    try:
+        files.check()
+        for index in range(10):
+            files.write(f"/etc/kubernetes/file-{index}", str(index).encode(), 0o644)
+            assert files.read(f"/etc/kubernetes/file-{index}") == str(index).encode()
+        errors = []
+
+        def work(worker: int) -> None:
+            try:
+                for index in range(10):
+                    path = f"/etc/kubernetes/thread-{worker}-{index}"
+                    files.write(path, path.encode(), 0o600)
+                    assert files.read(path) == path.encode()
+                    assert files.mode(path) == 0o600
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert files.connections == 1
+        _wait_for_logins(server, logins + 1)
+        assert server.accepted_logins() == logins + 1
+
+        files.close()  # the next call connects again
+        assert files.read("/etc/kubernetes/file-0") == b"0"
+        assert files.connections == 2
+    finally:
+        files.close()
+
+    # many nodes: one connection each, checked concurrently, in the nodes' order
+    logins = server.accepted_logins()
+    nodes = [_node(f"node-{index}", ssh_access(server, root)) for index in range(5)]
+    opened = open_nodes(nodes)
+    try:
+        assert list(opened) == [f"node-{index}" for index in range(5)]
+        assert [files.connections for files in opened.values()] == [1] * 5
+        _wait_for_logins(server, logins + 5)
+    finally:
+        for files in opened.values():
+            files.close()
+
+
+def _wait_for_logins(server, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while server.accepted_logins() < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_full_rotation_over_ssh_reaches_the_same_end_state(start_sandbox, tmp_path):
+    info = start_sandbox("sshrot", control_planes=1, workers=3, ssh=True)
+    spec = Path(info.spec)
+    text = spec.read_text()
+    assert "local:" not in text and text.count("ssh:") == 4 and "keyFile: ssh/client_key" in text
+
+    old = record_ca(info)
+    set_rotation(spec, 1)
+    started = time.monotonic()
+    with Poller(Path(info.kubeconfig), set(info.apiservers)) as poller:
+        result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path)
+    print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
+          f"during it, {len(poller.failures)} failed")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "Apply complete!" in result.stdout
+    new = record_ca(info)
+    assert poller.failures == [], "\n".join(poller.failures[:10])
+    assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
+
+    assert_cluster_trusts_only(info, new.cert, tmp_path / info.name / f"{info.name}-kubeconfig")
+    assert rejects_client_of(info, old, trust=new.cert), "a client certificate from the old CA is still accepted"
+    assert not rejects_client_of(info, new, trust=new.cert)
+    again = careconcile("plan", str(spec), "--detailed-exitcode", workspace=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "No changes." in again.stdout
+    assert_no_private_key_in_files(tmp_path)
+    # nothing half-written anywhere: no temp file of careconcile's is left on any node
+    for node in info.nodes:
+        leftovers = [str(path) for path in Path(node.root).rglob(".*.tmp")]
+        assert leftovers == [], leftovers
+    # every file careconcile wrote went over SSH: the sshd logged the logins of the runs
+    log = Path(info.ssh["directory"]) / "sshd.log"
+    assert "Accepted publickey for " in log.read_text()

@@ -15,6 +15,7 @@ from reconciler.cli import register as register_command
 from reconciler.cli import sandbox as sandbox_command
 from reconciler.cli import schema as schema_command
 from reconciler.cli import unlock as unlock_command
+from reconciler.cli import update as update_command
 from reconciler.cli import validate as validate_command
 from reconciler.errors import EXIT_USAGE, CareconcileError, exit_code_for
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply_command.register(commands)
     drift_command.register(commands)
     unlock_command.register(commands)
+    update_command.register(commands)
     register_command.register(commands)
     sandbox_command.register(commands)
     validate_command.register(commands)

@@ -186,14 +186,21 @@ def locked(accesses: dict[str, ClusterAccess], operation: str,
                 lock.release()
 
 
-class ApplyLog:
-    """careconcile-workspace/<cluster>/log/apply-<TIMESTAMP>/apply.log: one line per event."""
+def log_directory(access: ClusterAccess, operation: str) -> Path:
+    """careconcile-workspace/<cluster>/log/<operation>-<TIMESTAMP>/, made now."""
+    directory = access.workspace / "log" / f"{operation}-{utcnow().strftime('%Y%m%dT%H%M%S.%fZ')}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
-    def __init__(self, access: ClusterAccess, operation: str) -> None:
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S.%fZ")
-        self.directory = access.workspace / "log" / f"{operation}-{stamp}"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / "apply.log"
+
+class ApplyLog:
+    """careconcile-workspace/<cluster>/log/apply-<TIMESTAMP>/apply.log: one line per event.
+    A command with a log of its own (update credentials) passes its directory and file name."""
+
+    def __init__(self, access: ClusterAccess, operation: str, *, directory: Path | None = None,
+                 filename: str = "apply.log") -> None:
+        self.directory = directory or log_directory(access, operation)
+        self.path = self.directory / filename
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, message: str) -> None:
@@ -255,7 +262,8 @@ class FleetOutcome:
 def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
              until: int | None = None, phase_timeout: float = 300.0, stream: TextIO = sys.stdout,
              locks: dict[str, ClusterLock] | None = None, max_parallel_clusters: int = 1,
-             keep_going: bool = False) -> list[RunReport]:
+             keep_going: bool = False,
+             open_log: Callable[[ClusterAccess, str], ApplyLog] = ApplyLog) -> list[RunReport]:
     """Run every cluster's actions in order, ``max_parallel_clusters`` clusters at a time
     (a wave). After a wave in which a cluster failed, later waves start only with
     ``keep_going``. The caller holds the locks. Raises when any cluster failed."""
@@ -271,7 +279,7 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
         try:
             return _run_cluster(plan, cluster, loaded, accesses[cluster.cluster], until=until,
                                 phase_timeout=phase_timeout, progress=progress,
-                                lock=(locks or {}).get(cluster.cluster), interrupted=interrupted)
+                                lock=(locks or {}).get(cluster.cluster), interrupted=interrupted, open_log=open_log)
         except CareconcileError as exc:  # this cluster's failure; the others of its wave finish
             return exc
 
@@ -307,14 +315,15 @@ def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
 
 def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, access: ClusterAccess, *,
                  until: int | None, phase_timeout: float, progress: Progress,
-                 lock: ClusterLock | None, interrupted: threading.Event | None = None) -> RunReport:
+                 lock: ClusterLock | None, interrupted: threading.Event | None = None,
+                 open_log: Callable[[ClusterAccess, str], ApplyLog] = ApplyLog) -> RunReport:
     if lock is not None:
         # The lock was taken before the first wave and is renewed only by its own cluster's
         # run: a cluster of a later wave may have waited past its TTL. Renewing it first
         # fails this cluster, before any change, if another run took the lock over meanwhile.
         lock.renew()
     desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
-    log = ApplyLog(access, plan.operation)
+    log = open_log(access, plan.operation)
     log.write(f"{plan.operation} cluster {cluster.cluster}: {len(cluster.actions)} actions, "
               f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
 

@@ -12,13 +12,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.authorities import CLUSTER_CA
 from reconciler.shell import probes
-from reconciler.shell.kube import KubeClient, load_kubeconfig
+from reconciler.shell.kube import KubeClient, kubeconfig_target, load_kubeconfig
 
 PRIVATE_KEY_HEADER = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +78,9 @@ class Poller:
     kubeconfig: Path
     servers: set[str]  # contexts of other clusters in the same file are not polled
     interval: float = 0.05
+    # Where the kubeconfig's text comes from, if not the file (admin mode: the Secret
+    # <name>-kubeconfig of the management cluster, fetched afresh for every request).
+    read: Callable[[], str] | None = None
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     per_server: dict[str, int] = field(default_factory=dict)
@@ -97,12 +101,14 @@ class Poller:
         turn = 0
         while not self._stop.is_set():
             try:
-                document = kubeconfig.parse(self.kubeconfig.read_text(), source=str(self.kubeconfig))
+                text = self.read() if self.read is not None else self.kubeconfig.read_text()
+                document = kubeconfig.parse(text, source=str(self.kubeconfig))
                 servers = {c["name"]: c["cluster"]["server"] for c in document["clusters"]}
                 contexts = [c["name"] for c in document["contexts"] if servers.get(c["context"]["cluster"]) in self.servers]
                 context = contexts[turn % len(contexts)]
                 turn += 1
-                target = load_kubeconfig(self.kubeconfig, context)
+                target = kubeconfig_target(text, source=str(self.kubeconfig), context=context,
+                                           base=self.kubeconfig.parent)
                 with KubeClient(target, timeout=10) as client:
                     client.get("/api/v1/namespaces/kube-system")
                 self.per_server[target.server] = self.per_server.get(target.server, 0) + 1

@@ -1,0 +1,140 @@
+"""`careconcile update credentials --cluster-ca`: one imperative rotation of a user cluster's
+CA, from nothing but the admin cluster, on the same plan/apply machinery as `apply`.
+
+What the admin cluster holds for the cluster (the Cluster API Secrets, the node inventory,
+the SSH key) becomes a one-cluster spec, written into the run's log directory so the run
+can be read back; its rotation counter is one above the last applied rotation, or the
+counter of the rotation in progress, so a second run after an interruption finishes that
+rotation instead of starting another.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TextIO
+
+from ruamel.yaml import YAML
+
+from reconciler._files import atomic_write
+from reconciler.core.admin import SSH_KEY_KEY, ManagementNames
+from reconciler.core.observed import fp
+from reconciler.core.plan import summary_line
+from reconciler.core.spec import API_VERSION, SpecDocument
+from reconciler.errors import APINotFoundError, PlanConflictError
+from reconciler.shell import session
+from reconciler.shell.admin import cluster_from_admin, default_namespace
+from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.observe import ClusterAccess, read_record
+from reconciler.shell.specfile import LoadedSpec, load_spec
+
+OPERATION = "update-credentials"
+LOCK_OPERATION = "update credentials --cluster-ca"  # what a refused command names
+
+
+@dataclass
+class Outcome:
+    cluster: str
+    old_ca: str | None
+    new_ca: str | None
+    kubeconfig: Path
+    log: Path
+    actions: int
+
+
+def _spec_text(document: dict) -> str:
+    out = io.StringIO()
+    yaml = YAML()
+    yaml.default_flow_style = False
+    out.write(f"# Written by `careconcile {LOCK_OPERATION}` from what the admin cluster holds.\n")
+    yaml.dump(document, out)
+    return out.getvalue()
+
+
+def _ssh_key(admin: KubeconfigClient, names: ManagementNames, directory: Path) -> Path | None:
+    """The cluster's SSH key Secret as a 0600 file for the run, or None when it has none."""
+    try:
+        secret = admin.get(f"/api/v1/namespaces/{names.namespace}/secrets/{names.ssh_key_secret}")
+    except APINotFoundError:
+        return None
+    data = (secret.get("data") or {}).get(SSH_KEY_KEY)
+    if not data:
+        return None
+    path = directory / "ssh" / f"{names.cluster}-ssh-key"
+    atomic_write(path, base64.b64decode(data), 0o600)
+    return path
+
+
+def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None, namespace: str | None,
+                      workspace: Path, phase_timeout: float, stream: TextIO = sys.stdout,
+                      say: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Outcome:
+    names = ManagementNames(name, namespace or default_namespace(name))
+    admin = KubeconfigClient(admin_kubeconfig, context)
+    accesses: dict[str, ClusterAccess] = {}
+    key_file = None
+    try:
+        key_file = _ssh_key(admin, names, workspace / name)
+        cluster = cluster_from_admin(admin, name, names.namespace, ssh_key_file=str(key_file) if key_file else None)
+        body = cluster.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        draft = LoadedSpec(path=workspace / name / "spec.yaml", document=SpecDocument.model_validate(
+            _document(body), by_name=False))
+        accesses = session.open_clusters(draft, workspace)
+        access = accesses[name]
+        directory = session.log_directory(access, OPERATION)
+        log_path = directory / f"{OPERATION}.log"
+        with session.locked(accesses, LOCK_OPERATION, say) as locks:
+            # The counter: the rotation in progress (to finish it), else one above the last applied.
+            state = access.store.load(access.layout.name).state
+            rotation = state.rotation if state.in_progress and state.rotation is not None \
+                else state.applied_rotation + 1
+            body["authorities"] = {"clusterCA": {"rotation": rotation}}
+            spec_path = directory / "spec.yaml"  # the spec of this run, beside its log
+            atomic_write(spec_path, _spec_text(_document(body)).encode(), 0o644)
+            loaded = load_spec(spec_path)
+            access.cluster = loaded.document.spec.clusters[0]  # the same cluster, with its counter
+            plan = session.make_plan(loaded, accesses)
+            what = "Finishing the interrupted rotation of" if state.in_progress else "Rotating"
+            stream.write(f"{what} the cluster CA of {name} ({names.namespace} in the admin cluster).\n"
+                         f"Log: {log_path}\n")
+            for cluster_plan in plan.clusters:
+                for finding in cluster_plan.findings:
+                    marker = "error" if finding.blocking else "warning" if finding.warning else "*"
+                    stream.write(f"  {marker} {finding.subject}: {finding.message}\n")
+            blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
+            if blocking:
+                raise PlanConflictError(f"cluster {name}: {len(blocking)} finding(s) block the rotation; "
+                                        "nothing was changed")
+            stream.write(summary_line(plan.actions()) + "\n")
+            stream.flush()
+            reports = session.run_plan(
+                plan, loaded, accesses, phase_timeout=phase_timeout, stream=stream, locks=locks,
+                open_log=lambda access, operation: session.ApplyLog(
+                    access, operation, directory=directory, filename=f"{OPERATION}.log"))
+        return Outcome(cluster=name, old_ca=plan.clusters[0].old_ca, new_ca=_new_ca(access),
+                       kubeconfig=access.workspace_kubeconfig, log=log_path,
+                       actions=sum(len(report.done) for report in reports))
+    finally:
+        for opened in accesses.values():
+            opened.close()
+        admin.close()
+        if key_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(key_file)
+
+
+def _document(cluster: dict) -> dict:
+    return {"apiVersion": API_VERSION, "kind": "CASpec", "metadata": {"name": f"{OPERATION}-{cluster['name']}"},
+            "spec": {"clusters": [cluster]}}
+
+
+def _new_ca(access: ClusterAccess) -> str | None:
+    node = next(iter(access.control_planes()), None)
+    if node is None:
+        return None
+    _, cert = read_record(access.nodes[node], access.layout)
+    return fp(cert) if cert is not None else None

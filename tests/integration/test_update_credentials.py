@@ -1,0 +1,174 @@
+"""`careconcile update credentials --cluster-ca` as a new user runs it: from a directory that
+holds only the admin cluster's kubeconfig, against a user sandbox registered in an admin
+sandbox whose nodes are reached over SSH."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.core import kubeconfig, pki
+from reconciler.shell.executor import CRASH_AFTER_ENV
+from reconciler.shell.kube import KubeClient, KubeconfigClient, load_kubeconfig
+
+from .helpers import wait_until
+from .rotation import (
+    Poller, assert_no_private_key, assert_no_private_key_in_files, assert_nodes_trust_only, bundle_fingerprints,
+    careconcile, record_ca, rejects_client_of,
+)
+
+pytestmark = pytest.mark.integration
+
+ADMIN, USER = "ucadmin", "ucuser"
+NAMESPACE = f"cluster-{USER}"
+SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
+
+
+@pytest.fixture(scope="module")
+def admin(start_sandbox):
+    return start_sandbox(ADMIN, control_planes=1, workers=0)
+
+
+@pytest.fixture(scope="module")
+def user(start_sandbox, admin):
+    return start_sandbox(USER, control_planes=1, workers=2, admin=ADMIN, ssh=True)
+
+
+@pytest.fixture
+def newcomer(admin, tmp_path) -> Path:
+    """A fresh directory with nothing but a copy of the admin kubeconfig."""
+    directory = tmp_path / "operator"
+    directory.mkdir()
+    shutil.copy(admin.kubeconfig, directory / "admin-kubeconfig")
+    return directory
+
+
+def update_credentials(directory: Path, **popen) -> subprocess.Popen:
+    """The command exactly as the docs give it, run in ``directory``, with no
+    CARECONCILE_WORKSPACE: the workspace is ./careconcile-workspace there."""
+    env = {key: value for key, value in os.environ.items() if key != "CARECONCILE_WORKSPACE"}
+    env.update(popen.pop("env", {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "update", "credentials", "--cluster-ca", "--cluster-name", USER,
+         "--kubeconfig", "admin-kubeconfig"],
+        cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert_no_private_key((stdout + stderr).encode(), "output of update credentials")
+    return process.returncode, stdout, stderr
+
+
+def admin_secret(admin, name: str) -> dict:
+    with KubeconfigClient(Path(admin.kubeconfig)) as client:
+        return client.get(f"{SECRETS}/{name}")
+
+
+def secret_kubeconfig(admin) -> str:
+    return base64.b64decode(admin_secret(admin, f"{USER}-kubeconfig")["data"]["value"]).decode()
+
+
+def assert_admin_cluster_holds(admin, ca: pki.KeyPair) -> None:
+    """<user>-ca holds ``ca`` alone with its key; <user>-kubeconfig trusts only it and its
+    client certificate comes from it."""
+    secret = admin_secret(admin, f"{USER}-ca")
+    certs = pki.load_certificates(base64.b64decode(secret["data"]["tls.crt"]), source="tls.crt")
+    assert [pki.fingerprint(c) for c in certs] == [pki.fingerprint(ca.cert)]
+    assert pki.key_pem_matches_cert(base64.b64decode(secret["data"]["tls.key"]), ca.cert, source="tls.key")
+    document = kubeconfig.parse(secret_kubeconfig(admin), source="kubeconfig Secret")
+    for pem in kubeconfig.ca_certificates(document, source="kubeconfig Secret"):
+        assert bundle_fingerprints(pem, "kubeconfig Secret") == [pki.fingerprint(ca.cert)]
+    for user, cert_pem, _ in kubeconfig.embedded_credentials(document):
+        assert pki.is_signed_by(pki.load_certificates(cert_pem, source=user)[0], ca.cert), user
+
+
+def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alone(admin, user, newcomer):
+    old = record_ca(user)
+    assert_admin_cluster_holds(admin, old)
+    # Two clients: one for the poller's thread, one for the test's (a connection is not shared).
+    with KubeconfigClient(Path(admin.kubeconfig)) as client, KubeconfigClient(Path(admin.kubeconfig)) as poll:
+        def read_secret_kubeconfig() -> str:
+            secret = poll.get(f"{SECRETS}/{USER}-kubeconfig")
+            return base64.b64decode(secret["data"]["value"]).decode()
+
+        # A user who fetches the kubeconfig from the admin cluster for every request.
+        with Poller(newcomer / "poller-kubeconfig", set(user.apiservers), read=read_secret_kubeconfig) as poller:
+            process = update_credentials(newcomer)
+            # While it runs, a change to that cluster by another careconcile command is refused,
+            # naming the rotation.
+            wait_until("update credentials holds the lock",
+                       lambda: any(lease["metadata"]["name"].endswith("careconcile-lock")
+                                   for lease in client.list(LEASES)), timeout=120)
+            competing = careconcile("apply", user.spec, "--auto-approve", workspace=newcomer / "other-ws")
+            returncode, stdout, stderr = finish(process)
+    assert returncode == 0, stdout + stderr
+    assert competing.returncode == 1, competing.stdout + competing.stderr
+    assert "is locked" in competing.stderr and "update credentials --cluster-ca" in competing.stderr
+
+    new = record_ca(user)
+    assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
+    assert f"is now {pki.fingerprint(new.cert)} (was {pki.fingerprint(old.cert)})" in stdout
+    assert_admin_cluster_holds(admin, new)
+    assert_nodes_trust_only(user, new.cert)
+    assert rejects_client_of(user, old, trust=new.cert), "an apiserver still accepts the old CA's client certificate"
+
+    workspace = newcomer / "careconcile-workspace" / USER
+    new_kubeconfig = workspace / f"{USER}-kubeconfig"
+    assert f"New kubeconfig: {new_kubeconfig}" in stdout
+    with KubeClient(load_kubeconfig(new_kubeconfig)) as client:
+        assert client.get("/api/v1/namespaces/kube-system")["metadata"]["name"] == "kube-system"
+    logs = sorted(workspace.glob("log/update-credentials-*/update-credentials.log"))
+    assert len(logs) == 1 and f"Log: {logs[0]}" in stdout
+    assert logs[0].read_text().rstrip().endswith("finished")
+    assert (logs[0].parent / "spec.yaml").is_file()
+    assert not any((workspace / "ssh").iterdir()), "the SSH key was left in the workspace"
+    assert_no_private_key_in_files(workspace / "log")
+
+    assert poller.requests > 100
+    assert poller.failures == [], poller.failures[:5]
+    assert set(poller.per_server) == set(user.apiservers)
+
+    # The lock is released.
+    with KubeconfigClient(Path(admin.kubeconfig)) as client:
+        assert not [lease for lease in client.list(LEASES) if lease["metadata"]["name"].endswith("careconcile-lock")]
+
+
+def applied_rotation(admin) -> int:
+    state = admin_secret(admin, f"{USER}-careconcile-state")
+    public = json.loads(base64.b64decode(state["data"]["clusterCA.json"]))
+    assert public["rotation"] is None and public["verifiedPhase"] == 0, "a rotation is in progress"
+    return public["appliedRotation"]
+
+
+def test_killed_update_credentials_is_finished_by_running_it_again(admin, user, newcomer):
+    old = record_ca(user)
+    before = applied_rotation(admin)
+    killed = update_credentials(newcomer, env={CRASH_AFTER_ENV: "25"})
+    returncode, stdout, stderr = finish(killed)
+    assert returncode == -signal.SIGKILL, stdout + stderr
+    assert "[25/" in stdout and "[26/" not in stdout
+
+    rerun = update_credentials(newcomer)
+    returncode, stdout, stderr = finish(rerun)
+    assert returncode == 0, stdout + stderr
+    assert "Finishing the interrupted rotation" in stdout
+    assert "took over the stale lock" in stderr
+    new = record_ca(user)
+    assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
+    assert_admin_cluster_holds(admin, new)
+    assert_nodes_trust_only(user, new.cert)
+    assert rejects_client_of(user, old, trust=new.cert)
+    # One rotation over both runs, not two.
+    assert applied_rotation(admin) == before + 1
+    logs = sorted((newcomer / "careconcile-workspace" / USER).glob("log/update-credentials-*/update-credentials.log"))
+    assert len(logs) == 2 and logs[-1].read_text().rstrip().endswith("finished")

@@ -25,6 +25,7 @@ from reconciler.shell import kube, management
 from reconciler.shell.kube import KubeTarget
 from reconciler.shell.specfile import load_spec
 from tests.unit.test_diff import CP, NOW, ca, cert_fp, desired, in_progress, leaf, observation, plan
+from tests.unit.spec_helpers import schema_accepts
 
 NAMES = admin.ManagementNames("c1", "cluster-c1")
 CA_SECRET = NAMES.secret_id("c1-ca")
@@ -44,14 +45,6 @@ def problems(path: Path) -> list[str]:
     with pytest.raises(SpecError) as error:
         load_spec(path)
     return [line.split(": ", 1)[1] for line in error.value.problems]
-
-
-def schema_accepts(path: Path) -> bool:
-    try:
-        jsonschema.validate(YAML(typ="safe").load(path.read_text()), schemas()["spec.schema.json"])
-    except jsonschema.ValidationError:
-        return False
-    return True
 
 
 def test_management_replaces_the_kubeconfig_and_defaults_its_namespace(tmp_path):

@@ -8,16 +8,15 @@ import json
 import textwrap
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from reconciler.core import pki
-from reconciler.core.schemas import schemas
 from reconciler.errors import ClusterUnreachableError, SpecError
 from reconciler.shell import kube
 from reconciler.shell.kube import SERVICEACCOUNT_DIR_ENV, InClusterClient, load_in_cluster
 from reconciler.shell.session import open_cluster
 from reconciler.shell.specfile import load_spec
+from tests.unit.spec_helpers import schema_accepts
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -49,16 +48,6 @@ def problems(path: Path) -> list[str]:
     with pytest.raises(SpecError) as error:
         load_spec(path)
     return [line.removeprefix(f"{path}:") for line in error.value.problems]
-
-
-def schema_accepts(path: Path) -> bool:
-    from ruamel.yaml import YAML
-
-    try:
-        jsonschema.validate(YAML(typ="safe").load(path.read_text()), schemas()["spec.schema.json"])
-    except jsonschema.ValidationError:
-        return False
-    return True
 
 
 # --- the spec -------------------------------------------------------------------------

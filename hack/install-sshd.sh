@@ -111,6 +111,7 @@ usable "$tmp" || {
 rm -rf "$cache"
 if ! mv -T "$tmp" "$cache" 2>/dev/null; then
   usable "$cache" || die "cannot move $tmp to $cache"
+  rm -rf "$tmp"
   say "another run cached sshd at the same time; keeping its copy"
 fi
 trap - EXIT

@@ -10,7 +10,7 @@ from typing import Any
 from reconciler.cli._common import (add_max_parallel_clusters_option, add_parallelism_option, add_workspace_option,
                                     is_plan_file, phase_number, print_plan)
 from reconciler.core.plan import PHASES, PlanDocument, summary_line
-from reconciler.errors import EXIT_OK, PlanConflictError, UsageError
+from reconciler.errors import EXIT_OK, PlanConflictError, PlanFileError, UsageError
 from reconciler.shell import session
 from reconciler.shell.specfile import load_spec
 
@@ -89,7 +89,11 @@ def _apply_saved(args: argparse.Namespace, workspace: Path) -> int:
         plan = plan.model_copy(update={"clusters": [c for c in plan.clusters if c.cluster == args.cluster]})
     loaded = load_spec(Path(plan.spec_path))
     planned = {c.cluster for c in plan.clusters}
-    accesses = {name: access for name, access in session.open_clusters(loaded, workspace).items() if name in planned}
+    missing = planned - {c.name for c in loaded.document.spec.clusters}
+    if missing:
+        raise PlanFileError(f"{args.target}: the spec {loaded.path} no longer names cluster(s) "
+                            f"{', '.join(sorted(missing))}", hint="make a new plan")
+    accesses = session.open_clusters(loaded, workspace, names=planned)  # the clusters the plan is for, no others
     with session.locked(accesses, plan.operation, _say) as locks:
         session.check_not_stale(plan, loaded, accesses, parallelism=args.parallelism)
         reports = session.run_plan(plan, loaded, accesses, until=args.until, phase_timeout=args.phase_timeout,

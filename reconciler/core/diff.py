@@ -41,7 +41,10 @@ def _days(delta: dt.timedelta) -> str:
     return f"{days:.0f}d" if abs(days) >= 1 else f"{delta.total_seconds() / 3600:.1f}h"
 
 
-def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.datetime) -> list[Finding]:
+def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.datetime,
+         rollback: bool = False) -> list[Finding]:
+    """``rollback``: the findings of a rollback about to start, which distrusts the rotation's
+    target rather than its previous CA."""
     findings: list[Finding] = []
     authority = observed.authority
     state = observed.state
@@ -55,7 +58,10 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         if desired.fingerprint and desired.fingerprint not in (target, fp(state.previous)):
             findings.append(Finding(code="pin-mismatch", subject=authority, blocking=True, message=(
                 f"spec pins {desired.fingerprint}, but the rotation in progress moves to {target}")))
-        return findings + _left_behind(observed, state.previous, now)
+        # The CA that ends up distrusted: the previous one, unless a rollback is about to
+        # turn back (once it runs, the state store has swapped the two).
+        leaving = state.target if rollback and not state.rolling_back else state.previous
+        return findings + _left_behind(observed, leaving, now)
 
     missing = [record.node for record in observed.records if record.cert is None]
     # A Secret in the management cluster (admin mode) is a record beside the nodes, never instead of them.

@@ -6,6 +6,8 @@ import json
 
 from reconciler.core.drift import ClusterDrift, DriftReport
 from reconciler.core.observed import short
+# The plan's markdown rules: one line per cell, pipes escaped, no raw HTML outside code spans.
+from reconciler.core.render import _code, _escape
 
 _STATUS = {"in-sync": "in sync", "drift": "DRIFT", "error": "ERROR"}
 
@@ -40,16 +42,12 @@ def text(report: DriftReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: str) -> str:
-    return value.replace("|", "\\|").replace("\n", " ")
-
-
 def markdown(report: DriftReport) -> str:
     lines = ["### careconcile drift", "", f"**{totals_line(report)}**", "",
              "| cluster | spec | status | CA | expires | findings |", "|---|---|---|---|---|---|"]
     for cluster in report.clusters:
         authority = next(iter(cluster.authorities), None)
-        lines.append(f"| {cluster.cluster} | `{_cell(cluster.spec)}` | {_STATUS[cluster.status]} | "
+        lines.append(f"| {cluster.cluster} | {_code(cluster.spec)} | {_STATUS[cluster.status]} | "
                      f"`{short(authority.fingerprint) if authority and authority.fingerprint else '-'}` | "
                      f"{authority.not_after if authority and authority.not_after else '-'} | {len(cluster.findings)} |")
     for cluster in report.clusters:
@@ -57,10 +55,10 @@ def markdown(report: DriftReport) -> str:
             continue
         lines += ["", f"<details><summary>{cluster.cluster}: {_STATUS[cluster.status]}</summary>", ""]
         if cluster.error:
-            lines.append(f"- **error**: {_cell(cluster.error)}")
+            lines.append(f"- **error**: {_escape(cluster.error)}")
         if cluster.findings:
             lines += ["| kind | where | what | to do |", "|---|---|---|---|"]
-            lines += [f"| {f.kind} | `{_cell(f.subject)}` | {_cell(f.message)} | {_cell(f.remedy)} |"
+            lines += [f"| {f.kind} | {_code(f.subject)} | {_escape(f.message)} | {_escape(f.remedy)} |"
                       for f in cluster.findings]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"

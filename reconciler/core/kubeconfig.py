@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,14 @@ def parse(text: str, *, source: str) -> dict[str, Any]:
     return document
 
 
+def _decode(data: Any, where: str) -> bytes:
+    """Base64 data of a kubeconfig; the error names where it is, never what it holds."""
+    try:
+        return base64.b64decode("".join(str(data).split()), validate=True)  # wrapped lines are fine
+    except (binascii.Error, ValueError) as exc:
+        raise PKIError(f"{where}: not valid base64 ({exc})") from None
+
+
 def cluster_ca_pem(document: dict[str, Any], cluster: str, *, source: str) -> bytes:
     """The certificate-authority-data of the named cluster entry."""
     for entry in document.get("clusters") or []:
@@ -97,7 +106,7 @@ def cluster_ca_pem(document: dict[str, Any], cluster: str, *, source: str) -> by
             data = (entry.get("cluster") or {}).get("certificate-authority-data")
             if not data:
                 raise PKIError(f"{source}: cluster {cluster!r} has no certificate-authority-data")
-            return base64.b64decode(data)
+            return _decode(data, f"{source}: cluster {cluster!r} certificate-authority-data")
     raise PKIError(f"{source}: no cluster named {cluster!r}")
 
 
@@ -140,7 +149,7 @@ def ca_certificates(document: dict[str, Any], *, source: str, scope: Scope = EVE
             continue
         data = (entry.get("cluster") or {}).get("certificate-authority-data")
         if data:
-            pem = base64.b64decode(data)
+            pem = _decode(data, f"{source}: cluster {entry.get('name', '')!r} certificate-authority-data")
             if pem not in seen:
                 seen.append(pem)
     if not seen:
@@ -160,15 +169,18 @@ def with_ca(document: dict[str, Any], ca_pem: bytes, scope: Scope = EVERYTHING) 
     return updated
 
 
-def embedded_credentials(document: dict[str, Any], scope: Scope = EVERYTHING) -> list[tuple[str, bytes, bytes | None]]:
+def embedded_credentials(document: dict[str, Any], scope: Scope = EVERYTHING, *,
+                         source: str = "kubeconfig") -> list[tuple[str, bytes, bytes | None]]:
     """(user, certificate PEM, key PEM) of each user in scope whose client certificate is embedded."""
     found = []
     for entry in document.get("users") or []:
         user = entry.get("user") or {}
         if user.get("client-certificate-data") and _in_scope(entry.get("name", ""), scope.users):
             key = user.get("client-key-data")
-            found.append((entry.get("name", ""), base64.b64decode(user["client-certificate-data"]),
-                          base64.b64decode(key) if key else None))
+            where = f"{source}: user {entry.get('name', '')!r}"
+            found.append((entry.get("name", ""), _decode(user["client-certificate-data"],
+                                                         f"{where} client-certificate-data"),
+                          _decode(key, f"{where} client-key-data") if key else None))
     return found
 
 

@@ -172,6 +172,15 @@ def register(admin: KubeClient, registration: Registration) -> list[Written]:
     """Create or update the cluster's objects in the management cluster; idempotent: an
     object that already holds what it should is left alone. Refused while a rotation of the
     cluster is in progress (its Secrets are the rotation's to change then)."""
+    unpinned = [node.name for node in registration.nodes
+                if node.transport == "ssh" and (node.ssh is None or node.ssh.host_key is None)]
+    if unpinned:
+        # careconcile never trusts an SSH host key on first use: without one recorded, the
+        # registration could never be used to reach these nodes.
+        raise AdminClusterError(
+            f"cluster {registration.cluster}: node(s) {', '.join(unpinned)} are reached over SSH but have no "
+            "host key to pin", hint="give each one: --node NAME=ROLE,ADDRESS,host-key='ssh-ed25519 AAAA...' "
+                                    "(ssh-keyscan ADDRESS shows it; check it out of band), or hostKey in the spec")
     names = registration.names
     ns = names.namespace
     store = SecretStateStore(admin, namespace=ns, name=names.state_secret)

@@ -11,10 +11,10 @@ rotation instead of starting another.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
-import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -51,7 +51,9 @@ def _spec_text(document: dict) -> str:
     out = io.StringIO()
     yaml = YAML()
     yaml.default_flow_style = False
-    out.write(f"# Written by `careconcile {LOCK_OPERATION}` from what the admin cluster holds.\n")
+    out.write(f"# Written by `careconcile {LOCK_OPERATION}` from what the admin cluster holds.\n"
+              "# A keyFile names this run's copy of the Secret <name>-ssh-key, removed when the run\n"
+              "# ended: to use this spec again, write the key to a file and point keyFile at it.\n")
     yaml.dump(document, out)
     return out.getvalue()
 
@@ -65,7 +67,11 @@ def _ssh_key(admin: KubeconfigClient, names: ManagementNames, directory: Path) -
     data = (secret.get("data") or {}).get(SSH_KEY_KEY)
     if not data:
         return None
-    path = directory / "ssh" / f"{names.cluster}-ssh-key"
+    # A directory of this run's own: a second run (refused at the lock, or not) must not
+    # remove the key under a running one.
+    (directory / "ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=directory / "ssh"))
+    path = run_dir / f"{names.cluster}-ssh-key"
     atomic_write(path, base64.b64decode(data), 0o600)
     return path
 
@@ -74,6 +80,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
                       workspace: Path, phase_timeout: float, stream: TextIO = sys.stdout,
                       say: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Outcome:
     names = ManagementNames(name, namespace or default_namespace(name))
+    workspace = workspace.resolve()  # the generated spec names files in it by absolute paths
     admin = KubeconfigClient(admin_kubeconfig, context)
     accesses: dict[str, ClusterAccess] = {}
     key_file = None
@@ -85,30 +92,40 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             _document(body), by_name=False))
         accesses = session.open_clusters(draft, workspace)
         access = accesses[name]
-        directory = session.log_directory(access, OPERATION)
-        log_path = directory / f"{OPERATION}.log"
         with session.locked(accesses, LOCK_OPERATION, say) as locks:
-            # The counter: the rotation in progress (to finish it), else one above the last applied.
+            directory = session.log_directory(access, OPERATION)  # made once the lock is ours
+            if key_file is not None:  # keys a killed run left behind; no other run holds the lock now
+                for stale in key_file.parent.parent.glob("run-*"):
+                    if stale != key_file.parent:
+                        shutil.rmtree(stale, ignore_errors=True)
+            log_path = directory / f"{OPERATION}.log"
+            # The counter: the rotation in progress (to finish it), else one above both the last
+            # applied and the last rolled back (that counter is spent).
             state = access.store.load(access.layout.name).state
             rotation = state.rotation if state.in_progress and state.rotation is not None \
-                else state.applied_rotation + 1
+                else max(state.applied_rotation, state.rolled_back_rotation or 0) + 1
             body["authorities"] = {"clusterCA": {"rotation": rotation}}
             spec_path = directory / "spec.yaml"  # the spec of this run, beside its log
             atomic_write(spec_path, _spec_text(_document(body)).encode(), 0o644)
             loaded = load_spec(spec_path)
             access.cluster = loaded.document.spec.clusters[0]  # the same cluster, with its counter
             plan = session.make_plan(loaded, accesses)
-            what = "Finishing the interrupted rotation of" if state.in_progress else "Rotating"
+            what = ("Finishing the interrupted rollback of" if state.rolling_back
+                    else "Finishing the interrupted rotation of" if state.in_progress else "Rotating")
             stream.write(f"{what} the cluster CA of {name} ({names.namespace} in the admin cluster).\n"
                          f"Log: {log_path}\n")
             for cluster_plan in plan.clusters:
                 for finding in cluster_plan.findings:
-                    marker = "error" if finding.blocking else "warning" if finding.warning else "*"
+                    marker = "error:" if finding.blocking else "warning:" if finding.warning else "*"
                     stream.write(f"  {marker} {finding.subject}: {finding.message}\n")
             blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
             if blocking:
                 raise PlanConflictError(f"cluster {name}: {len(blocking)} finding(s) block the rotation; "
                                         "nothing was changed")
+            if not plan.clusters[0].actions:
+                raise PlanConflictError(f"cluster {name}: the plan holds no rotation (operation "
+                                        f"{plan.clusters[0].operation}); nothing was changed",
+                                        hint=f"careconcile plan {spec_path} shows what careconcile sees")
             stream.write(summary_line(plan.actions()) + "\n")
             stream.flush()
             reports = session.run_plan(
@@ -123,8 +140,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             opened.close()
         admin.close()
         if key_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(key_file)
+            shutil.rmtree(key_file.parent, ignore_errors=True)
 
 
 def _document(cluster: dict) -> dict:

@@ -40,8 +40,9 @@ def check_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path) -> 
         return ClusterDrift(**who, status=status_of(findings), checked_at=rfc3339(utcnow()),
                             seconds=round(time.monotonic() - started, 3),
                             authorities=[authority_status(observed)], findings=findings)
-    except (CareconcileError, OSError) as exc:
-        # One cluster's failure is that cluster's result; the run goes on with the others.
+    except Exception as exc:  # noqa: BLE001
+        # One cluster's failure, even one careconcile did not foresee, is that cluster's
+        # result: a scheduled job still reports the other clusters and writes their metrics.
         return ClusterDrift(**who, status="error", checked_at=rfc3339(utcnow()), seconds=round(time.monotonic() - started, 3),
                             error=str(exc) if isinstance(exc, CareconcileError) else f"{type(exc).__name__}: {exc}")
     finally:

@@ -2,7 +2,7 @@
 
 A plan names them as warnings (kubernetes.io/tls Secrets and approved
 CertificateSigningRequests signed by the CA being replaced); careconcile never writes
-them. Read for plans only: `drift` stays within its read-only RBAC, which has no Secrets.
+them. Read for plans only: `drift` stays within its read-only RBAC, which lists no Secrets.
 """
 
 from __future__ import annotations

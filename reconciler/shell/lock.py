@@ -15,6 +15,7 @@ taken and last renewed; the rest is in ``careconcile.dev/lock-*`` annotations.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import getpass
@@ -182,7 +183,7 @@ def force_unlock(client: KubeClient, cluster: str, lock_id: str, *, namespace: s
         held = LockInfo.from_lease(lease)
         if held.id != lock_id:
             raise LockError(f"cluster {cluster}: {held.describe()}, not lock {lock_id}; nothing removed",
-                            hint=f"careconcile force-unlock {cluster} {held.id}")
+                            hint=f"careconcile force-unlock {cluster} {held.id} --spec SPEC")
         metadata = lease.get("metadata") or {}
         try:
             client.delete(lease_path, uid=metadata.get("uid"), resource_version=metadata.get("resourceVersion"))
@@ -238,7 +239,8 @@ class ClusterLock:
                 raise LockHeldError(
                     f"cluster {self.cluster} is locked: {held.describe()}"
                     + (f", expires {rfc3339(held.expires_at())} unless renewed" if held.expires_at() else ""),
-                    hint=f"if that run is gone, remove its lock: careconcile force-unlock {self.cluster} {held.id}",
+                    hint=f"if that run is gone, remove its lock: careconcile force-unlock {self.cluster} {held.id} "
+                         "--spec SPEC",
                 )
             mine = dataclasses.replace(mine, took_over_from=held)
             body = self._body(mine)
@@ -311,3 +313,50 @@ class ClusterLock:
             raise LockError(f"cluster {self.cluster}: cannot {doing} lock {mine.id}: lock was taken over, "
                             f"now {held.describe()}")
         return lease
+
+
+class LockSet:
+    """Several Leases held as one lock. An admin-mode cluster is locked where admin mode
+    keeps its state (the management namespace) and in its own kube-system, where a run from
+    a plain spec of the same cluster looks: either run refuses the other."""
+
+    def __init__(self, locks: list[ClusterLock]) -> None:
+        self.locks = locks
+
+    @property
+    def info(self) -> LockInfo | None:
+        return self.locks[0].info
+
+    def __enter__(self) -> LockInfo:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def acquire(self) -> LockInfo:
+        taken: list[ClusterLock] = []
+        try:
+            infos = []
+            for lock in self.locks:
+                infos.append(lock.acquire())
+                taken.append(lock)
+        except BaseException:
+            for lock in reversed(taken):
+                with contextlib.suppress(Exception):
+                    lock.release()
+            raise
+        took_over = next((info.took_over_from for info in infos if info.took_over_from is not None), None)
+        return dataclasses.replace(infos[0], took_over_from=took_over)
+
+    def renew(self) -> LockInfo:
+        return [lock.renew() for lock in self.locks][0]
+
+    def release(self) -> None:
+        errors = []
+        for lock in reversed(self.locks):
+            try:
+                lock.release()
+            except Exception as exc:  # release every one; report the first failure after
+                errors.append(exc)
+        if errors:
+            raise errors[0]

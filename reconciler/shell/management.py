@@ -161,7 +161,9 @@ class SecretKubeconfigClient(KubeClient):
         except APIUnauthorizedError:
             pass
         except ClusterUnreachableError as exc:
-            if not isinstance(exc.__cause__, ssl.SSLError):
+            # Only a failed certificate check says the request never reached a handler; an
+            # SSL error while reading the answer could follow a write that was carried out.
+            if not isinstance(exc.__cause__, ssl.SSLCertVerificationError):
                 raise
         self.reload()
         return super().request(method, path, body, content_type)

@@ -35,7 +35,7 @@ from reconciler.shell.executor import Executor, RunReport
 from reconciler.shell.fleet import DEFAULT_PARALLELISM, map_bounded
 from reconciler.shell.foreign import observe_foreign
 from reconciler.shell.kube import InClusterClient, KubeClient, KubeconfigClient
-from reconciler.shell.lock import ClusterLock
+from reconciler.shell.lock import ClusterLock, LockSet
 from reconciler.shell.management import ManagementAccess, SecretKubeconfigClient
 from reconciler.shell.nodes import open_nodes
 from reconciler.shell.observe import ClusterAccess, observe
@@ -92,8 +92,11 @@ def open_management(loaded: LoadedSpec, cluster: ClusterSpec) -> ManagementAcces
     return ManagementAccess(client, ManagementNames(cluster.name, cluster.management_namespace))
 
 
-def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None) -> dict[str, ClusterAccess]:
-    clusters = [c for c in loaded.document.spec.clusters if only is None or c.name == only]
+def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None, *,
+                  names: set[str] | None = None) -> dict[str, ClusterAccess]:
+    """The clusters of the spec (``only`` one of them, or those in ``names``), opened."""
+    clusters = [c for c in loaded.document.spec.clusters
+                if (only is None or c.name == only) and (names is None or c.name in names)]
     if not clusters:
         known = ", ".join(c.name for c in loaded.document.spec.clusters)
         raise UsageError(f"{loaded.path}: no cluster named {only!r} (clusters: {known})")
@@ -109,7 +112,7 @@ def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollbac
     def plan_one(access: ClusterAccess) -> ClusterPlan:
         desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
         observed = dataclasses.replace(observe(access), foreign=observe_foreign(access.client))
-        findings = diff(desired, observed, now=utcnow())
+        findings = diff(desired, observed, now=utcnow(), rollback=rollback)
         return plan_cluster(desired, observed, findings, rollback=rollback, digest=observed.digest(),
                             items=item_digests(observed))
 
@@ -169,9 +172,9 @@ def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, 
 
 @contextlib.contextmanager
 def locked(accesses: dict[str, ClusterAccess], operation: str,
-           say: Callable[[str], None]) -> Iterator[dict[str, ClusterLock]]:
+           say: Callable[[str], None]) -> Iterator[dict[str, ClusterLock | LockSet]]:
     """Hold every cluster's lock for the whole operation; release them however it ends."""
-    locks: dict[str, ClusterLock] = {}
+    locks: dict[str, ClusterLock | LockSet] = {}
     try:
         for name, access in accesses.items():
             lock = access.lock(operation)
@@ -261,7 +264,7 @@ class FleetOutcome:
 
 def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
              until: int | None = None, phase_timeout: float = 300.0, stream: TextIO = sys.stdout,
-             locks: dict[str, ClusterLock] | None = None, max_parallel_clusters: int = 1,
+             locks: dict[str, ClusterLock | LockSet] | None = None, max_parallel_clusters: int = 1,
              keep_going: bool = False,
              open_log: Callable[[ClusterAccess, str], ApplyLog] = ApplyLog) -> list[RunReport]:
     """Run every cluster's actions in order, ``max_parallel_clusters`` clusters at a time
@@ -315,7 +318,7 @@ def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
 
 def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, access: ClusterAccess, *,
                  until: int | None, phase_timeout: float, progress: Progress,
-                 lock: ClusterLock | None, interrupted: threading.Event | None = None,
+                 lock: ClusterLock | LockSet | None, interrupted: threading.Event | None = None,
                  open_log: Callable[[ClusterAccess, str], ApplyLog] = ApplyLog) -> RunReport:
     if lock is not None:
         # The lock was taken before the first wave and is renewed only by its own cluster's

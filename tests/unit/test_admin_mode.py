@@ -380,3 +380,24 @@ def test_a_missing_ca_secret_is_a_clear_error():
     assert "Secret cluster-c1/c1-ca is missing in the management cluster https://127.0.0.1:7443, namespace " \
            "cluster-c1" in error.value.message
     assert "careconcile register c1" in error.value.hint
+
+
+def test_register_refuses_ssh_nodes_without_a_host_key_before_touching_the_admin_cluster():
+    import datetime as dt
+
+    from reconciler.core import pki
+    from reconciler.errors import AdminClusterError
+    from reconciler.shell.admin import Registration, register
+
+    class Untouched:
+        def __getattr__(self, name):
+            raise AssertionError(f"the admin cluster was used ({name})")
+
+    ca = pki.new_ca("kubernetes", now=dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc),
+                    key=pki.KeySpec("ECDSA", 256))
+    nodes = [admin.parse_node_option("cp=control-plane,10.0.0.5,host-key=ssh-ed25519 "
+                                     "AAAAC3NzaC1lZDI1NTE5AAAAIC+6tSmVWRNXvXgCx1Ybvg31+on0qiUAguY4rYnFsrYn"),
+             admin.parse_node_option("w1=worker,10.0.0.6")]
+    with pytest.raises(AdminClusterError, match=r"node\(s\) w1 are reached over SSH but have no host key") as error:
+        register(Untouched(), Registration(cluster="c1", namespace="cluster-c1", ca=ca, kubeconfig=None, nodes=nodes))
+    assert "ssh-keyscan" in (error.value.hint or "")

@@ -409,3 +409,19 @@ def test_a_rotation_warns_of_unmanaged_certificates_the_old_ca_signed():
     assert [f for f in diff(desired(rotation=1), observed, now=NOW + dt.timedelta(days=400)) if f.warning] == []
     # The plan stays a rotation; the warning changes no action.
     assert plan(desired(rotation=1), observed).actions == plan(desired(rotation=1), observation()).actions
+
+
+def test_a_rollback_about_to_start_warns_of_certificates_the_abandoned_target_signed():
+    from dataclasses import replace
+
+    from reconciler.core.observed import ForeignCertificate
+
+    by_old = ForeignCertificate(id="secret/default/old-tls", cert=leaf("old", "old.example").cert)
+    by_new = ForeignCertificate(id="secret/default/new-tls", cert=leaf("new", "new.example").cert)
+    midway = replace(observation(trust=("old", "new"), state=in_progress(2)), foreign=(by_old, by_new))
+    warned = lambda findings: [f.subject for f in findings if f.warning]  # noqa: E731
+    assert warned(diff(desired(rotation=1), midway, now=NOW)) == ["secret/default/old-tls"]
+    assert warned(diff(desired(rotation=1), midway, now=NOW, rollback=True)) == ["secret/default/new-tls"]
+    # A rollback already running has swapped target and previous in the state store.
+    rolling = replace(midway, state=in_progress(2, target="old", previous="new", rolling_back=True))
+    assert warned(diff(desired(rotation=1), rolling, now=NOW)) == ["secret/default/new-tls"]

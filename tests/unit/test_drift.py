@@ -429,3 +429,31 @@ def test_two_spec_files_declaring_the_same_named_cluster_are_refused_before_any_
     with pytest.raises(UsageError, match="declared in both .*a/spec.yaml and .*b/spec.yaml"):
         drift_check.check([load_spec(first), load_spec(second)], tmp_path / "workspace")
     assert not (tmp_path / "workspace").exists()
+
+
+def test_an_unforeseen_error_of_one_cluster_is_that_clusters_result(tmp_path, monkeypatch):
+    from reconciler.shell import drift as drift_check
+    from reconciler.shell.specfile import load_spec
+    from tests.unit.test_spec_loader import VALID
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(VALID)
+
+    def broken(*args, **kwargs):
+        raise ValueError("Incorrect padding")
+
+    monkeypatch.setattr(drift_check, "open_cluster", broken)
+    report = drift_check.check([load_spec(path)], tmp_path / "workspace")
+    [cluster] = report.clusters
+    assert cluster.status == "error" and cluster.error == "ValueError: Incorrect padding"
+    assert report.totals.errors == 1
+
+
+def test_markdown_report_keeps_an_error_with_html_inside_its_fold():
+    from reconciler.core import drift_render
+
+    broken = unreachable("web").model_copy(update={
+        "error": "GET /api: 502 <html><body>Bad gateway</body></html> | </details> & more\nsecond line"})
+    out = drift_render.markdown(report([broken]))
+    assert out.count("<details>") == out.count("</details>") == 1
+    assert "&lt;/details>" in out and "\\|" in out and "&amp; more second line" in out

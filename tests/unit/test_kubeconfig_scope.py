@@ -70,3 +70,20 @@ def test_file_references_in_scope_are_named(two_clusters):
     assert kubeconfig.file_references(document, scope) == ["user 'admin' client-certificate: /etc/admin.crt"]
     other = kubeconfig.scope_for(document, servers={"https://10.0.0.1:6443"}, context="me@elsewhere")
     assert kubeconfig.file_references(document, other) == []
+
+
+def test_broken_base64_is_a_pki_error_naming_where_it_is_and_nothing_of_its_content():
+    import pytest
+
+    from reconciler.core import kubeconfig
+    from reconciler.errors import PKIError
+
+    document = {"clusters": [{"name": "c", "cluster": {"certificate-authority-data": "abc"}}],
+                "users": [{"name": "u", "user": {"client-certificate-data": "Y2VydA==", "client-key-data": "s3cr3t!"}}]}
+    with pytest.raises(PKIError, match="admin.conf: cluster 'c' certificate-authority-data: not valid base64"):
+        kubeconfig.ca_certificates(document, source="admin.conf")
+    with pytest.raises(PKIError, match="admin.conf: user 'u' client-key-data: not valid base64") as error:
+        kubeconfig.embedded_credentials(document, source="admin.conf")
+    assert "s3cr3t" not in str(error.value)
+    wrapped = {"clusters": [{"name": "c", "cluster": {"certificate-authority-data": "Y2Vy\n dA=="}}]}
+    assert kubeconfig.ca_certificates(wrapped, source="x") == [b"cert"]

@@ -28,8 +28,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML, YAMLError
 
-from reconciler.core.spec import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, AbsolutePath, LocalAccess, NodeAccess,
-                                  NodeSpec)
+from reconciler.core.spec import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, AbsolutePath, Command, LocalAccess,
+                                  NodeAccess, NodeSpec)
 from reconciler.errors import AdminClusterError
 
 CAPI_SECRET_TYPE = "cluster.x-k8s.io/secret"
@@ -101,12 +101,20 @@ class InventorySSH(_Strict):
     host_key: str | None = Field(default=None, alias="hostKey",
                                  description="The node's public host key, as a known_hosts line has it.")
     root: AbsolutePath = Field(default="/", description="Absolute directory on the node that stands for its '/'.")
+    kubelet_restart: Command | None = Field(
+        default=None, alias="kubeletRestart",
+        description="The command that restarts the node's kubelet, as the spec's access.ssh.kubeletRestart; "
+                    "unset: [systemctl, restart, kubelet]; []: the node has no kubelet to restart.")
 
 
 class InventoryLocal(_Strict):
     """The node's files are on the machine careconcile runs on, under this root (the sandbox)."""
 
     root: AbsolutePath = Field(description="Absolute directory that stands for the node's '/'.")
+    kubelet_restart: Command | None = Field(
+        default=None, alias="kubeletRestart",
+        description="The command that restarts the node's kubelet, as the spec's access.local.kubeletRestart; "
+                    "unset: none.")
 
 
 class InventoryNode(_Strict):
@@ -240,21 +248,30 @@ def parse_node_option(value: str) -> InventoryNode:
 def inventory_node_of(node: NodeSpec) -> InventoryNode:
     """A spec's node as the inventory records it."""
     ssh = getattr(node.access, "ssh", None)
+    # The restart command is recorded only when the spec sets it, so an unset one keeps
+    # following careconcile's default.
     if ssh is not None:
         return InventoryNode(name=node.name, role=node.role, address=ssh.host, access="ssh",
                              ssh=InventorySSH(user=ssh.user, port=ssh.port, host_key=getattr(ssh, "host_key", None),
-                                              root=getattr(ssh, "root", "/")))
+                                              root=getattr(ssh, "root", "/"), kubelet_restart=_set_restart(ssh)))
     if node.access.local is not None:
         return InventoryNode(name=node.name, role=node.role, access="local",
-                             local=InventoryLocal(root=node.access.local.root))
+                             local=InventoryLocal(root=node.access.local.root,
+                                                  kubelet_restart=_set_restart(node.access.local)))
     raise AdminClusterError(f"node {node.name}: no access transport careconcile can record")
+
+
+def _set_restart(access: Any) -> tuple[str, ...] | None:
+    return tuple(access.kubelet_restart) if "kubelet_restart" in access.model_fields_set else None
 
 
 def node_spec_of(entry: InventoryNode, *, cluster: str, ssh_key_file: str | None = None) -> NodeSpec:
     """An inventory entry as a spec's node. An SSH node needs the private key as a file
     (``ssh_key_file``, the Secret ``<name>-ssh-key`` written out by the caller) and a host key."""
     if entry.transport == "local":
-        access = NodeAccess(local=LocalAccess(root=entry.local.root))
+        restart = entry.local.kubelet_restart
+        access = NodeAccess(local=LocalAccess(root=entry.local.root) if restart is None
+                            else LocalAccess(root=entry.local.root, kubelet_restart=restart))
     else:
         ssh = entry.ssh or InventorySSH()
         if "ssh" not in NodeAccess.model_fields:
@@ -265,9 +282,11 @@ def node_spec_of(entry: InventoryNode, *, cluster: str, ssh_key_file: str | None
                 else "its host key (inventory ssh.hostKey)"
             raise AdminClusterError(f"cluster {cluster}: node {entry.name} is reached over SSH and needs {missing}")
         try:
-            access = NodeAccess.model_validate({"ssh": {"host": entry.address, "port": ssh.port, "user": ssh.user,
-                                                        "keyFile": ssh_key_file, "hostKey": ssh.host_key,
-                                                        "root": ssh.root}}, by_name=False)
+            login = {"host": entry.address, "port": ssh.port, "user": ssh.user, "keyFile": ssh_key_file,
+                     "hostKey": ssh.host_key, "root": ssh.root}
+            if ssh.kubelet_restart is not None:
+                login["kubeletRestart"] = list(ssh.kubelet_restart)
+            access = NodeAccess.model_validate({"ssh": login}, by_name=False)
         except ValidationError as exc:
             raise AdminClusterError(f"cluster {cluster}: node {entry.name}: {_first_error(exc)}") from None
     return NodeSpec(name=entry.name, role=entry.role, access=access)

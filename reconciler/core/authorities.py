@@ -56,6 +56,20 @@ class StaticPodComponent:
 
 
 @dataclass(frozen=True)
+class NodeServiceComponent:
+    """A component that runs as a service on the node (the kubelet under systemd on a kubeadm
+    node), not as a static pod: careconcile restarts it by running the node's restart command
+    (``kubeletRestart`` in the spec) and records the restart in ``marker``, a small file on the
+    node. Only nodes whose spec names a restart command have one. It is seen running again
+    when the node's Lease in kube-node-lease is renewed after the restart."""
+
+    name: str
+    inputs: tuple[str, ...]
+    marker: str
+    roles: tuple[Role, ...]
+
+
+@dataclass(frozen=True)
 class SignerFlags:
     """The controller-manager flags that name the CA it signs with."""
 
@@ -80,6 +94,8 @@ class AuthorityLayout:
     # control-plane nodes' files), and whether the Secret <cluster>-kubeconfig trusts it.
     management_secret: str | None = None
     management_kubeconfig: bool = False
+    # Components that run as services on the nodes and are restarted by a command.
+    node_services: tuple[NodeServiceComponent, ...] = ()
 
     @property
     def signer_cert(self) -> str:
@@ -120,6 +136,11 @@ CLUSTER_CA = AuthorityLayout(
     in_cluster_objects=True,
     management_secret="ca",  # Cluster API's <cluster>-ca; the etcd CA is <cluster>-etcd, front-proxy <cluster>-proxy
     management_kubeconfig=True,
+    node_services=(
+        NodeServiceComponent("kubelet", (f"{KUBERNETES_DIR}/kubelet.conf", kubeadm.CLUSTER_CA_CERT,
+                                         kubeadm.KUBELET_CLIENT_CERT),
+                             marker=kubeadm.KUBELET_RESTART_MARKER, roles=ALL_ROLES),
+    ),
 )
 
 AUTHORITIES = {CLUSTER_CA.name: CLUSTER_CA}

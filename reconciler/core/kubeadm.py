@@ -19,6 +19,9 @@ KUBERNETES_DIR = "/etc/kubernetes"
 PKI_DIR = f"{KUBERNETES_DIR}/pki"
 MANIFESTS_DIR = f"{KUBERNETES_DIR}/manifests"
 KUBELET_CLIENT_CERT = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+# Not kubeadm's: careconcile records here when it last restarted the node's kubelet, and for
+# which digest of its input files (JSON: restartedFor, restartedAt, leaseRenewTime).
+KUBELET_RESTART_MARKER = "/var/lib/kubelet/careconcile-restarted-for"
 ETCD_DATA_DIR = "/var/lib/etcd"
 
 CLUSTER_CA_CERT = f"{PKI_DIR}/ca.crt"
@@ -360,8 +363,18 @@ def scheduler_manifest(ports: ControlPlanePorts) -> dict[str, Any]:
     ])
 
 
+# How long kwok's node Leases last (a kubelet's default is 40 s). kwok renews them every
+# quarter of that, and a restarted kwok takes them over only once they have run out (it is
+# a new holder), so this bounds the wait after each restart of kwok: about as long as the
+# controller-manager's wait for its leader Lease (15 s).
+NODE_LEASE_SECONDS = 15
+
+
 def kwok_manifest() -> dict[str, Any]:
-    """kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake."""
+    """kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake, and like a
+    kubelet it keeps each node's Lease in kube-node-lease renewed (kwok makes none unless
+    told how long one lasts): that renewal is how careconcile sees a restarted kubelet, or
+    kwok, running again."""
     return static_pod("kwok", [
         "kwok",
         f"--kubeconfig={KWOK_KUBECONFIG}",
@@ -370,4 +383,5 @@ def kwok_manifest() -> dict[str, Any]:
         f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
         f"--node-ip={LOOPBACK}",
         "--server-address=",
+        f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
     ])

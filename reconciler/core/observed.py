@@ -68,11 +68,14 @@ class ObservedLeaf:
 
 @dataclass(frozen=True)
 class ObservedComponent:
-    """A static pod that reads trust and credentials only at start.
+    """A component that reads trust and credentials only at start: a static pod (restarted
+    by rewriting its manifest) or a node service such as the kubelet (restarted by running
+    ``command`` on the node).
 
-    ``restarted_for`` is the digest of its inputs recorded in its manifest when careconcile
-    last restarted it; ``inputs_digest`` the digest of those inputs now. They differ when
-    the component may still run with what its files held before."""
+    ``restarted_for`` is the digest of its inputs recorded when careconcile last restarted
+    it (in the manifest, or in the kubelet's marker file); ``inputs_digest`` the digest of
+    those inputs now. They differ when the component may still run with what its files
+    held before."""
 
     id: str
     node: str
@@ -83,6 +86,11 @@ class ObservedComponent:
     restarted_at: dt.datetime | None
     signer_cert: str | None = None  # the controller-manager's signing flags, as set now
     signer_key: str | None = None
+    restart: Literal["manifest", "command"] = "manifest"
+    command: tuple[str, ...] = ()  # restart "command": the arguments that restart it on its node
+    # restart "command": the renewTime of the node's Lease read just after the restart; a
+    # later renewal comes from the restarted kubelet (both times are the node's clock).
+    lease_renewed_at_restart: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ generated from :class:`PlanDocument`.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from typing import TYPE_CHECKING, Literal
 
@@ -213,7 +214,11 @@ def _plan_rollback(observed: ClusterObservation, result) -> ClusterPlan:
     if not state.has_previous_key:
         raise RollbackRefusedError(f"cluster {observed.cluster}: the state store no longer holds the old CA's key")
     old_fp = fp(state.previous)
-    distrusting = [bundle.id for bundle in observed.bundles if bundle.managed and not _in(old_fp, bundle)]
+    target_fp = fp(state.target)
+    # A bundle that trusts neither CA of this rotation (a webhook left on a CA retired
+    # earlier) says nothing about whether the old CA is still trusted.
+    distrusting = [bundle.id for bundle in observed.bundles if bundle.managed and not _in(old_fp, bundle)
+                   and (bundle.kind != "ca-bundle" or _in(target_fp, bundle))]
     if distrusting:
         raise RollbackRefusedError(
             f"cluster {observed.cluster}: the old CA {old_fp} is no longer trusted by "
@@ -333,7 +338,8 @@ def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_si
                    operation: Operation) -> None:
     """Restart a component in each phase that changes what it reads only at start or, for
     the controller-manager, which CA file it signs from; and, after a crash between a file
-    change and its restart, in the current phase."""
+    change and its restart, in the current phase. A static pod and a node's kubelet alike:
+    only the executor tells a manifest rewrite from a restart command."""
     rotating = observed.state.in_progress or operation in ("rotate", "rollback")
     current = verified + 1 if verified >= 1 else 2
     for component in observed.components:
@@ -348,6 +354,8 @@ def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_si
             if builder.touched(phase, component.node, component.inputs):
                 reasons.append("its files change in this phase")
             params: dict[str, str] = {"component": component.name}
+            if component.restart == "command":  # the kubelet: shown so that a reviewer sees what runs
+                params["command"] = shlex.join(component.command)
             if signs:
                 wanted = "signer" if splits_signer and phase in (2, 3) else "record"
                 if wanted != signing_now:

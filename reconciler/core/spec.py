@@ -112,11 +112,37 @@ class _ExactlyOne(_Strict):
         return self
 
 
+# The command that restarts a node's kubelet, as a list of arguments. The kubelet
+# reads its kubeconfig's CA and its client certificate only when it starts, so careconcile
+# runs this after each phase that changes them. An empty list: the node has no kubelet to
+# restart (the sandbox, where kwok stands in for the kubelets).
+KUBELET_RESTART_SSH = ("systemctl", "restart", "kubelet")
+
+
+def _argument_list(value: Any) -> Any:
+    if isinstance(value, str):  # a whole command line in one string: careconcile splits nothing
+        raise ValueError(f"must be a list of arguments, such as [systemctl, restart, kubelet]; got the string {value!r}")
+    return value
+
+
+Command = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], BeforeValidator(_argument_list)]
+_KUBELET_RESTART_HELP = (
+    "The command that restarts the node's kubelet, as a list of arguments, each passed to the program as written "
+    "(no shell syntax); it must return once the old kubelet has stopped. careconcile runs it after each phase of a "
+    "rotation that changes the kubelet's kubeconfig, CA file or client certificate. [] means the node has no "
+    "kubelet to restart.")
+
+
 class LocalAccess(_Strict):
     """The node's filesystem is reachable here, under a root directory (the sandbox's
     node directories, or "/" when careconcile runs on the node itself)."""
 
     root: AbsolutePath = Field(description="Absolute directory that stands for the node's '/'.")
+    kubelet_restart: Command = Field(
+        default=(), alias="kubeletRestart",
+        description=_KUBELET_RESTART_HELP + " Default [] (a local root is usually a sandbox node directory, whose "
+                    "kubelet does not exist); careconcile running on the node itself with root '/' sets "
+                    "[systemctl, restart, kubelet].")
 
 
 # The public key types OpenSSH offers as host keys, as a known_hosts line names them.
@@ -174,6 +200,10 @@ class SSHAccess(_Strict):
                     "(hashed entries work); relative to the spec file's directory, '~' expands. Exactly one of "
                     "hostKey and knownHostsFile.")
     root: AbsolutePath = Field(default="/", description="Absolute directory on the node that stands for its '/'.")
+    kubelet_restart: Command = Field(
+        default=KUBELET_RESTART_SSH, alias="kubeletRestart",
+        description=_KUBELET_RESTART_HELP + " Run over the node's SSH connection as `user`; default "
+                    "[systemctl, restart, kubelet], as on a kubeadm node.")
 
     @model_validator(mode="after")
     def _one_host_key_policy(self) -> "SSHAccess":
@@ -202,6 +232,12 @@ class NodeSpec(_Strict):
         description="'control-plane' for a node that runs the control plane's static pods, 'worker' otherwise.",
     )
     access: NodeAccess = Field(description="How careconcile reaches the node's files.")
+
+    @property
+    def kubelet_restart(self) -> tuple[str, ...]:
+        """The command that restarts the node's kubelet; empty when it has none to restart."""
+        chosen = self.access.local if self.access.local is not None else self.access.ssh
+        return tuple(chosen.kubelet_restart) if chosen is not None else ()
 
 
 class KeySettings(_Strict):

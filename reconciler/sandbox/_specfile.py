@@ -31,8 +31,10 @@ def _access(info: "SandboxInfo", node: "NodeInfo") -> dict:
     # The key is given relative to the spec's directory (the sandbox's), as a spec kept
     # beside its keys would give it.
     key_file = os.path.relpath(ssh["key_file"], os.path.dirname(info.spec))
+    # No kubelet runs on a sandbox node (kwok stands in for them all, and is restarted through
+    # its manifest): without this, careconcile would run `systemctl restart kubelet` on this machine.
     return {"ssh": {"host": ssh["host"], "port": ssh["port"], "user": ssh["user"], "keyFile": key_file,
-                    "hostKey": ssh["host_key"], "root": node.root}}
+                    "hostKey": ssh["host_key"], "root": node.root, "kubeletRestart": []}}
 
 
 def _reach(info: "SandboxInfo") -> dict:

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,11 @@ from cryptography import x509
 from reconciler._files import atomic_write
 from reconciler._time import micro_time, parse_time, utcnow
 from reconciler.core import kubeadm, kubeconfig, pki
-from reconciler.core.authorities import SIGNER_DIR, manifest_path
+from reconciler.core.authorities import SIGNER_DIR, NodeServiceComponent, manifest_path
 from reconciler.core.kubeconfig import ClientCredentials
-from reconciler.core.observed import NEW_CA, RETIRED_KEPT, ClusterObservation, StoredState, fp, short
+from reconciler.core.observed import (
+    NEW_CA, RETIRED_KEPT, ClusterObservation, ObservedComponent, StoredState, fp, short,
+)
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, ClusterPlan
 from reconciler.core.spec import ResolvedAuthority
@@ -37,6 +40,7 @@ from reconciler.shell.management import SecretKubeconfigClient
 from reconciler.shell.observe import (
     CA_BUNDLE_OWNERS, CLUSTER_INFO, EXTENSION_AUTH, EXTENSION_AUTH_ID, RESTARTED_AT, RESTARTED_FOR, ClusterAccess,
     apiserver_servers, ca_bundle_fields, inputs_digest, load_manifest, local_kubeconfig_scope, observe, read_record,
+    restart_marker,
 )
 from reconciler.shell.statestore import Stored, StoredKeys, with_state
 
@@ -44,6 +48,9 @@ from reconciler.shell.statestore import Stored, StoredKeys, with_state
 # differs; the crash-and-resume tests set it to kill a run at every action boundary.
 CRASH_AFTER_ENV = "CARECONCILE_TEST_CRASH_AFTER_ACTIONS"
 PROBE_USER = "careconcile:probe"
+NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+# How long a node's restart command (systemctl restart kubelet) may take.
+RESTART_COMMAND_TIMEOUT = 120.0
 
 
 @dataclass
@@ -298,10 +305,13 @@ class Executor:
         with its owner and mode kept, so that its user can still read it."""
         target = Path(path).resolve()
         try:
-            document = kubeconfig.parse(target.read_text(), source=str(target))
-            status = target.stat()
-            atomic_write(target, kubeconfig.dump(change(document)).encode(), status.st_mode & 0o777,
-                         owner=(status.st_uid, status.st_gid))
+            # Clusters of one wave may share this file (one kubeconfig, a context each): their
+            # read-change-write must not interleave, or one cluster's change is lost.
+            with _local_file_lock(target):
+                document = kubeconfig.parse(target.read_text(), source=str(target))
+                status = target.stat()
+                atomic_write(target, kubeconfig.dump(change(document)).encode(), status.st_mode & 0o777,
+                             owner=(status.st_uid, status.st_gid))
         except OSError as exc:
             raise RotationError(f"kubeconfig {path}: cannot rewrite it: {exc.strerror or exc}") from exc
 
@@ -411,6 +421,10 @@ class Executor:
     def _restart(self, action: Action) -> None:
         files = self.access.nodes[action.node]
         component = action.params["component"]
+        service = next((s for s in self.access.layout.node_services if s.name == component), None)
+        if service is not None:
+            self._restart_service(action, service)
+            return
         manifest = load_manifest(files, component)
         if manifest is None:
             raise RotationError(f"{files.describe()}: {manifest_path(component)} disappeared")
@@ -434,6 +448,29 @@ class Executor:
         # The YAML writer the sandbox writes manifests with.
         files.write(manifest_path(component), kubeconfig.dump(manifest).encode(),
                     files.mode(manifest_path(component)) or 0o600)
+
+    def _restart_service(self, action: Action, service: NodeServiceComponent) -> None:
+        """Restart a node service (the kubelet) with the node's restart command, then record
+        it in the marker file: the digest of its inputs, when, and the node's Lease renewTime
+        just after the restart, which the phase check waits to see renewed."""
+        files = self.access.nodes[action.node]
+        command = self.access.kubelet_restart(action.node)
+        if not command:
+            raise RotationError(f"{files.describe()}: the spec names no command to restart its {service.name} "
+                                "(kubeletRestart)", hint="plan again: the spec changed since this plan was made")
+        restarted_for = inputs_digest(files, service.inputs)
+        files.run(list(command), timeout=RESTART_COMMAND_TIMEOUT)
+        restarted_at = utcnow()
+        files.write(service.marker, restart_marker(restarted_for, restarted_at, self._node_lease_renewed(action.node)),
+                    kubeadm.PUBLIC)
+
+    def _node_lease_renewed(self, node: str) -> dt.datetime | None:
+        """The renewTime of the node's Lease, None when it has none (or cannot be read now)."""
+        try:
+            lease = self.access.client.get(f"{NODE_LEASES}/{node}")
+        except (APIError, ClusterUnreachableError):
+            return None
+        return parse_time((lease.get("spec") or {}).get("renewTime"))
 
     # --- checks --------------------------------------------------------------------------
 
@@ -527,8 +564,10 @@ class Executor:
         client = self.access.client
         by_name: dict[str, list] = {}
         for component in observed.components:
-            if component.restarted_at is not None:
+            if component.restarted_at is not None and component.restart == "manifest":
                 by_name.setdefault(component.name, []).append(component)
+        problems += self._node_services_ready([c for c in observed.components
+                                               if c.restarted_at is not None and c.restart == "command"])
         readiness = {c.name: c.readiness for c in self.access.layout.components}
         now = utcnow()
         for name, instances in by_name.items():
@@ -548,6 +587,29 @@ class Executor:
                 if stale:
                     problems.append(f"{name} has not renewed the leases of {len(stale)} node(s) since its restart "
                                     f"({', '.join(stale[:3])})")
+        return problems
+
+    def _node_services_ready(self, restarted: list[ObservedComponent]) -> list[str]:
+        """Each restarted kubelet runs again: its node's Lease was renewed after the restart
+        (after the renewTime read just after it, both the node's clock; else after the time
+        of the restart) and lately."""
+        if not restarted:
+            return []
+        leases = {lease["metadata"]["name"]: lease.get("spec") or {} for lease in self.access.client.list(NODE_LEASES)}
+        now = utcnow()
+        problems = []
+        for component in restarted:
+            spec = leases.get(component.node)
+            if spec is None:
+                problems.append(f"{component.id}: node {component.node} has no Lease in kube-node-lease; its "
+                                f"{component.name} has not registered the node")
+                continue
+            renewed = parse_time(spec.get("renewTime"))
+            after = component.lease_renewed_at_restart or component.restarted_at
+            duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40))
+            if renewed is None or renewed <= after or now - renewed > duration * 2:
+                problems.append(f"{component.id}: the node's Lease has not been renewed since the restart at "
+                                f"{component.restarted_at:%H:%M:%S}")
         return problems
 
     def _nodes_ready(self) -> list[str]:
@@ -579,6 +641,15 @@ class Executor:
 
 
 CA_BUNDLE_KINDS = {kind for kind, _ in CA_BUNDLE_OWNERS}
+
+_LOCAL_FILE_LOCKS: dict[Path, threading.Lock] = {}
+_LOCAL_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _local_file_lock(path: Path) -> threading.Lock:
+    """One lock per file on this machine, for the executors of a wave's clusters (threads)."""
+    with _LOCAL_FILE_LOCKS_GUARD:
+        return _LOCAL_FILE_LOCKS.setdefault(path, threading.Lock())
 
 
 def _set_ca_bundle(kind: str, item: dict, suffix: str, bundle: str) -> None:

@@ -3,14 +3,19 @@
 A transport reads, writes and removes files by their absolute path on the node. ``local``
 maps them under a root directory (the sandbox's node directories, or "/" on the node
 itself); ``ssh`` (:mod:`reconciler.shell.ssh`) does the same over SFTP, with one reused
-connection per node. Restarting a component is a write of its manifest, so files are all
-a transport needs.
+connection per node. Restarting a static pod is a write of its manifest; the one command
+a transport runs (``run``) is the restart of a node's kubelet, which is a systemd service
+on a kubeadm node, not a static pod.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import posixpath
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -47,6 +52,33 @@ class NodeFiles(Protocol):
     def close(self) -> None:
         """Let go of any connection; a later call opens it again."""
 
+    def run(self, argv: list[str], timeout: float) -> None:
+        """Run a command on the node (the restart of its kubelet), waiting at most ``timeout``
+        seconds; raise NodeUnreachableError naming the node, the command, its exit status
+        and the last lines of its stderr when it fails."""
+
+
+# How many lines of a failed command's stderr its error quotes.
+STDERR_LINES = 5
+
+
+def command_failed(where: str, argv: list[str], what: str, stderr: bytes = b"") -> NodeUnreachableError:
+    """The error of a command that failed on a node: ``what`` says how (an exit status, a
+    timeout), then the last lines of its stderr."""
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    tail = "; stderr: " + " | ".join(lines[-STDERR_LINES:]) if lines else ""
+    return NodeUnreachableError(f"{where}: `{shlex.join(argv)}` {what}{tail}",
+                                hint="check the node's kubeletRestart command in the spec, and the node itself")
+
+
+def link_destination(path: str, link: str) -> str:
+    """The node path a symbolic link at ``path`` points to. kubeadm nodes keep the kubelet's
+    client certificate as a link (kubelet-client-current.pem -> kubelet-client-<date>.pem),
+    and the kubelet stops rotating it if the link becomes a file, so careconcile writes
+    through such a link, never over it. An absolute link is a path on the node, so under
+    the node's root."""
+    return posixpath.normpath(link if link.startswith("/") else posixpath.join(posixpath.dirname(path), link))
+
 
 class LocalNodeFiles:
     def __init__(self, node: str, root: str) -> None:
@@ -64,9 +96,18 @@ class LocalNodeFiles:
             raise NodeUnreachableError(f"{self.describe()}: the root directory does not exist",
                                        hint="check spec.clusters[].nodes[].access.local.root")
 
+    def _through_links(self, path: str) -> Path:
+        """Where ``path`` really is: links are followed inside the node's root."""
+        for _ in range(8):  # a chain of links, but not a loop
+            where = self._where(path)
+            if not where.is_symlink():
+                return where
+            path = link_destination(path, os.readlink(where))
+        return self._where(path)
+
     def read(self, path: str) -> bytes | None:
         try:
-            return self._where(path).read_bytes()
+            return self._through_links(path).read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -74,13 +115,18 @@ class LocalNodeFiles:
 
     def mode(self, path: str) -> int | None:
         try:
-            return self._where(path).stat().st_mode & 0o777
+            return self._through_links(path).stat().st_mode & 0o777
         except FileNotFoundError:
             return None
 
     def write(self, path: str, content: bytes, mode: int) -> None:
         try:
-            atomic_write(self._where(path), content, mode)
+            existing = self._through_links(path)
+            owner = None
+            with contextlib.suppress(FileNotFoundError):
+                info = existing.stat()
+                owner = (info.st_uid, info.st_gid)
+            atomic_write(existing, content, mode, owner=owner)
         except OSError as exc:
             raise NodeUnreachableError(f"{self.describe()}: cannot write {path}: {exc.strerror}") from exc
 
@@ -103,6 +149,22 @@ class LocalNodeFiles:
         except OSError as exc:
             if exc.errno != errno.ENOTEMPTY:
                 raise NodeUnreachableError(f"{self.describe()}: cannot remove {path}: {exc.strerror}") from exc
+
+    def run(self, argv: list[str], timeout: float) -> None:
+        """Run the command on this machine (careconcile runs on the node itself); the
+        executor calls it only for a node whose spec names a command."""
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise command_failed(self.describe(), argv, f"did not finish within {timeout:.0f}s",
+                                 exc.stderr or b"") from exc
+        except OSError as exc:
+            raise command_failed(self.describe(), argv, f"could not be started: {exc.strerror or exc}") from exc
+        if result.returncode != 0:
+            status = (f"was killed by signal {-result.returncode}" if result.returncode < 0
+                      else f"failed with exit status {result.returncode}")
+            raise command_failed(self.describe(), argv, status, result.stderr)
 
 
 def _spec_path(value: str, base: Path) -> Path:

@@ -7,7 +7,9 @@ malformed certificate or an unreachable node is reported where it is.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from ruamel.yaml import YAML, YAMLError
 
-from reconciler._time import parse_time
+from reconciler._time import micro_time, parse_time
 from reconciler.core import kubeconfig, pki
 from reconciler.core.authorities import AuthorityLayout, manifest_path
 from reconciler.core.observed import (
@@ -26,7 +28,7 @@ from reconciler.errors import APINotFoundError, NodeUnreachableError, PKIError
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient
 from reconciler.shell.fleet import map_bounded
-from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, ClusterLock
+from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, ClusterLock, LockSet
 from reconciler.shell.management import ManagementAccess
 from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore, Stored
@@ -61,10 +63,15 @@ class ClusterAccess:
     def name(self) -> str:
         return self.cluster.name
 
-    def lock(self, operation: str) -> ClusterLock:
-        """The cluster's lock for one operation (not taken yet)."""
-        return ClusterLock(self.lock_client or self.client, self.name, operation=operation,
+    def lock(self, operation: str) -> ClusterLock | LockSet:
+        """The cluster's lock for one operation (not taken yet). In admin mode it is two
+        Leases: in the management namespace, and in the cluster's own kube-system, so that
+        a run from a plain spec of the same cluster is refused too."""
+        lock = ClusterLock(self.lock_client or self.client, self.name, operation=operation,
                            namespace=self.lock_namespace, name=self.lock_name)
+        if self.lock_client is None:
+            return lock
+        return LockSet([lock, ClusterLock(self.client, self.name, operation=operation)])
 
     @property
     def workspace_kubeconfig(self) -> Path:
@@ -72,6 +79,11 @@ class ClusterAccess:
 
     def control_planes(self) -> list[str]:
         return [name for name, role in self.roles.items() if role == "control-plane"]
+
+    def kubelet_restart(self, node: str) -> tuple[str, ...]:
+        """The command that restarts ``node``'s kubelet (the spec's kubeletRestart); empty
+        when the node has no kubelet for careconcile to restart."""
+        return next((spec.kubelet_restart for spec in self.cluster.nodes if spec.name == node), ())
 
     def close(self) -> None:
         """Close the API client and the nodes' connections (SSH); a later call reopens them."""
@@ -135,7 +147,7 @@ def _kubeconfig_bundle(raw: bytes, source: str, scope: kubeconfig.Scope = kubeco
 def _kubeconfig_leaves(raw: bytes, source: str, *, site: str, kind: str, node: str | None,
                        path: str, scope: kubeconfig.Scope = kubeconfig.EVERYTHING) -> list[ObservedLeaf]:
     leaves = []
-    credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source), scope)
+    credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source), scope, source=source)
     for user, cert_pem, key_pem in credentials:
         cert = _certs(cert_pem, f"{source} user {user}")[0]
         matches = key_pem is not None and pki.key_pem_matches_cert(
@@ -213,7 +225,49 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
         if server is not None:
             endpoints.append(ObservedEndpoint(node=name, server=server,
                                               presented=probes.presented_certificate(server)))
+    command = access.kubelet_restart(name)
+    for service in layout.node_services:
+        if command and role in service.roles:
+            marker = read_restart_marker(files, service.marker)
+            components.append(ObservedComponent(
+                id=f"{name}:{service.name}", node=name, name=service.name, inputs=service.inputs,
+                inputs_digest=inputs_digest(files, service.inputs), restarted_for=marker.restarted_for,
+                restarted_at=marker.restarted_at, restart="command", command=command,
+                lease_renewed_at_restart=marker.lease_renew_time,
+            ))
     return bundles, leaves, components, record, endpoints
+
+
+@dataclass(frozen=True)
+class RestartMarker:
+    """What careconcile wrote on a node when it last restarted a node service (the kubelet)."""
+
+    restarted_for: str | None = None
+    restarted_at: dt.datetime | None = None
+    lease_renew_time: dt.datetime | None = None  # the node's Lease renewTime read just after the restart
+
+
+def read_restart_marker(files: NodeFiles, path: str) -> RestartMarker:
+    """The marker file as careconcile wrote it. One that is missing or unreadable counts as
+    no restart recorded: during a rotation the next plan restarts the service, which
+    writes it again."""
+    raw = files.read(path)
+    if raw is None:
+        return RestartMarker()
+    try:
+        document = json.loads(raw)
+        restarted_for = document.get("restartedFor")
+        return RestartMarker(restarted_for=restarted_for if isinstance(restarted_for, str) else None,
+                             restarted_at=parse_time(document.get("restartedAt")),
+                             lease_renew_time=parse_time(document.get("leaseRenewTime")))
+    except (ValueError, TypeError, AttributeError):
+        return RestartMarker()
+
+
+def restart_marker(restarted_for: str, restarted_at: dt.datetime, lease_renew_time: dt.datetime | None) -> bytes:
+    return (json.dumps({"restartedFor": restarted_for, "restartedAt": micro_time(restarted_at),
+                        "leaseRenewTime": micro_time(lease_renew_time) if lease_renew_time else None},
+                       indent=2) + "\n").encode()
 
 
 def apiserver_server(files: NodeFiles) -> str | None:

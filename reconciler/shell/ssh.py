@@ -9,7 +9,8 @@ Host keys are never trusted on first use: the spec pins the node's key (``hostKe
 names a known_hosts file that holds it. Writes are atomic: a temp file beside the target,
 created with the file's mode before any byte is written, given the old file's owner,
 fsynced, then renamed over the target (OpenSSH's posix-rename), and removed on any
-failure. Restarting a component is a write of its manifest, so files are all it needs.
+failure. Restarting a static pod is a write of its manifest; the one command it runs
+(``run``, over the same connection) is the restart of the node's kubelet.
 
 Every failure is a :class:`NodeUnreachableError` that names the node, ``user@host:port``
 and what was being done, with the paramiko or OS error as its cause.
@@ -23,9 +24,11 @@ import contextlib
 import errno
 import posixpath
 import secrets
+import shlex
 import socket
 import stat
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -37,6 +40,7 @@ from paramiko.sftp_file import SFTPFile
 
 from reconciler.core.spec import SSHAccess
 from reconciler.errors import NodeUnreachableError
+from reconciler.shell.nodes import command_failed
 
 CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, authentication, opening the SFTP channel
 OPERATION_TIMEOUT = 60.0  # one SFTP request without an answer: the connection is taken as lost
@@ -268,7 +272,7 @@ class SSHNodeFiles:
     def read(self, path: str) -> bytes | None:
         def read(sftp: paramiko.SFTPClient) -> bytes | None:
             try:
-                with sftp.open(self._where(path), "rb") as handle:
+                with sftp.open(self._through_links(sftp, path), "rb") as handle:
                     return handle.read()
             except OSError as exc:
                 if exc.errno == errno.ENOENT and not _lost(exc):
@@ -279,7 +283,7 @@ class SSHNodeFiles:
     def mode(self, path: str) -> int | None:
         def mode(sftp: paramiko.SFTPClient) -> int | None:
             try:
-                return (sftp.stat(self._where(path)).st_mode or 0) & 0o777
+                return (sftp.stat(self._through_links(sftp, path)).st_mode or 0) & 0o777
             except OSError as exc:
                 if exc.errno == errno.ENOENT and not _lost(exc):
                     return None
@@ -287,11 +291,10 @@ class SSHNodeFiles:
         return self._run(f"read the mode of {path}", mode)
 
     def write(self, path: str, content: bytes, mode: int) -> None:
-        target = self._where(path)
-        directory, name = posixpath.split(target)
-        temp = posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
-
         def write(sftp: paramiko.SFTPClient) -> None:
+            target = self._through_links(sftp, path)
+            directory, name = posixpath.split(target)
+            temp = posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
             _make_directories(sftp, directory)
             try:
                 existing = sftp.stat(target)
@@ -320,6 +323,21 @@ class SSHNodeFiles:
                 raise
         self._run(f"write {path}", write)
 
+    def _through_links(self, sftp: paramiko.SFTPClient, path: str) -> str:
+        """Where a write of ``path`` goes: the file a symbolic link there points to."""
+        from reconciler.shell.nodes import link_destination
+
+        for _ in range(8):  # a chain of links, but not a loop
+            try:
+                if not stat.S_ISLNK(sftp.lstat(self._where(path)).st_mode or 0):
+                    break
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or _lost(exc):
+                    raise
+                break
+            path = link_destination(path, sftp.readlink(self._where(path)))
+        return self._where(path)
+
     def remove(self, path: str) -> None:
         def remove(sftp: paramiko.SFTPClient) -> None:
             try:
@@ -340,6 +358,49 @@ class SSHNodeFiles:
                 if exc.errno is None and not sftp.listdir(where):
                     raise  # SFTP says only "Failure": the directory is empty, so it was something else
         self._run(f"remove the directory {path}", remove_directory)
+
+    def run(self, argv: list[str], timeout: float) -> None:
+        """Run a command on the node (the restart of its kubelet) in a session channel of the
+        node's connection, the arguments quoted for the login shell; wait at most ``timeout``
+        seconds for it to end. A failure names the command, its exit status and the last
+        lines of its stderr; its stdout is not kept."""
+        command = shlex.join(argv)
+
+        def run(sftp: paramiko.SFTPClient) -> None:
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is None or not transport.is_active():
+                raise paramiko.SSHException("the connection is closed")
+            channel = transport.open_session(timeout=self.connect_timeout)
+            stderr = bytearray()
+            try:
+                channel.exec_command(command)
+                channel.shutdown_write()  # nothing on its stdin
+                deadline = time.monotonic() + timeout
+                while True:
+                    busy = False
+                    while channel.recv_ready():
+                        channel.recv(65536)
+                        busy = True
+                    while channel.recv_stderr_ready():
+                        stderr += channel.recv_stderr(65536)
+                        busy = True
+                    if not busy and channel.exit_status_ready():
+                        break
+                    if time.monotonic() > deadline:
+                        raise command_failed(self.describe(), argv, f"did not finish within {timeout:.0f}s",
+                                             bytes(stderr))
+                    if not busy:
+                        time.sleep(0.02)
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+            if status == -1 and not transport.is_active():
+                raise paramiko.SSHException("the connection closed before the command ended")
+            if status != 0:
+                how = "ended without an exit status (killed by a signal?)" if status == -1 \
+                    else f"failed with exit status {status}"
+                raise command_failed(self.describe(), argv, how, bytes(stderr))
+        self._run(f"run `{command}`", run)
 
 
 def _create(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from paramiko.sftp_file import SFTPFile
+from ruamel.yaml import YAML
 
 from reconciler.core import pki
 from reconciler.core.spec import NodeSpec
@@ -308,10 +310,78 @@ def test_one_connection_per_node_reused_across_calls_and_threads(server, tmp_pat
             files.close()
 
 
+def test_run_executes_a_command_on_the_node_over_the_same_connection(server, tmp_path):
+    root = _node_root(tmp_path)
+    ran = root / "var/lib/kubelet/ran"
+    ran.parent.mkdir(parents=True)
+    logins = server.accepted_logins()
+    files = _files(server, root)
+    try:
+        assert files.read(CA_CERT) == b"old certificate\n"
+        # each argument arrives as it is: quoted for the node's login shell
+        files.run(["sh", "-c", 'printf "%s|%s\\n" "$0" "$1" >> "$2"', "it's one argument", "$HOME; exit 9", str(ran)],
+                  timeout=30)
+        assert ran.read_text() == "it's one argument|$HOME; exit 9\n"
+        files.run(["sh", "-c", f"date +%s >> {ran}"], timeout=30)
+        assert len(ran.read_text().splitlines()) == 2
+        assert files.connections == 1
+        _wait_for_logins(server, logins + 1)
+        assert server.accepted_logins() == logins + 1  # no second login for the commands
+        assert files.read(CA_CERT) == b"old certificate\n"  # and the SFTP session goes on
+    finally:
+        files.close()
+
+
+def test_a_failing_command_names_the_node_the_command_its_exit_status_and_stderr(server, tmp_path):
+    root = _node_root(tmp_path)
+    files = _files(server, root, name="failing-node")
+    try:
+        script = "for i in 1 2 3 4 5 6 7; do echo problem $i >&2; done; echo stdout-only-$((1+1)); exit 7"
+        with pytest.raises(NodeUnreachableError) as error:
+            files.run(["sh", "-c", script], timeout=30)
+        message = str(error.value)
+        assert message.startswith(f"node failing-node (ssh {server.user}@127.0.0.1:{server.port}, root {root}): "
+                                  "`sh -c 'for i in")
+        assert "failed with exit status 7" in message
+        assert "problem 7" in message and "problem 3" in message and "problem 2" not in message
+        assert "stdout-only-2" not in message
+        with pytest.raises(NodeUnreachableError, match=r"node failing-node .*`systemctl-missing restart kubelet` "
+                                                       r"failed with exit status 127"):
+            files.run(["systemctl-missing", "restart", "kubelet"], timeout=30)
+        started = time.monotonic()
+        with pytest.raises(NodeUnreachableError, match=r"`sleep 30` did not finish within 1s"):
+            files.run(["sleep", "30"], timeout=1)
+        assert time.monotonic() - started < 10
+        files.check()  # the connection survives a failed command
+        assert files.connections == 1
+    finally:
+        files.close()
+    if os.geteuid() == 0:  # an account that may use SFTP only runs no command: the restart fails
+        sftp_only = _files(server, root, name="sftp-only-node", user=UNPRIVILEGED)
+        try:
+            with pytest.raises(NodeUnreachableError, match=r"node sftp-only-node .*failed with exit status 1"):
+                sftp_only.run(["sh", "-c", f"touch {root}/ran"], timeout=30)
+            assert not (root / "ran").exists()
+        finally:
+            sftp_only.close()
+
+
 def _wait_for_logins(server, count: int) -> None:
     deadline = time.monotonic() + 5
     while server.accepted_logins() < count and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _set_kubelet_restart(spec: Path, commands: dict[str, list[str]]) -> None:
+    """Give the spec's nodes these kubeletRestart commands (by node name)."""
+    yaml = YAML()
+    yaml.width = 4096
+    document = yaml.load(spec.read_text())
+    for node in document["spec"]["clusters"][0]["nodes"]:
+        if node["name"] in commands:
+            node["access"]["ssh"]["kubeletRestart"] = commands[node["name"]]
+    with spec.open("w") as out:
+        yaml.dump(document, out)
 
 
 def test_full_rotation_over_ssh_reaches_the_same_end_state(start_sandbox, tmp_path):
@@ -319,16 +389,46 @@ def test_full_rotation_over_ssh_reaches_the_same_end_state(start_sandbox, tmp_pa
     spec = Path(info.spec)
     text = spec.read_text()
     assert "local:" not in text and text.count("ssh:") == 4 and "keyFile: ssh/client_key" in text
+    assert text.count("kubeletRestart: []") == 4  # kwok stands in for the kubelets: none to restart
+
+    # Kubelets restarted by a command over SSH: each worker's "restart" records that it ran.
+    # kwok serves the workers and renews their Leases, which is what the check after a
+    # kubelet's restart waits for. The control-plane node is no Node here, so it keeps [].
+    restarts = {node.name: Path(node.root) / "var/lib/kubelet/restarts" for node in info.nodes
+                if node.role == "worker"}
+    _set_kubelet_restart(spec, {name: ["sh", "-c", f"date +%s >> {path}"] for name, path in restarts.items()})
 
     old = record_ca(info)
     set_rotation(spec, 1)
+    plan_file = tmp_path / "rotate.plan.json"
+    planned = careconcile("plan", str(spec), "--out", str(plan_file), workspace=tmp_path)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    actions = json.loads(plan_file.read_text())["clusters"][0]["actions"]
+    kubelet_restarts = sorted((a["phase"], a["target"]) for a in actions
+                              if a["kind"] == "restart" and a["params"]["component"] == "kubelet")
+    # each worker's kubelet.conf and ca.crt change in phases 2 and 4, its client certificate in 3
+    assert kubelet_restarts == sorted((phase, f"{name}:kubelet") for phase in (2, 3, 4) for name in restarts)
+    assert all(a["params"]["command"].startswith("sh -c 'date +%s >> ") for a in actions
+               if a["kind"] == "restart" and a["params"]["component"] == "kubelet")
+    for name in restarts:
+        assert f"r restart {name}:kubelet" in planned.stdout
+
     started = time.monotonic()
     with Poller(Path(info.kubeconfig), set(info.apiservers)) as poller:
-        result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path)
+        result = careconcile("apply", str(plan_file), workspace=tmp_path)
     print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
           f"during it, {len(poller.failures)} failed")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Apply complete!" in result.stdout
+    # one restart of each worker's kubelet per phase that changed its files, each recorded on the node
+    assert {name: len(path.read_text().splitlines()) for name, path in restarts.items()} == \
+        {name: 3 for name in restarts}
+    for node in info.nodes:
+        marker = Path(node.root) / "var/lib/kubelet/careconcile-restarted-for"
+        assert marker.is_file() == (node.name in restarts), node.name
+        if node.name in restarts:
+            assert json.loads(marker.read_text())["restartedFor"].startswith("sha256:")
+    assert not (Path(info.nodes[0].root) / "var/lib/kubelet/restarts").exists()
     new = record_ca(info)
     assert poller.failures == [], "\n".join(poller.failures[:10])
     assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)

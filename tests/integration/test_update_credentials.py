@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 from reconciler.core import kubeconfig, pki
 from reconciler.shell.executor import CRASH_AFTER_ENV
@@ -78,6 +79,20 @@ def secret_kubeconfig(admin) -> str:
     return base64.b64decode(admin_secret(admin, f"{USER}-kubeconfig")["data"]["value"]).decode()
 
 
+def plain_spec(user) -> Path:
+    """The user sandbox's spec without admin mode: its control plane's admin.conf as kubeconfig.
+    Beside the original, whose node keyFile is relative to its directory."""
+    yaml = YAML()
+    document = yaml.load(Path(user.spec).read_text())
+    cluster = document["spec"]["clusters"][0]
+    del cluster["management"]
+    cluster["kubeconfig"] = str(Path(user.nodes[0].root) / "etc/kubernetes/admin.conf")
+    path = Path(user.spec).parent / "plain-spec.yaml"
+    with path.open("w") as handle:
+        yaml.dump(document, handle)
+    return path
+
+
 def assert_admin_cluster_holds(admin, ca: pki.KeyPair) -> None:
     """<user>-ca holds ``ca`` alone with its key; <user>-kubeconfig trusts only it and its
     client certificate comes from it."""
@@ -110,10 +125,15 @@ def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alon
                        lambda: any(lease["metadata"]["name"].endswith("careconcile-lock")
                                    for lease in client.list(LEASES)), timeout=120)
             competing = careconcile("apply", user.spec, "--auto-approve", workspace=newcomer / "other-ws")
+            # The same cluster described by a plain spec (its own kubeconfig, no management) is
+            # locked in its kube-system: refused as well.
+            plain = careconcile("apply", str(plain_spec(user)), "--auto-approve",
+                                workspace=newcomer / "other-ws")
             returncode, stdout, stderr = finish(process)
     assert returncode == 0, stdout + stderr
-    assert competing.returncode == 1, competing.stdout + competing.stderr
-    assert "is locked" in competing.stderr and "update credentials --cluster-ca" in competing.stderr
+    for refused in (competing, plain):
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "is locked" in refused.stderr and "update credentials --cluster-ca" in refused.stderr
 
     new = record_ca(user)
     assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)

@@ -354,6 +354,24 @@ def test_rollback_is_refused_once_a_managed_bundle_distrusts_the_previous_ca():
     assert refused.value.hint and "apply" in refused.value.hint
 
 
+def test_rollback_ignores_a_ca_bundle_left_on_a_ca_retired_before_this_rotation():
+    from dataclasses import replace
+
+    from reconciler.core.observed import ObservedBundle
+    from tests.unit.test_diff import ca
+
+    # A webhook re-installed with a CA retired long ago trusts neither CA of this rotation.
+    webhook = ObservedBundle(id="validatingwebhookconfiguration/hook/webhooks/h", kind="ca-bundle",
+                             certs=(ca("foreign").cert,), path="/apis/admissionregistration.k8s.io/v1/x")
+    observed = after_trust_both()
+    assert plan(desired(rotation=1), replace(observed, bundles=observed.bundles + (webhook,)),
+                rollback=True).operation == "rollback"
+    # One that moved to the new CA alone does say the old CA is no longer trusted there.
+    moved = replace(webhook, certs=(ca("new").cert,))
+    with pytest.raises(RollbackRefusedError, match="validatingwebhookconfiguration/hook"):
+        plan(desired(rotation=1), replace(observed, bundles=observed.bundles + (moved,)), rollback=True)
+
+
 def test_rollback_is_refused_without_the_previous_key():
     with pytest.raises(RollbackRefusedError, match="old CA's key"):
         plan(desired(rotation=1), after_trust_both(state=in_progress(2, has_previous_key=False)), rollback=True)

@@ -125,6 +125,7 @@ def test_the_sandbox_spec_over_ssh_pins_the_host_key_and_names_the_key_relative_
     document = _specfile.document(info)
     _specfile.render(info)  # validates against the model
     accesses = [node["access"] for node in document["spec"]["clusters"][0]["nodes"]]
+    # kwok stands in for the kubelets: no sandbox node has one to restart
     assert accesses[1] == {"ssh": {"host": "127.0.0.1", "port": 2222, "user": "root", "keyFile": "ssh/client_key",
-                                   "hostKey": HOST_KEY, "root": "/x/nodes/s-worker-1"}}
+                                   "hostKey": HOST_KEY, "root": "/x/nodes/s-worker-1", "kubeletRestart": []}}
     assert all("ssh" in access and "local" not in access for access in accesses)

@@ -36,7 +36,8 @@ class Finding(BaseModel):
     warning: bool = False  # changes nothing in the plan, but someone should act on it
 
 
-def _days(delta: dt.timedelta) -> str:
+def span(delta: dt.timedelta) -> str:
+    """A duration as plans and drift reports give it: ``90d``, or ``5.5h`` under a day."""
     days = delta.total_seconds() / 86400
     return f"{days:.0f}d" if abs(days) >= 1 else f"{delta.total_seconds() / 3600:.1f}h"
 
@@ -89,8 +90,8 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
     remaining = record.not_valid_after_utc - now
     if remaining < desired.renew_before:
         findings.append(Finding(code="ca-expiring", subject=authority, message=(
-            f"CA {record_fp} expires {record.not_valid_after_utc:%Y-%m-%d}, in {_days(remaining)}, "
-            f"inside renewBefore {_days(desired.renew_before)}")))
+            f"CA {record_fp} expires {record.not_valid_after_utc:%Y-%m-%d}, in {span(remaining)}, "
+            f"inside renewBefore {span(desired.renew_before)}")))
     key = pki.key_spec_of(record.public_key())
     if key != desired.key:
         findings.append(Finding(code="key-mismatch", subject=authority, message=(
@@ -120,7 +121,7 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
             left = leaf.cert.not_valid_after_utc - now
             findings.append(Finding(code="leaf-expiring", subject=leaf.id, message=(
                 f"certificate {short(leaf.fingerprint)} expires {leaf.cert.not_valid_after_utc:%Y-%m-%d}, "
-                + (f"in {_days(left)}, inside renewBefore {_days(desired.renew_before)}"
+                + (f"in {span(left)}, inside renewBefore {span(desired.renew_before)}"
                    if left > dt.timedelta(0) else "it has expired"))))
     for component in observed.components:
         if component.restarted_for is not None and component.restarted_for != component.inputs_digest:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler._time import rfc3339
 from reconciler.core import pki
+from reconciler.core.diff import span
 from reconciler.core.observed import ClusterObservation, ObservedBundle, fp, short
 
 if TYPE_CHECKING:
@@ -101,11 +102,6 @@ def totals(clusters: list[ClusterDrift]) -> DriftTotals:
         drifted=sum(c.status == "drift" for c in clusters), errors=sum(c.status == "error" for c in clusters),
         findings=sum(by_kind.values()), by_kind={kind: n for kind, n in by_kind.items() if n},
     )
-
-
-def _span(delta: dt.timedelta) -> str:
-    days = delta.total_seconds() / 86400
-    return f"{days:.0f}d" if abs(days) >= 1 else f"{delta.total_seconds() / 3600:.1f}h"
 
 
 def authority_status(observed: ClusterObservation) -> AuthorityStatus:
@@ -223,8 +219,8 @@ def _expiry(found: _Findings, subject: str, what: str, cert: x509.Certificate | 
         found.add(f"{prefix}-expired", subject, f"{what} {short(fp(cert))} expired on {rfc3339(not_after)}", remedy)
     elif remaining < desired.renew_before:
         found.add(f"{prefix}-expiring", subject,
-                  f"{what} {short(fp(cert))} expires on {rfc3339(not_after)}, in {_span(remaining)}, inside "
-                  f"renewBefore {_span(desired.renew_before)}", remedy)
+                  f"{what} {short(fp(cert))} expires on {rfc3339(not_after)}, in {span(remaining)}, inside "
+                  f"renewBefore {span(desired.renew_before)}", remedy)
 
 
 def _bundle(found: _Findings, bundle: ObservedBundle, record: str) -> None:

@@ -31,6 +31,7 @@ from tests.unit.test_diff import (
     CA_CRT, CLUSTER, CP, KUBELET_CONF, KUBELET_PEM, NOW, STALE, WORKER, desired, in_progress, observation, plan,
 )
 from tests.unit.test_plan import after_reissue, after_trust_both, select
+from tests.unit.spec_helpers import schema_accepts
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILR+4lw2fJJCUPlp0KF2czsVDT2VGyQ5te1c2og0lXvO"
 KUBELET_INPUTS = (KUBELET_CONF, CA_CRT, KUBELET_PEM)
@@ -86,19 +87,11 @@ def _spec(tmp_path: Path, restart: str) -> Path:
     return path
 
 
-def _schema_accepts(path: Path) -> bool:
-    try:
-        jsonschema.validate(YAML(typ="safe").load(path.read_text()), schemas()["spec.schema.json"])
-    except jsonschema.ValidationError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("restart", ["kubeletRestart: [sudo, systemctl, restart, kubelet]", "kubeletRestart: []", ""])
 def test_the_spec_and_its_schema_accept_a_list_of_arguments(tmp_path, restart):
     path = _spec(tmp_path, restart)
     load_spec(path)
-    assert _schema_accepts(path)
+    assert schema_accepts(path)
 
 
 @pytest.mark.parametrize("restart, message", [
@@ -111,7 +104,7 @@ def test_a_command_line_as_one_string_or_an_empty_argument_is_refused(tmp_path, 
         load_spec(path)
     assert any("kubeletRestart" in problem and message in problem for problem in error.value.problems), \
         error.value.problems
-    assert not _schema_accepts(path)
+    assert not schema_accepts(path)
 
 
 @pytest.mark.parametrize("extra", [{}, {"kubeletRestart": []}, {"kubeletRestart": ["sudo", "systemctl", "restart",

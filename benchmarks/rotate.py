@@ -1,6 +1,7 @@
 """Time a full cluster-CA rotation of 1 control plane with 3 and with 50 workers, per phase.
 
     .venv/bin/python benchmarks/rotate.py [--repeats 3] [--workers 3 50] [--transport local ssh]
+                                          [--lease-handover fast kubeadm]
 
 Each repeat raises the spec's rotation counter on the same sandbox and applies it, the
 way `careconcile apply SPEC --auto-approve` does (lock, observe, plan, run). Prints a
@@ -21,6 +22,11 @@ SSH connections a rotation opened: counted by the transport, and from the sshd's
 ("Accepted publickey" lines). Per rotation, stderr shows the node-file operations
 (check, read, mode, write, remove) and, over SSH, the SFTP requests sent; counting them
 costs about 0.3 us a call, a few hundredths of a second in a rotation of 50 workers.
+
+``--lease-handover`` (default ``fast``) is the sandboxes' `sandbox up --lease-handover`:
+with both, each worker count gets a sandbox of each, and their rotations take turns the
+same way (the order reversed every other repeat), so both are measured under the same
+load; the table then has a lease-handover column and the ratio fast/kubeadm follows it.
 """
 
 from __future__ import annotations
@@ -150,33 +156,40 @@ def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     return sample
 
 
-def measure(workers: int, repeats: int, workspace: Path, transports: list[str]) -> dict[str, dict[str, list[float]]]:
-    name = f"rotate-{workers}"
-    paths = SandboxPaths.named(name)
+def measure(workers: int, repeats: int, workspace: Path, transports: list[str],
+            handovers: list[str]) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Samples per (lease handover, transport): one sandbox per lease handover, each rotated
+    over every transport; the variants take turns, the order reversed every other repeat."""
     extra = ["connections", "logins", "node calls", "sftp requests"]
-    samples = {t: {column: [] for column in COLUMNS + extra} for t in transports}
+    variants = [(handover, transport) for handover in handovers for transport in transports]
+    samples = {variant: {column: [] for column in COLUMNS + extra} for variant in variants}
+    names = {handover: f"rotate-{workers}" + (f"-{handover}" if len(handovers) > 1 else "") for handover in handovers}
     try:
-        info = sandbox.up(name, control_planes=1, workers=workers, ssh="ssh" in transports)
-        specs = write_specs(info, transports)
-        rotation = 0
-        if len(transports) > 1:
-            # The first rotation of a sandbox differs (it writes the workspace kubeconfig,
-            # which later rotations update and reissue: 2 actions more); unmeasured, so
-            # every measured rotation of either transport starts from the same kind of state.
-            rotation += 1
-            warm = rotate_once(specs[transports[0]], rotation, workspace)
-            print(f"  workers={workers} warm-up rotation ({transports[0]}, not measured): {warm['total']:.1f}s",
-                  file=sys.stderr)
+        infos, specs, rotation = {}, {}, {}
+        for handover in handovers:
+            infos[handover] = sandbox.up(names[handover], control_planes=1, workers=workers,
+                                         ssh="ssh" in transports, lease_handover=handover)
+            specs[handover] = write_specs(infos[handover], transports)
+            rotation[handover] = 0
+            if len(transports) > 1:
+                # The first rotation of a sandbox differs (it writes the workspace kubeconfig,
+                # which later rotations update and reissue: 2 actions more); unmeasured, so
+                # every measured rotation of either transport starts from the same kind of state.
+                rotation[handover] += 1
+                warm = rotate_once(specs[handover][transports[0]], rotation[handover], workspace)
+                print(f"  workers={workers} {handover} warm-up rotation ({transports[0]}, not measured): "
+                      f"{warm['total']:.1f}s", file=sys.stderr)
         for attempt in range(repeats):
-            order = transports if attempt % 2 == 0 else transports[::-1]
-            for transport in order:
-                rotation += 1
+            for handover, transport in (variants if attempt % 2 == 0 else variants[::-1]):
+                info = infos[handover]
+                rotation[handover] += 1
                 logins = sshd_logins(info)
-                sample = rotate_once(specs[transport], rotation, workspace)
+                sample = rotate_once(specs[handover][transport], rotation[handover], workspace)
                 sample["logins"] = float(sshd_logins(info) - logins)
-                for column in samples[transport]:
-                    samples[transport][column].append(sample[column])
-                label = f" {transport}" if len(transports) > 1 else ""
+                for column in samples[(handover, transport)]:
+                    samples[(handover, transport)][column].append(sample[column])
+                label = f" {handover}" if len(handovers) > 1 else ""
+                label += f" {transport}" if len(transports) > 1 else ""
                 detail = f"{sample['node calls']:.0f} node-file calls"
                 if transport == "ssh":
                     detail += (f", {sample['sftp requests']:.0f} SFTP requests, {sample['connections']:.0f} SSH "
@@ -184,7 +197,8 @@ def measure(workers: int, repeats: int, workspace: Path, transports: list[str]) 
                 print(f"  workers={workers}{label} rotation {attempt + 1}: {sample['total']:.1f}s ({detail})",
                       file=sys.stderr)
     finally:
-        teardown(paths)
+        for name in names.values():
+            teardown(SandboxPaths.named(name))
     return samples
 
 
@@ -209,48 +223,63 @@ def cell(column: str, values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
+def ratios(numerator: dict[str, list[float]], denominator: dict[str, list[float]]) -> str:
+    return ", ".join(f"{column} {statistics.median(numerator[column]) / statistics.median(denominator[column]):.2f}"
+                     for column in COLUMNS[:-1] if statistics.median(denominator[column]) > 0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[3, 50])
     parser.add_argument("--transport", nargs="+", choices=TRANSPORTS, default=["local"],
                         help="how the node files are reached: local, ssh or both (default: local)")
+    parser.add_argument("--lease-handover", nargs="+", choices=sandbox.LEASE_HANDOVERS, default=["fast"],
+                        help="the sandboxes' lease handover (`sandbox up --lease-handover`): fast, kubeadm or "
+                             "both (default: fast)")
     args = parser.parse_args()
     transports = list(dict.fromkeys(args.transport))
+    handovers = list(dict.fromkeys(args.lease_handover))
     signal.signal(signal.SIGTERM, _terminated)  # tear down on `kill` too, not only on Ctrl-C
     require_binaries()
     install_counters(transports)
     with tempfile.TemporaryDirectory(prefix="careconcile-bench-") as root:
         os.environ[ROOT_ENV] = root
         workspace = Path(root, "workspace")
-        results = {workers: measure(workers, args.repeats, workspace, transports) for workers in args.workers}
+        results = {workers: measure(workers, args.repeats, workspace, transports, handovers)
+                   for workers in args.workers}
     print(f"Kubernetes {KUBERNETES_VERSION}, {os.cpu_count()} cores, {args.repeats} rotations each, seconds "
           "(median, min-max); a phase's time includes its check on the live cluster.\n")
-    several = len(transports) > 1
-    print("| workers | " + ("transport | " if several else "") + " | ".join(COLUMNS) + " |")
-    print("|---:|" + ("---|" if several else "") + "---:|" * len(COLUMNS))
-    for workers, by_transport in results.items():
-        for transport, samples in by_transport.items():
+    by_handover, by_transport = len(handovers) > 1, len(transports) > 1
+    print("| workers | " + ("lease handover | " if by_handover else "") + ("transport | " if by_transport else "")
+          + " | ".join(COLUMNS) + " |")
+    print("|---:|" + ("---|" if by_handover else "") + ("---|" if by_transport else "") + "---:|" * len(COLUMNS))
+    for workers, by_variant in results.items():
+        for (handover, transport), samples in by_variant.items():
             cells = [cell(column, samples[column]) for column in COLUMNS]
-            print(f"| {workers} | " + (f"{transport} | " if several else "") + " | ".join(cells) + " |")
-    if several:
+            print(f"| {workers} | " + (f"{handover} | " if by_handover else "")
+                  + (f"{transport} | " if by_transport else "") + " | ".join(cells) + " |")
+    if by_handover or by_transport:
         print()
-        for workers, by_transport in results.items():
-            local, ssh = by_transport["local"], by_transport["ssh"]
-            ratios = ", ".join(
-                f"{column} {statistics.median(ssh[column]) / statistics.median(local[column]):.2f}"
-                for column in COLUMNS[:-1] if statistics.median(local[column]) > 0)
-            print(f"- {workers} workers, ssh/local of the medians: {ratios}")
-    for workers, by_transport in results.items():
-        if "ssh" in by_transport:
-            ssh = by_transport["ssh"]
-            print(f"- {workers} workers over ssh, per rotation: SSH connections "
-                  f"{'/'.join(f'{v:.0f}' for v in ssh['connections'])} (the transport's count), "
-                  f"{'/'.join(f'{v:.0f}' for v in ssh['logins'])} (sshd log, \"{LOGIN_LINE.strip()}\"); "
-                  f"SFTP requests {'/'.join(f'{v:.0f}' for v in ssh['sftp requests'])}")
-        for transport, samples in by_transport.items():
-            if several or transport == "ssh":
-                print(f"- {workers} workers over {transport}, node-file calls per rotation: "
+    for workers, by_variant in results.items():
+        for handover in handovers:
+            if by_transport:
+                print(f"- {workers} workers, {handover}, ssh/local of the medians: "
+                      + ratios(by_variant[(handover, "ssh")], by_variant[(handover, "local")]))
+        for transport in transports:
+            if by_handover:
+                print(f"- {workers} workers, {transport}, fast/kubeadm of the medians: "
+                      + ratios(by_variant[("fast", transport)], by_variant[("kubeadm", transport)]))
+    for workers, by_variant in results.items():
+        for (handover, transport), samples in by_variant.items():
+            label = f"{workers} workers" + (f", {handover}" if by_handover else "")
+            if transport == "ssh":
+                print(f"- {label} over ssh, per rotation: SSH connections "
+                      f"{'/'.join(f'{v:.0f}' for v in samples['connections'])} (the transport's count), "
+                      f"{'/'.join(f'{v:.0f}' for v in samples['logins'])} (sshd log, \"{LOGIN_LINE.strip()}\"); "
+                      f"SFTP requests {'/'.join(f'{v:.0f}' for v in samples['sftp requests'])}")
+            if by_transport or transport == "ssh":
+                print(f"- {label} over {transport}, node-file calls per rotation: "
                       f"{'/'.join(f'{v:.0f}' for v in samples['node calls'])}")
     return 0
 

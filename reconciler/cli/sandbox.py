@@ -34,6 +34,10 @@ def register(commands: Any) -> None:
     up.add_argument("--admin", type=_sandbox_name, metavar="NAME",
                     help="register the new sandbox in the running sandbox NAME, its management cluster, and "
                          "write a spec that reaches it in admin mode (docs/admin-mode.md)")
+    up.add_argument("--lease-handover", choices=sandbox.LEASE_HANDOVERS, default="fast",
+                    help="fast (default): the controller-manager releases its leader Lease when it stops and "
+                         "kwok's node Leases last 6 s; kubeadm: kubeadm's defaults, so each restart of them waits "
+                         "about 15 s (docs/sandbox.md)")
     up.add_argument("--output", choices=("text", "json"), default="text")
     up.set_defaults(handler=_up)
 
@@ -56,7 +60,7 @@ def _progress(message: str) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress,
-                      ssh=args.ssh, admin=args.admin)
+                      ssh=args.ssh, admin=args.admin, lease_handover=args.lease_handover)
     if args.output == "json":
         print(json.dumps(info.to_json(), indent=2))
         return EXIT_OK

@@ -328,8 +328,16 @@ def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, A
     ])
 
 
-def controller_manager_manifest(cluster_name: str, ports: ControlPlanePorts) -> dict[str, Any]:
+# An alpha gate (Kubernetes 1.36+, off by default): a stopping controller-manager gives up
+# its leader Lease, so the one that replaces it leads at once instead of waiting out the
+# Lease (15 s). The scheduler does so without a gate.
+RELEASE_LEADER_LEASE_GATE = "ControllerManagerReleaseLeaderElectionLockOnExit"
+
+
+def controller_manager_manifest(cluster_name: str, ports: ControlPlanePorts, *,
+                                release_leader_lease: bool = False) -> dict[str, Any]:
     conf = f"{KUBERNETES_DIR}/controller-manager.conf"
+    gates = [f"--feature-gates={RELEASE_LEADER_LEASE_GATE}=true"] if release_leader_lease else []
     return static_pod("kube-controller-manager", [
         "kube-controller-manager",
         f"--authentication-kubeconfig={conf}",
@@ -342,6 +350,7 @@ def controller_manager_manifest(cluster_name: str, ports: ControlPlanePorts) -> 
         f"--cluster-signing-cert-file={PKI_DIR}/ca.crt",
         f"--cluster-signing-key-file={PKI_DIR}/ca.key",
         "--controllers=*,bootstrapsigner,tokencleaner",
+        *gates,
         "--leader-elect=true",
         f"--requestheader-client-ca-file={PKI_DIR}/front-proxy-ca.crt",
         f"--root-ca-file={PKI_DIR}/ca.crt",
@@ -364,13 +373,16 @@ def scheduler_manifest(ports: ControlPlanePorts) -> dict[str, Any]:
 
 
 # How long kwok's node Leases last (a kubelet's default is 40 s). kwok renews them every
-# quarter of that, and a restarted kwok takes them over only once they have run out (it is
-# a new holder), so this bounds the wait after each restart of kwok: about as long as the
-# controller-manager's wait for its leader Lease (15 s).
-NODE_LEASE_SECONDS = 15
+# quarter of that, and a restarted kwok takes them over, and plays the nodes' kubelets
+# again, only once they have run out: it is a new holder each time it starts, where a
+# restarted kubelet keeps its identity and renews at once. So this bounds the wait after
+# each restart of kwok. 15 s matched the controller-manager's wait for its leader Lease
+# under kubeadm's defaults; with that Lease released on exit, 6 s.
+NODE_LEASE_SECONDS = 6
+KUBEADM_NODE_LEASE_SECONDS = 15
 
 
-def kwok_manifest() -> dict[str, Any]:
+def kwok_manifest(*, node_lease_seconds: int = NODE_LEASE_SECONDS) -> dict[str, Any]:
     """kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake, and like a
     kubelet it keeps each node's Lease in kube-node-lease renewed (kwok makes none unless
     told how long one lasts): that renewal is how careconcile sees a restarted kubelet, or
@@ -383,5 +395,5 @@ def kwok_manifest() -> dict[str, Any]:
         f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
         f"--node-ip={LOOPBACK}",
         "--server-address=",
-        f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
+        f"--node-lease-duration-seconds={node_lease_seconds}",
     ])

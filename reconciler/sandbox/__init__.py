@@ -4,6 +4,6 @@ kube-scheduler and kwok processes on 127.0.0.1, laid out as kubeadm lays out a n
 Public surface: :func:`up`, :func:`down`, :func:`status`, :func:`list_sandboxes`.
 """
 
-from reconciler.sandbox._lifecycle import SandboxInfo, down, list_sandboxes, status, up
+from reconciler.sandbox._lifecycle import LEASE_HANDOVERS, SandboxInfo, down, list_sandboxes, status, up
 
-__all__ = ["SandboxInfo", "down", "list_sandboxes", "status", "up"]
+__all__ = ["LEASE_HANDOVERS", "SandboxInfo", "down", "list_sandboxes", "status", "up"]

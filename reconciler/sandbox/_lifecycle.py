@@ -30,6 +30,11 @@ from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
 
 READY_TIMEOUT_SECONDS = 180.0
+# How a restarted controller-manager and kwok take their Leases over: "fast" lets the
+# controller-manager release its leader Lease on exit (an alpha gate) and gives kwok's node
+# Leases 6 s; "kubeadm" keeps kubeadm's defaults (the new controller-manager waits out the
+# old Lease, 15 s) and 15 s node Leases. docs/sandbox.md says why the default is "fast".
+LEASE_HANDOVERS = ("fast", "kubeadm")
 STOP_TIMEOUT_SECONDS = 90.0
 
 _processes: list[subprocess.Popen] = []  # supervisors started by this process, reaped by down()
@@ -64,6 +69,7 @@ class SandboxInfo:
     # With `up --admin`: the management sandbox it is registered in (name, kubeconfig,
     # context, namespace); the spec then reaches the cluster in admin mode.
     admin: dict[str, Any] | None = None
+    lease_handover: str = "fast"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +111,7 @@ def _write_manifest(root: Path, pod: dict[str, Any]) -> None:
 
 def _lay_out(
     paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
-    ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None,
+    ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None, lease_handover: str = "fast",
 ) -> SandboxInfo:
     """Write every node directory, the kubeconfig, the spec and the sandbox record."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -138,14 +144,17 @@ def _lay_out(
     for node, cp in zip(cp_names, cp_ports):
         root = paths.node_root(node)
         _write_manifest(root, kubeadm.apiserver_manifest(cp, etcd_ports))
-        _write_manifest(root, kubeadm.controller_manager_manifest(name, cp))
+        _write_manifest(root, kubeadm.controller_manager_manifest(
+            name, cp, release_leader_lease=lease_handover == "fast"))
         _write_manifest(root, kubeadm.scheduler_manifest(cp))
     if workers:
         kwok_conf = kubeadm.kwok_kubeconfig(authorities, cluster_name=name, server_port=apiserver_ports[0],
                                             now=now, key=key)
         stages = NodeFile(kubeadm.KWOK_STAGES, (bin_dir / binaries.KWOK_STAGES).read_bytes())
         _write_node_files(first, [kwok_conf, stages])
-        _write_manifest(first, kubeadm.kwok_manifest())
+        _write_manifest(first, kubeadm.kwok_manifest(
+            node_lease_seconds=kubeadm.NODE_LEASE_SECONDS if lease_handover == "fast"
+            else kubeadm.KUBEADM_NODE_LEASE_SECONDS))
 
     # The user's kubeconfig: an admin kubeconfig of its own, one context per apiserver.
     atomic_write(paths.kubeconfig, kubeadm.admin_kubeconfig(
@@ -157,7 +166,7 @@ def _lay_out(
         name=name, directory=str(paths.directory), kubeconfig=str(paths.kubeconfig), spec=str(paths.spec),
         nodes_dir=str(paths.nodes), apiservers=[f"https://{kubeadm.LOOPBACK}:{p}" for p in apiserver_ports],
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
-        ssh=ssh, admin=admin,
+        ssh=ssh, admin=admin, lease_handover=lease_handover,
     )
     atomic_write(paths.spec, _specfile.render(info).encode())
     _save_record(paths, info, bin_dir=bin_dir)
@@ -242,7 +251,7 @@ def _wait_for(what: str, check: Callable[[], bool], paths: SandboxPaths, deadlin
 def up(
     name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
     key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None, ssh: bool = False,
-    admin: str | None = None,
+    admin: str | None = None, lease_handover: str = "fast",
 ) -> SandboxInfo:
     """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
     node Ready and `kube-root-ca.crt` published in `default`. With ``ssh``, an sshd on
@@ -253,6 +262,8 @@ def up(
         raise SandboxError("a sandbox needs at least one control plane (--control-planes >= 1)")
     if workers < 0:
         raise SandboxError("--workers cannot be negative")
+    if lease_handover not in LEASE_HANDOVERS:
+        raise SandboxError(f"--lease-handover must be one of {', '.join(LEASE_HANDOVERS)}, not {lease_handover!r}")
     paths = SandboxPaths.named(name)
     bin_dir = require_binaries()
     if ssh:
@@ -275,7 +286,8 @@ def up(
             ssh_info = _start_sshd(paths)
             progress(f"sshd serves the node directories on {ssh_info['host']}:{ssh_info['port']}")
         info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
-                        key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management)
+                        key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management,
+                        lease_handover=lease_handover)
     except BaseException:
         _stop(paths)  # the sshd, if it started
         shutil.rmtree(paths.directory, ignore_errors=True)  # nothing else started yet, nothing to keep

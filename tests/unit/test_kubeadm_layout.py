@@ -95,3 +95,18 @@ def test_manifests_carry_kubeadms_flags():
     for flag in ("--root-ca-file=/etc/kubernetes/pki/ca.crt", "--cluster-signing-key-file=/etc/kubernetes/pki/ca.key",
                  "--controllers=*,bootstrapsigner,tokencleaner", "--use-service-account-credentials=true"):
         assert flag in kcm
+
+
+def test_the_lease_handover_gate_and_kwoks_node_lease_are_chosen_explicitly():
+    ports = ControlPlanePorts(6443, 10257, 10259)
+    gate = f"--feature-gates={kubeadm.RELEASE_LEADER_LEASE_GATE}=true"
+    # kubeadm's default: no gate, the next controller-manager waits out the Lease
+    assert not any(flag.startswith("--feature-gates")
+                   for flag in kubeadm.controller_manager_manifest("c", ports)["spec"]["containers"][0]["command"])
+    fast = kubeadm.controller_manager_manifest("c", ports, release_leader_lease=True)["spec"]["containers"][0]["command"]
+    assert fast.count(gate) == 1 and "--leader-elect=true" in fast
+    lease = [flag for flag in kubeadm.kwok_manifest()["spec"]["containers"][0]["command"]
+             if flag.startswith("--node-lease-duration-seconds=")]
+    assert lease == [f"--node-lease-duration-seconds={kubeadm.NODE_LEASE_SECONDS}"]
+    slow = kubeadm.kwok_manifest(node_lease_seconds=kubeadm.KUBEADM_NODE_LEASE_SECONDS)["spec"]["containers"][0]
+    assert "--node-lease-duration-seconds=15" in slow["command"]

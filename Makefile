@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test processes: the integration tests mostly wait on control planes, so two keep 2 cores busy.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install binaries sshd demo test unit integration schemas clean
 
@@ -25,13 +27,13 @@ demo: install binaries
 	PATH="$(abspath $(BIN)):$$PATH" hack/demo.sh
 
 test: install binaries sshd
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: install binaries sshd
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/integration $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -72,8 +74,9 @@ def record_ca(info) -> pki.KeyPair:
 
 @dataclass
 class Poller:
-    """A client that reads the admin kubeconfig afresh for every request, round-robin over
-    its contexts (one per apiserver), as a user's kubectl would during the rotation."""
+    """Clients that read the admin kubeconfig afresh for every request, round-robin over its
+    contexts (one per apiserver), as a user's kubectl would during the rotation. Several
+    poll at once (``clients``), so that even a short rotation is sampled densely."""
 
     kubeconfig: Path
     servers: set[str]  # contexts of other clusters in the same file are not polled
@@ -81,27 +84,40 @@ class Poller:
     # Where the kubeconfig's text comes from, if not the file (admin mode: the Secret
     # <name>-kubeconfig of the management cluster, fetched afresh for every request).
     read: Callable[[], str] | None = None
+    clients: int = 2
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     per_server: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._count = threading.Lock()
+        # ``read`` may use a connection of its own, which threads must not share.
+        self._read = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(offset,), daemon=True)
+                         for offset in range(self.clients)]
 
     def __enter__(self) -> "Poller":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
-        turn = 0
+    def _text(self) -> str:
+        if self.read is None:
+            return self.kubeconfig.read_text()
+        with self._read:
+            return self.read()
+
+    def _run(self, turn: int) -> None:
         while not self._stop.is_set():
+            server = None
             try:
-                text = self.read() if self.read is not None else self.kubeconfig.read_text()
+                text = self._text()
                 document = kubeconfig.parse(text, source=str(self.kubeconfig))
                 servers = {c["name"]: c["cluster"]["server"] for c in document["clusters"]}
                 contexts = [c["name"] for c in document["contexts"] if servers.get(c["context"]["cluster"]) in self.servers]
@@ -111,10 +127,13 @@ class Poller:
                                            base=self.kubeconfig.parent)
                 with KubeClient(target, timeout=10) as client:
                     client.get("/api/v1/namespaces/kube-system")
-                self.per_server[target.server] = self.per_server.get(target.server, 0) + 1
+                server = target.server
             except Exception as exc:  # every failure counts, whatever its kind
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
-            self.requests += 1
+            with self._count:
+                self.requests += 1
+                if server is not None:
+                    self.per_server[server] = self.per_server.get(server, 0) + 1
             self._stop.wait(self.interval)
 
 
@@ -177,3 +196,17 @@ def plan_json(spec: Path, workspace: Path) -> dict:
     result = careconcile("plan", str(spec), "--format", "json", workspace=workspace)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def plan_json_in_process(spec: Path, workspace: Path) -> dict:
+    """`careconcile plan SPEC --format json` run by the CLI's own entry point in this process:
+    the same code as :func:`plan_json` without starting an interpreter, for tests that plan
+    after every action."""
+    from reconciler.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        returncode = main(["plan", str(spec), "--format", "json", "--workspace", str(workspace)])
+    assert_no_private_key((stdout.getvalue() + stderr.getvalue()).encode(), "output of careconcile plan")
+    assert returncode == 0, stderr.getvalue()
+    return json.loads(stdout.getvalue())

@@ -1,8 +1,8 @@
-"""The ssh node transport against a real OpenSSH server (Debian's sshd on 127.0.0.1)."""
+"""The ssh node transport against a real OpenSSH server (Debian's sshd on 127.0.0.1). A full
+rotation over SSH is in test_rotation.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -12,17 +12,12 @@ from pathlib import Path
 
 import pytest
 from paramiko.sftp_file import SFTPFile
-from ruamel.yaml import YAML
 
-from reconciler.core import pki
 from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodeUnreachableError
 from reconciler.shell.nodes import node_files, open_nodes
 
-from .rotation import (
-    Poller, assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, record_ca, rejects_client_of,
-    set_rotation,
-)
+from .rotation import careconcile
 from .sshd import UNPRIVILEGED, closed_port, other_host_key, running_sshd, ssh_access
 
 pytestmark = pytest.mark.integration
@@ -370,80 +365,3 @@ def _wait_for_logins(server, count: int) -> None:
     deadline = time.monotonic() + 5
     while server.accepted_logins() < count and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def _set_kubelet_restart(spec: Path, commands: dict[str, list[str]]) -> None:
-    """Give the spec's nodes these kubeletRestart commands (by node name)."""
-    yaml = YAML()
-    yaml.width = 4096
-    document = yaml.load(spec.read_text())
-    for node in document["spec"]["clusters"][0]["nodes"]:
-        if node["name"] in commands:
-            node["access"]["ssh"]["kubeletRestart"] = commands[node["name"]]
-    with spec.open("w") as out:
-        yaml.dump(document, out)
-
-
-def test_full_rotation_over_ssh_reaches_the_same_end_state(start_sandbox, tmp_path):
-    info = start_sandbox("sshrot", control_planes=1, workers=3, ssh=True)
-    spec = Path(info.spec)
-    text = spec.read_text()
-    assert "local:" not in text and text.count("ssh:") == 4 and "keyFile: ssh/client_key" in text
-    assert text.count("kubeletRestart: []") == 4  # kwok stands in for the kubelets: none to restart
-
-    # Kubelets restarted by a command over SSH: each worker's "restart" records that it ran.
-    # kwok serves the workers and renews their Leases, which is what the check after a
-    # kubelet's restart waits for. The control-plane node is no Node here, so it keeps [].
-    restarts = {node.name: Path(node.root) / "var/lib/kubelet/restarts" for node in info.nodes
-                if node.role == "worker"}
-    _set_kubelet_restart(spec, {name: ["sh", "-c", f"date +%s >> {path}"] for name, path in restarts.items()})
-
-    old = record_ca(info)
-    set_rotation(spec, 1)
-    plan_file = tmp_path / "rotate.plan.json"
-    planned = careconcile("plan", str(spec), "--out", str(plan_file), workspace=tmp_path)
-    assert planned.returncode == 0, planned.stdout + planned.stderr
-    actions = json.loads(plan_file.read_text())["clusters"][0]["actions"]
-    kubelet_restarts = sorted((a["phase"], a["target"]) for a in actions
-                              if a["kind"] == "restart" and a["params"]["component"] == "kubelet")
-    # each worker's kubelet.conf and ca.crt change in phases 2 and 4, its client certificate in 3
-    assert kubelet_restarts == sorted((phase, f"{name}:kubelet") for phase in (2, 3, 4) for name in restarts)
-    assert all(a["params"]["command"].startswith("sh -c 'date +%s >> ") for a in actions
-               if a["kind"] == "restart" and a["params"]["component"] == "kubelet")
-    for name in restarts:
-        assert f"r restart {name}:kubelet" in planned.stdout
-
-    started = time.monotonic()
-    with Poller(Path(info.kubeconfig), set(info.apiservers)) as poller:
-        result = careconcile("apply", str(plan_file), workspace=tmp_path)
-    print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
-          f"during it, {len(poller.failures)} failed")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    assert "Apply complete!" in result.stdout
-    # one restart of each worker's kubelet per phase that changed its files, each recorded on the node
-    assert {name: len(path.read_text().splitlines()) for name, path in restarts.items()} == \
-        {name: 3 for name in restarts}
-    for node in info.nodes:
-        marker = Path(node.root) / "var/lib/kubelet/careconcile-restarted-for"
-        assert marker.is_file() == (node.name in restarts), node.name
-        if node.name in restarts:
-            assert json.loads(marker.read_text())["restartedFor"].startswith("sha256:")
-    assert not (Path(info.nodes[0].root) / "var/lib/kubelet/restarts").exists()
-    new = record_ca(info)
-    assert poller.failures == [], "\n".join(poller.failures[:10])
-    assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
-
-    assert_cluster_trusts_only(info, new.cert, tmp_path / info.name / f"{info.name}-kubeconfig")
-    assert rejects_client_of(info, old, trust=new.cert), "a client certificate from the old CA is still accepted"
-    assert not rejects_client_of(info, new, trust=new.cert)
-    again = careconcile("plan", str(spec), "--detailed-exitcode", workspace=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "No changes." in again.stdout
-    assert_no_private_key_in_files(tmp_path)
-    # nothing half-written anywhere: no temp file of careconcile's is left on any node
-    for node in info.nodes:
-        leftovers = [str(path) for path in Path(node.root).rglob(".*.tmp")]
-        assert leftovers == [], leftovers
-    # every file careconcile wrote went over SSH: the sshd logged the logins of the runs
-    log = Path(info.ssh["directory"]) / "sshd.log"
-    assert "Accepted publickey for " in log.read_text()

@@ -17,6 +17,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.core import kubeconfig, pki
+from reconciler.errors import APINotFoundError
 from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeClient, KubeconfigClient, load_kubeconfig
 
@@ -107,9 +108,33 @@ def assert_admin_cluster_holds(admin, ca: pki.KeyPair) -> None:
         assert pki.is_signed_by(pki.load_certificates(cert_pem, source=user)[0], ca.cert), user
 
 
-def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alone(admin, user, newcomer):
+def applied_rotation(admin) -> int:
+    """The last rotation applied to the user cluster: 0 while it has no state Secret yet."""
+    try:
+        state = admin_secret(admin, f"{USER}-careconcile-state")
+    except APINotFoundError:
+        return 0
+    public = json.loads(base64.b64decode(state["data"]["clusterCA.json"]))
+    assert public["rotation"] is None and public["verifiedPhase"] == 0, "a rotation is in progress"
+    return public["appliedRotation"]
+
+
+def lock_holder(client) -> str | None:
+    """The holder of update credentials' lock in the admin cluster, None when it is free."""
+    for lease in client.list(LEASES):
+        if lease["metadata"]["name"].endswith("careconcile-lock"):
+            return lease["spec"].get("holderIdentity")
+    return None
+
+
+def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_from_the_admin_cluster_alone(
+        admin, user, newcomer):
+    """One rotation serves what used to take two: the run is killed after 25 actions and the
+    next run finishes it, while a client that fetches the kubeconfig Secret for every request
+    polls the user cluster across both runs, and other careconcile runs try to cut in."""
     old = record_ca(user)
     assert_admin_cluster_holds(admin, old)
+    before = applied_rotation(admin)
     # Two clients: one for the poller's thread, one for the test's (a connection is not shared).
     with KubeconfigClient(Path(admin.kubeconfig)) as client, KubeconfigClient(Path(admin.kubeconfig)) as poll:
         def read_secret_kubeconfig() -> str:
@@ -118,19 +143,27 @@ def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alon
 
         # A user who fetches the kubeconfig from the admin cluster for every request.
         with Poller(newcomer / "poller-kubeconfig", set(user.apiservers), read=read_secret_kubeconfig) as poller:
-            process = update_credentials(newcomer)
-            # While it runs, a change to that cluster by another careconcile command is refused,
-            # naming the rotation.
-            wait_until("update credentials holds the lock",
-                       lambda: any(lease["metadata"]["name"].endswith("careconcile-lock")
-                                   for lease in client.list(LEASES)), timeout=120)
+            killed = update_credentials(newcomer, env={CRASH_AFTER_ENV: "25"})
+            returncode, killed_stdout, killed_stderr = finish(killed)
+            assert returncode == -signal.SIGKILL, killed_stdout + killed_stderr
+            assert "[25/" in killed_stdout and "[26/" not in killed_stdout
+            stale = lock_holder(client)
+            assert stale, "the killed run left no lock behind"
+
+            rerun = update_credentials(newcomer)
+            # Once the second run has taken the lock over, a change to that cluster by another
+            # careconcile command is refused, naming the rotation.
+            wait_until("the second run takes the lock over", lambda: lock_holder(client) not in (None, stale),
+                       timeout=120)
             competing = careconcile("apply", user.spec, "--auto-approve", workspace=newcomer / "other-ws")
             # The same cluster described by a plain spec (its own kubeconfig, no management) is
             # locked in its kube-system: refused as well.
             plain = careconcile("apply", str(plain_spec(user)), "--auto-approve",
                                 workspace=newcomer / "other-ws")
-            returncode, stdout, stderr = finish(process)
+            returncode, stdout, stderr = finish(rerun)
     assert returncode == 0, stdout + stderr
+    assert "Finishing the interrupted rotation" in stdout
+    assert "took over the stale lock" in stderr
     for refused in (competing, plain):
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "is locked" in refused.stderr and "update credentials --cluster-ca" in refused.stderr
@@ -141,6 +174,8 @@ def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alon
     assert_admin_cluster_holds(admin, new)
     assert_nodes_trust_only(user, new.cert)
     assert rejects_client_of(user, old, trust=new.cert), "an apiserver still accepts the old CA's client certificate"
+    # One rotation over both runs, not two.
+    assert applied_rotation(admin) == before + 1
 
     workspace = newcomer / "careconcile-workspace" / USER
     new_kubeconfig = workspace / f"{USER}-kubeconfig"
@@ -148,9 +183,9 @@ def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alon
     with KubeClient(load_kubeconfig(new_kubeconfig)) as client:
         assert client.get("/api/v1/namespaces/kube-system")["metadata"]["name"] == "kube-system"
     logs = sorted(workspace.glob("log/update-credentials-*/update-credentials.log"))
-    assert len(logs) == 1 and f"Log: {logs[0]}" in stdout
-    assert logs[0].read_text().rstrip().endswith("finished")
-    assert (logs[0].parent / "spec.yaml").is_file()
+    assert len(logs) == 2 and f"Log: {logs[0]}" in killed_stdout and f"Log: {logs[1]}" in stdout
+    assert logs[-1].read_text().rstrip().endswith("finished")
+    assert all((log.parent / "spec.yaml").is_file() for log in logs)
     assert not any((workspace / "ssh").iterdir()), "the SSH key was left in the workspace"
     assert_no_private_key_in_files(workspace / "log")
 
@@ -160,35 +195,4 @@ def test_update_credentials_rotates_the_user_cluster_from_the_admin_cluster_alon
 
     # The lock is released.
     with KubeconfigClient(Path(admin.kubeconfig)) as client:
-        assert not [lease for lease in client.list(LEASES) if lease["metadata"]["name"].endswith("careconcile-lock")]
-
-
-def applied_rotation(admin) -> int:
-    state = admin_secret(admin, f"{USER}-careconcile-state")
-    public = json.loads(base64.b64decode(state["data"]["clusterCA.json"]))
-    assert public["rotation"] is None and public["verifiedPhase"] == 0, "a rotation is in progress"
-    return public["appliedRotation"]
-
-
-def test_killed_update_credentials_is_finished_by_running_it_again(admin, user, newcomer):
-    old = record_ca(user)
-    before = applied_rotation(admin)
-    killed = update_credentials(newcomer, env={CRASH_AFTER_ENV: "25"})
-    returncode, stdout, stderr = finish(killed)
-    assert returncode == -signal.SIGKILL, stdout + stderr
-    assert "[25/" in stdout and "[26/" not in stdout
-
-    rerun = update_credentials(newcomer)
-    returncode, stdout, stderr = finish(rerun)
-    assert returncode == 0, stdout + stderr
-    assert "Finishing the interrupted rotation" in stdout
-    assert "took over the stale lock" in stderr
-    new = record_ca(user)
-    assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
-    assert_admin_cluster_holds(admin, new)
-    assert_nodes_trust_only(user, new.cert)
-    assert rejects_client_of(user, old, trust=new.cert)
-    # One rotation over both runs, not two.
-    assert applied_rotation(admin) == before + 1
-    logs = sorted((newcomer / "careconcile-workspace" / USER).glob("log/update-credentials-*/update-credentials.log"))
-    assert len(logs) == 2 and logs[-1].read_text().rstrip().endswith("finished")
+        assert lock_holder(client) is None

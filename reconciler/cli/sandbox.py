@@ -36,8 +36,8 @@ def register(commands: Any) -> None:
                          "write a spec that reaches it in admin mode (docs/admin-mode.md)")
     up.add_argument("--lease-handover", choices=sandbox.LEASE_HANDOVERS, default="fast",
                     help="fast (default): the controller-manager releases its leader Lease when it stops and "
-                         "kwok's node Leases last 6 s; kubeadm: kubeadm's defaults, so each restart of them waits "
-                         "about 15 s (docs/sandbox.md)")
+                         "kwok's node Leases last 6 s; kubeadm: the controller-manager as kubeadm runs it and 15 s "
+                         "node Leases, so each restart of them waits about 15 s (docs/sandbox.md)")
     up.add_argument("--output", choices=("text", "json"), default="text")
     up.set_defaults(handler=_up)
 

@@ -334,8 +334,25 @@ def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, A
 RELEASE_LEADER_LEASE_GATE = "ControllerManagerReleaseLeaderElectionLockOnExit"
 
 
+@dataclass(frozen=True)
+class LeaseHandover:
+    """How a restarted controller-manager and kwok take their Leases over in a sandbox."""
+
+    release_leader_lease: bool  # the controller-manager runs with RELEASE_LEADER_LEASE_GATE
+    node_lease_seconds: int  # how long kwok's node Leases last
+
+
+# "fast": the gate, and kwok's node Leases at 6 s; "kubeadm": the controller-manager as
+# kubeadm runs it, and kwok's node Leases at 15 s, the sandbox's setting before "fast" (a
+# kubelet's default is 40 s, but a restarted kubelet keeps its identity and renews at once).
+LEASE_HANDOVERS = {
+    "fast": LeaseHandover(release_leader_lease=True, node_lease_seconds=6),
+    "kubeadm": LeaseHandover(release_leader_lease=False, node_lease_seconds=15),
+}
+
+
 def controller_manager_manifest(cluster_name: str, ports: ControlPlanePorts, *,
-                                release_leader_lease: bool = False) -> dict[str, Any]:
+                                release_leader_lease: bool) -> dict[str, Any]:
     conf = f"{KUBERNETES_DIR}/controller-manager.conf"
     gates = [f"--feature-gates={RELEASE_LEADER_LEASE_GATE}=true"] if release_leader_lease else []
     return static_pod("kube-controller-manager", [
@@ -372,17 +389,10 @@ def scheduler_manifest(ports: ControlPlanePorts) -> dict[str, Any]:
     ])
 
 
-# How long kwok's node Leases last (a kubelet's default is 40 s). kwok renews them every
-# quarter of that, and a restarted kwok takes them over, and plays the nodes' kubelets
-# again, only once they have run out: it is a new holder each time it starts, where a
-# restarted kubelet keeps its identity and renews at once. So this bounds the wait after
-# each restart of kwok. 15 s matched the controller-manager's wait for its leader Lease
-# under kubeadm's defaults; with that Lease released on exit, 6 s.
-NODE_LEASE_SECONDS = 6
-KUBEADM_NODE_LEASE_SECONDS = 15
-
-
-def kwok_manifest(*, node_lease_seconds: int = NODE_LEASE_SECONDS) -> dict[str, Any]:
+# kwok renews its node Leases every quarter of their duration, and a restarted kwok takes
+# them over, and plays the nodes' kubelets again, only once they have run out: it is a new
+# holder each time it starts. So their duration bounds the wait after each restart of kwok.
+def kwok_manifest(*, node_lease_seconds: int) -> dict[str, Any]:
     """kwok plays the kubelet of every node annotated kwok.x-k8s.io/node=fake, and like a
     kubelet it keeps each node's Lease in kube-node-lease renewed (kwok makes none unless
     told how long one lasts): that renewal is how careconcile sees a restarted kubelet, or

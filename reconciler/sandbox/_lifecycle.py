@@ -30,11 +30,9 @@ from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
 
 READY_TIMEOUT_SECONDS = 180.0
-# How a restarted controller-manager and kwok take their Leases over: "fast" lets the
-# controller-manager release its leader Lease on exit (an alpha gate) and gives kwok's node
-# Leases 6 s; "kubeadm" keeps kubeadm's defaults (the new controller-manager waits out the
-# old Lease, 15 s) and 15 s node Leases. docs/sandbox.md says why the default is "fast".
-LEASE_HANDOVERS = ("fast", "kubeadm")
+# How a restarted controller-manager and kwok take their Leases over (`up --lease-handover`;
+# kubeadm.LEASE_HANDOVERS). docs/sandbox.md says why the default is "fast".
+LEASE_HANDOVERS = tuple(kubeadm.LEASE_HANDOVERS)
 STOP_TIMEOUT_SECONDS = 90.0
 
 _processes: list[subprocess.Popen] = []  # supervisors started by this process, reaped by down()
@@ -82,6 +80,7 @@ class SandboxInfo:
             raise SandboxError(f"sandbox {paths.name!r}: cannot read {paths.record}: {exc}") from exc
         try:
             values = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+            values.setdefault("lease_handover", "kubeadm")  # recorded before there was a choice
             values["nodes"] = [NodeInfo(**node) for node in record["nodes"]]
             return cls(**values)
         except (KeyError, TypeError) as exc:
@@ -140,21 +139,20 @@ def _lay_out(
             _write_node_files(paths.node_root(node), files)
 
     first = paths.node_root(cp_names[0])
+    handover = kubeadm.LEASE_HANDOVERS[lease_handover]
     _write_manifest(first, kubeadm.etcd_manifest(cp_names[0], etcd_ports))
     for node, cp in zip(cp_names, cp_ports):
         root = paths.node_root(node)
         _write_manifest(root, kubeadm.apiserver_manifest(cp, etcd_ports))
         _write_manifest(root, kubeadm.controller_manager_manifest(
-            name, cp, release_leader_lease=lease_handover == "fast"))
+            name, cp, release_leader_lease=handover.release_leader_lease))
         _write_manifest(root, kubeadm.scheduler_manifest(cp))
     if workers:
         kwok_conf = kubeadm.kwok_kubeconfig(authorities, cluster_name=name, server_port=apiserver_ports[0],
                                             now=now, key=key)
         stages = NodeFile(kubeadm.KWOK_STAGES, (bin_dir / binaries.KWOK_STAGES).read_bytes())
         _write_node_files(first, [kwok_conf, stages])
-        _write_manifest(first, kubeadm.kwok_manifest(
-            node_lease_seconds=kubeadm.NODE_LEASE_SECONDS if lease_handover == "fast"
-            else kubeadm.KUBEADM_NODE_LEASE_SECONDS))
+        _write_manifest(first, kubeadm.kwok_manifest(node_lease_seconds=handover.node_lease_seconds))
 
     # The user's kubeconfig: an admin kubeconfig of its own, one context per apiserver.
     atomic_write(paths.kubeconfig, kubeadm.admin_kubeconfig(

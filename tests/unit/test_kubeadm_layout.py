@@ -91,7 +91,7 @@ def test_manifests_carry_kubeadms_flags():
                  "--requestheader-allowed-names=front-proxy-client", "--etcd-servers=https://127.0.0.1:2379",
                  "--secure-port=6443", "--bind-address=127.0.0.1"):
         assert flag in apiserver
-    kcm = kubeadm.controller_manager_manifest("c", ports)["spec"]["containers"][0]["command"]
+    kcm = kubeadm.controller_manager_manifest("c", ports, release_leader_lease=False)["spec"]["containers"][0]["command"]
     for flag in ("--root-ca-file=/etc/kubernetes/pki/ca.crt", "--cluster-signing-key-file=/etc/kubernetes/pki/ca.key",
                  "--controllers=*,bootstrapsigner,tokencleaner", "--use-service-account-credentials=true"):
         assert flag in kcm
@@ -100,13 +100,15 @@ def test_manifests_carry_kubeadms_flags():
 def test_the_lease_handover_gate_and_kwoks_node_lease_are_chosen_explicitly():
     ports = ControlPlanePorts(6443, 10257, 10259)
     gate = f"--feature-gates={kubeadm.RELEASE_LEADER_LEASE_GATE}=true"
-    # kubeadm's default: no gate, the next controller-manager waits out the Lease
-    assert not any(flag.startswith("--feature-gates")
-                   for flag in kubeadm.controller_manager_manifest("c", ports)["spec"]["containers"][0]["command"])
-    fast = kubeadm.controller_manager_manifest("c", ports, release_leader_lease=True)["spec"]["containers"][0]["command"]
-    assert fast.count(gate) == 1 and "--leader-elect=true" in fast
-    lease = [flag for flag in kubeadm.kwok_manifest()["spec"]["containers"][0]["command"]
-             if flag.startswith("--node-lease-duration-seconds=")]
-    assert lease == [f"--node-lease-duration-seconds={kubeadm.NODE_LEASE_SECONDS}"]
-    slow = kubeadm.kwok_manifest(node_lease_seconds=kubeadm.KUBEADM_NODE_LEASE_SECONDS)["spec"]["containers"][0]
-    assert "--node-lease-duration-seconds=15" in slow["command"]
+
+    def command(pod):
+        return pod["spec"]["containers"][0]["command"]
+
+    fast, slow = kubeadm.LEASE_HANDOVERS["fast"], kubeadm.LEASE_HANDOVERS["kubeadm"]
+    # kubeadm's way: no gate, the next controller-manager waits out the Lease
+    kcm = command(kubeadm.controller_manager_manifest("c", ports, release_leader_lease=slow.release_leader_lease))
+    assert not any(flag.startswith("--feature-gates") for flag in kcm) and "--leader-elect=true" in kcm
+    kcm = command(kubeadm.controller_manager_manifest("c", ports, release_leader_lease=fast.release_leader_lease))
+    assert kcm.count(gate) == 1 and "--leader-elect=true" in kcm
+    assert "--node-lease-duration-seconds=6" in command(kubeadm.kwok_manifest(node_lease_seconds=fast.node_lease_seconds))
+    assert "--node-lease-duration-seconds=15" in command(kubeadm.kwok_manifest(node_lease_seconds=slow.node_lease_seconds))

@@ -4,14 +4,15 @@ Integration tests skip only when the Kubernetes binaries are missing and CI is u
 under CI a missing binary fails the run (the README's test command builds them first).
 
 Sandboxes live as long as the tests that need them: ``cluster`` (1 control plane, 3
-workers) for the whole session of a worker, every other one until the end of the module
-that started it. An idle control plane still costs CPU (leader elections, node Leases,
-controllers' resyncs), and on 2 cores a dozen idle ones slow every test after them.
+workers) until the last test of the files that share it, every other one until the end
+of the module that started it. An idle control plane still costs CPU (leader elections,
+node Leases, controllers' resyncs), and on 2 cores a dozen idle ones slow every test
+after them. Their files (and logs) stay in the session's temporary directory.
 
 Under pytest-xdist (``make test`` runs two workers) each worker has its own sandbox root;
-``pytest_xdist_make_scheduler`` below hands out whole files, the heaviest first, and keeps
-the files that share ``cluster`` on one worker so that it is started once.
-"""
+``pytest_xdist_make_scheduler`` below splits whole files between the workers by their
+measured cost, and keeps the files that share ``cluster`` on one worker so that it is
+started once."""
 
 from __future__ import annotations
 
@@ -23,21 +24,28 @@ import pytest
 from reconciler.sandbox import binaries
 from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 
-# Work units in the order they are handed to the workers: the longest first, so that the
-# two workers finish together (longest-processing-time-first); the times are from
-# `--durations` (docs/development.md has the budget). A unit is a file, or SHARED_CLUSTER
-# for the files that use ``cluster``. Units not listed go after these, in collection order.
+# What each work unit costs, in seconds of one worker with the other one busy (setup and
+# teardown included), from `--durations=0` of a `make test` run; docs/development.md shows
+# the same figures as the suite's time budget. A unit is a file, or SHARED_CLUSTER for the
+# files that use ``cluster``. The scheduler below splits the units between the workers
+# longest first, each to the worker with less work so far; a unit not listed counts as
+# UNLISTED_SECONDS.
 SHARED_CLUSTER = "files sharing the cluster fixture"
-HEAVIEST_FIRST = (
-    "tests/integration/test_rotation_resume.py",
-    "tests/integration/test_admin_mode.py",
-    "tests/integration/test_update_credentials.py",
-    "tests/integration/test_rotation.py",
-    SHARED_CLUSTER,
-    "tests/integration/test_fleet.py",
-    "tests/integration/test_plan_safety.py",
-    "tests/integration/test_ssh_nodes.py",
-)
+ESTIMATED_SECONDS = {
+    SHARED_CLUSTER: 166,
+    "tests/integration/test_rotation_resume.py": 133,
+    "tests/integration/test_fleet.py": 95,
+    "tests/integration/test_admin_mode.py": 90,
+    "tests/integration/test_rotation.py": 81,
+    "tests/integration/test_plan_safety.py": 66,
+    "tests/integration/test_update_credentials.py": 62,
+    "tests/integration/test_cli_sandbox.py": 41,
+    "tests/integration/test_markdown_plan.py": 22,
+    "tests/integration/test_kube_client.py": 14,
+    "tests/integration/test_ssh_nodes.py": 6,
+    "tests/integration/test_sandbox_failures.py": 6,
+}
+UNLISTED_SECONDS = 1
 # The files whose tests use the session's ``cluster``: one work unit, so one worker starts it.
 SHARED_CLUSTER_FILES = (
     "tests/integration/test_bad_input.py",
@@ -70,7 +78,7 @@ def sandbox_root(tmp_path_factory) -> Path:
     from reconciler import sandbox
 
     for paths in sandbox.list_sandboxes():  # whatever a failing test left running
-        sandbox.down(paths)
+        sandbox.down(paths, keep=True)
     if previous is None:
         os.environ.pop(ROOT_ENV, None)
     else:
@@ -87,35 +95,54 @@ class _Sandboxes:
     def start(self, name: str, **options):
         from reconciler import sandbox
 
-        _require_binaries()
         info = sandbox.up(name, **options)
         self.started.append(name)
         return info
 
     def stop_all(self) -> None:
+        """Stop every one, a registered user sandbox before its admin, even if one fails to stop."""
         from reconciler import sandbox
 
-        for name in reversed(self.started):  # a registered user sandbox before its admin
-            paths = SandboxPaths.named(name)
+        failures = []
+        while self.started:
+            paths = SandboxPaths.named(self.started.pop())
             if paths.directory.exists():
-                sandbox.down(paths, keep=True)
+                try:
+                    sandbox.down(paths, keep=True)
+                except Exception as exc:  # the others must still stop; report it after
+                    failures.append(f"{paths.name}: {exc}")
+        if failures:
+            raise RuntimeError("sandboxes did not stop: " + "; ".join(failures))
 
 
 @pytest.fixture(scope="module")
 def start_sandbox(sandbox_root):
     """A factory: start a sandbox for this module; each is stopped when the module ends."""
+    _require_binaries()
     sandboxes = _Sandboxes()
     yield sandboxes.start
     sandboxes.stop_all()
 
 
+_shared = _Sandboxes()  # the session's ``cluster``
+
+
 @pytest.fixture(scope="session")
 def cluster(sandbox_root):
     """One control plane, three kwok workers: the sandbox most tests share. Tests leave it
-    as they found it (they change copies of its spec, or put back what they changed)."""
-    sandboxes = _Sandboxes()
-    yield sandboxes.start("it", control_planes=1, workers=3)
-    sandboxes.stop_all()
+    as they found it (they change copies of its spec, or put back what they changed). It is
+    stopped right after the last test of SHARED_CLUSTER_FILES, not at the end of the session."""
+    _require_binaries()
+    yield _shared.start("it", control_planes=1, workers=3)
+    _shared.stop_all()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """Stop ``cluster`` once its work unit is done: an idle control plane costs CPU."""
+    if _work_unit(item.nodeid) == SHARED_CLUSTER and (nextitem is None or
+                                                      _work_unit(nextitem.nodeid) != SHARED_CLUSTER):
+        _shared.stop_all()
 
 
 def _work_unit(nodeid: str) -> str:
@@ -124,23 +151,55 @@ def _work_unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The heaviest work units first, the rest in collection order. Every xdist worker
-    collects the same items and sorts them the same way, as xdist requires."""
-    rank = {unit: index for index, unit in enumerate(HEAVIEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_work_unit(item.nodeid), len(rank)))
+    """The files of one work unit together and the costliest units first; every xdist worker
+    collects the same items and sorts them the same way, as xdist requires. A test that
+    uses ``cluster`` outside SHARED_CLUSTER_FILES would start it on a second worker, and
+    after the unit is done find it stopped: refused here."""
+    strays = sorted({item.nodeid.split("::", 1)[0] for item in items
+                     if "cluster" in item.fixturenames and _work_unit(item.nodeid) != SHARED_CLUSTER})
+    if strays:
+        raise pytest.UsageError(f"tests/conftest.py: add {', '.join(strays)} to SHARED_CLUSTER_FILES "
+                                "(they use the shared cluster fixture)")
+    items.sort(key=lambda item: -_estimate(_work_unit(item.nodeid)))
+
+
+def _estimate(unit: str) -> float:
+    return ESTIMATED_SECONDS.get(unit, UNLISTED_SECONDS)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Each work unit goes to one worker whole, so module-scoped sandboxes start once, and
-    units are handed out in the order collected (the heaviest first)."""
+    """Each work unit goes to one worker whole, so a module's sandboxes start once. The
+    units are split up front, longest first, each to the worker with less estimated work:
+    xdist's own scheduler hands a worker its next unit while two of its tests are still to
+    run, which put the two costliest single-test files on one worker."""
     from xdist.scheduler import LoadScopeScheduling
 
     class WorkUnitScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _work_unit(nodeid)
 
-    config.option.loadscopereorder = False  # keep the order of pytest_collection_modifyitems
+        def schedule(self) -> None:
+            assert self.collection_is_completed
+            if self.collection is not None or not self._check_nodes_have_same_collection():
+                return
+            self.collection = list(next(iter(self.registered_collections.values())))
+            units: dict[str, dict[str, bool]] = {}
+            for nodeid in self.collection:
+                units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
+            load = {node: 0.0 for node in self.nodes}
+            for scope in sorted(units, key=_estimate, reverse=True):  # stable: ties keep collection order
+                node = min(self.nodes, key=lambda n: load[n])
+                load[node] += _estimate(scope)
+                self.assigned_work.setdefault(node, {})[scope] = units[scope]
+            for node in self.nodes:
+                work = self.assigned_work.setdefault(node, {})
+                collection = self.registered_collections[node]
+                indexes = [collection.index(nodeid) for unit in work.values() for nodeid in unit]
+                if indexes:
+                    node.send_runtest_some(indexes)
+                node.shutdown()  # all its work is sent
+
     return WorkUnitScheduling(config, log)
 
 

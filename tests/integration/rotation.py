@@ -25,6 +25,8 @@ from reconciler.shell.kube import KubeClient, kubeconfig_target, load_kubeconfig
 
 PRIVATE_KEY_HEADER = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 ROOT = Path(__file__).resolve().parents[2]
+# A rotation is sampled densely: some request of the Poller ends at least this often.
+POLL_GAP_SECONDS = 3.0
 
 
 @dataclass
@@ -88,6 +90,9 @@ class Poller:
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     per_server: dict[str, int] = field(default_factory=dict)
+    # When each request ended (time.monotonic()), and when polling started and stopped.
+    finished: list[float] = field(default_factory=list)
+    span: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -98,6 +103,7 @@ class Poller:
                          for offset in range(self.clients)]
 
     def __enter__(self) -> "Poller":
+        self.span = (time.monotonic(), 0.0)
         for thread in self._threads:
             thread.start()
         return self
@@ -106,6 +112,13 @@ class Poller:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        self.span = (self.span[0], time.monotonic())
+
+    def longest_gap(self) -> float:
+        """The longest time, in seconds, in which no request ended: from the start to the
+        first, between two, and from the last to the end."""
+        times = [self.span[0], *sorted(self.finished), self.span[1]]
+        return max(later - earlier for earlier, later in zip(times, times[1:]))
 
     def _text(self) -> str:
         if self.read is None:
@@ -132,6 +145,7 @@ class Poller:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
             with self._count:
                 self.requests += 1
+                self.finished.append(time.monotonic())
                 if server is not None:
                     self.per_server[server] = self.per_server.get(server, 0) + 1
             self._stop.wait(self.interval)
@@ -192,21 +206,21 @@ def rejects_client_of(info, ca: pki.KeyPair, trust: x509.Certificate) -> bool:
                                                  key_pem=probe.key_pem) is None for server in info.apiservers)
 
 
-def plan_json(spec: Path, workspace: Path) -> dict:
-    result = careconcile("plan", str(spec), "--format", "json", workspace=workspace)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def plan_json_in_process(spec: Path, workspace: Path) -> dict:
-    """`careconcile plan SPEC --format json` run by the CLI's own entry point in this process:
-    the same code as :func:`plan_json` without starting an interpreter, for tests that plan
-    after every action."""
+def careconcile_in_process(*args: str, workspace: Path) -> CLIResult:
+    """The CLI's own entry point run in this process, for tests that call it after every
+    action: the same code as :func:`careconcile` without starting an interpreter."""
     from reconciler.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        returncode = main(["plan", str(spec), "--format", "json", "--workspace", str(workspace)])
-    assert_no_private_key((stdout.getvalue() + stderr.getvalue()).encode(), "output of careconcile plan")
-    assert returncode == 0, stderr.getvalue()
-    return json.loads(stdout.getvalue())
+        returncode = main([*args, "--workspace", str(workspace)])
+    result = CLIResult(returncode, stdout.getvalue(), stderr.getvalue())
+    assert_no_private_key(result.stdout.encode() + result.stderr.encode(), f"output of careconcile {' '.join(args)}")
+    return result
+
+
+def plan_json(spec: Path, workspace: Path, *, in_process: bool = False) -> dict:
+    run = careconcile_in_process if in_process else careconcile
+    result = run("plan", str(spec), "--format", "json", workspace=workspace)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -20,9 +20,10 @@ from reconciler.core import kubeconfig, pki
 from reconciler.shell.kube import KubeconfigClient
 
 from .rotation import (
-    Poller, assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, record_ca,
+    POLL_GAP_SECONDS, Poller, assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, record_ca,
     rejects_client_of, set_rotation,
 )
+from .sshd import require_sshd
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,7 @@ def _assert_rotated(rotated: Rotated, apiservers: int) -> None:
 
     assert poller.failures == [], "\n".join(poller.failures[:10])
     assert poller.requests > 100
+    assert poller.longest_gap() < POLL_GAP_SECONDS, f"no request for {poller.longest_gap():.1f}s"
     assert len(poller.per_server) == apiservers  # the client really went to every apiserver
     assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
     workspace_kubeconfig = workspace / info.name / f"{info.name}-kubeconfig"
@@ -142,6 +144,7 @@ def _kubelet_restart_logs(info) -> dict[str, Path]:
 def over_ssh(start_sandbox, tmp_path_factory):
     """The sandbox's spec as `sandbox up --ssh` writes it, with a stand-in kubelet restart
     command on each worker, a plan saved with `plan --out` and that plan applied."""
+    require_sshd()
     info = start_sandbox("rot1", control_planes=1, workers=3, ssh=True)
     workspace = tmp_path_factory.mktemp("rot1-workspace")
     spec = Path(info.spec)
@@ -164,7 +167,7 @@ def over_ssh(start_sandbox, tmp_path_factory):
     with Poller(Path(info.kubeconfig), set(info.apiservers)) as poller:
         result = careconcile("apply", str(plan_file), workspace=workspace)
     print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
-          f"during it, {len(poller.failures)} failed")
+          f"during it, {len(poller.failures)} failed, longest gap {poller.longest_gap():.2f}s")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Apply complete!" in result.stdout
     rotated = Rotated(info, workspace, poller, old, record_ca(info), foreign, webhook_ca)
@@ -176,6 +179,10 @@ def test_a_rotation_over_ssh_fails_no_request_and_leaves_only_the_new_ca(over_ss
     _assert_rotated(rotated, apiservers=1)
     # the state went to the Secret, and finalize left no key there and no file here
     assert not (rotated.workspace / rotated.info.name / "state" / "state.json").exists()
+    with KubeconfigClient(Path(rotated.info.kubeconfig)) as client:
+        state = client.get("/api/v1/namespaces/kube-system/secrets/careconcile-state")
+    assert list(state["data"]) == ["clusterCA.json"]
+    assert json.loads(base64.b64decode(state["data"]["clusterCA.json"]))["appliedRotation"] == 1
 
 
 def test_kubelets_are_restarted_by_command_once_per_phase_that_changed_their_files(over_ssh):
@@ -226,7 +233,7 @@ def test_a_rotation_of_two_apiservers_fails_no_request_and_leaves_only_the_new_c
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Apply complete!" in result.stdout
     print(f"\n{info.name}: {poller.requests} requests during the rotation, {len(poller.failures)} failed, "
-          f"per apiserver {poller.per_server}")
+          f"per apiserver {poller.per_server}, longest gap {poller.longest_gap():.2f}s")
     _assert_rotated(Rotated(info, tmp_path, poller, old, record_ca(info), foreign, webhook_ca), apiservers=2)
     # finalize dropped the keys; the applied rotation stays on record
     entries = json.loads((tmp_path / info.name / "state" / "state.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 from reconciler.shell.executor import CRASH_AFTER_ENV
 
 from .rotation import (
-    assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, plan_json_in_process, record_ca,
+    assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, record_ca,
     rejects_client_of, set_rotation,
 )
 
@@ -31,7 +31,7 @@ def test_killed_at_every_action_boundary_resumes_to_the_same_end_state(start_san
         result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path, env={CRASH_AFTER_ENV: "1"})
         assert result.returncode == -9, f"run {kills + 1} was not killed: {result.stdout[-2000:]}{result.stderr}"
         kills += 1
-        now = [action["id"] for action in plan_json_in_process(spec, tmp_path)["clusters"][0]["actions"]]
+        now = [action["id"] for action in plan_json(spec, tmp_path, in_process=True)["clusters"][0]["actions"]]
         # Planning again yields exactly the actions that were left: the live state shows
         # what was done, whatever moment the run died at. (The first plan above ran as a
         # command; these run the same entry point in this process, to save an interpreter.)

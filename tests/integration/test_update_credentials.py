@@ -19,13 +19,15 @@ from ruamel.yaml import YAML
 from reconciler.core import kubeconfig, pki
 from reconciler.errors import APINotFoundError
 from reconciler.shell.executor import CRASH_AFTER_ENV
-from reconciler.shell.kube import KubeClient, KubeconfigClient, load_kubeconfig
+from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target, load_kubeconfig
+from reconciler.shell.lock import current_lock
 
 from .helpers import wait_until
 from .rotation import (
-    Poller, assert_no_private_key, assert_no_private_key_in_files, assert_nodes_trust_only, bundle_fingerprints,
-    careconcile, record_ca, rejects_client_of,
+    POLL_GAP_SECONDS, Poller, assert_no_private_key, assert_no_private_key_in_files, assert_nodes_trust_only,
+    bundle_fingerprints, careconcile, record_ca, rejects_client_of,
 )
+from .sshd import require_sshd
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ def admin(start_sandbox):
 
 @pytest.fixture(scope="module")
 def user(start_sandbox, admin):
+    require_sshd()
     return start_sandbox(USER, control_planes=1, workers=2, admin=ADMIN, ssh=True)
 
 
@@ -119,12 +122,17 @@ def applied_rotation(admin) -> int:
     return public["appliedRotation"]
 
 
-def lock_holder(client) -> str | None:
-    """The holder of update credentials' lock in the admin cluster, None when it is free."""
-    for lease in client.list(LEASES):
-        if lease["metadata"]["name"].endswith("careconcile-lock"):
-            return lease["spec"].get("holderIdentity")
-    return None
+def locks_held_by(admin, pid: int) -> bool:
+    """Whether both Leases of update credentials' lock belong to process ``pid``: the one in
+    the admin cluster and the user cluster's kube-system/careconcile-lock (reached with the
+    kubeconfig the admin cluster holds, which trusts the CAs of a rotation in progress)."""
+    with KubeconfigClient(Path(admin.kubeconfig)) as client:
+        management = current_lock(client, namespace=NAMESPACE, name=f"{USER}-careconcile-lock")
+    if management is None or management.pid != pid:
+        return False
+    with KubeClient(kubeconfig_target(secret_kubeconfig(admin), source="kubeconfig Secret")) as client:
+        cluster = current_lock(client)
+    return cluster is not None and cluster.pid == pid
 
 
 def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_from_the_admin_cluster_alone(
@@ -135,8 +143,8 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
     old = record_ca(user)
     assert_admin_cluster_holds(admin, old)
     before = applied_rotation(admin)
-    # Two clients: one for the poller's thread, one for the test's (a connection is not shared).
-    with KubeconfigClient(Path(admin.kubeconfig)) as client, KubeconfigClient(Path(admin.kubeconfig)) as poll:
+    # The poller's own client of the admin cluster (a connection is not shared between threads).
+    with KubeconfigClient(Path(admin.kubeconfig)) as poll:
         def read_secret_kubeconfig() -> str:
             secret = poll.get(f"{SECRETS}/{USER}-kubeconfig")
             return base64.b64decode(secret["data"]["value"]).decode()
@@ -147,19 +155,23 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
             returncode, killed_stdout, killed_stderr = finish(killed)
             assert returncode == -signal.SIGKILL, killed_stdout + killed_stderr
             assert "[25/" in killed_stdout and "[26/" not in killed_stdout
-            stale = lock_holder(client)
-            assert stale, "the killed run left no lock behind"
+            assert locks_held_by(admin, killed.pid), "the killed run left its lock behind"
 
             rerun = update_credentials(newcomer)
-            # Once the second run has taken the lock over, a change to that cluster by another
-            # careconcile command is refused, naming the rotation.
-            wait_until("the second run takes the lock over", lambda: lock_holder(client) not in (None, stale),
-                       timeout=120)
-            competing = careconcile("apply", user.spec, "--auto-approve", workspace=newcomer / "other-ws")
-            # The same cluster described by a plain spec (its own kubeconfig, no management) is
-            # locked in its kube-system: refused as well.
-            plain = careconcile("apply", str(plain_spec(user)), "--auto-approve",
-                                workspace=newcomer / "other-ws")
+            # Once the second run holds both Leases of the lock, a change to that cluster by
+            # another careconcile command is refused, naming the rotation. The second run is
+            # paused meanwhile (its lock held), so that it cannot finish before they are asked.
+            wait_until("the second run takes both Leases of the lock over",
+                       lambda: rerun.poll() is None and locks_held_by(admin, rerun.pid), timeout=120)
+            rerun.send_signal(signal.SIGSTOP)
+            try:
+                competing = careconcile("apply", user.spec, "--auto-approve", workspace=newcomer / "other-ws")
+                # The same cluster described by a plain spec (its own kubeconfig, no management)
+                # is locked in its kube-system: refused as well.
+                plain = careconcile("apply", str(plain_spec(user)), "--auto-approve",
+                                    workspace=newcomer / "other-ws")
+            finally:
+                rerun.send_signal(signal.SIGCONT)
             returncode, stdout, stderr = finish(rerun)
     assert returncode == 0, stdout + stderr
     assert "Finishing the interrupted rotation" in stdout
@@ -190,9 +202,12 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
     assert_no_private_key_in_files(workspace / "log")
 
     assert poller.requests > 100
+    assert poller.longest_gap() < POLL_GAP_SECONDS, f"no request for {poller.longest_gap():.1f}s"
     assert poller.failures == [], poller.failures[:5]
     assert set(poller.per_server) == set(user.apiservers)
 
-    # The lock is released.
+    # The lock is released: neither Lease is left.
     with KubeconfigClient(Path(admin.kubeconfig)) as client:
-        assert lock_holder(client) is None
+        assert not [lease for lease in client.list(LEASES) if lease["metadata"]["name"].endswith("careconcile-lock")]
+    with KubeClient(load_kubeconfig(new_kubeconfig)) as client:
+        assert current_lock(client) is None

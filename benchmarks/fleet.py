@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _script  # benchmarks/_script.py, beside this script
 from reconciler import sandbox
 from reconciler.sandbox._paths import ROOT_ENV
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
@@ -109,8 +110,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; the sandboxes were stopped", file=sys.stderr)
-        sys.exit(130)
+    _script.run(main)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+import _script  # benchmarks/_script.py, beside this script
 from reconciler import sandbox
 from reconciler.core.plan import PHASES
 from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
@@ -213,10 +214,6 @@ def teardown(paths: SandboxPaths) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def cell(column: str, values: list[float]) -> str:
     if column == "actions":
         return f"{statistics.median(values):.0f}"
@@ -240,7 +237,6 @@ def main() -> int:
     args = parser.parse_args()
     transports = list(dict.fromkeys(args.transport))
     handovers = list(dict.fromkeys(args.lease_handover))
-    signal.signal(signal.SIGTERM, _terminated)  # tear down on `kill` too, not only on Ctrl-C
     require_binaries()
     install_counters(transports)
     with tempfile.TemporaryDirectory(prefix="careconcile-bench-") as root:
@@ -285,8 +281,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; sandboxes torn down", file=sys.stderr)
-        sys.exit(130)
+    _script.run(main)

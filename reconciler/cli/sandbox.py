@@ -38,6 +38,9 @@ def register(commands: Any) -> None:
                     help="fast (default): the controller-manager releases its leader Lease when it stops and "
                          "kwok's node Leases last 6 s; kubeadm: the controller-manager as kubeadm runs it and 15 s "
                          "node Leases, so each restart of them waits about 15 s (docs/sandbox.md)")
+    up.add_argument("--workloads", type=int, default=0, metavar="N",
+                    help="beside kubeadm's add-ons (kube-proxy, CoreDNS), N namespaces app-1..app-N with a "
+                         "Deployment and a PodDisruptionBudget each, and a StatefulSet in app-1 (default: 0)")
     up.add_argument("--output", choices=("text", "json"), default="text")
     up.set_defaults(handler=_up)
 
@@ -60,7 +63,7 @@ def _progress(message: str) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress,
-                      ssh=args.ssh, admin=args.admin, lease_handover=args.lease_handover)
+                      ssh=args.ssh, admin=args.admin, lease_handover=args.lease_handover, workloads=args.workloads)
     if args.output == "json":
         print(json.dumps(info.to_json(), indent=2))
         return EXIT_OK
@@ -74,6 +77,8 @@ def _up(args: argparse.Namespace) -> int:
               f"(key {info.ssh['key_file']})")
     for server in info.apiservers:
         print(f"  apiserver:   {server}")
+    print("  workloads:   kube-proxy, coredns" + (f", {info.workloads} sample namespaces (app-1..app-{info.workloads})"
+                                                  if info.workloads else ""))
     if info.admin is not None:
         print(f"  registered:  in sandbox {info.admin['name']}, namespace {info.admin['namespace']} "
               f"(Secrets {info.name}-ca, {info.name}-kubeconfig; the spec is in admin mode)")

@@ -25,7 +25,7 @@ from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
 from reconciler.errors import ClusterUnreachableError, SandboxError, SandboxNotFoundError
-from reconciler.sandbox import _admin, _api, _specfile, binaries, sshd
+from reconciler.sandbox import _admin, _api, _specfile, _workloads, binaries, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
 
@@ -68,6 +68,8 @@ class SandboxInfo:
     # context, namespace); the spec then reaches the cluster in admin mode.
     admin: dict[str, Any] | None = None
     lease_handover: str = "fast"
+    # Sample namespaces beside kubeadm's add-ons (`up --workloads N`; _workloads.py).
+    workloads: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,7 +251,7 @@ def _wait_for(what: str, check: Callable[[], bool], paths: SandboxPaths, deadlin
 def up(
     name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
     key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None, ssh: bool = False,
-    admin: str | None = None, lease_handover: str = "fast",
+    admin: str | None = None, lease_handover: str = "fast", workloads: int = 0,
 ) -> SandboxInfo:
     """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
     node Ready and `kube-root-ca.crt` published in `default`. With ``ssh``, an sshd on
@@ -260,6 +262,8 @@ def up(
         raise SandboxError("a sandbox needs at least one control plane (--control-planes >= 1)")
     if workers < 0:
         raise SandboxError("--workers cannot be negative")
+    if workloads < 0:
+        raise SandboxError("--workloads cannot be negative")
     if lease_handover not in LEASE_HANDOVERS:
         raise SandboxError(f"--lease-handover must be one of {', '.join(LEASE_HANDOVERS)}, not {lease_handover!r}")
     paths = SandboxPaths.named(name)
@@ -313,6 +317,13 @@ def up(
             ca_text = ca_path.read_text()
             _wait_for("kube-root-ca.crt in namespace default",
                       lambda: _api.root_ca_configmap(client, "default") == ca_text, paths, deadline)
+            progress("creating kubeadm's add-ons" + (f" and {workloads} sample namespaces" if workloads else ""))
+            _workloads.create(client, workloads)
+            if workers:  # without a node, no pod of theirs can run
+                for workload in _workloads.workloads(workloads):
+                    _wait_for(f"{workload.kind} {workload.namespace}/{workload.name} rolled out",
+                              lambda w=workload: _workloads.rolled_out(client, w), paths, deadline)
+                timings["workloads_ready"] = time.monotonic() - started
         if management is not None:
             progress(f"registering it in sandbox {management['name']!r}, namespace {management['namespace']}")
             _admin.register(info, paths)
@@ -323,6 +334,7 @@ def up(
             exc.hint = (f"its processes are stopped and {paths.directory} is kept for its logs; "
                         f"`careconcile sandbox down --name {name}` removes it")
         raise
+    info.workloads = workloads
     info.startup_seconds = round(time.monotonic() - started, 2)
     info.timings = {k: round(v, 2) for k, v in timings.items()}
     _save_record(paths, info, bin_dir=bin_dir)

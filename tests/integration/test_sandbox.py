@@ -3,6 +3,7 @@ and kwok processes, checked through the Kubernetes Python client and raw TLS."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import ssl
@@ -14,7 +15,11 @@ from kubernetes.client.exceptions import ApiException
 
 from reconciler import sandbox
 from reconciler.core import kubeadm, kubeconfig, pki
+from reconciler.errors import APIError
+from reconciler.sandbox import _workloads
+from reconciler.sandbox._api import Client
 from reconciler.sandbox._paths import SandboxPaths
+from reconciler.shell.kube import KubeconfigClient
 
 from .helpers import (client_cert, cluster_ca, core_api, is_listening, listening_ports, node_file,
                       process_alive, request_as, supervisor_state, wait_until)
@@ -194,3 +199,115 @@ def test_a_killed_supervisor_takes_its_components_along_and_status_says_so(start
     assert "supervisor not running (sandbox stopped or crashed)" in report["problems"]
     sandbox.down(paths)
     assert not paths.directory.exists()
+
+
+# --- workloads: kubeadm's add-ons and sample applications on kwok's nodes ---------------------
+
+def _pods(client, namespace: str, app: str) -> list[dict]:
+    return client.list(f"/api/v1/namespaces/{namespace}/pods", label_selector=f"k8s-app={app}")
+
+
+def _ready(pod: dict) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _root_ca_volume(pod: dict) -> bool:
+    """Whether the pod reads kube-root-ca.crt through the projected volume the ServiceAccount
+    admission plugin adds (kube-api-access-*)."""
+    return any(source.get("configMap", {}).get("name") == "kube-root-ca.crt"
+               for volume in pod["spec"].get("volumes") or [] if volume["name"].startswith("kube-api-access-")
+               for source in (volume.get("projected") or {}).get("sources") or [])
+
+
+def test_addons_and_sample_workloads_run_on_the_workers_and_mount_the_root_ca(cluster):
+    workers = {node.name for node in cluster.nodes if node.role == "worker"}
+    assert cluster.workloads > 0, "the shared cluster is started with sample workloads"
+    expected = _workloads.workloads(cluster.workloads)
+    assert len(expected) == 2 + cluster.workloads + 1  # kube-proxy, coredns, a web each, the StatefulSet
+    with _api_client(cluster) as api, KubeconfigClient(Path(cluster.kubeconfig)) as client:
+        for workload in expected:
+            assert _workloads.rolled_out(api, workload), workload
+        proxies = _pods(client, "kube-system", "kube-proxy")
+        assert sorted(pod["spec"]["nodeName"] for pod in proxies) == sorted(workers)  # one on every node
+        pods = proxies + _pods(client, "kube-system", "kube-dns")
+        for index in range(1, cluster.workloads + 1):
+            pods += _pods(client, f"app-{index}", "web")
+        pods += _pods(client, "app-1", "db")
+        assert len(pods) == len(workers) + 2 + 2 * cluster.workloads + 2
+        for pod in pods:
+            where = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+            assert _ready(pod) and pod["spec"]["nodeName"] in workers, where
+            assert _root_ca_volume(pod), f"{where} does not mount kube-root-ca.crt"
+        assert {pod["spec"]["serviceAccountName"] for pod in proxies} == {"kube-proxy"}
+
+
+def test_a_rollout_restart_replaces_every_coredns_pod_and_its_budget_holds(cluster):
+    """What `kubectl rollout restart` does, and what careconcile will do to a Deployment:
+    the template annotation; the real deployment controller rolls kwok's pods."""
+    coredns = _workloads.Workload("Deployment", "kube-system", "coredns")
+    budget = "/apis/policy/v1/namespaces/kube-system/poddisruptionbudgets/kube-dns"
+    with _api_client(cluster) as api, KubeconfigClient(Path(cluster.kubeconfig)) as client:
+        before = {pod["metadata"]["uid"] for pod in _pods(client, "kube-system", "kube-dns")}
+        assert len(before) == 2
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        client.patch(coredns.path, {"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": stamp}}}}})
+        lowest = []
+
+        def done() -> bool:
+            status = client.get(budget).get("status") or {}
+            lowest.append(status.get("currentHealthy", 0) - status.get("desiredHealthy", 0))
+            now = {pod["metadata"]["uid"] for pod in _pods(client, "kube-system", "kube-dns")}
+            return _workloads.rolled_out(api, coredns) and not (now & before) and len(now) == 2
+
+        wait_until("coredns rolled out with new pods", done, timeout=120, interval=0.1)
+        assert min(lowest) >= 0, f"the budget went below its minimum: {lowest}"
+        assert len(lowest) > 1
+
+
+def test_eviction_honours_a_budget_that_allows_no_disruption(cluster):
+    """The Eviction API answers 429 while a PodDisruptionBudget allows no disruption, and
+    evicts once it allows one; a new pod then takes the evicted one's place."""
+    namespace = f"evict-{uuid.uuid4().hex[:6]}"
+    web = _workloads.Workload("Deployment", namespace, "web")
+    with _api_client(cluster) as api, KubeconfigClient(Path(cluster.kubeconfig)) as client:
+        client.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+        try:
+            client.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", _workloads.sample_deployment(namespace))
+            # a budget that allows no disruption: every replica must stay available
+            client.create(f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
+                          _workloads.budget(namespace, "web", _workloads.SAMPLE_REPLICAS))
+            pdb = f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/web"
+            wait_until("web rolled out and its budget observed", lambda: _workloads.rolled_out(api, web) and (
+                client.get(pdb).get("status") or {}).get("observedGeneration") == client.get(pdb)["metadata"][
+                "generation"], timeout=60)
+            victim = _pods(client, namespace, "web")[0]["metadata"]["name"]
+            eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                        "metadata": {"name": victim, "namespace": namespace}}
+            evict = f"/api/v1/namespaces/{namespace}/pods/{victim}/eviction"
+            with pytest.raises(APIError) as refused:
+                client.create(evict, eviction)
+            assert refused.value.status == 429, refused.value
+            client.patch(pdb, {"spec": {"minAvailable": 1}})
+            wait_until("the eviction is allowed", lambda: _evicted(client, evict, eviction), timeout=60)
+            wait_until("a new pod in the evicted one's place", lambda: _workloads.rolled_out(api, web) and victim not in
+                       {pod["metadata"]["name"] for pod in _pods(client, namespace, "web")}, timeout=60)
+        finally:
+            client.delete(f"/api/v1/namespaces/{namespace}")
+
+
+def _evicted(client, path: str, eviction: dict) -> bool:
+
+    try:
+        client.create(path, eviction)
+        return True
+    except APIError as exc:
+        if exc.status == 429:  # the budget's new minimum not observed yet
+            return False
+        raise
+
+
+def _api_client(info) -> Client:
+    return Client(Path(info.kubeconfig))

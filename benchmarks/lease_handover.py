@@ -15,6 +15,7 @@ Prints a markdown table of medians (min-max) in seconds; the handovers take turn
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
@@ -26,6 +27,7 @@ from ruamel.yaml import YAML
 
 import _script  # benchmarks/_script.py, beside this script
 from reconciler import sandbox
+from reconciler._files import atomic_write
 from reconciler.core.kubeadm import MANIFESTS_DIR
 from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths, node_path
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
@@ -52,8 +54,9 @@ def restart(info, component: str) -> None:
     yaml = YAML()
     manifest = yaml.load(path.read_text())
     manifest["metadata"].setdefault("annotations", {})["benchmark.careconcile.dev/restarted-at"] = str(time.time())
-    with path.open("w") as out:
-        yaml.dump(manifest, out)
+    out = io.StringIO()
+    yaml.dump(manifest, out)
+    atomic_write(path, out.getvalue().encode(), 0o600)  # the supervisor never reads half a manifest
 
 
 def handover_seconds(info, component: str) -> float:

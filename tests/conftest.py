@@ -130,9 +130,10 @@ _shared = _Sandboxes()  # the session's ``cluster``
 @pytest.fixture(scope="session")
 def cluster(sandbox_root):
     """One control plane, three kwok workers, kubeadm's add-ons and 2 sample namespaces of
-    workloads: the sandbox most tests share. Tests leave it
-    as they found it (they change copies of its spec, or put back what they changed). It is
-    stopped right after the last test of SHARED_CLUSTER_FILES, not at the end of the session."""
+    workloads: the sandbox most tests share. Tests leave it as they found it (they change
+    copies of its spec, or put back what they changed); test_sandbox.py restarts CoreDNS,
+    whose new pods are as good as the old. It is stopped right after the last test of
+    SHARED_CLUSTER_FILES, not at the end of the session."""
     _require_binaries()
     yield _shared.start("it", control_planes=1, workers=3, workloads=2)
     _shared.stop_all()

@@ -77,8 +77,9 @@ def _up(args: argparse.Namespace) -> int:
               f"(key {info.ssh['key_file']})")
     for server in info.apiservers:
         print(f"  apiserver:   {server}")
-    print("  workloads:   kube-proxy, coredns" + (f", {info.workloads} sample namespaces (app-1..app-{info.workloads})"
-                                                  if info.workloads else ""))
+    workloads = "kube-proxy, coredns" + (f", {info.workloads} sample namespaces (app-1..app-{info.workloads})"
+                                         if info.workloads else "")
+    print(f"  workloads:   {workloads}" + ("" if info.workers else " (no workers: their pods do not run)"))
     if info.admin is not None:
         print(f"  registered:  in sandbox {info.admin['name']}, namespace {info.admin['namespace']} "
               f"(Secrets {info.name}-ca, {info.name}-kubeconfig; the spec is in admin mode)")

@@ -24,7 +24,7 @@ from reconciler.core import kubeadm
 from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
-from reconciler.errors import ClusterUnreachableError, SandboxError, SandboxNotFoundError
+from reconciler.errors import CareconcileError, ClusterUnreachableError, SandboxError, SandboxNotFoundError
 from reconciler.sandbox import _admin, _api, _specfile, _workloads, binaries, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
@@ -113,6 +113,7 @@ def _write_manifest(root: Path, pod: dict[str, Any]) -> None:
 def _lay_out(
     paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
     ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None, lease_handover: str = "fast",
+    workloads: int = 0,
 ) -> SandboxInfo:
     """Write every node directory, the kubeconfig, the spec and the sandbox record."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -166,7 +167,7 @@ def _lay_out(
         name=name, directory=str(paths.directory), kubeconfig=str(paths.kubeconfig), spec=str(paths.spec),
         nodes_dir=str(paths.nodes), apiservers=[f"https://{kubeadm.LOOPBACK}:{p}" for p in apiserver_ports],
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
-        ssh=ssh, admin=admin, lease_handover=lease_handover,
+        ssh=ssh, admin=admin, lease_handover=lease_handover, workloads=workloads,
     )
     atomic_write(paths.spec, _specfile.render(info).encode())
     _save_record(paths, info, bin_dir=bin_dir)
@@ -238,12 +239,20 @@ def _check_components(paths: SandboxPaths) -> None:
 
 
 def _wait_for(what: str, check: Callable[[], bool], paths: SandboxPaths, deadline: float) -> None:
+    """Poll ``check`` until it holds. An apiserver that does not answer one poll (a busy
+    2-core machine) is tried again until the deadline, whose error then names it."""
+    unreachable: ClusterUnreachableError | None = None
     while True:
         _check_components(paths)
-        if check():
-            return
+        try:
+            if check():
+                return
+            unreachable = None
+        except ClusterUnreachableError as exc:
+            unreachable = exc
         if time.monotonic() > deadline:
-            raise SandboxError(f"sandbox {paths.name!r}: timed out waiting for {what}",
+            last = f" (last: {unreachable.message})" if unreachable is not None else ""
+            raise SandboxError(f"sandbox {paths.name!r}: timed out waiting for {what}{last}",
                                hint=f"component logs are under {paths.logs}")
         time.sleep(0.2)
 
@@ -254,7 +263,8 @@ def up(
     admin: str | None = None, lease_handover: str = "fast", workloads: int = 0,
 ) -> SandboxInfo:
     """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
-    node Ready and `kube-root-ca.crt` published in `default`. With ``ssh``, an sshd on
+    node Ready, `kube-root-ca.crt` published in `default` and, with workers, kubeadm's
+    add-ons and ``workloads`` sample namespaces rolled out. With ``ssh``, an sshd on
     127.0.0.1 serves the node directories and the spec reaches every node over SSH. With
     ``admin``, the sandbox is registered in the running sandbox of that name, its
     management cluster, and its spec reaches it in admin mode."""
@@ -289,7 +299,7 @@ def up(
             progress(f"sshd serves the node directories on {ssh_info['host']}:{ssh_info['port']}")
         info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
                         key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management,
-                        lease_handover=lease_handover)
+                        lease_handover=lease_handover, workloads=workloads)
     except BaseException:
         _stop(paths)  # the sshd, if it started
         shutil.rmtree(paths.directory, ignore_errors=True)  # nothing else started yet, nothing to keep
@@ -330,11 +340,10 @@ def up(
             timings["registered"] = time.monotonic() - started
     except BaseException as exc:
         _stop(paths)
-        if isinstance(exc, SandboxError) and not exc.hint:
+        if isinstance(exc, CareconcileError) and not exc.hint:
             exc.hint = (f"its processes are stopped and {paths.directory} is kept for its logs; "
                         f"`careconcile sandbox down --name {name}` removes it")
         raise
-    info.workloads = workloads
     info.startup_seconds = round(time.monotonic() - started, 2)
     info.timings = {k: round(v, 2) for k, v in timings.items()}
     _save_record(paths, info, bin_dir=bin_dir)

@@ -134,16 +134,20 @@ def create(client: Client, count: int) -> None:
 
 
 def rolled_out(client: Client, workload: Workload) -> bool:
-    """Whether every pod of ``workload`` is up to date and available, as `kubectl rollout
-    status` judges it: the controller saw the newest spec and every replica is updated and
-    available (a DaemonSet: on every node it schedules to)."""
+    """Whether ``workload`` is rolled out, as `kubectl rollout status` judges it: the
+    controller has seen the newest spec, every replica (a DaemonSet: every node it schedules
+    to) runs the newest template and is available, and no old pod is left. Counts the API
+    leaves out are 0."""
     item = client.call(f"reading {workload.kind} {workload.namespace}/{workload.name}", "GET", workload.path)
     spec, status = item.get("spec") or {}, item.get("status") or {}
-    if (status.get("observedGeneration") or 0) < (item["metadata"].get("generation") or 0):
+    if status.get("observedGeneration", 0) < item["metadata"].get("generation", 0):
         return False
     if workload.kind == "DaemonSet":
-        desired = status.get("desiredNumberScheduled") or 0
-        return desired > 0 and status.get("updatedNumberScheduled") == desired == status.get("numberAvailable")
+        desired = status.get("desiredNumberScheduled", 0)
+        return status.get("updatedNumberScheduled", 0) >= desired and status.get("numberAvailable", 0) >= desired
     replicas = spec.get("replicas", 1)
-    ready = status.get("availableReplicas") if workload.kind == "Deployment" else status.get("readyReplicas")
-    return status.get("updatedReplicas") == replicas == ready and status.get("replicas") == replicas
+    updated = status.get("updatedReplicas", 0)
+    if workload.kind == "StatefulSet":
+        return updated >= replicas and status.get("readyReplicas", 0) >= replicas
+    return (updated >= replicas and status.get("replicas", 0) <= updated
+            and status.get("availableReplicas", 0) >= updated)

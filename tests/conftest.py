@@ -162,7 +162,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     if strays:
         raise pytest.UsageError(f"tests/conftest.py: add {', '.join(strays)} to SHARED_CLUSTER_FILES "
                                 "(they use the shared cluster fixture)")
-    items.sort(key=lambda item: -_estimate(_work_unit(item.nodeid)))
+    # By cost, then by unit: the files of a unit stay together even where two units cost the same.
+    items.sort(key=lambda item: (-_estimate(_work_unit(item.nodeid)), _work_unit(item.nodeid)))
 
 
 def _estimate(unit: str) -> float:

@@ -105,3 +105,19 @@ def test_a_statefulset_counts_ready_replicas():
     assert rolled_out(_Reads(_object(1, {"replicas": 2}, status)), Workload("StatefulSet", "app-1", "db"))
     assert not rolled_out(_Reads(_object(1, {"replicas": 2}, status | {"readyReplicas": 1})),
                           Workload("StatefulSet", "app-1", "db"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"workloads": -1}, "--workloads cannot be negative"),
+    ({"lease_handover": "instant"}, "--lease-handover must be one of fast, kubeadm, not 'instant'"),
+])
+def test_up_refuses_a_bad_option_before_it_makes_anything(tmp_path, monkeypatch, options, message):
+    from reconciler import sandbox
+    from reconciler.errors import SandboxError
+    from reconciler.sandbox._paths import ROOT_ENV
+
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    with pytest.raises(SandboxError) as error:
+        sandbox.up("bad", **options)
+    assert message in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # no sandbox directory made

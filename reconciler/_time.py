@@ -20,7 +20,7 @@ def rfc3339(moment: dt.datetime) -> str:
 
 def parse_time(text: str | None) -> dt.datetime | None:
     """An RFC 3339 time or MicroTime; None when absent or not a time (edited by hand)."""
-    if not text:
+    if not text or not isinstance(text, str):
         return None
     try:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -96,6 +96,9 @@ class AuthorityLayout:
     management_kubeconfig: bool = False
     # Components that run as services on the nodes and are restarted by a command.
     node_services: tuple[NodeServiceComponent, ...] = ()
+    # Whether pods trust it through kube-root-ca.crt (or node files under /etc/kubernetes/pki)
+    # and must restart before the apiservers present certificates from a new one.
+    pods_trust: bool = False
 
     @property
     def signer_cert(self) -> str:
@@ -134,6 +137,7 @@ CLUSTER_CA = AuthorityLayout(
     ),
     signer=SignerFlags("--cluster-signing-cert-file", "--cluster-signing-key-file"),
     in_cluster_objects=True,
+    pods_trust=True,
     management_secret="ca",  # Cluster API's <cluster>-ca; the etcd CA is <cluster>-etcd, front-proxy <cluster>-proxy
     management_kubeconfig=True,
     node_services=(

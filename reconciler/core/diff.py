@@ -9,15 +9,17 @@ from cryptography import x509
 from pydantic import BaseModel, ConfigDict
 
 from reconciler.core import pki
-from reconciler.core.observed import ClusterObservation, fp, short
+from reconciler.core.observed import NEW_CA, ClusterObservation, fp, short
+from reconciler.core.workloads import WorkloadDecision, decide
 
 if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
+from reconciler.core.spec import ResolvedWorkloads
 
 FindingCode = Literal[
     "rotation-requested", "ca-expiring", "key-mismatch", "pin-mismatch", "records-disagree", "record-missing",
     "bundle-out-of-step", "leaf-out-of-step", "leaf-expiring", "rotation-in-progress", "restart-pending",
-    "unmanaged-certificate",
+    "unmanaged-certificate", "workload-unrestartable", "workload-excluded", "workload-disruption-forbidden",
 ]
 
 # Findings that a rotation to a new CA resolves.
@@ -62,6 +64,9 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
         # The CA that ends up distrusted: the previous one, unless a rollback is about to
         # turn back (once it runs, the state store has swapped the two).
         leaving = state.target if rollback and not state.rolling_back else state.previous
+        heading = state.previous if rollback and not state.rolling_back else state.target
+        if state.verified_phase < 3 or (rollback and not state.rolling_back):
+            findings += workload_findings(observed, fp(heading), desired.workloads)
         return findings + _left_behind(observed, leaving, now)
 
     missing = [record.node for record in observed.records if record.cert is None]
@@ -128,7 +133,27 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
             findings.append(Finding(code="restart-pending", subject=component.id, message=(
                 "its files changed since it was last restarted; it may still hold the old ones")))
     if rotating:
+        findings += workload_findings(observed, NEW_CA, desired.workloads)
         findings += _left_behind(observed, record, now)
+    return findings
+
+
+def workload_findings(observed: ClusterObservation, target: str, settings: "ResolvedWorkloads") -> list[Finding]:
+    """What the plan says about workloads it cannot or may not restart before phase 3."""
+    findings = []
+    for decision in workload_decisions(observed, target, settings):
+        workload, stale = decision.workload, len(decision.stale)
+        if decision.blocked:
+            findings.append(Finding(code="workload-unrestartable", subject=workload.id, blocking=True,
+                                    message=decision.blocked))
+        elif decision.excluded_by:
+            findings.append(Finding(code="workload-excluded", subject=workload.id, warning=True, message=(
+                f"{stale} pod(s) of {workload.describe()} trust only the old CA and are not restarted "
+                f"({decision.excluded_by}); their API clients fail once phase 3 switches the apiservers' "
+                "certificates, until they restart")))
+        elif decision.warning:
+            findings.append(Finding(code="workload-disruption-forbidden", subject=workload.id, warning=True,
+                                    message=decision.warning))
     return findings
 
 
@@ -145,3 +170,14 @@ def _left_behind(observed: ClusterObservation, old: x509.Certificate, now: dt.da
         if fp(foreign.cert) not in managed and foreign.cert.not_valid_after_utc > now
         and pki.is_signed_by(foreign.cert, old)
     ]
+
+
+def workload_decisions(observed: ClusterObservation, target: str, settings: ResolvedWorkloads
+                       ) -> list[WorkloadDecision]:
+    """The workloads whose pods may not trust ``target`` (a fingerprint, or NEW_CA): none
+    when the pods already trust it alone, as in a rollback to the CA they started with."""
+    record = next((fp(r.cert) for r in observed.records if r.cert is not None), None)
+    trust = observed.state.pod_trust(record)
+    if trust.alone == target:
+        return []
+    return decide(observed.workloads, trust, settings)

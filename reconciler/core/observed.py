@@ -15,6 +15,7 @@ from typing import Any, Literal
 from cryptography import x509
 
 from reconciler.core import pki
+from reconciler.core.workloads import ObservedWorkload, PodTrust
 
 NEW_CA = "(new CA)"  # stands for the fingerprint of a CA that apply has not made yet
 RETIRED_KEPT = 20  # how many retired CA fingerprints the state store remembers
@@ -150,6 +151,11 @@ class StoredState:
     # Fingerprints of CAs this authority left behind (rotated away from, or rolled back from):
     # how a webhook's caBundle that still carries one is recognised as the cluster's.
     retired: tuple[str, ...] = ()
+    # When every kube-root-ca.crt was seen trusting both CAs of the rotation (with a margin):
+    # a pod started before then trusts only ``workloads_trusted_alone``. Kept after the
+    # rotation, so that drift finds a pod left trusting the CA it distrusted.
+    workloads_trusted_since: dt.datetime | None = None
+    workloads_trusted_alone: str | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -165,7 +171,17 @@ class StoredState:
             "rollingBack": self.rolling_back,
             "rolledBackRotation": self.rolled_back_rotation,
             "retired": list(self.retired),
+            "workloadsTrustedSince": self.workloads_trusted_since.isoformat() if self.workloads_trusted_since else None,
+            "workloadsTrustedAlone": self.workloads_trusted_alone,
         }
+
+    def pod_trust(self, record: str | None = None) -> PodTrust:
+        """What pods trust: see :class:`PodTrust`. Before the bundles trusted both CAs, a pod
+        trusts the CA the rotation started from (or ``record``, with no rotation recorded)."""
+        if self.workloads_trusted_alone is not None:
+            return PodTrust(self.workloads_trusted_alone, self.workloads_trusted_since)
+        start = self.target if self.rolling_back else self.previous
+        return PodTrust(fp(start) if start is not None else record, None)
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,8 @@ class ClusterObservation:
     node_names: tuple[str, ...] = field(default_factory=tuple)
     # Read for plans only, and not part of the digest: careconcile changes none of them.
     foreign: tuple[ForeignCertificate, ...] = ()
+    # The pods that read the cluster CA at start, by controller (authorities pods trust only).
+    workloads: tuple[ObservedWorkload, ...] = ()
 
     def items(self) -> dict[str, Any]:
         """Everything a plan acts on, by id, in public form: the input of the digest that
@@ -202,6 +220,12 @@ class ClusterObservation:
         for component in self.components:
             items[component.id] = {"restartedFor": component.restarted_for, "inputs": component.inputs_digest,
                                    "signer": [component.signer_cert, component.signer_key]}
+        # Which workloads hold pods that trust only the old CA, and how they restart: a
+        # saved plan is stale when that set changes (pods of their own churn do not count).
+        trust = self.state.pod_trust()
+        for workload in self.workloads:
+            if any(trust.trusts_only_old(pod) for pod in workload.pods):
+                items[f"{workload.id}#restart"] = workload.method
         items["state"] = self.state.public()
         return items
 

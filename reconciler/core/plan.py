@@ -20,8 +20,10 @@ from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.core import pki
-from reconciler.core.diff import REPAIRABLE, ROTATION_TRIGGERS, Finding
+from reconciler.core.diff import REPAIRABLE, ROTATION_TRIGGERS, Finding, workload_decisions
 from reconciler.core.observed import NEW_CA, ClusterObservation, ObservedBundle, fp, short
+from reconciler.core.spec import ResolvedWorkloads
+from reconciler.core.workloads import reason as workload_reason
 from reconciler.errors import RollbackRefusedError
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ PHASE_TITLES = {
 
 ActionKind = Literal[
     "create-ca", "rollback-target", "update-bundle", "stage-signer", "switch-signer", "reissue", "restart",
-    "write-kubeconfig", "remove-signer", "verify", "finalize",
+    "write-kubeconfig", "remove-signer", "verify", "finalize", "restart-workload",
 ]
 Operation = Literal["none", "rotate", "resume", "repair", "rollback"]
 
@@ -111,6 +113,7 @@ _COUNTED = (
     ("reissue", "certificate to reissue", "certificates to reissue"),
     ("write-kubeconfig", "kubeconfig to write", "kubeconfigs to write"),
     ("restart", "restart", "restarts"),
+    ("restart-workload", "workload restart", "workload restarts"),
 )
 
 
@@ -175,7 +178,7 @@ def plan_cluster(
                            findings=findings, actions=actions)
 
     if rollback:
-        return _plan_rollback(observed, result)
+        return _plan_rollback(observed, result, desired.workloads)
     if any(finding.blocking for finding in findings):
         return result("none", [])
 
@@ -199,17 +202,17 @@ def plan_cluster(
                     key=str(desired.key), validity=f"{desired.validity.days}d", common_name=desired.common_name,
                     rotation=str(desired.rotation))
     renew = {finding.subject: finding.message for finding in findings if finding.code == "leaf-expiring"}
-    _plan_phases(builder, observed, old_cert, new_cert, operation=operation, renew=renew)
+    _plan_phases(builder, observed, old_cert, new_cert, operation=operation, renew=renew, workloads=desired.workloads)
     return result(operation, builder.actions, fp(old_cert), fp(new_cert) if new_cert else NEW_CA)
 
 
-def _plan_rollback(observed: ClusterObservation, result) -> ClusterPlan:
+def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWorkloads) -> ClusterPlan:
     state = observed.state
     if not state.in_progress:
         raise RollbackRefusedError(f"cluster {observed.cluster}: no rotation in progress, nothing to roll back")
     if state.rolling_back:  # a rollback that was interrupted: resume it like any rotation
         builder = _Builder(observed.cluster)
-        _plan_phases(builder, observed, state.previous, state.target, operation="resume")
+        _plan_phases(builder, observed, state.previous, state.target, operation="resume", workloads=workloads)
         return result("rollback", builder.actions, fp(state.previous), fp(state.target))
     if not state.has_previous_key:
         raise RollbackRefusedError(f"cluster {observed.cluster}: the state store no longer holds the old CA's key")
@@ -229,13 +232,13 @@ def _plan_rollback(observed: ClusterObservation, result) -> ClusterPlan:
     builder.add(1, "rollback-target", "state", f"roll back from {short(fp(state.target))} to {short(old_fp)}",
                 change=Change(before=[fp(state.target)], after=[old_fp]))
     # From here it is a rotation to the old CA that starts with both CAs trusted.
-    _plan_phases(builder, observed, state.target, state.previous, operation="rollback")
+    _plan_phases(builder, observed, state.target, state.previous, operation="rollback", workloads=workloads)
     return result("rollback", builder.actions, fp(state.target), old_fp)
 
 
 def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509.Certificate,
                  new_cert: x509.Certificate | None, *, operation: Operation,
-                 renew: dict[str, str] | None = None) -> None:
+                 renew: dict[str, str] | None = None, workloads: ResolvedWorkloads | None = None) -> None:
     """``renew``: leaves due for renewal (id -> why), reissued from the CA they already have."""
     state = observed.state
     old_fp = fp(old_cert)
@@ -267,7 +270,15 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 builder.add(2, "stage-signer", f"{record.node}:signer", (
                     "the controller-manager must sign from a single-certificate file while ca.crt holds two"),
                     node=record.node, change=Change(before=[], after=[fp(record.cert)]))
-    # Phase 3: reissue.
+    # Phase 3: first the pods that trust only the old CA, then reissue.
+    if open_phase(3) and not same:
+        for decision in workload_decisions(observed, new_fp, workloads or ResolvedWorkloads()):
+            if decision.restarts:
+                workload = decision.workload
+                builder.add(3, "restart-workload", workload.id, workload_reason(decision),
+                            namespace=workload.namespace, workload=workload.kind, name=workload.name,
+                            method=decision.method, pods=str(len(decision.stale)),
+                            **({"replicas": str(workload.replicas)} if workload.replicas is not None else {}))
     if open_phase(3):
         if not same:
             # The management cluster's record (admin mode) first: the new CA is uploaded there
@@ -328,9 +339,10 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
     builder.actions.sort(key=lambda action: (action.phase, _ORDER[action.kind]))
 
 
-# Within a phase: state, then signers, files, restarts, clean-up, and the check last.
+# Within a phase: state, then workloads (phase 3 restarts them before anything is
+# reissued), signers, files, restarts, clean-up, and the check last.
 _ORDER = {kind: index for index, kind in enumerate((
-    "create-ca", "rollback-target", "stage-signer", "switch-signer", "update-bundle", "reissue", "write-kubeconfig",
+    "create-ca", "rollback-target", "restart-workload", "stage-signer", "switch-signer", "update-bundle", "reissue", "write-kubeconfig",
     "restart", "remove-signer", "verify", "finalize"))}
 
 
@@ -366,3 +378,4 @@ def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_si
             if reasons:
                 builder.add(phase, "restart", component.id, "; ".join(reasons), node=component.node, **params)
                 signing_now = params.get("signing", signing_now)
+

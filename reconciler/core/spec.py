@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -363,6 +363,124 @@ class StateStore(_ExactlyOne):
     workspace: WorkspaceStateStore | None = Field(default=None, description="In the local workspace directory.")
 
 
+# A whole, non-zero number of seconds, minutes or hours: "90s", "5m", "1h".
+TIMEOUT = r"^0*[1-9][0-9]*[smh]$"
+_TIMEOUT_UNITS = {"s": dt.timedelta(seconds=1), "m": dt.timedelta(minutes=1), "h": dt.timedelta(hours=1)}
+
+
+def parse_timeout(value: Any) -> dt.timedelta:
+    if isinstance(value, dt.timedelta):
+        if value <= dt.timedelta(0):
+            raise ValueError(f"must be longer than zero; got {value}")
+        return value
+    if not isinstance(value, str) or not re.fullmatch(TIMEOUT, value):
+        raise ValueError(f"must be a whole number of seconds, minutes or hours, such as '90s', '5m' or '1h'; "
+                         f"got {value!r}")
+    return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+
+
+def format_timeout(value: dt.timedelta) -> str:
+    seconds = int(value.total_seconds())
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
+
+
+Timeout = Annotated[
+    dt.timedelta,
+    BeforeValidator(parse_timeout),
+    PlainSerializer(format_timeout, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": TIMEOUT}),
+]
+
+# The kinds an exclude pattern may name: the controllers careconcile restarts pods through.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod")
+_GLOB = r"[a-zA-Z0-9.*?\[\]-]+"
+EXCLUDE = rf"^{_GLOB}(/({'|'.join(WORKLOAD_KINDS)}|\*)/{_GLOB})?$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+
+
+def _exclude_pattern(value: str) -> str:
+    if not re.fullmatch(EXCLUDE, value):
+        raise ValueError(f"must be NAMESPACE or NAMESPACE/KIND/NAME (shell-style wildcards allowed; KIND one of "
+                         f"{', '.join(WORKLOAD_KINDS)} or *); got {value!r}")
+    return value
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, label in value.items():
+        if not re.fullmatch(LABEL_KEY, key) or len(key) > 317:
+            raise ValueError(f"{key!r} is not a label key")
+        if not isinstance(label, str) or not re.fullmatch(LABEL_VALUE, label):
+            raise ValueError(f"the value {label!r} of {key!r} is not a label value")
+    return value
+
+
+class LabelSelector(_Strict):
+    """Pods that read the cluster CA some way careconcile cannot see in their spec."""
+
+    match_labels: Annotated[dict[str, str], AfterValidator(_labels)] = Field(
+        alias="matchLabels", min_length=1, description="Labels a pod must all carry, as a LabelSelector's matchLabels.")
+
+
+class WorkloadSettings(_Strict):
+    """How careconcile restarts the pods that read the cluster CA when they start, after every
+    bundle trusts both CAs and before any certificate is reissued. Every field is optional:
+    unset here, it comes from spec.defaults.workloads, then from the built-in default."""
+
+    restart: bool | None = Field(
+        default=None, description="Restart the pods that read the cluster CA at start (built-in default true). "
+                                  "false: the plan only warns about them.")
+    max_concurrent: int | None = Field(
+        default=None, alias="maxConcurrent", ge=1, le=100,
+        description="How many controllers roll at once; built-in default 4.")
+    timeout: Timeout | None = Field(
+        default=None, description="How long one workload's restart may take (a rollout, an eviction refused "
+                                  "by its PodDisruptionBudget, a running Job); built-in default 10m.")
+    exclude: list[Annotated[str, AfterValidator(_exclude_pattern)]] | None = Field(
+        default=None, json_schema_extra={"items": {"pattern": EXCLUDE}},
+        description="Workloads never restarted: NAMESPACE or NAMESPACE/KIND/NAME, shell-style wildcards "
+                    "allowed (kube-system, app-*/Deployment/web, */Job/*). The plan warns about each.")
+    evict_bare_pods: bool | None = Field(
+        default=None, alias="evictBarePods",
+        description="Evict pods that no controller owns (nothing brings them back). Built-in default false: "
+                    "such a pod blocks the plan unless excluded.")
+    selector: LabelSelector | None = Field(
+        default=None, description="Pods that read the cluster CA some other way (a copy in their image, a "
+                                  "Secret): restarted like the pods that mount kube-root-ca.crt.")
+
+
+@dataclass(frozen=True)
+class ResolvedWorkloads:
+    restart: bool = True
+    max_concurrent: int = 4
+    timeout: dt.timedelta = dt.timedelta(minutes=10)
+    exclude: tuple[str, ...] = ()
+    evict_bare_pods: bool = False
+    selector: tuple[tuple[str, str], ...] = ()
+
+
+def resolve_workloads(cluster: WorkloadSettings | None, defaults: WorkloadSettings | None) -> ResolvedWorkloads:
+    """Each field from the cluster, else from spec.defaults.workloads, else built in."""
+    built_in = ResolvedWorkloads()
+
+    def pick(field: str) -> Any:
+        for layer in (cluster, defaults):
+            if layer is not None and getattr(layer, field) is not None:
+                return getattr(layer, field)
+        return None
+
+    restart, concurrent, timeout = pick("restart"), pick("max_concurrent"), pick("timeout")
+    exclude, evict, selector = pick("exclude"), pick("evict_bare_pods"), pick("selector")
+    return ResolvedWorkloads(
+        restart=built_in.restart if restart is None else restart,
+        max_concurrent=concurrent or built_in.max_concurrent,
+        timeout=timeout or built_in.timeout,
+        exclude=tuple(exclude or ()),
+        evict_bare_pods=built_in.evict_bare_pods if evict is None else evict,
+        selector=tuple(sorted(selector.match_labels.items())) if selector is not None else (),
+    )
+
+
 MANAGEMENT_NAMESPACE = "cluster-{name}"  # Cluster API's habit; the default of management.namespace
 
 
@@ -413,6 +531,8 @@ class ClusterSpec(_Strict):
                     "<name>-careconcile-state in the management namespace. With management only "
                     "`workspace: {}` may be set here.")
     authorities: Authorities = Field(default_factory=Authorities, description="The cluster's authorities.")
+    workloads: WorkloadSettings | None = Field(
+        default=None, description="How the pods that read the cluster CA at start are restarted during a rotation.")
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
         {"required": ["kubeconfig"], "not": {"required": ["inCluster"], "properties": {"inCluster": {"const": True}}}},
@@ -481,6 +601,7 @@ class Defaults(_Strict):
 
     authorities: AuthoritySettings = Field(default_factory=AuthoritySettings,
                                            description="Defaults for every authority of every cluster.")
+    workloads: WorkloadSettings | None = Field(default=None, description="Defaults for every cluster's workloads.")
 
 
 @dataclass(frozen=True)
@@ -497,6 +618,8 @@ class ResolvedAuthority:
     leaf_validity: dt.timedelta
     common_name: str
     organizations: tuple[str, ...]
+    # How the cluster's pods are restarted; used by authorities whose layout says pods trust them.
+    workloads: ResolvedWorkloads = ResolvedWorkloads()
 
 
 BUILT_IN_AUTHORITY = AuthoritySettings(
@@ -579,4 +702,5 @@ def resolve_authority(document: SpecDocument, cluster: ClusterSpec, name: str = 
     if name not in AUTHORITY_FIELDS:
         raise ValueError(f"unknown authority {name!r}; known: {', '.join(AUTHORITY_FIELDS)}")
     authority = getattr(cluster.authorities, AUTHORITY_FIELDS[name])
-    return _resolve(name, authority, document.spec.defaults.authorities)
+    resolved = _resolve(name, authority, document.spec.defaults.authorities)
+    return replace(resolved, workloads=resolve_workloads(cluster.workloads, document.spec.defaults.workloads))

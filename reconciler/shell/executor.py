@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +32,9 @@ from reconciler.core.observed import (
 )
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, ClusterPlan
+from reconciler.core.diff import workload_decisions
 from reconciler.core.spec import ResolvedAuthority
+from reconciler.core.workloads import TRUST_MARGIN
 from reconciler.errors import (
     APIConflictError, APIError, CareconcileError, ClusterUnreachableError, PKIError, RotationError,
 )
@@ -42,6 +46,7 @@ from reconciler.shell.observe import (
     apiserver_servers, ca_bundle_fields, inputs_digest, load_manifest, local_kubeconfig_scope, observe, read_record,
     restart_marker,
 )
+from reconciler.shell.restarts import Stopped, WorkloadRestarter, trust_margin_reached
 from reconciler.shell.statestore import Stored, StoredKeys, with_state
 
 # Test hook: SIGKILL this process after it completes this many actions. Unset, nothing
@@ -80,38 +85,63 @@ class Executor:
         self._record_cache: KeyPair | None = None
         crash_after = os.environ.get(CRASH_AFTER_ENV)
         self._crash_after = int(crash_after) if crash_after else None
+        self._completed = 0
+        # Workload restarts run in threads: their events and lock renewals are serialised.
+        self._events = threading.RLock()
+        on_event_unlocked, heartbeat_unlocked = on_event, heartbeat
+
+        def locked_event(kind: str, action: Action, details: dict[str, Any]) -> None:
+            with self._events:
+                on_event_unlocked(kind, action, details)
+
+        def locked_heartbeat() -> None:
+            with self._events:
+                heartbeat_unlocked()
+        self.on_event, self.heartbeat = locked_event, locked_heartbeat
 
     # --- the run -------------------------------------------------------------------------
 
     def run(self, plan: ClusterPlan, *, until: int | None = None) -> RunReport:
         report = RunReport(plan.cluster)
-        completed = 0
-        for action in plan.actions:
-            if until is not None and action.phase > until:
-                report.stopped_after_phase = until
-                break
-            self.heartbeat()
-            self.on_event("start", action, {})
-            started = time.monotonic()
-            try:
-                self._dispatch(action)
-            except CareconcileError as exc:
-                self.on_event("failed", action, {"error": str(exc)})
-                raise
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                # Something on a node or in an object is not as observed a moment ago.
-                error = RotationError(f"action {action.id} failed: {type(exc).__name__}: {exc}",
-                                      hint="nothing after this action ran; plan again to see the state")
-                self.on_event("failed", action, {"error": str(error)})
-                raise error from exc
-            seconds = time.monotonic() - started
+        actions = [action for action in plan.actions if until is None or action.phase <= until]
+        if len(actions) < len(plan.actions):
+            report.stopped_after_phase = until
+        index = 0
+        while index < len(actions):
+            if actions[index].kind == "restart-workload":  # a run of them, several at once
+                group = list(itertools.takewhile(lambda a: a.kind == "restart-workload", actions[index:]))
+                self._restart_workloads(group, report)
+                index += len(group)
+                continue
+            self._run_one(actions[index], report)
+            index += 1
+        return report
+
+    def _run_one(self, action: Action, report: RunReport,
+                 dispatch: Callable[[Action], None] | None = None) -> None:
+        self.heartbeat()
+        self.on_event("start", action, {})
+        started = time.monotonic()
+        try:
+            (dispatch or self._dispatch)(action)
+        except CareconcileError as exc:
+            self.on_event("failed", action, {"error": str(exc)})
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Something on a node or in an object is not as observed a moment ago.
+            error = RotationError(f"action {action.id} failed: {type(exc).__name__}: {exc}",
+                                  hint="nothing after this action ran; plan again to see the state")
+            self.on_event("failed", action, {"error": str(error)})
+            raise error from exc
+        seconds = time.monotonic() - started
+        with self._events:
             report.done.append(ActionReport(action, seconds))
             report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
-            self.on_event("done", action, {"seconds": seconds})
-            completed += 1
-            if self._crash_after is not None and completed >= self._crash_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return report
+            self._completed += 1
+            completed = self._completed
+        self.on_event("done", action, {"seconds": seconds})
+        if self._crash_after is not None and completed >= self._crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _dispatch(self, action: Action) -> None:
         handler = getattr(self, "_" + action.kind.replace("-", "_"))
@@ -193,7 +223,8 @@ class Executor:
                         target=state.previous, previous=state.target, has_target_key=True, has_previous_key=True,
                         verified_phase=min(state.verified_phase, 2), rolling_back=True,
                         rolled_back_rotation=state.rolled_back_rotation, started=state.started,
-                        retired=state.retired),
+                        retired=state.retired, workloads_trusted_since=state.workloads_trusted_since,
+                        workloads_trusted_alone=state.workloads_trusted_alone),
             StoredKeys(target=stored.keys.previous, previous=stored.keys.target)))
 
     # --- files ---------------------------------------------------------------------------
@@ -464,6 +495,51 @@ class Executor:
         files.write(service.marker, restart_marker(restarted_for, restarted_at, self._node_lease_renewed(action.node)),
                     kubeadm.PUBLIC)
 
+    def _restart_workloads(self, actions: list[Action], report: RunReport) -> None:
+        """Restart these workloads, ``maxConcurrent`` at a time, once pods that start now
+        trust both CAs. Nothing restarts while one of them may not be disrupted at all: apply
+        stops before phase 3 changes anything."""
+        stored = self._stored()
+        state = stored.state
+        if state.workloads_trusted_since is None:  # phase 2 verified by a careconcile that did not record it
+            stored = self._record_pod_trust(stored, utcnow())
+            state = stored.state
+        settings = self.access.workloads
+        stop = threading.Event()
+        restarter = WorkloadRestarter(self.access.client, settings, rotation=fp(state.target),
+                                      trust=state.pod_trust(), heartbeat=self.heartbeat, stop=stop)
+        blockers = restarter.blockers(actions)
+        if blockers:
+            error = RotationError(
+                f"cluster {self.access.name}: {len(blockers)} workload(s) may not be restarted, so the apiservers "
+                "must not switch to the new CA yet; nothing was restarted or reissued:\n  " + "\n  ".join(blockers),
+                hint="let the PodDisruptionBudget allow a disruption (or resume the Deployment), or exclude the "
+                     "workload in the spec's workloads.exclude; then run apply again to resume")
+            self.on_event("failed", actions[0], {"error": str(error)})
+            raise error
+        wait = trust_margin_reached(state.workloads_trusted_since)
+        while wait > 0:
+            self.heartbeat()
+            time.sleep(min(wait, 1.0))
+            wait = trust_margin_reached(state.workloads_trusted_since)
+        errors: list[BaseException] = []
+
+        def one(action: Action) -> None:
+            if stop.is_set():
+                return
+            try:
+                self._run_one(action, report, dispatch=restarter.restart)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                with self._events:
+                    errors.append(exc)
+                stop.set()
+
+        with ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="restart") as pool:
+            list(pool.map(one, actions))
+        first = next((e for e in errors if not isinstance(e, Stopped)), errors[0] if errors else None)
+        if first is not None:
+            raise first
+
     def _node_lease_renewed(self, node: str) -> dt.datetime | None:
         """The renewTime of the node's Lease, None when it has none (or cannot be read now)."""
         try:
@@ -481,6 +557,7 @@ class Executor:
         deadline = time.monotonic() + self.phase_timeout
         while True:
             self.heartbeat()
+            checked_at = utcnow()
             try:
                 problems = self.problems(phase, new, old_fp)
             except (ClusterUnreachableError, APIError) as exc:  # a restart in progress, a Lease not yet made
@@ -495,12 +572,24 @@ class Executor:
                     hint="nothing was rolled back; fix the cause and run apply again to resume")
             time.sleep(1.0)
         stored = self._stored()
+        if stored.state.in_progress and phase == 2 and stored.state.workloads_trusted_since is None:
+            # Every kube-root-ca.crt held both CAs when this check read them: a pod started
+            # (a margin) after that trusts both. Recorded once per rotation, never moved later.
+            stored = self._record_pod_trust(stored, checked_at)
         if stored.state.in_progress and stored.state.verified_phase < phase:
             self._save(with_state(stored, verified_phase=phase))
 
+    def _record_pod_trust(self, stored: Stored, checked_at: dt.datetime) -> Stored:
+        state = stored.state
+        alone = state.target if state.rolling_back else state.previous
+        stored = with_state(stored, workloads_trusted_since=checked_at + TRUST_MARGIN,
+                            workloads_trusted_alone=fp(alone))
+        self._save(stored)
+        return stored
+
     def problems(self, phase: int, new: x509.Certificate, old_fp: str) -> list[str]:
         """What still differs from the end state of ``phase``; empty when it is reached."""
-        observed = observe(self.access)
+        observed = observe(self.access, with_workloads=phase in (3, 5))
         new_fp = fp(new)
         problems: list[str] = []
         for bundle in observed.bundles:
@@ -520,6 +609,11 @@ class Executor:
                 if not pki.is_signed_by(endpoint.presented, new):
                     problems.append(f"apiserver {endpoint.server} on {endpoint.node} still presents a certificate "
                                     f"not signed by the new CA")
+        if phase in (3, 5):
+            for decision in workload_decisions(observed, new_fp, self.access.workloads):
+                if decision.restarts:
+                    problems.append(f"{len(decision.stale)} pod(s) of {decision.workload.describe()} still trust only "
+                                    f"the old CA ({', '.join(pod.name for pod in decision.stale[:3])})")
         problems += self._probe_clients(phase, observed, new, old_fp)
         problems += self._components_ready(observed)
         if phase == 5:
@@ -630,13 +724,16 @@ class Executor:
         # The CA left behind is remembered (public fingerprint only) so that a caBundle still
         # carrying it is recognised as the cluster's and reported by drift.
         retired = tuple(dict.fromkeys((*state.retired, fp(state.previous))))[-RETIRED_KEPT:]
+        # What pods trust is kept: drift finds a pod left trusting only the CA just distrusted.
+        pods = {"workloads_trusted_since": state.workloads_trusted_since,
+                "workloads_trusted_alone": state.workloads_trusted_alone}
         if state.rolling_back:
             final = StoredState(applied_rotation=state.applied_rotation, rolled_back_rotation=state.rotation,
-                                retired=retired)
+                                retired=retired, **pods)
         else:
             final = StoredState(applied_rotation=state.rotation if state.rotation is not None
                                 else state.applied_rotation, rolled_back_rotation=state.rolled_back_rotation,
-                                retired=retired)
+                                retired=retired, **pods)
         self._save(Stored(final, StoredKeys()))
 
 

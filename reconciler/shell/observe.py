@@ -23,7 +23,7 @@ from reconciler.core.authorities import AuthorityLayout, manifest_path
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
 )
-from reconciler.core.spec import ClusterSpec
+from reconciler.core.spec import ClusterSpec, ResolvedWorkloads
 from reconciler.errors import APINotFoundError, NodeUnreachableError, PKIError
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient
@@ -32,6 +32,7 @@ from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, Clust
 from reconciler.shell.management import ManagementAccess
 from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore, Stored
+from reconciler.shell.workloads import observe_workloads
 
 RESTARTED_FOR = "careconcile.dev/restarted-for"
 RESTARTED_AT = "careconcile.dev/restarted-at"
@@ -58,6 +59,8 @@ class ClusterAccess:
     lock_client: KubeClient | None = None
     lock_namespace: str = LOCK_NAMESPACE
     lock_name: str = LEASE_NAME
+    # How the cluster's pods are restarted (the spec's workloads, with defaults applied).
+    workloads: ResolvedWorkloads = ResolvedWorkloads()
 
     @property
     def name(self) -> str:
@@ -424,7 +427,8 @@ def observe_management(access: ClusterAccess) -> tuple[list[ObservedRecord], lis
     return records, bundles, leaves
 
 
-def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObservation:
+def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloads: bool = True) -> ClusterObservation:
+    """``with_workloads`` False leaves the pods out (the checks that need no pods)."""
     bundles, leaves, components, records, endpoints = [], [], [], [], []
     # Nodes are read several at once (over SSH mostly waiting); results keep the nodes' order.
     observed_nodes = map_bounded(lambda node: _observe_node(access, *node), access.roles.items(), NODE_PARALLELISM)
@@ -470,7 +474,11 @@ def observe(access: ClusterAccess, stored: Stored | None = None) -> ClusterObser
                                       certs=_kubeconfig_bundle(raw, str(workspace_path)), path=str(workspace_path)))
         leaves += found
         workspace_leaf = found[0] if found else None
+    workloads = ()
+    if access.layout.pods_trust and with_workloads:
+        workloads = observe_workloads(access.client, access.workloads.selector)
     return ClusterObservation(
+        workloads=workloads,
         cluster=access.name, authority=access.layout.name, records=tuple(records), bundles=tuple(bundles),
         leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=stored.state,
         workspace_kubeconfig=workspace_leaf, workspace_kubeconfig_path=str(workspace_path),

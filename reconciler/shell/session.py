@@ -28,7 +28,7 @@ from reconciler.core.diff import diff
 from reconciler.core.observed import item_digests
 from reconciler.core.plan import FORMAT_VERSION, Action, ClusterPlan, PlanDocument, plan_cluster, summary_counts
 from reconciler.core.schemas import schemas
-from reconciler.core.spec import ClusterSpec, resolve_authority
+from reconciler.core.spec import ClusterSpec, resolve_authority, resolve_workloads
 from reconciler.errors import CareconcileError, PlanFileError, RotationError, StalePlanError, UsageError
 from reconciler._time import utcnow
 from reconciler.shell.executor import Executor, RunReport
@@ -76,7 +76,8 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
         store = SecretStateStore(client, namespace=secret.namespace, name=secret.name)
     access = ClusterAccess(cluster=cluster, layout=layout, client=client, kubeconfig_path=kubeconfig_path,
                            nodes=nodes, roles={node.name: node.role for node in cluster.nodes}, store=store,
-                           workspace=directory, management=management)
+                           workspace=directory, management=management,
+                           workloads=resolve_workloads(cluster.workloads, loaded.document.spec.defaults.workloads))
     if management is not None:
         access.lock_client = management.client
         access.lock_namespace, access.lock_name = management.namespace, management.names.lock_lease

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler._files import atomic_write
+from reconciler._time import micro_time, parse_time
 from reconciler.core import pki
 from reconciler.core.observed import StoredState
 from reconciler.core.pki import KeyPair
@@ -49,6 +50,8 @@ def _files_of(authority: str, stored: Stored) -> dict[str, bytes]:
         "appliedRotation": state.applied_rotation, "rotation": state.rotation, "verifiedPhase": state.verified_phase,
         "rollingBack": state.rolling_back, "rolledBackRotation": state.rolled_back_rotation, "started": state.started,
         "retired": list(state.retired),
+        "workloadsTrustedSince": micro_time(state.workloads_trusted_since) if state.workloads_trusted_since else None,
+        "workloadsTrustedAlone": state.workloads_trusted_alone,
     }, sort_keys=True) + "\n").encode()}
     for role, pair in (("target", stored.keys.target), ("previous", stored.keys.previous)):
         if pair is not None:
@@ -92,6 +95,8 @@ def _stored_from(authority: str, files: dict[str, bytes], *, source: str) -> Sto
         rolled_back_rotation=public.get("rolledBackRotation"),
         started=public.get("started"),
         retired=tuple(str(value) for value in public.get("retired") or ()),
+        workloads_trusted_since=parse_time(public.get("workloadsTrustedSince")),
+        workloads_trusted_alone=public.get("workloadsTrustedAlone") or None,
     )
     return Stored(state, StoredKeys(
         KeyPair(target, target_key) if target_key is not None else None,

@@ -195,7 +195,7 @@ def test_rotation_summary_line_counts_what_changes():
     counts = summary_counts(result.actions)
     bundles = len(select(result, kind="update-bundle"))
     assert counts == {"create-ca": 1, "rollback-target": 0, "update-bundle": bundles, "reissue": len(LEAVES),
-                      "write-kubeconfig": 1, "restart": 6}
+                      "write-kubeconfig": 1, "restart": 6, "restart-workload": 0}
     assert summary_line(result.actions) == (
         f"Plan: 1 CA to create, {bundles} bundles to update, {len(LEAVES)} certificates to reissue, "
         "1 kubeconfig to write, 6 restarts.")

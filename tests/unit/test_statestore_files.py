@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import stat
 
 import pytest
 
-from reconciler.core.observed import StoredState
+from reconciler.core.observed import StoredState, fp
 from reconciler.errors import APINotFoundError, PKIError
 from reconciler.shell.statestore import (
     SecretStateStore, Stored, StoredKeys, WorkspaceStateStore, _files_of, _stored_from, with_state,
@@ -22,7 +23,9 @@ def rotating() -> Stored:
     """The store between create-ca and finalize: both CAs with their keys."""
     state = StoredState(applied_rotation=2, rotation=3, target=ca("new").cert, previous=ca("old").cert,
                         has_target_key=True, has_previous_key=True, verified_phase=2, rolling_back=False,
-                        rolled_back_rotation=1, started="2026-11-28T11:00:00+00:00", retired=("sha256:" + "ab" * 32,))
+                        rolled_back_rotation=1, started="2026-11-28T11:00:00+00:00", retired=("sha256:" + "ab" * 32,),
+                        workloads_trusted_since=dt.datetime(2026, 11, 28, 11, 5, 0, 250000, tzinfo=dt.timezone.utc),
+                        workloads_trusted_alone=fp(ca("old").cert))
     return Stored(state, StoredKeys(target=ca("new"), previous=ca("old")))
 
 
@@ -43,7 +46,8 @@ def test_files_of_a_rotation_hold_state_and_both_pairs():
                              "clusterCA.target.crt", "clusterCA.target.key"]
     assert json.loads(files["clusterCA.json"]) == {
         "appliedRotation": 2, "rotation": 3, "verifiedPhase": 2, "rollingBack": False, "rolledBackRotation": 1,
-        "started": "2026-11-28T11:00:00+00:00", "retired": ["sha256:" + "ab" * 32]}
+        "started": "2026-11-28T11:00:00+00:00", "retired": ["sha256:" + "ab" * 32],
+        "workloadsTrustedSince": "2026-11-28T11:05:00.250000Z", "workloadsTrustedAlone": fp(ca("old").cert)}
     assert files["clusterCA.target.crt"] == ca("new").cert_pem
     assert files["clusterCA.previous.key"] == ca("old").key_pem
     assert b"PRIVATE KEY" not in files["clusterCA.json"]

@@ -12,12 +12,16 @@ from reconciler.core.plan import PHASE_TITLES, ROLLBACK_TITLES, Action, ClusterP
 SYMBOLS = {
     "create-ca": "+", "write-kubeconfig": "+", "update-bundle": "~", "stage-signer": "~", "switch-signer": "~",
     "rollback-target": "~", "finalize": "~", "reissue": "-/+", "remove-signer": "-", "restart": "r",
-    "verify": "?",
+    "restart-workload": "r", "verify": "?",
 }
 LEGEND = "  + create   ~ update   -/+ reissue   - remove   r restart   ? check on the live cluster"
 
 
 def _change(action: Action) -> str:
+    if action.kind == "restart-workload":  # namespace, kind, name, replicas: what a reviewer looks for
+        params = action.params
+        replicas = f", {params['replicas']} replicas" if "replicas" in params else ""
+        return f"[{params['workload']} {params['namespace']}/{params['name']}{replicas}, {params['method']}]"
     if action.change is None:
         return ""
     before = ", ".join(short(v) for v in action.change.before) or "-"

@@ -186,8 +186,7 @@ def reason(decision: WorkloadDecision) -> str:
     how = {"rollout": "roll it as `kubectl rollout restart` does",
            "evict": "evict through the Eviction API (PodDisruptionBudgets hold)",
            "wait": "a running Job is not restarted: wait for it to finish"}[decision.method]
-    text = (f"{len(stale)} of {total} pod(s) started before the bundles trusted both CAs and trust only the old "
-            f"CA ({', '.join(reads)}); {how}")
+    text = f"{len(stale)} of {total} pod(s) trust only the old CA, read when they started ({', '.join(reads)}); {how}"
     if workload.budgets:
         text += "; " + ", ".join(f"PodDisruptionBudget {b.namespace}/{b.name}" for b in workload.budgets)
     return text

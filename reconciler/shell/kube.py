@@ -20,6 +20,7 @@ import json
 import os
 import select
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -239,11 +240,12 @@ class Transport(Protocol):
 
 
 class HTTPSTransport:
-    """http.client over one kept-alive connection, with an in-memory SSL context.
+    """http.client over kept-alive connections, one per thread (workload restarts wait in
+    threads), with an in-memory SSL context.
 
     A dropped idle connection is replaced once: always when the failure came while
     sending, and after the request was sent only for a GET, since anything else may have
-    reached the server and been carried out. Not thread-safe."""
+    reached the server and been carried out."""
 
     def __init__(self, server: str, context: ssl.SSLContext, *, timeout: float) -> None:
         url = urlsplit(server)
@@ -254,17 +256,34 @@ class HTTPSTransport:
         self.base_path = url.path.rstrip("/")
         self.context = context
         self.timeout = timeout
-        self._connection: http.client.HTTPSConnection | None = None
+        self._local = threading.local()
+        self._connections: set[http.client.HTTPSConnection] = set()
+        self._guard = threading.Lock()
+
+    @property
+    def _connection(self) -> http.client.HTTPSConnection | None:
+        return getattr(self._local, "connection", None)
+
+    def _drop(self) -> None:
+        """Close this thread's connection."""
+        connection = self._connection
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+            with self._guard:
+                self._connections.discard(connection)
 
     def _open(self) -> tuple[http.client.HTTPSConnection, bool]:
         """The connection and whether it served a request before (so may have gone stale)."""
         if self._connection is not None and self._closed_by_server(self._connection):
-            self.close()
+            self._drop()
         if self._connection is not None:
             return self._connection, True
-        self._connection = http.client.HTTPSConnection(self.host, self.port, context=self.context,
-                                                       timeout=self.timeout)
-        return self._connection, False
+        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
+        self._local.connection = connection
+        with self._guard:
+            self._connections.add(connection)
+        return connection, False
 
     @staticmethod
     def _closed_by_server(connection: http.client.HTTPSConnection) -> bool:
@@ -290,22 +309,25 @@ class HTTPSTransport:
                 response = connection.getresponse()
                 data = response.read()
             except _DROPPED_CONNECTION:
-                self.close()
+                self._drop()
                 if attempt == 2 or not reused or (sent and method != "GET"):
                     raise
                 continue
             except BaseException:
-                self.close()
+                self._drop()
                 raise
             if response.will_close:
-                self.close()
+                self._drop()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Close every thread's connection."""
+        with self._guard:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
 
 
 # --- the client --------------------------------------------------------------------------

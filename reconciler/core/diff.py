@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from reconciler.core import pki
 from reconciler.core.observed import NEW_CA, ClusterObservation, fp, short
-from reconciler.core.workloads import WorkloadDecision, decide
+from reconciler.core.workloads import PodTrust, WorkloadDecision, decide
 
 if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
@@ -172,12 +172,13 @@ def _left_behind(observed: ClusterObservation, old: x509.Certificate, now: dt.da
     ]
 
 
-def workload_decisions(observed: ClusterObservation, target: str, settings: ResolvedWorkloads
-                       ) -> list[WorkloadDecision]:
+def workload_decisions(observed: ClusterObservation, target: str, settings: ResolvedWorkloads,
+                       trust: PodTrust | None = None) -> list[WorkloadDecision]:
     """The workloads whose pods may not trust ``target`` (a fingerprint, or NEW_CA): none
-    when the pods already trust it alone, as in a rollback to the CA they started with."""
+    when the pods already trust it alone, as in a rollback to the CA they started with.
+    ``trust``: what pods trust, if not that of the rotation in progress."""
     record = next((fp(r.cert) for r in observed.records if r.cert is not None), None)
-    trust = observed.state.pod_trust(record)
+    trust = trust or observed.state.pod_trust(record)
     if trust.alone == target:
         return []
     return decide(observed.workloads, trust, settings)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler._time import rfc3339
 from reconciler.core import pki
-from reconciler.core.diff import span
+from reconciler.core.diff import span, workload_decisions
 from reconciler.core.observed import ClusterObservation, ObservedBundle, fp, short
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ DriftKind = Literal[
     "pin-mismatch", "ca-expiring", "ca-expired", "leaf-expiring", "leaf-expired", "key-mismatch",
     "bundle-missing-ca", "bundle-extra-ca", "leaf-wrong-issuer", "leaf-key-mismatch", "apiservers-disagree",
     "rotation-half-done", "ca-bundle-stale", "rotation-requested", "records-disagree", "record-missing",
-    "restart-pending",
+    "restart-pending", "workload-restart-pending",
 ]
 # Every kind, in the order reports and metrics list them.
 DRIFT_KINDS: tuple[str, ...] = DriftKind.__args__  # type: ignore[attr-defined]
@@ -144,6 +144,8 @@ def detect(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: d
         # one it returns to.
         _expiry(found, authority, "CA", state.target if state.rolling_back else state.previous, desired, now,
                 ca=True)
+        if state.verified_phase >= 2:
+            _workloads(found, observed, fp(state.target), desired, finishing=True)
         return found.items
 
     missing = [record.node for record in observed.records if record.cert is None]
@@ -199,7 +201,31 @@ def detect(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: d
             found.add("restart-pending", component.id,
                       "its certificate files changed since careconcile last restarted it; it may still use the "
                       "old ones", f"{_APPLY}: it restarts the component")
+    _workloads(found, observed, record, desired, finishing=False)
     return found.items
+
+
+def _workloads(found: _Findings, observed: ClusterObservation, target: str, desired: "ResolvedAuthority", *,
+               finishing: bool) -> None:
+    """Pods that started before the bundles trusted both CAs of the last rotation, and so
+    trust only the CA it left (nothing is known before careconcile's first rotation)."""
+    trust = observed.state.pod_trust() if finishing else observed.state.last_pod_trust()
+    if trust is None or trust.since is None:
+        return
+    since, alone = trust.since, trust.alone or "the old CA"
+    for decision in workload_decisions(observed, target, desired.workloads, trust):
+        workload, stale = decision.workload, decision.stale
+        excluded = f"; excluded from restarts by {decision.excluded_by}" if decision.excluded_by else ""
+        names = ", ".join(pod.name for pod in stale[:3]) + (", ..." if len(stale) > 3 else "")
+        remedy = ("finish the rotation with `careconcile apply SPEC`: it restarts them before the apiservers "
+                  "switch CAs" if finishing and not decision.excluded_by else
+                  f"restart them (`kubectl rollout restart`, or delete a bare pod): their API clients fail on "
+                  f"certificates from {short(target)}")
+        found.add("workload-restart-pending", workload.id,
+                  f"{len(stale)} pod(s) of {workload.describe()} ({names}) started before {rfc3339(since)}, when "
+                  f"every kube-root-ca.crt held both CAs, and trust only {short(alone)}{excluded}",
+                  remedy)
+
 
 
 def _issuer(cert: x509.Certificate) -> str:

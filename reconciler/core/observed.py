@@ -176,12 +176,22 @@ class StoredState:
         }
 
     def pod_trust(self, record: str | None = None) -> PodTrust:
-        """What pods trust: see :class:`PodTrust`. Before the bundles trusted both CAs, a pod
-        trusts the CA the rotation started from (or ``record``, with no rotation recorded)."""
+        """What pods trust during the rotation in progress (see :class:`PodTrust`): until the
+        bundles were seen trusting both CAs, the CA the rotation started from. With no
+        rotation in progress, every pod may trust only ``record``, the CA of record."""
+        if not self.in_progress:
+            return PodTrust(record, None)
         if self.workloads_trusted_alone is not None:
             return PodTrust(self.workloads_trusted_alone, self.workloads_trusted_since)
         start = self.target if self.rolling_back else self.previous
-        return PodTrust(fp(start) if start is not None else record, None)
+        return PodTrust(fp(start), None)
+
+    def last_pod_trust(self) -> PodTrust | None:
+        """What pods trusted during the last rotation, kept after it: a pod started before
+        ``since`` trusts only the CA it distrusted. None before careconcile's first rotation."""
+        if self.workloads_trusted_since is None or self.workloads_trusted_alone is None:
+            return None
+        return PodTrust(self.workloads_trusted_alone, self.workloads_trusted_since)
 
 
 @dataclass(frozen=True)
@@ -222,7 +232,7 @@ class ClusterObservation:
                                    "signer": [component.signer_cert, component.signer_key]}
         # Which workloads hold pods that trust only the old CA, and how they restart: a
         # saved plan is stale when that set changes (pods of their own churn do not count).
-        trust = self.state.pod_trust()
+        trust = self.state.pod_trust(next((fp(r.cert) for r in self.records if r.cert is not None), None))
         for workload in self.workloads:
             if any(trust.trusts_only_old(pod) for pod in workload.pods):
                 items[f"{workload.id}#restart"] = workload.method

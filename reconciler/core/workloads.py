@@ -122,14 +122,25 @@ class PodTrust:
         return self.since is None or pod.started is None or pod.started < self.since
 
 
+def trusted_since(checked_at: dt.datetime) -> dt.datetime:
+    """When pods start trusting both CAs, for bundles seen trusting both at ``checked_at``:
+    after the margin, rounded up to a whole second, since a pod's startTime has whole
+    seconds (a pod started at 10:00:05.4 reads 10:00:05, before a since of 10:00:05.1)."""
+    moment = checked_at + TRUST_MARGIN
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + dt.timedelta(seconds=1)
+
+
 def excluded(workload: ObservedWorkload, patterns: tuple[str, ...]) -> str | None:
     """The spec's exclude pattern that names ``workload``, if one does."""
     for pattern in patterns:
         parts = pattern.split("/")
         if len(parts) == 1 and fnmatch.fnmatchcase(workload.namespace, pattern):
             return pattern
+        # The pods of an owner careconcile has no rollout for are named by the owner's name,
+        # and only by the kind "*": the spec knows no kind for them.
         if len(parts) == 3 and fnmatch.fnmatchcase(workload.namespace, parts[0]) and \
-                fnmatch.fnmatchcase(workload.kind if workload.kind != "Owned" else "Pod", parts[1]) and \
+                (parts[1] == "*" or (workload.kind != "Owned" and fnmatch.fnmatchcase(workload.kind, parts[1]))) and \
                 fnmatch.fnmatchcase(workload.name, parts[2]):
             return pattern
     return None
@@ -217,21 +228,28 @@ def reads_cluster_ca(pod: dict[str, Any], selector: tuple[tuple[str, str], ...] 
     """How a pod reads the cluster CA at start, or None: a projected ``kube-root-ca.crt``
     source (the automounted ``kube-api-access-*`` volume), a ``kube-root-ca.crt`` configMap
     volume, a hostPath under /etc/kubernetes/pki, or the spec's selector."""
-    for volume in (pod.get("spec") or {}).get("volumes") or []:
+    for volume in _mapping(pod.get("spec")).get("volumes") or []:
         if not isinstance(volume, dict):
             continue
-        for source in ((volume.get("projected") or {}).get("sources") or []):
-            if isinstance(source, dict) and (source.get("configMap") or {}).get("name") == ROOT_CA_CONFIGMAP:
+        for source in _mapping(volume.get("projected")).get("sources") or []:
+            if isinstance(source, dict) and _mapping(source.get("configMap")).get("name") == ROOT_CA_CONFIGMAP:
                 return f"{ROOT_CA_CONFIGMAP} (projected)"
-        if (volume.get("configMap") or {}).get("name") == ROOT_CA_CONFIGMAP:
+        if _mapping(volume.get("configMap")).get("name") == ROOT_CA_CONFIGMAP:
             return f"{ROOT_CA_CONFIGMAP} (configMap volume)"
-        path = str((volume.get("hostPath") or {}).get("path") or "").rstrip("/")
+        # The directory, one under it, or one above it short of '/' (a node-exporter's view
+        # of the whole host does not read the CA at start).
+        path = str(_mapping(volume.get("hostPath")).get("path") or "").rstrip("/")
         if path and (path == PKI_DIR or path.startswith(PKI_DIR + "/") or PKI_DIR.startswith(path + "/")):
             return f"hostPath {path}"
     labels = (pod.get("metadata") or {}).get("labels") or {}
     if selector and all(labels.get(key) == value for key, value in selector):
         return "the spec's workloads.selector"
     return None
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A field that should hold an object; anything else reads as empty."""
+    return value if isinstance(value, dict) else {}
 
 
 def _controller(item: dict[str, Any]) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, ClusterPlan
 from reconciler.core.diff import workload_decisions
 from reconciler.core.spec import ResolvedAuthority
-from reconciler.core.workloads import TRUST_MARGIN
+from reconciler.core.workloads import trusted_since
 from reconciler.errors import (
     APIConflictError, APIError, CareconcileError, ClusterUnreachableError, PKIError, RotationError,
 )
@@ -512,10 +512,11 @@ class Executor:
         if blockers:
             error = RotationError(
                 f"cluster {self.access.name}: {len(blockers)} workload(s) may not be restarted, so the apiservers "
-                "must not switch to the new CA yet; nothing was restarted or reissued:\n  " + "\n  ".join(blockers),
+                "must not switch to the new CA yet; nothing was restarted or reissued:\n  "
+                + "\n  ".join(message for _, message in blockers),
                 hint="let the PodDisruptionBudget allow a disruption (or resume the Deployment), or exclude the "
                      "workload in the spec's workloads.exclude; then run apply again to resume")
-            self.on_event("failed", actions[0], {"error": str(error)})
+            self.on_event("failed", blockers[0][0], {"error": str(error)})
             raise error
         wait = trust_margin_reached(state.workloads_trusted_since)
         while wait > 0:
@@ -582,7 +583,7 @@ class Executor:
     def _record_pod_trust(self, stored: Stored, checked_at: dt.datetime) -> Stored:
         state = stored.state
         alone = state.target if state.rolling_back else state.previous
-        stored = with_state(stored, workloads_trusted_since=checked_at + TRUST_MARGIN,
+        stored = with_state(stored, workloads_trusted_since=trusted_since(checked_at),
                             workloads_trusted_alone=fp(alone))
         self._save(stored)
         return stored

@@ -57,7 +57,7 @@ class WorkloadRestarter:
     def stale(self, workload: ObservedWorkload | None) -> list:
         return [] if workload is None else [pod for pod in workload.pods if self.trust.trusts_only_old(pod)]
 
-    def blockers(self, actions: list[Action]) -> list[str]:
+    def blockers(self, actions: list[Action]) -> list[tuple[Action, str]]:
         """What forbids restarting these workloads now: a PodDisruptionBudget that allows no
         disruption even with every pod healthy, a paused Deployment."""
         problems = []
@@ -71,9 +71,9 @@ class WorkloadRestarter:
                 continue
             never = [budget for budget in workload.budgets if budget.never_allows]
             if never:
-                problems.append(f"{workload.describe()}: {never[0].describe()} allows no disruption")
+                problems.append((action, f"{workload.describe()}: {never[0].describe()} allows no disruption"))
             elif workload.paused:
-                problems.append(f"{workload.describe()} is paused: its pods cannot roll")
+                problems.append((action, f"{workload.describe()} is paused: its pods cannot roll"))
         return problems
 
     # --- restarting --------------------------------------------------------------------------

@@ -17,8 +17,11 @@ from reconciler.core import drift_render, metrics, pki
 from reconciler.core.drift import (
     DRIFT_KINDS, ClusterDrift, DriftFinding, DriftReport, authority_status, detect, status_of, totals,
 )
-from reconciler.core.observed import ClusterObservation, ObservedBundle, ObservedEndpoint, ObservedRecord, StoredState
+from reconciler.core.observed import (
+    ClusterObservation, ObservedBundle, ObservedEndpoint, ObservedRecord, StoredState, short,
+)
 from reconciler.core.pki import KeyPair, LeafRequest
+from reconciler.core.workloads import ObservedPod, ObservedWorkload
 from reconciler.core.schemas import schemas
 from tests.unit.test_diff import (
     CA_CRT, CLUSTER, CM, CP, FAST, KUBELET_PEM, LEAVES, NOW, ROOT_CA, WORKER, ca, cert_fp, desired, in_progress, leaf,
@@ -52,6 +55,19 @@ def on_ca(authority: KeyPair) -> ClusterObservation:
 def with_leaf(observed: ClusterObservation, leaf_id: str, cert) -> ClusterObservation:
     return dataclasses.replace(observed, leaves=tuple(
         dataclasses.replace(item, cert=cert) if item.id == leaf_id else item for item in observed.leaves))
+
+
+def with_pods_from_before_the_last_rotation() -> ClusterObservation:
+    """A rotation from "foreign" to "old" left the pods of Deployment app/web trusting only
+    "foreign": they started before the bundles trusted both."""
+    since = NOW - dt.timedelta(days=1)
+    stale = ObservedPod("app", "web-1", "u1", since - dt.timedelta(minutes=1), "kube-root-ca.crt (projected)")
+    fresh = ObservedPod("app", "web-2", "u2", since, "kube-root-ca.crt (projected)")
+    return dataclasses.replace(
+        observation(),
+        state=StoredState(applied_rotation=1, workloads_trusted_since=since, workloads_trusted_alone=cert_fp("foreign")),
+        workloads=(ObservedWorkload("Deployment", "app", "web", (stale,), replicas=1),
+                   ObservedWorkload("Deployment", "app", "api", (fresh,), replicas=1)))
 
 
 def with_bundle(observed: ClusterObservation, bundle: ObservedBundle) -> ClusterObservation:
@@ -98,6 +114,7 @@ CASES = {
     "records-disagree": ({}, lambda: observation(records=((CP, "old"), ("cp2", "new"))), ["clusterCA"]),
     "record-missing": ({}, lambda: observation(records=((CP, None),)), ["clusterCA"]),
     "restart-pending": ({}, lambda: observation(stale=(CM,)), [CM]),
+    "workload-restart-pending": ({}, with_pods_from_before_the_last_rotation, ["deployment/app/web"]),
 }
 
 # What each kind's remedy must name: the command that repairs it, where there is one.
@@ -107,6 +124,8 @@ REMEDY_COMMANDS = {
     "records-disagree": ["careconcile drift"],
     "record-missing": [],  # a person restores the files; no command does
     "apiservers-disagree": ["careconcile plan SPEC", "careconcile apply"],
+    # after a rotation no careconcile command restarts them (mid-rotation `apply` does: tested below)
+    "workload-restart-pending": ["kubectl rollout restart"],
 }
 
 
@@ -123,6 +142,24 @@ def check_remedies(findings: list[DriftFinding]) -> None:
 
 
 # --- detect() --------------------------------------------------------------------------
+
+
+def test_workload_restart_pending_names_the_pods_and_what_they_trust():
+    [finding] = detect(desired(), with_pods_from_before_the_last_rotation(), now=NOW)
+    assert "web-1" in finding.message and short(cert_fp("foreign")) in finding.message
+    assert "api" not in finding.subject  # its pod started when the bundles trusted both
+
+
+def test_mid_rotation_workload_restart_pending_says_apply_restarts_them():
+    observed = dataclasses.replace(with_pods_from_before_the_last_rotation(),
+                                   state=dataclasses.replace(in_progress(2), workloads_trusted_since=NOW,
+                                                             workloads_trusted_alone=cert_fp("old")))
+    found = [f for f in detect(desired(), observed, now=NOW) if f.kind == "workload-restart-pending"]
+    assert {f.subject for f in found} == {"deployment/app/web", "deployment/app/api"}
+    assert all("careconcile apply SPEC" in f.remedy for f in found)
+    # Before phase 2 was verified nothing is known of what the pods read: the rotation itself is the finding.
+    early = dataclasses.replace(observed, state=in_progress(1))
+    assert "workload-restart-pending" not in kinds(detect(desired(), early, now=NOW))
 
 
 def test_steady_cluster_has_no_drift():

@@ -1,7 +1,8 @@
 """Time a full cluster-CA rotation of 1 control plane with 3 and with 50 workers, per phase.
 
     .venv/bin/python benchmarks/rotate.py [--repeats 3] [--workers 3 50] [--transport local ssh]
-                                          [--lease-handover fast kubeadm]
+                                          [--lease-handover fast kubeadm] [--workloads 0 200]
+                                          [--max-concurrent 1 4 16]
 
 Each repeat raises the spec's rotation counter on the same sandbox and applies it, the
 way `careconcile apply SPEC --auto-approve` does (lock, observe, plan, run). Prints a
@@ -27,6 +28,32 @@ costs about 0.3 us a call, a few hundredths of a second in a rotation of 50 work
 with both, each worker count gets a sandbox of each, and their rotations take turns the
 same way (the order reversed every other repeat), so both are measured under the same
 load; the table then has a lease-handover column and the ratio fast/kubeadm follows it.
+
+``--workloads`` (default ``0``) is the sandboxes' `sandbox up --workloads`: N sample
+namespaces, each a Deployment of 2 behind a PodDisruptionBudget (and a StatefulSet in
+app-1), beside kubeadm's add-ons (CoreDNS, and kube-proxy on every worker), whose pods
+read the cluster CA too. Before phase 3 reissues anything a rotation restarts every one
+of them (restart-workload actions, ``workloads.maxConcurrent`` controllers at a time).
+With several counts each gets a sandbox of its own and their rotations take turns as
+above; the table then has a workloads column, and each count is compared with the
+smallest (its total, and phase 3, against that count's).
+
+``--max-concurrent`` sets ``workloads.maxConcurrent`` on each cluster of a copy of the
+sandbox's spec, one copy per value, so that one sandbox is rotated at every value in turn
+(after the warm-up rotation, as with both transports; it uses the highest value, the
+quickest). It applies to sandboxes with sample workloads; one without (``--workloads 0``)
+keeps the spec's default (careconcile's built-in 4), at which its two add-ons restart at
+once. Without it every spec keeps the default.
+
+For the workload restarts the table has four columns. ``trust wait`` is the time the
+executor spends before restarting any: it checks that no PodDisruptionBudget forbids them,
+then waits out the margin after the bundles were seen trusting both CAs (``TRUST_MARGIN``,
+5 s, rounded up to a whole second, less the time since the phase 2 check). ``restarts wall`` runs from the start of
+the first restart-workload action to the end of the last; ``restarts summed`` adds up
+their own times, as the apply log and the RunReport give them, which exceeds the wall time
+when several run at once; ``workload restarts`` counts them. Phase 3's column is wall time
+too: the executor adds up its actions' times, so the script puts the wait and the restarts'
+wall time in place of their sum.
 """
 
 from __future__ import annotations
@@ -43,22 +70,46 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from ruamel.yaml import YAML
 
 import _script  # benchmarks/_script.py, beside this script
 from reconciler import sandbox
 from reconciler.core.plan import PHASES
+from reconciler.core.spec import ResolvedWorkloads
 from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
 from reconciler.shell import session
+from reconciler.shell.executor import Executor, RunReport
 from reconciler.shell.nodes import LocalNodeFiles
+from reconciler.shell.restarts import WorkloadRestarter
 from reconciler.shell.specfile import load_spec
 
 COLUMNS = ["plan", *(f"{number} {name}" for number, name in PHASES.items()), "total", "actions"]
+WORKLOAD_COLUMNS = ["trust wait", "restarts wall", "restarts summed", "workload restarts"]
+COUNTS = ("actions", "workload restarts")  # whole numbers: the median alone
 TRANSPORTS = ("local", "ssh")
 NODE_OPERATIONS = ("check", "read", "mode", "write", "remove", "remove_directory")
 LOGIN_LINE = "Accepted publickey for "
+RESTART_WORKLOAD = "restart-workload"
+DEFAULT_MAX_CONCURRENT = ResolvedWorkloads().max_concurrent  # careconcile's built-in default
+
+
+class Variant(NamedTuple):
+    """One configuration measured: a sandbox (its lease handover and sample workloads) and
+    the spec it is rotated with (its transport and workloads.maxConcurrent; None: the
+    spec's default)."""
+
+    handover: str
+    workloads: int
+    transport: str
+    max_concurrent: int | None
+
+
+# Table column, Variant field: the dimensions a run may vary.
+DIMENSIONS = (("lease handover", "handover"), ("workloads", "workloads"), ("transport", "transport"),
+              ("max concurrent", "max_concurrent"))
 
 
 class Counter:
@@ -73,8 +124,23 @@ class Counter:
             self.value += 1
 
 
+class Intervals:
+    """When the calls of a method ran, (start, end) in monotonic seconds; thread-safe
+    (workload restarts run several at once)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+
+    def add(self, start: float, end: float) -> None:
+        with self._lock:
+            self.spans.append((start, end))
+
+
 NODE_CALLS = Counter()  # NodeFiles calls, either transport
 SFTP_REQUESTS = Counter()  # SFTP requests sent (each one a round trip to the sshd)
+RESTART_STEPS = Intervals()  # the executor's steps that restart a run of workloads, each
+RESTART_CALLS = Intervals()  # one workload's restart, each (the restart-workload action's work)
 
 
 def _counted(method, counter: Counter):
@@ -82,6 +148,17 @@ def _counted(method, counter: Counter):
     def wrapper(*args, **kwargs):
         counter.add()
         return method(*args, **kwargs)
+    return wrapper
+
+
+def _timed(method, intervals: Intervals):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        started = time.monotonic()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            intervals.add(started, time.monotonic())
     return wrapper
 
 
@@ -97,6 +174,13 @@ def install_counters(transports: list[str]) -> None:
     for cls in classes:
         for name in NODE_OPERATIONS:
             setattr(cls, name, _counted(getattr(cls, name), NODE_CALLS))
+
+
+def install_restart_timers() -> None:
+    """Time the executor's step that restarts a run of restart-workload actions, several at
+    once, and each restart in it: the RunReport has each action's time, not when it ran."""
+    Executor._restart_workloads = _timed(Executor._restart_workloads, RESTART_STEPS)
+    WorkloadRestarter.restart = _timed(WorkloadRestarter.restart, RESTART_CALLS)
 
 
 def sshd_logins(info) -> int:
@@ -132,9 +216,98 @@ def write_specs(info, transports: list[str]) -> dict[str, Path]:
     return specs
 
 
+def with_max_concurrent(spec: Path, max_concurrent: int | None) -> Path:
+    """A copy of ``spec`` beside it whose clusters restart ``max_concurrent`` workloads at
+    once (``workloads.maxConcurrent``); None: ``spec`` itself, at the spec's default."""
+    if max_concurrent is None:
+        return spec
+    yaml = YAML()
+    yaml.width = 4096
+    document = yaml.load(spec.read_text())
+    for cluster in document["spec"]["clusters"]:
+        cluster.setdefault("workloads", {})["maxConcurrent"] = max_concurrent
+    out = io.StringIO()
+    yaml.dump(document, out)
+    copy = spec.with_name(f"{spec.stem}-max-concurrent-{max_concurrent}.yaml")
+    copy.write_text(out.getvalue())
+    load_spec(copy)  # a copy careconcile rejects fails here, before any rotation
+    return copy
+
+
+def concurrencies(workloads: int, max_concurrent: list[int]) -> list[int | None]:
+    """The maxConcurrent values a sandbox with ``workloads`` sample namespaces is rotated at."""
+    return list(max_concurrent) if workloads > 0 and max_concurrent else [None]
+
+
+def variants_of(handovers: list[str], workload_counts: list[int], transports: list[str],
+                max_concurrent: list[int]) -> list[Variant]:
+    return [Variant(handover, workloads, transport, concurrent)
+            for handover in handovers for workloads in workload_counts for transport in transports
+            for concurrent in concurrencies(workloads, max_concurrent)]
+
+
+def warm_up_variant(variants: list[Variant]) -> Variant:
+    """The spec a sandbox's unmeasured first rotation uses: the one that restarts the most
+    workloads at once (the quickest), else the first."""
+    return max(variants, key=lambda variant: variant.max_concurrent or DEFAULT_MAX_CONCURRENT)
+
+
+def sandbox_name(workers: int, handover: str, workloads: int, variants: list[Variant]) -> str:
+    """rotate-<workers>, then -<handover> and -w<workloads> when the run has several."""
+    name = f"rotate-{workers}"
+    if len({variant.handover for variant in variants}) > 1:
+        name += f"-{handover}"
+    if len({variant.workloads for variant in variants}) > 1:
+        name += f"-w{workloads}"
+    return name
+
+
+def shown(field: str, value) -> str:
+    if field == "max_concurrent" and value is None:
+        return f"default ({DEFAULT_MAX_CONCURRENT})"
+    return str(value)
+
+
+def varied(variants: list[Variant]) -> list[tuple[str, str]]:
+    """The dimensions (column, field) in which the variants differ: the table's label columns."""
+    return [(column, field) for column, field in DIMENSIONS if len({getattr(v, field) for v in variants}) > 1]
+
+
+def label(variant: Variant, dimensions: list[tuple[str, str]]) -> str:
+    """The variant by the dimensions that vary, for lines of text: "fast, 200 workloads"."""
+    parts = []
+    for column, field in dimensions:
+        value = shown(field, getattr(variant, field))
+        parts.append(f"{column} {value}" if field == "max_concurrent" else
+                     f"{value} workloads" if field == "workloads" else value)
+    return ", ".join(parts)
+
+
+def restart_times(steps: list[tuple[float, float]], calls: list[tuple[float, float]]) -> tuple[float, float]:
+    """(trust wait, restarts wall) of one rotation, from the intervals of its restart steps
+    and of the restarts in them: the wait is what the steps spent before any restart ran."""
+    if not calls:
+        return sum(end - start for start, end in steps), 0.0
+    wall = max(end for _, end in calls) - min(start for start, _ in calls)
+    return sum(end - start for start, end in steps) - wall, wall
+
+
+def phase_wall_seconds(report: RunReport, restarting: float) -> dict[int, float]:
+    """Each phase's wall time. The executor adds up its actions' times, and the workload
+    restarts run several at once: in their phase ``restarting``, the wall time of their
+    step (the trust wait, then the restarts), replaces their sum."""
+    seconds = dict(report.phase_seconds)
+    restarts = [done for done in report.done if done.action.kind == RESTART_WORKLOAD]
+    if restarts:
+        phase = restarts[0].action.phase
+        seconds[phase] += restarting - sum(done.seconds for done in restarts)
+    return seconds
+
+
 def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     spec.write_text(re.sub(r"rotation: \d+", f"rotation: {rotation}", spec.read_text()))
     calls, requests = NODE_CALLS.value, SFTP_REQUESTS.value
+    steps, restarts_before = len(RESTART_STEPS.spans), len(RESTART_CALLS.spans)
     started = time.monotonic()
     loaded = load_spec(spec)
     accesses = session.open_clusters(loaded, workspace)
@@ -149,54 +322,70 @@ def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     finally:
         for access in accesses.values():
             access.close()  # the SSH connections; reopened by the next rotation
+    restarts = [done for done in report.done if done.action.kind == RESTART_WORKLOAD]
+    wait, wall = restart_times(RESTART_STEPS.spans[steps:], RESTART_CALLS.spans[restarts_before:])
     sample = {"plan": planned, "total": total, "actions": float(len(report.done)),
+              "trust wait": wait, "restarts wall": wall, "restarts summed": sum(done.seconds for done in restarts),
+              "workload restarts": float(len(restarts)),
               "connections": float(connections), "node calls": float(NODE_CALLS.value - calls),
               "sftp requests": float(SFTP_REQUESTS.value - requests)}
+    phases = phase_wall_seconds(report, wait + wall)
     for number, name in PHASES.items():
-        sample[f"{number} {name}"] = report.phase_seconds.get(number, 0.0)
+        sample[f"{number} {name}"] = phases.get(number, 0.0)
     return sample
 
 
-def measure(workers: int, repeats: int, workspace: Path, transports: list[str],
-            handovers: list[str]) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """Samples per (lease handover, transport): one sandbox per lease handover, each rotated
-    over every transport; the variants take turns, the order reversed every other repeat."""
+def measure(workers: int, repeats: int, workspace: Path, variants: list[Variant]
+            ) -> dict[Variant, dict[str, list[float]]]:
+    """Samples per variant: one sandbox per lease handover and workload count, each rotated
+    with every spec of it (transport, maxConcurrent); the variants take turns, the order
+    reversed every other repeat."""
     extra = ["connections", "logins", "node calls", "sftp requests"]
-    variants = [(handover, transport) for handover in handovers for transport in transports]
-    samples = {variant: {column: [] for column in COLUMNS + extra} for variant in variants}
-    names = {handover: f"rotate-{workers}" + (f"-{handover}" if len(handovers) > 1 else "") for handover in handovers}
+    samples = {variant: {column: [] for column in COLUMNS + WORKLOAD_COLUMNS + extra} for variant in variants}
+    sandboxes = list(dict.fromkeys((variant.handover, variant.workloads) for variant in variants))
+    names = {key: sandbox_name(workers, *key, variants) for key in sandboxes}
+    ssh = any(variant.transport == "ssh" for variant in variants)
     try:
         infos, specs, rotation = {}, {}, {}
-        for handover in handovers:
-            infos[handover] = sandbox.up(names[handover], control_planes=1, workers=workers,
-                                         ssh="ssh" in transports, lease_handover=handover)
-            specs[handover] = write_specs(infos[handover], transports)
-            rotation[handover] = 0
-            if len(transports) > 1:
+        for key in sandboxes:
+            handover, workloads = key
+            infos[key] = sandbox.up(names[key], control_planes=1, workers=workers, ssh=ssh,
+                                    lease_handover=handover, workloads=workloads)
+            print(f"  {names[key]}: up in {infos[key].startup_seconds:.1f}s", file=sys.stderr)
+            mine = [variant for variant in variants if (variant.handover, variant.workloads) == key]
+            by_transport = write_specs(infos[key], list(dict.fromkeys(v.transport for v in mine)))
+            specs.update({variant: with_max_concurrent(by_transport[variant.transport], variant.max_concurrent)
+                          for variant in mine})
+            rotation[key] = 0
+            if len(mine) > 1:
                 # The first rotation of a sandbox differs (it writes the workspace kubeconfig,
                 # which later rotations update and reissue: 2 actions more); unmeasured, so
-                # every measured rotation of either transport starts from the same kind of state.
-                rotation[handover] += 1
-                warm = rotate_once(specs[handover][transports[0]], rotation[handover], workspace)
-                print(f"  workers={workers} {handover} warm-up rotation ({transports[0]}, not measured): "
-                      f"{warm['total']:.1f}s", file=sys.stderr)
+                # every measured rotation of any spec starts from the same kind of state.
+                rotation[key] += 1
+                warm_up = warm_up_variant(mine)
+                warm = rotate_once(specs[warm_up], rotation[key], workspace)
+                print(f"  {names[key]}: warm-up rotation ({label(warm_up, varied(variants)) or warm_up.transport}, "
+                      f"not measured): {warm['total']:.1f}s", file=sys.stderr)
         for attempt in range(repeats):
-            for handover, transport in (variants if attempt % 2 == 0 else variants[::-1]):
-                info = infos[handover]
-                rotation[handover] += 1
+            for variant in (variants if attempt % 2 == 0 else variants[::-1]):
+                key = (variant.handover, variant.workloads)
+                info = infos[key]
+                rotation[key] += 1
                 logins = sshd_logins(info)
-                sample = rotate_once(specs[handover][transport], rotation[handover], workspace)
+                sample = rotate_once(specs[variant], rotation[key], workspace)
                 sample["logins"] = float(sshd_logins(info) - logins)
-                for column in samples[(handover, transport)]:
-                    samples[(handover, transport)][column].append(sample[column])
-                label = f" {handover}" if len(handovers) > 1 else ""
-                label += f" {transport}" if len(transports) > 1 else ""
+                for column in samples[variant]:
+                    samples[variant][column].append(sample[column])
+                text = label(variant, varied(variants))
                 detail = f"{sample['node calls']:.0f} node-file calls"
-                if transport == "ssh":
+                if variant.transport == "ssh":
                     detail += (f", {sample['sftp requests']:.0f} SFTP requests, {sample['connections']:.0f} SSH "
                                f"connections ({sample['logins']:.0f} logins in the sshd log)")
-                print(f"  workers={workers}{label} rotation {attempt + 1}: {sample['total']:.1f}s ({detail})",
-                      file=sys.stderr)
+                detail += (f"; {sample['workload restarts']:.0f} workload restarts: trust wait "
+                           f"{sample['trust wait']:.1f}s, wall {sample['restarts wall']:.1f}s, "
+                           f"summed {sample['restarts summed']:.1f}s")
+                print(f"  workers={workers}{' ' + text if text else ''} rotation {attempt + 1}: "
+                      f"{sample['total']:.1f}s ({detail})", file=sys.stderr)
     finally:
         for name in names.values():
             teardown(SandboxPaths.named(name))
@@ -215,7 +404,7 @@ def teardown(paths: SandboxPaths) -> None:
 
 
 def cell(column: str, values: list[float]) -> str:
-    if column == "actions":
+    if column in COUNTS:
         return f"{statistics.median(values):.0f}"
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
@@ -223,6 +412,45 @@ def cell(column: str, values: list[float]) -> str:
 def ratios(numerator: dict[str, list[float]], denominator: dict[str, list[float]]) -> str:
     return ", ".join(f"{column} {statistics.median(numerator[column]) / statistics.median(denominator[column]):.2f}"
                      for column in COLUMNS[:-1] if statistics.median(denominator[column]) > 0)
+
+
+def against(samples: dict[str, list[float]], baseline: dict[str, list[float]]) -> str:
+    """What a variant adds to its baseline: the medians' difference in total and in phase 3,
+    and the ratio of the median totals."""
+    total, base = statistics.median(samples["total"]), statistics.median(baseline["total"])
+    phase3 = f"3 {PHASES[3]}"
+    return (f"total {total - base:+.1f}s ({total / base:.2f}x), phase 3 "
+            f"{statistics.median(samples[phase3]) - statistics.median(baseline[phase3]):+.1f}s")
+
+
+def comparisons(workers: int, by_variant: dict[Variant, dict[str, list[float]]]) -> list[str]:
+    """ssh/local and fast/kubeadm of the medians, and each workload count against the smallest."""
+    variants = list(by_variant)
+    dimensions = varied(variants)
+    lines = []
+    for variant, samples in by_variant.items():
+        local, kubeadm = variant._replace(transport="local"), variant._replace(handover="kubeadm")
+        if variant.transport == "ssh" and local in by_variant:
+            text = label(variant, [d for d in dimensions if d[1] != "transport"])
+            lines.append(f"- {workers} workers{', ' + text if text else ''}, ssh/local of the medians: "
+                         + ratios(samples, by_variant[local]))
+        if variant.handover == "fast" and kubeadm in by_variant:
+            text = label(variant, [d for d in dimensions if d[1] != "handover"])
+            lines.append(f"- {workers} workers{', ' + text if text else ''}, fast/kubeadm of the medians: "
+                         + ratios(samples, by_variant[kubeadm]))
+    fewest = min(variant.workloads for variant in variants)
+    for variant, samples in by_variant.items():
+        baseline = next((v for v in variants if v.workloads == fewest and v.handover == variant.handover
+                         and v.transport == variant.transport
+                         and v.max_concurrent in (variant.max_concurrent, None)), None)
+        if variant.workloads == fewest or baseline is None:
+            continue
+        restarts = statistics.median(samples["workload restarts"])
+        per_restart = statistics.median(samples["restarts wall"]) / restarts if restarts else 0.0
+        lines.append(f"- {workers} workers, {label(variant, dimensions)} against {label(baseline, dimensions)}, "
+                     f"medians: {against(samples, by_variant[baseline])}; restarts wall per workload restart "
+                     f"{per_restart:.2f}s")
+    return lines
 
 
 def main() -> int:
@@ -234,48 +462,60 @@ def main() -> int:
     parser.add_argument("--lease-handover", nargs="+", choices=sandbox.LEASE_HANDOVERS, default=["fast"],
                         help="the sandboxes' lease handover (`sandbox up --lease-handover`): fast, kubeadm or "
                              "both (default: fast)")
+    parser.add_argument("--workloads", type=int, nargs="+", default=[0], metavar="N",
+                        help="the sandboxes' sample namespaces (`sandbox up --workloads`), one sandbox per count "
+                             "(default: 0)")
+    parser.add_argument("--max-concurrent", type=int, nargs="+", default=[], metavar="N",
+                        help="workloads.maxConcurrent (1-100) written into copies of the spec of each sandbox "
+                             f"with sample workloads, one rotation each per turn (default: the spec's, "
+                             f"{DEFAULT_MAX_CONCURRENT})")
     args = parser.parse_args()
+    if min(args.workloads) < 0:
+        parser.error("--workloads cannot be negative")
+    if not all(1 <= value <= 100 for value in args.max_concurrent):
+        parser.error("--max-concurrent must be 1-100, as workloads.maxConcurrent")
     transports = list(dict.fromkeys(args.transport))
-    handovers = list(dict.fromkeys(args.lease_handover))
+    variants = variants_of(list(dict.fromkeys(args.lease_handover)), list(dict.fromkeys(args.workloads)),
+                           transports, list(dict.fromkeys(args.max_concurrent)))
     require_binaries()
     install_counters(transports)
+    install_restart_timers()
     with tempfile.TemporaryDirectory(prefix="careconcile-bench-") as root:
         os.environ[ROOT_ENV] = root
         workspace = Path(root, "workspace")
-        results = {workers: measure(workers, args.repeats, workspace, transports, handovers)
-                   for workers in args.workers}
+        results = {workers: measure(workers, args.repeats, workspace, variants) for workers in args.workers}
+    dimensions = varied(variants)
+    fixed = ", ".join(f"{column} {shown(field, getattr(variants[0], field))}"
+                      for column, field in DIMENSIONS if (column, field) not in dimensions)
     print(f"Kubernetes {KUBERNETES_VERSION}, {os.cpu_count()} cores, {args.repeats} rotations each, seconds "
-          "(median, min-max); a phase's time includes its check on the live cluster.\n")
-    by_handover, by_transport = len(handovers) > 1, len(transports) > 1
-    print("| workers | " + ("lease handover | " if by_handover else "") + ("transport | " if by_transport else "")
-          + " | ".join(COLUMNS) + " |")
-    print("|---:|" + ("---|" if by_handover else "") + ("---|" if by_transport else "") + "---:|" * len(COLUMNS))
+          "(median, min-max); a phase's time includes its check on the live cluster"
+          + (f"; {fixed}" if fixed else "") + ". Phase 3's workload restarts: trust wait, before the first; "
+          "restarts wall, from the first one's start to the last one's end; restarts summed, their actions' "
+          "times added up.\n")
+    columns = COLUMNS + WORKLOAD_COLUMNS
+    print("| workers | " + "".join(f"{column} | " for column, _ in dimensions) + " | ".join(columns) + " |")
+    print("|---:|" + "---|" * len(dimensions) + "---:|" * len(columns))
     for workers, by_variant in results.items():
-        for (handover, transport), samples in by_variant.items():
-            cells = [cell(column, samples[column]) for column in COLUMNS]
-            print(f"| {workers} | " + (f"{handover} | " if by_handover else "")
-                  + (f"{transport} | " if by_transport else "") + " | ".join(cells) + " |")
-    if by_handover or by_transport:
+        for variant, samples in by_variant.items():
+            cells = [cell(column, samples[column]) for column in columns]
+            print(f"| {workers} | " + "".join(f"{shown(field, getattr(variant, field))} | " for _, field in dimensions)
+                  + " | ".join(cells) + " |")
+    lines = [line for workers, by_variant in results.items() for line in comparisons(workers, by_variant)]
+    if lines:
         print()
+        print("\n".join(lines))
+    by_transport = len(transports) > 1
     for workers, by_variant in results.items():
-        for handover in handovers:
-            if by_transport:
-                print(f"- {workers} workers, {handover}, ssh/local of the medians: "
-                      + ratios(by_variant[(handover, "ssh")], by_variant[(handover, "local")]))
-        for transport in transports:
-            if by_handover:
-                print(f"- {workers} workers, {transport}, fast/kubeadm of the medians: "
-                      + ratios(by_variant[("fast", transport)], by_variant[("kubeadm", transport)]))
-    for workers, by_variant in results.items():
-        for (handover, transport), samples in by_variant.items():
-            label = f"{workers} workers" + (f", {handover}" if by_handover else "")
-            if transport == "ssh":
-                print(f"- {label} over ssh, per rotation: SSH connections "
+        for variant, samples in by_variant.items():
+            others = label(variant, [d for d in dimensions if d[1] != "transport"])
+            text = f"{workers} workers" + (f", {others}" if others else "")
+            if variant.transport == "ssh":
+                print(f"- {text} over ssh, per rotation: SSH connections "
                       f"{'/'.join(f'{v:.0f}' for v in samples['connections'])} (the transport's count), "
                       f"{'/'.join(f'{v:.0f}' for v in samples['logins'])} (sshd log, \"{LOGIN_LINE.strip()}\"); "
                       f"SFTP requests {'/'.join(f'{v:.0f}' for v in samples['sftp requests'])}")
-            if by_transport or transport == "ssh":
-                print(f"- {label} over {transport}, node-file calls per rotation: "
+            if by_transport or variant.transport == "ssh":
+                print(f"- {text} over {variant.transport}, node-file calls per rotation: "
                       f"{'/'.join(f'{v:.0f}' for v in samples['node calls'])}")
     return 0
 

@@ -34,7 +34,7 @@ SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
     SHARED_CLUSTER: 166,
     "tests/integration/test_rotation_resume.py": 133,
-    "tests/integration/test_workloads.py": 103,
+    "tests/integration/test_workloads.py": 119,
     "tests/integration/test_fleet.py": 95,
     "tests/integration/test_admin_mode.py": 90,
     "tests/integration/test_rotation.py": 81,

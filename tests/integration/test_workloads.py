@@ -6,8 +6,9 @@ allows no disruption, and two bare pods behind a budget, one reading the CA (evi
 spec opts in) and one not. One module-scoped scenario then runs, with a recorder watching
 throughout: apply stops before phase 3 on the budget, drift is read while the rotation is
 held there, the budget is relaxed, apply is killed during the restarts and run again, drift
-is read once more, and a second rotation is rolled back after phase 3. The tests assert on
-what the scenario recorded.
+is read once more, a second rotation is rolled back after phase 3, and a third runs with
+restarts turned off, the control that shows the recorder catches what it should. The tests
+assert on what the scenario recorded.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Scenario:
     rollback_recorder: TrustRecorder | None = None
     abandoned_ca: str = ""
     bare_consumer_left: bool = True
+    unrestarted_apply: CLIResult | None = None
+    unrestarted: TrustRecorder | None = None
+    drift_unrestarted: dict = field(default_factory=dict)
 
 
 def client(info) -> KubeconfigClient:
@@ -100,10 +104,10 @@ def add_test_workloads(info) -> None:
         wait_until("the test workloads are up", settled, timeout=60)
 
 
-def opt_in_to_bare_pod_eviction(spec: Path) -> None:
+def set_workloads(spec: Path, settings: dict) -> None:
     yaml = YAML()
     document = yaml.load(spec.read_text())
-    document["spec"]["clusters"][0]["workloads"] = {"evictBarePods": True}
+    document["spec"]["clusters"][0]["workloads"] = settings
     with spec.open("w") as handle:
         yaml.dump(document, handle)
 
@@ -131,7 +135,7 @@ def scenario(start_sandbox, tmp_path_factory) -> Scenario:
     info = start_sandbox(NAME, control_planes=1, workers=3, workloads=SAMPLES)
     run = Scenario(info=info, spec=Path(info.spec), workspace=tmp_path_factory.mktemp("workloads"))
     add_test_workloads(info)
-    opt_in_to_bare_pod_eviction(run.spec)
+    set_workloads(run.spec, {"evictBarePods": True})
     set_rotation(run.spec, 1)
     old = record_ca(info)
     run.old_ca = pki.fingerprint(old.cert)
@@ -180,6 +184,16 @@ def scenario(start_sandbox, tmp_path_factory) -> Scenario:
         run.abandoned_ca = state["clusters"][0]["new_ca"]
         run.rollback = careconcile("rollback", *args, "--auto-approve", workspace=run.workspace)
     run.rollback_recorder = rollback_recorder
+
+    # 5. The control: a rotation with restarts turned off, which the recorder must catch.
+    set_workloads(run.spec, {"restart": False})
+    set_rotation(run.spec, 3)
+    unrestarted = TrustRecorder(Path(info.kubeconfig), list(info.apiservers))
+    with unrestarted:
+        wait_until("the recorder's first poll", lambda: unrestarted.polls > 0, timeout=30)
+        run.unrestarted_apply = careconcile("apply", *args, "--auto-approve", workspace=run.workspace)
+    run.unrestarted = unrestarted
+    _, run.drift_unrestarted = drift(run.spec, run.workspace)
     return run
 
 
@@ -260,3 +274,16 @@ def test_a_rollback_after_phase_3_leaves_no_pod_trusting_only_the_abandoned_ca(s
     assert all(kept in seen.trusts for seen in recorder.running.values())
     # The rollback restarted nothing: the pods trusted the CA it returns to already.
     assert "restart-workload" not in scenario.rollback.stdout
+
+
+def test_the_recorder_catches_pods_left_unrestarted(scenario):
+    """The control for the invariant: with `restart: false` the plan warns, nothing restarts,
+    the recorder sees pods that cannot verify the apiserver, and drift names them after."""
+    result = scenario.unrestarted_apply
+    assert result.returncode == 0, result.stderr
+    assert "warning: deployment/app-1/web:" in result.stdout and "workloads.restart: false" in result.stdout
+    assert not re.search(r"restart-workload .*: done", result.stdout)
+    assert scenario.unrestarted.violations, "the recorder saw no pod trusting only the old CA"
+    pending = {f["subject"] for f in scenario.drift_unrestarted["clusters"][0]["findings"]
+               if f["kind"] == "workload-restart-pending"}
+    assert {"deployment/kube-system/coredns", "daemonset/kube-system/kube-proxy", "statefulset/app-1/db"} <= pending

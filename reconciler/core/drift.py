@@ -217,7 +217,9 @@ def _workloads(found: _Findings, observed: ClusterObservation, target: str, desi
         workload, stale = decision.workload, decision.stale
         excluded = f"; excluded from restarts by {decision.excluded_by}" if decision.excluded_by else ""
         names = ", ".join(pod.name for pod in stale[:3]) + (", ..." if len(stale) > 3 else "")
-        remedy = ("finish the rotation with `careconcile apply SPEC`: it restarts them before the apiservers "
+        remedy = (f"{decision.blocked}; then finish the rotation with `careconcile apply SPEC`" if finishing
+                  and decision.blocked else
+                  "finish the rotation with `careconcile apply SPEC`: it restarts them before the apiservers "
                   "switch CAs" if finishing and not decision.excluded_by else
                   f"restart them (`kubectl rollout restart`, or delete a bare pod): their API clients fail on "
                   f"certificates from {short(target)}")

@@ -42,7 +42,7 @@ class ObservedPod:
     namespace: str
     name: str
     uid: str
-    started: dt.datetime | None  # status.startTime; None while the pod has not started
+    started: dt.datetime | None  # status.startTime; None while the pod has not started (it read nothing)
     reads: str  # how it reads the CA, for plans: "kube-root-ca.crt (projected)", ...
     terminating: bool = False
     node: str | None = None
@@ -119,7 +119,11 @@ class PodTrust:
     since: dt.datetime | None
 
     def trusts_only_old(self, pod: ObservedPod) -> bool:
-        return self.since is None or pod.started is None or pod.started < self.since
+        """A pod that has not started has read nothing yet: it reads the bundles as they are
+        when it starts (one pending for want of a node must not hold up a rotation)."""
+        if pod.started is None:
+            return False
+        return self.since is None or pod.started < self.since
 
 
 def trusted_since(checked_at: dt.datetime) -> dt.datetime:

@@ -36,7 +36,7 @@ from reconciler.core.diff import workload_decisions
 from reconciler.core.spec import ResolvedAuthority
 from reconciler.core.workloads import trusted_since
 from reconciler.errors import (
-    APIConflictError, APIError, CareconcileError, ClusterUnreachableError, PKIError, RotationError,
+    APIConflictError, APIError, CareconcileError, ClusterUnreachableError, PKIError, RotationError, StalePlanError,
 )
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, load_kubeconfig
@@ -108,6 +108,8 @@ class Executor:
             report.stopped_after_phase = until
         index = 0
         while index < len(actions):
+            if actions[index].phase == 3 and (index == 0 or actions[index - 1].phase < 3):
+                self._check_restarts_planned(actions)
             if actions[index].kind == "restart-workload":  # a run of them, several at once
                 group = list(itertools.takewhile(lambda a: a.kind == "restart-workload", actions[index:]))
                 self._restart_workloads(group, report)
@@ -494,6 +496,26 @@ class Executor:
         restarted_at = utcnow()
         files.write(service.marker, restart_marker(restarted_for, restarted_at, self._node_lease_renewed(action.node)),
                     kubeadm.PUBLIC)
+
+    def _check_restarts_planned(self, actions: list[Action]) -> None:
+        """Before phase 3 changes anything: every workload whose pods trust only the old CA
+        now is one the plan restarts (a Deployment made since the plan was, a bare pod, would
+        fail once the apiservers switch). Otherwise the plan is stale: stop here."""
+        state = self._stored().state
+        if not (self.access.layout.pods_trust and state.in_progress):
+            return
+        planned = {action.target for action in actions if action.kind == "restart-workload"}
+        observed = observe(self.access)
+        unplanned = [decision for decision in workload_decisions(observed, fp(state.target), self.access.workloads)
+                     if (decision.restarts or decision.blocked) and decision.workload.id not in planned]
+        if unplanned:
+            shown = "\n  ".join(decision.blocked or f"{decision.workload.describe()}: {len(decision.stale)} pod(s) "
+                                 "trust only the old CA" for decision in unplanned[:8])
+            raise StalePlanError(
+                f"cluster {self.access.name}: {len(unplanned)} workload(s) that the plan does not restart trust only "
+                f"the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
+                hint="run `careconcile apply SPEC` again (it plans them), or exclude them in the spec's "
+                     "workloads.exclude")
 
     def _restart_workloads(self, actions: list[Action], report: RunReport) -> None:
         """Restart these workloads, ``maxConcurrent`` at a time, once pods that start now

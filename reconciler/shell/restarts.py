@@ -105,6 +105,8 @@ class WorkloadRestarter:
     def _rollout(self, action: Action) -> None:
         kind, namespace, name = action.params["workload"], action.params["namespace"], action.params["name"]
         path = f"{APPS}/namespaces/{namespace}/{kind.lower()}s/{name}"
+        if not self.stale(self.current(action)):
+            return  # its pods were replaced since the plan was made: nothing to roll
         item = self.client.get(path)
         annotations = (((item.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations") or {}
         if annotations.get(RESTARTED_FOR) != self.rotation:  # else this rotation restarted it already
@@ -134,6 +136,8 @@ class WorkloadRestarter:
             if not stale:
                 if not self.stale(workload):
                     return
+                if time.monotonic() > deadline:
+                    raise self._timeout(action, "did not finish evicting its pods")
                 self._pause()  # the last one is still terminating
                 continue
             running = sum(1 for pod in workload.pods if not pod.terminating)

@@ -68,6 +68,8 @@ class Scenario:
     rollback_recorder: TrustRecorder | None = None
     abandoned_ca: str = ""
     bare_consumer_left: bool = True
+    lone_pods_before: set[str] = field(default_factory=set)
+    lone_pods_after: set[str] = field(default_factory=set)
     unrestarted_apply: CLIResult | None = None
     unrestarted: TrustRecorder | None = None
     drift_unrestarted: dict = field(default_factory=dict)
@@ -85,12 +87,19 @@ def bare_pod(name: str, *, reads_ca: bool) -> dict:
 
 
 def add_test_workloads(info) -> None:
-    """A Deployment whose budget allows no disruption; two bare pods behind a budget of
-    minAvailable 1 (a budget over pods with no controller must be an integer minAvailable)."""
+    """A Deployment whose budget allows no disruption; a ReplicaSet of its own; two bare pods
+    behind a budget of minAvailable 1 (a budget over pods with no controller must be an
+    integer minAvailable)."""
     with client(info) as api:
         api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "frozen"}})
         api.create(f"{APPS}/namespaces/frozen/deployments", sample_deployment("frozen"))
         api.create("/apis/policy/v1/namespaces/frozen/poddisruptionbudgets", budget("frozen", "web", 2))
+        # A ReplicaSet of its own: no rollout to trigger, so its pods are evicted one at a time.
+        lone = sample_deployment("default")
+        lone.update(kind="ReplicaSet", metadata={"name": "lone", "namespace": "default"})
+        lone["spec"]["selector"] = {"matchLabels": {"k8s-app": "lone"}}
+        lone["spec"]["template"]["metadata"]["labels"] = {"k8s-app": "lone"}
+        api.create(f"{APPS}/namespaces/default/replicasets", lone)
         for name, reads in (("bare-consumer", True), ("bare-keeper", False)):
             api.create("/api/v1/namespaces/default/pods", bare_pod(name, reads_ca=reads))
         api.create("/apis/policy/v1/namespaces/default/poddisruptionbudgets", {
@@ -100,8 +109,15 @@ def add_test_workloads(info) -> None:
         def settled() -> bool:
             frozen = api.get("/apis/policy/v1/namespaces/frozen/poddisruptionbudgets/web").get("status") or {}
             bare = api.get("/apis/policy/v1/namespaces/default/poddisruptionbudgets/bare").get("status") or {}
-            return frozen.get("currentHealthy") == 2 and bare.get("currentHealthy") == 2
+            lone_status = api.get(f"{APPS}/namespaces/default/replicasets/lone").get("status") or {}
+            return (frozen.get("currentHealthy") == 2 and bare.get("currentHealthy") == 2
+                    and lone_status.get("readyReplicas") == 2)
         wait_until("the test workloads are up", settled, timeout=60)
+
+
+def lone_pods(pods: list[dict]) -> set[str]:
+    return {pod["metadata"]["name"] for pod in pods if pod["metadata"]["name"].startswith("lone-")
+            and not pod["metadata"].get("deletionTimestamp")}
 
 
 def set_workloads(spec: Path, settings: dict) -> None:
@@ -160,6 +176,8 @@ def scenario(start_sandbox, tmp_path_factory) -> Scenario:
                 "/apis/policy/v1/namespaces/frozen/poddisruptionbudgets/web").get("status") or {}).get(
                 "disruptionsAllowed", 0) >= 1, timeout=30)
         run.generations_before = generations(info)
+        with client(info) as api:
+            run.lone_pods_before = lone_pods(api.list("/api/v1/namespaces/default/pods"))
         run.killed = careconcile("apply", *args, "--auto-approve", workspace=run.workspace,
                                  env={CRASH_AFTER_ENV: str(KILLED_AFTER)})
         logs = sorted((run.workspace / NAME / "log").glob("apply-*/apply.log"))
@@ -170,8 +188,9 @@ def scenario(start_sandbox, tmp_path_factory) -> Scenario:
     run.annotations_after = restart_annotations(info)
     run.new_ca = pki.fingerprint(record_ca(info).cert)
     with client(info) as api:
-        run.bare_consumer_left = any(pod["metadata"]["name"] == "bare-consumer"
-                                     for pod in api.list("/api/v1/namespaces/default/pods"))
+        pods = api.list("/api/v1/namespaces/default/pods")
+        run.bare_consumer_left = any(pod["metadata"]["name"] == "bare-consumer" for pod in pods)
+        run.lone_pods_after = lone_pods(pods)
     _, run.drift_after = drift(run.spec, run.workspace)
 
     # 4. A second rotation, rolled back after phase 3.
@@ -219,6 +238,7 @@ def test_drift_reports_pods_started_with_only_the_old_ca_while_the_rotation_is_h
     assert {"pod/default/bare-consumer", "deployment/frozen/web", "deployment/kube-system/coredns",
             "daemonset/kube-system/kube-proxy", "statefulset/app-1/db"} <= pending
     assert {f"deployment/app-{index}/web" for index in range(1, SAMPLES + 1)} <= pending
+    assert "replicaset/default/lone" in pending
     assert "pod/default/bare-keeper" not in pending  # it does not read the CA
     assert report["totals"]["by_kind"]["rotation-half-done"] == 1
 
@@ -255,6 +275,9 @@ def test_a_run_killed_during_the_restarts_and_resumed_restarts_each_controller_o
     assert set(scenario.annotations_after.values()) == {scenario.new_ca}
     # The opted-in bare pod was evicted (nothing brings it back); the one that does not read the CA stays.
     assert not scenario.bare_consumer_left
+    # The ReplicaSet's pods were evicted one at a time and brought back by it.
+    assert scenario.lone_pods_after and scenario.lone_pods_after.isdisjoint(scenario.lone_pods_before)
+    assert len(scenario.lone_pods_after) == 2
 
 
 def test_drift_is_clean_after_the_rotation(scenario):

@@ -464,7 +464,7 @@ def test_a_budget_without_a_status_yet_counts_zeros():
 
 def test_with_no_time_recorded_every_pod_trusts_only_the_old_ca():
     trust = PodTrust(ALONE, None)
-    for started in (OLD, NEWER, None, NOW + dt.timedelta(days=1)):
+    for started in (OLD, NEWER, NOW + dt.timedelta(days=1)):
         assert trust.trusts_only_old(opod("p", started))
 
 
@@ -475,8 +475,11 @@ def test_a_pod_trusts_both_cas_when_it_started_at_or_after_the_recorded_time():
     assert not trust.trusts_only_old(opod("p", NEWER))
 
 
-def test_a_pod_that_has_not_started_is_counted_as_trusting_only_the_old_ca():
-    assert PodTrust(ALONE, SINCE).trusts_only_old(opod("p", None))
+def test_a_pod_that_has_not_started_has_read_nothing_and_needs_no_restart():
+    assert not PodTrust(ALONE, SINCE).trusts_only_old(opod("p", None))
+    assert not PodTrust(ALONE, None).trusts_only_old(opod("p", None))
+    assert decide((workload("Deployment", "idle", started=(None, None)),), PodTrust(ALONE, None),
+                  ResolvedWorkloads()) == []
 
 
 def test_pod_trust_of_the_state_store():
@@ -549,7 +552,7 @@ def test_decide_restarts_each_controller_the_way_it_rolls():
 def test_decide_counts_only_the_pods_that_started_before_the_bundles_trusted_both():
     mixed = workload(started=(OLD, NEWER, None))
     [decision] = decide((mixed,), RECORDED, ResolvedWorkloads())
-    assert [p.name for p in decision.stale] == ["web-0", "web-2"]
+    assert [p.name for p in decision.stale] == ["web-0"]  # web-2 has not started: it has read nothing
 
 
 def test_decide_leaves_out_workloads_whose_pods_all_started_after():

@@ -23,6 +23,7 @@ def parse_time(text: str | None) -> dt.datetime | None:
     if not text or not isinstance(text, str):
         return None
     try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return moment if moment.tzinfo is not None else None  # no zone: not a time the API writes

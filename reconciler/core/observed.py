@@ -230,12 +230,9 @@ class ClusterObservation:
         for component in self.components:
             items[component.id] = {"restartedFor": component.restarted_for, "inputs": component.inputs_digest,
                                    "signer": [component.signer_cert, component.signer_key]}
-        # Which workloads hold pods that trust only the old CA, and how they restart: a
-        # saved plan is stale when that set changes (pods of their own churn do not count).
-        trust = self.state.pod_trust(next((fp(r.cert) for r in self.records if r.cert is not None), None))
-        for workload in self.workloads:
-            if any(trust.trusts_only_old(pod) for pod in workload.pods):
-                items[f"{workload.id}#restart"] = workload.method
+        # Workloads are not items: Jobs and Deployments come and go, and a saved plan would
+        # go stale with them. Apply checks instead, before phase 3, that the plan restarts
+        # every workload whose pods trust only the old CA by then.
         items["state"] = self.state.public()
         return items
 

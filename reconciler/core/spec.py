@@ -445,8 +445,10 @@ class WorkloadSettings(_Strict):
         description="Evict pods that no controller owns (nothing brings them back). Built-in default false: "
                     "such a pod blocks the plan unless excluded.")
     selector: LabelSelector | None = Field(
-        default=None, description="Pods that read the cluster CA some other way (a copy in their image, a "
-                                  "Secret): restarted like the pods that mount kube-root-ca.crt.")
+        default=None, description="Pods that read the cluster CA at start some way careconcile cannot see in "
+                                  "their spec (from the API, from a node file it updates): restarted like the pods "
+                                  "that mount kube-root-ca.crt. A restart cannot help a pod whose CA is a copy in "
+                                  "its image or a Secret nobody updates.")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from reconciler.shell.observe import (
     apiserver_servers, ca_bundle_fields, inputs_digest, load_manifest, local_kubeconfig_scope, observe, read_record,
     restart_marker,
 )
-from reconciler.shell.restarts import Stopped, WorkloadRestarter, trust_margin_reached
+from reconciler.shell.restarts import Stopped, WorkloadRestarter, seconds_until
 from reconciler.shell.statestore import Stored, StoredKeys, with_state
 
 # Test hook: SIGKILL this process after it completes this many actions. Unset, nothing
@@ -136,14 +136,13 @@ class Executor:
             self.on_event("failed", action, {"error": str(error)})
             raise error from exc
         seconds = time.monotonic() - started
-        with self._events:
+        with self._events:  # one at a time, so that the crash hook kills after exactly its count
             report.done.append(ActionReport(action, seconds))
             report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
             self._completed += 1
-            completed = self._completed
-        self.on_event("done", action, {"seconds": seconds})
-        if self._crash_after is not None and completed >= self._crash_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.on_event("done", action, {"seconds": seconds})
+            if self._crash_after is not None and self._completed >= self._crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def _dispatch(self, action: Action) -> None:
         handler = getattr(self, "_" + action.kind.replace("-", "_"))
@@ -498,12 +497,21 @@ class Executor:
                     kubeadm.PUBLIC)
 
     def _check_restarts_planned(self, actions: list[Action]) -> None:
-        """Before phase 3 changes anything: every workload whose pods trust only the old CA
-        now is one the plan restarts (a Deployment made since the plan was, a bare pod, would
-        fail once the apiservers switch). Otherwise the plan is stale: stop here."""
-        state = self._stored().state
+        """Before phase 3 changes anything: once a pod that starts now trusts both CAs (the
+        recorded time has passed), every workload whose pods trust only the old CA is one
+        the plan restarts. One made since the plan was (a Deployment, a Job, a bare pod)
+        would fail once the apiservers switch: the plan is stale, stop here."""
+        stored = self._stored()
+        state = stored.state
         if not (self.access.layout.pods_trust and state.in_progress):
             return
+        if state.workloads_trusted_since is None:  # phase 2 verified by a careconcile that did not record it
+            state = self._record_pod_trust(stored, utcnow()).state
+        wait = seconds_until(state.workloads_trusted_since)
+        while wait > 0:
+            self.heartbeat()
+            time.sleep(min(wait, 1.0))
+            wait = seconds_until(state.workloads_trusted_since)
         planned = {action.target for action in actions if action.kind == "restart-workload"}
         observed = observe(self.access)
         unplanned = [decision for decision in workload_decisions(observed, fp(state.target), self.access.workloads)
@@ -511,21 +519,21 @@ class Executor:
         if unplanned:
             shown = "\n  ".join(decision.blocked or f"{decision.workload.describe()}: {len(decision.stale)} pod(s) "
                                  "trust only the old CA" for decision in unplanned[:8])
-            raise StalePlanError(
+            error = StalePlanError(
                 f"cluster {self.access.name}: {len(unplanned)} workload(s) that the plan does not restart trust only "
                 f"the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
-                hint="run `careconcile apply SPEC` again (it plans them), or exclude them in the spec's "
-                     "workloads.exclude")
+                hint="plan again (`careconcile apply SPEC`, or a new saved plan), which restarts them, or exclude "
+                     "them in the spec's workloads.exclude")
+            first = next(action for action in actions if action.phase == 3)
+            self.on_event("failed", first, {"error": str(error)})
+            raise error
 
     def _restart_workloads(self, actions: list[Action], report: RunReport) -> None:
-        """Restart these workloads, ``maxConcurrent`` at a time, once pods that start now
-        trust both CAs. Nothing restarts while one of them may not be disrupted at all: apply
-        stops before phase 3 changes anything."""
-        stored = self._stored()
-        state = stored.state
-        if state.workloads_trusted_since is None:  # phase 2 verified by a careconcile that did not record it
-            stored = self._record_pod_trust(stored, utcnow())
-            state = stored.state
+        """Restart these workloads, ``maxConcurrent`` at a time (the recorded time has passed:
+        see :meth:`_check_restarts_planned`). Nothing restarts while one of them may not be
+        disrupted at all: apply stops before phase 3 changes anything. Ctrl-C stops the
+        restarts at their next poll."""
+        state = self._stored().state
         settings = self.access.workloads
         stop = threading.Event()
         restarter = WorkloadRestarter(self.access.client, settings, rotation=fp(state.target),
@@ -540,11 +548,6 @@ class Executor:
                      "workload in the spec's workloads.exclude; then run apply again to resume")
             self.on_event("failed", blockers[0][0], {"error": str(error)})
             raise error
-        wait = trust_margin_reached(state.workloads_trusted_since)
-        while wait > 0:
-            self.heartbeat()
-            time.sleep(min(wait, 1.0))
-            wait = trust_margin_reached(state.workloads_trusted_since)
         errors: list[BaseException] = []
 
         def one(action: Action) -> None:
@@ -557,8 +560,14 @@ class Executor:
                     errors.append(exc)
                 stop.set()
 
-        with ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="restart") as pool:
+        pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="restart")
+        try:
             list(pool.map(one, actions))
+        except BaseException:  # Ctrl-C: the restarts stop waiting before the lock is released
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         first = next((e for e in errors if not isinstance(e, Stopped)), errors[0] if errors else None)
         if first is not None:
             raise first
@@ -580,7 +589,6 @@ class Executor:
         deadline = time.monotonic() + self.phase_timeout
         while True:
             self.heartbeat()
-            checked_at = utcnow()
             try:
                 problems = self.problems(phase, new, old_fp)
             except (ClusterUnreachableError, APIError) as exc:  # a restart in progress, a Lease not yet made
@@ -596,9 +604,9 @@ class Executor:
             time.sleep(1.0)
         stored = self._stored()
         if stored.state.in_progress and phase == 2 and stored.state.workloads_trusted_since is None:
-            # Every kube-root-ca.crt held both CAs when this check read them: a pod started
-            # (a margin) after that trusts both. Recorded once per rotation, never moved later.
-            stored = self._record_pod_trust(stored, checked_at)
+            # Every kube-root-ca.crt held both CAs when this check read them, before now: a pod
+            # started (a margin) after now trusts both. Recorded once per rotation, never moved.
+            stored = self._record_pod_trust(stored, utcnow())
         if stored.state.in_progress and stored.state.verified_phase < phase:
             self._save(with_state(stored, verified_phase=phase))
 

@@ -1,4 +1,4 @@
-"""A small Kubernetes API client: JSON over one kept-alive HTTPS connection.
+"""A small Kubernetes API client: JSON over kept-alive HTTPS connections, one per thread.
 
 Why not the ``kubernetes`` package: it writes client keys to temp files (left behind when
 the process is SIGKILLed), it is slow to import and its errors are untyped. Here the TLS

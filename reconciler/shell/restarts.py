@@ -140,7 +140,7 @@ class WorkloadRestarter:
                     raise self._timeout(action, "did not finish evicting its pods")
                 self._pause()  # the last one is still terminating
                 continue
-            running = sum(1 for pod in workload.pods if not pod.terminating)
+            running = sum(1 for pod in workload.pods if not pod.terminating and pod.started)
             pod = stale[0]
             self._evict(action, pod.namespace, pod.name, deadline)
             self._wait_gone(action, pod.namespace, pod.name, pod.uid, deadline)
@@ -196,7 +196,7 @@ class WorkloadRestarter:
             self._pause()
 
 
-def trust_margin_reached(since: dt.datetime | None) -> float:
+def seconds_until(since: dt.datetime | None) -> float:
     """Seconds still to wait until pods that start now trust both CAs."""
     if since is None:
         return 0.0

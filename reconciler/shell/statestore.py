@@ -96,7 +96,8 @@ def _stored_from(authority: str, files: dict[str, bytes], *, source: str) -> Sto
         started=public.get("started"),
         retired=tuple(str(value) for value in public.get("retired") or ()),
         workloads_trusted_since=parse_time(public.get("workloadsTrustedSince")),
-        workloads_trusted_alone=public.get("workloadsTrustedAlone") or None,
+        workloads_trusted_alone=alone if isinstance(alone := public.get("workloadsTrustedAlone"), str) and alone
+        else None,
     )
     return Stored(state, StoredKeys(
         KeyPair(target, target_key) if target_key is not None else None,

@@ -293,8 +293,11 @@ def test_a_rollback_after_phase_3_leaves_no_pod_trusting_only_the_abandoned_ca(s
     abandoned, kept = scenario.abandoned_ca, scenario.new_ca
     assert abandoned.startswith("sha256:") and abandoned != kept
     assert recorder.running
-    assert [f"{s.namespace}/{s.name}" for s in recorder.pods.values() if s.trusts == (abandoned,)] == []
-    assert all(kept in seen.trusts for seen in recorder.running.values())
+    # Every pod seen, whenever it started (the second rotation restarted them all before its
+    # phase 3), trusts the CA the rollback returns to; the last poll's include some that
+    # started during the second rotation, trusting both.
+    assert all(kept in seen.trusts for seen in recorder.pods.values())
+    assert any(abandoned in seen.trusts for seen in recorder.running.values())
     # The rollback restarted nothing: the pods trusted the CA it returns to already.
     assert "restart-workload" not in scenario.rollback.stdout
 

@@ -205,3 +205,21 @@ def test_secret_store_corrupt_json_names_the_secret():
                          "data": {"clusterCA.json": base64.b64encode(b"{oops").decode()}})
     with pytest.raises(PKIError, match=r"^Secret kube-system/careconcile-state: clusterCA\.json is not JSON"):
         SecretStateStore(client, namespace="kube-system", name="careconcile-state").load(AUTHORITY)
+
+
+@pytest.mark.parametrize("since,alone", [
+    ("2026-01-01T00:00:00", "sha256:" + "ab" * 32),  # no time zone: not a time careconcile writes
+    (12, "sha256:" + "ab" * 32),
+    ("yesterday", ["sha256:" + "ab" * 32]),
+    (None, {"fingerprint": 1}),
+])
+def test_hand_edited_workload_trust_reads_as_unknown_never_a_traceback(since, alone):
+    files = _files_of(AUTHORITY, rotating())
+    public = json.loads(files["clusterCA.json"])
+    public.update(workloadsTrustedSince=since, workloadsTrustedAlone=alone)
+    files["clusterCA.json"] = json.dumps(public).encode()
+    state = _stored_from(AUTHORITY, files, source="test").state
+    assert state.workloads_trusted_since is None
+    assert state.workloads_trusted_alone in (None, "sha256:" + "ab" * 32)
+    # Unknown, the rotation in progress counts every started pod as trusting only the old CA: restarts, not misses.
+    assert state.pod_trust().since is None

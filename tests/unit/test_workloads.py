@@ -886,47 +886,15 @@ def test_a_rotation_after_an_earlier_one_restarts_pods_started_since_that_one():
 # --- items(): what a saved plan is checked against ------------------------------------------------
 
 
-def restart_items(observed) -> dict[str, str]:
-    return {key: value for key, value in observed.items().items() if key.endswith("#restart")}
-
-
-def test_items_list_the_workloads_with_pods_still_trusting_only_the_old_ca():
-    evicted = workload("ReplicaSet", "legacy", started=(OLD,))
-    observed = with_workloads(after_trust_both(state=trusted(2)), WEB, DB, AGENT, evicted)
-    assert restart_items(observed) == {"deployment/app/web#restart": "rollout", "statefulset/app/db#restart": "rollout",
-                                       "replicaset/app/legacy#restart": "evict"}
-
-
-def test_items_change_when_a_workload_is_restarted_not_when_pods_churn():
+def test_workloads_are_not_items_so_a_saved_plan_survives_their_churn():
+    """Jobs and Deployments come and go; apply checks before phase 3 that the plan restarts
+    every workload that needs it (an integration test kills and resumes around it)."""
     state = trusted(2)
     before = item_digests(with_workloads(after_trust_both(state=state), WEB, AGENT))
-    # AGENT's pods are replaced by other fresh ones, WEB gains a fresh pod: same set.
-    churned_agent = workload("DaemonSet", "agent", "kube-system", started=(NEWER + dt.timedelta(minutes=5),) * 2)
-    churned_web = dataclasses.replace(WEB, pods=WEB.pods + (opod("web-9", NEWER),))
-    assert item_digests(with_workloads(after_trust_both(state=state), churned_web, churned_agent)) == before
-    # WEB restarted: it leaves the set, and a saved plan that restarts it is stale.
-    restarted_web = workload("Deployment", "web", started=(NEWER, NEWER))
-    after = item_digests(with_workloads(after_trust_both(state=state), restarted_web, AGENT))
-    assert "deployment/app/web#restart" in before and "deployment/app/web#restart" not in after
-    # A new workload whose pods read the old CA joins it.
     joined = item_digests(with_workloads(after_trust_both(state=state), WEB, AGENT, workload("Job", "migrate")))
-    assert set(joined) - set(before) == {"job/app/migrate#restart"}
-
-
-def test_items_change_when_a_workload_would_restart_another_way():
-    on_delete = dataclasses.replace(WEB, kind="StatefulSet", rolls_on_annotation=False)
-    rolling = dataclasses.replace(WEB, kind="StatefulSet")
-    state = trusted(2)
-    assert restart_items(with_workloads(after_trust_both(state=state), rolling)) == {
-        "statefulset/app/web#restart": "rollout"}
-    assert restart_items(with_workloads(after_trust_both(state=state), on_delete)) == {
-        "statefulset/app/web#restart": "evict"}
-
-
-def test_a_plans_observed_items_hold_the_restart_set():
+    assert joined == before == item_digests(after_trust_both(state=state))
     result = plan(desired(rotation=1), with_workloads(after_trust_both(state=trusted(2)), WEB, AGENT))
-    assert "deployment/app/web#restart" in result.observed_items
-    assert "daemonset/kube-system/agent#restart" not in result.observed_items
+    assert not [key for key in result.observed_items if "deployment/" in key or "#restart" in key]
 
 
 # --- the spec -------------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict
 
 from reconciler.core import pki
 from reconciler.core.observed import NEW_CA, ClusterObservation, fp, short
+from reconciler.core.spec import ResolvedWorkloads
 from reconciler.core.workloads import PodTrust, WorkloadDecision, decide
 
 if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
-from reconciler.core.spec import ResolvedWorkloads
 
 FindingCode = Literal[
     "rotation-requested", "ca-expiring", "key-mismatch", "pin-mismatch", "records-disagree", "record-missing",

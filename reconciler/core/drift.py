@@ -229,7 +229,6 @@ def _workloads(found: _Findings, observed: ClusterObservation, target: str, desi
                   remedy)
 
 
-
 def _issuer(cert: x509.Certificate) -> str:
     return cert.issuer.rfc4514_string() or "(empty)"
 

@@ -378,4 +378,3 @@ def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_si
             if reasons:
                 builder.add(phase, "restart", component.id, "; ".join(reasons), node=component.node, **params)
                 signing_now = params.get("signing", signing_now)
-

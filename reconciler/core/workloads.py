@@ -297,11 +297,13 @@ def _budget(item: dict[str, Any]) -> ObservedBudget:
 
 def group_workloads(pods: list[dict[str, Any]], replicasets: list[dict[str, Any]],
                     controllers: dict[str, list[dict[str, Any]]], budgets: list[dict[str, Any]],
-                    selector: tuple[tuple[str, str], ...] = ()) -> tuple[ObservedWorkload, ...]:
+                    selector: tuple[tuple[str, str], ...] = (), *,
+                    skip: tuple[str, str] | None = None) -> tuple[ObservedWorkload, ...]:
     """The pods that read the cluster CA, grouped by the controller that restarts them.
     ``controllers``: the Deployments, StatefulSets, DaemonSets and Jobs, by kind. Mirror
     pods (static pods: careconcile restarts them through their manifests) and finished pods
-    are left out."""
+    are left out, and so is ``skip`` (namespace, name): the pod careconcile itself runs in,
+    whose API client follows ca.crt as it changes and which must not wait on itself."""
     by_uid = {item["metadata"].get("uid"): (kind, item) for kind, items in controllers.items() for item in items}
     rs_by_uid = {rs["metadata"].get("uid"): rs for rs in replicasets}
     grouped: dict[tuple[str, str, str], list[ObservedPod]] = {}
@@ -310,6 +312,8 @@ def group_workloads(pods: list[dict[str, Any]], replicasets: list[dict[str, Any]
     for pod in pods:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         if MIRROR_POD in (meta.get("annotations") or {}) or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        if skip is not None and (meta.get("namespace"), meta.get("name")) == skip:
             continue
         reads = reads_cluster_ca(pod, selector)
         if reads is None:

@@ -1046,3 +1046,18 @@ def test_trusted_since_is_after_the_margin_rounded_up_to_a_whole_second():
     assert not PodTrust("sha256:old", since).trusts_only_old(ObservedPod("ns", "p", "u", since, "x"))
     exact = dt.datetime(2026, 12, 3, 9, 59, 55, tzinfo=dt.timezone.utc)
     assert trusted_since(exact) == exact + TRUST_MARGIN
+
+
+def test_the_pod_careconcile_runs_in_is_left_out(tmp_path, monkeypatch):
+    from reconciler.shell.workloads import own_pod
+
+    pods = [pod("careconcile-apply-x7"), pod("careconcile-apply-x7", "other"), pod("web")]
+    assert [w.id for w in group_workloads(pods, [], {}, [], skip=("app", "careconcile-apply-x7"))] == [
+        "pod/app/web", "pod/other/careconcile-apply-x7"]
+    (tmp_path / "namespace").write_text("app\n")
+    monkeypatch.setenv("CARECONCILE_SERVICEACCOUNT_DIR", str(tmp_path))
+    monkeypatch.setenv("HOSTNAME", "careconcile-apply-x7")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert own_pod() is None  # not in a pod
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert own_pod() == ("app", "careconcile-apply-x7")

@@ -151,9 +151,10 @@ def workload_findings(observed: ClusterObservation, target: str, settings: "Reso
                 f"{stale} pod(s) of {workload.describe()} trust only the old CA and are not restarted "
                 f"({decision.excluded_by}); their API clients fail once phase 3 switches the apiservers' "
                 "certificates, until they restart")))
-        elif decision.warning:
+        elif decision.forbidden:
             findings.append(Finding(code="workload-disruption-forbidden", subject=workload.id, warning=True,
-                                    message=decision.warning))
+                                    message=f"{decision.forbidden}; apply stops before restarting any workload "
+                                            "while it holds"))
     return findings
 
 

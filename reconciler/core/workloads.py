@@ -159,7 +159,9 @@ class WorkloadDecision:
     method: Method
     excluded_by: str | None = None  # an exclude pattern, or "restart: false"
     blocked: str | None = None  # why the plan cannot go on (a bare pod without evictBarePods)
-    warning: str | None = None  # what the plan should say (a budget that allows no disruption)
+    # Why nothing may restart it now (a budget that allows no disruption, a paused Deployment):
+    # the plan warns, and apply stops before phase 3 while it holds.
+    forbidden: str | None = None
 
     @property
     def restarts(self) -> bool:
@@ -177,7 +179,7 @@ def decide(workloads: tuple[ObservedWorkload, ...], trust: PodTrust, settings: R
             continue
         method = workload.method
         excluded_by = "workloads.restart: false" if not settings.restart else excluded(workload, settings.exclude)
-        blocked = warning = None
+        blocked = forbidden = None
         if excluded_by is None and workload.kind == "Pod" and not settings.evict_bare_pods:
             blocked = (f"bare pod {workload.namespace}/{workload.name} reads the cluster CA and no controller would "
                        "bring it back if evicted: set workloads.evictBarePods: true, or exclude "
@@ -185,11 +187,10 @@ def decide(workloads: tuple[ObservedWorkload, ...], trust: PodTrust, settings: R
         if excluded_by is None and blocked is None:
             never = [budget for budget in workload.budgets if budget.never_allows]
             if never:
-                warning = (f"{workload.describe()}: {never[0].describe()} allows no disruption; apply stops "
-                           "before restarting any workload unless it changes")
+                forbidden = f"{workload.describe()}: {never[0].describe()} allows no disruption"
             elif workload.paused:
-                warning = f"{workload.describe()} is paused; apply stops before restarting any workload unless resumed"
-        decisions.append(WorkloadDecision(workload, stale, method, excluded_by, blocked, warning))
+                forbidden = f"{workload.describe()} is paused: its pods cannot roll"
+        decisions.append(WorkloadDecision(workload, stale, method, excluded_by, blocked, forbidden))
     return decisions
 
 

@@ -497,10 +497,16 @@ class Executor:
                     kubeadm.PUBLIC)
 
     def _check_restarts_planned(self, actions: list[Action]) -> None:
-        """Before phase 3 changes anything: once a pod that starts now trusts both CAs (the
-        recorded time has passed), every workload whose pods trust only the old CA is one
-        the plan restarts. One made since the plan was (a Deployment, a Job, a bare pod)
-        would fail once the apiservers switch: the plan is stale, stop here."""
+        """Before phase 3 changes anything, from one reading of the workloads once a pod that
+        starts now trusts both CAs (the recorded time has passed):
+
+        - every workload whose pods trust only the old CA is one the plan restarts; one made
+          since the plan was (a Deployment, a Job, a bare pod) would fail once the apiservers
+          switch: the plan is stale;
+        - none that the plan restarts may be forbidden a restart now (a budget that allows
+          no disruption, a paused Deployment).
+
+        Either way apply stops here, with nothing restarted or reissued."""
         stored = self._stored()
         state = stored.state
         if not (self.access.layout.pods_trust and state.in_progress):
@@ -512,9 +518,10 @@ class Executor:
             self.heartbeat()
             time.sleep(min(wait, 1.0))
             wait = seconds_until(state.workloads_trusted_since)
-        planned = {action.target for action in actions if action.kind == "restart-workload"}
-        observed = observe(self.access)
-        unplanned = [decision for decision in workload_decisions(observed, fp(state.target), self.access.workloads)
+        planned = {action.target: action for action in actions if action.kind == "restart-workload"}
+        decisions = workload_decisions(observe(self.access), fp(state.target), self.access.workloads)
+        first = next(action for action in actions if action.phase == 3)
+        unplanned = [decision for decision in decisions
                      if (decision.restarts or decision.blocked) and decision.workload.id not in planned]
         if unplanned:
             shown = "\n  ".join(decision.blocked or f"{decision.workload.describe()}: {len(decision.stale)} pod(s) "
@@ -524,30 +531,29 @@ class Executor:
                 f"the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
                 hint="plan again (`careconcile apply SPEC`, or a new saved plan), which restarts them, or exclude "
                      "them in the spec's workloads.exclude")
-            first = next(action for action in actions if action.phase == 3)
             self.on_event("failed", first, {"error": str(error)})
+            raise error
+        forbidden = [decision for decision in decisions
+                     if decision.restarts and decision.forbidden and decision.workload.id in planned]
+        if forbidden:
+            error = RotationError(
+                f"cluster {self.access.name}: {len(forbidden)} workload(s) may not be restarted, so the apiservers "
+                "must not switch to the new CA yet; nothing was restarted or reissued:\n  "
+                + "\n  ".join(decision.forbidden for decision in forbidden),
+                hint="let the PodDisruptionBudget allow a disruption (or resume the Deployment), or exclude the "
+                     "workload in the spec's workloads.exclude; then run apply again to resume")
+            self.on_event("failed", planned[forbidden[0].workload.id], {"error": str(error)})
             raise error
 
     def _restart_workloads(self, actions: list[Action], report: RunReport) -> None:
-        """Restart these workloads, ``maxConcurrent`` at a time (the recorded time has passed:
-        see :meth:`_check_restarts_planned`). Nothing restarts while one of them may not be
-        disrupted at all: apply stops before phase 3 changes anything. Ctrl-C stops the
+        """Restart these workloads, ``maxConcurrent`` at a time (the recorded time has passed,
+        and nothing forbids them: see :meth:`_check_restarts_planned`). Ctrl-C stops the
         restarts at their next poll."""
         state = self._stored().state
         settings = self.access.workloads
         stop = threading.Event()
         restarter = WorkloadRestarter(self.access.client, settings, rotation=fp(state.target),
                                       trust=state.pod_trust(), heartbeat=self.heartbeat, stop=stop)
-        blockers = restarter.blockers(actions)
-        if blockers:
-            error = RotationError(
-                f"cluster {self.access.name}: {len(blockers)} workload(s) may not be restarted, so the apiservers "
-                "must not switch to the new CA yet; nothing was restarted or reissued:\n  "
-                + "\n  ".join(message for _, message in blockers),
-                hint="let the PodDisruptionBudget allow a disruption (or resume the Deployment), or exclude the "
-                     "workload in the spec's workloads.exclude; then run apply again to resume")
-            self.on_event("failed", blockers[0][0], {"error": str(error)})
-            raise error
         errors: list[BaseException] = []
 
         def one(action: Action) -> None:

@@ -57,25 +57,6 @@ class WorkloadRestarter:
     def stale(self, workload: ObservedWorkload | None) -> list:
         return [] if workload is None else [pod for pod in workload.pods if self.trust.trusts_only_old(pod)]
 
-    def blockers(self, actions: list[Action]) -> list[tuple[Action, str]]:
-        """What forbids restarting these workloads now: a PodDisruptionBudget that allows no
-        disruption even with every pod healthy, a paused Deployment."""
-        problems = []
-        by_namespace: dict[str, tuple[ObservedWorkload, ...]] = {}
-        for action in actions:
-            namespace = action.params["namespace"]
-            if namespace not in by_namespace:
-                by_namespace[namespace] = observe_workloads(self.client, self.settings.selector, namespace=namespace)
-            workload = next((w for w in by_namespace[namespace] if w.id == action.target), None)
-            if workload is None or not self.stale(workload):
-                continue
-            never = [budget for budget in workload.budgets if budget.never_allows]
-            if never:
-                problems.append((action, f"{workload.describe()}: {never[0].describe()} allows no disruption"))
-            elif workload.paused:
-                problems.append((action, f"{workload.describe()} is paused: its pods cannot roll"))
-        return problems
-
     # --- restarting --------------------------------------------------------------------------
 
     def restart(self, action: Action) -> None:

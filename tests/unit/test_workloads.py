@@ -546,7 +546,7 @@ def test_decide_restarts_each_controller_the_way_it_rolls():
     decisions = decide(workloads, RECORDED, ResolvedWorkloads())
     assert [(d.workload.name, d.method, d.restarts) for d in decisions] == [
         ("web", "rollout", True), ("migrate", "wait", True), ("legacy", "evict", True)]
-    assert all(d.excluded_by is None and d.blocked is None and d.warning is None for d in decisions)
+    assert all(d.excluded_by is None and d.blocked is None and d.forbidden is None for d in decisions)
 
 
 def test_decide_counts_only_the_pods_that_started_before_the_bundles_trusted_both():
@@ -614,21 +614,21 @@ def test_a_budget_that_never_allows_a_disruption_warns_but_still_restarts():
     never = budget("web-pdb", expected=2, desired_healthy=2, allowed=0)
     [decision] = decide((workload(budgets=(budget("other"), never)),), RECORDED, ResolvedWorkloads())
     assert decision.restarts
-    assert "Deployment app/web" in decision.warning and "PodDisruptionBudget app/web-pdb" in decision.warning
-    assert "allows no disruption" in decision.warning
+    assert "Deployment app/web" in decision.forbidden and "PodDisruptionBudget app/web-pdb" in decision.forbidden
+    assert "allows no disruption" in decision.forbidden
     [fine] = decide((workload(budgets=(budget("other"),)),), RECORDED, ResolvedWorkloads())
-    assert fine.warning is None
+    assert fine.forbidden is None
 
 
 def test_a_paused_deployment_warns():
     [decision] = decide((workload(paused=True),), RECORDED, ResolvedWorkloads())
-    assert decision.restarts and "paused" in decision.warning and "Deployment app/web" in decision.warning
+    assert decision.restarts and "paused" in decision.forbidden and "Deployment app/web" in decision.forbidden
 
 
 def test_an_excluded_workload_gets_no_budget_warning():
     never = budget(expected=2, desired_healthy=2, allowed=0)
     [decision] = decide((workload(budgets=(never,)),), RECORDED, ResolvedWorkloads(exclude=("app",)))
-    assert decision.excluded_by == "app" and decision.warning is None
+    assert decision.excluded_by == "app" and decision.forbidden is None
 
 
 def test_reason_says_how_many_pods_how_they_read_the_ca_and_how_they_restart():

@@ -20,6 +20,7 @@ from reconciler._files import atomic_write
 from reconciler.cli._common import add_workspace_option
 from reconciler.core.observed import ClusterObservation, fp
 from reconciler.core.pinning import pin_fingerprints
+from reconciler.core.record import resolve_record
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, OutputFileError, PlanConflictError
 from reconciler.shell import session
 from reconciler.shell.observe import observe
@@ -48,21 +49,10 @@ def live_ca(observed: ClusterObservation) -> str:
             "that is about to be replaced would be wrong; nothing was written",
             hint="finish it with `careconcile apply SPEC` (or undo it with `careconcile rollback SPEC`), "
                  "then pin; `--cluster NAME` pins the other clusters")
-    if not observed.records:
-        raise PlanConflictError(
-            f"cluster {name}: the spec lists no control-plane node, whose CA files hold the CA of record; "
-            "nothing was written")
-    cas = {record.node: fp(record.cert) if record.cert is not None else None for record in observed.records}
-    unmatched = sorted(node for node, ca in cas.items() if ca is None)
-    if unmatched:
-        raise PlanConflictError(
-            f"cluster {name}: on {', '.join(unmatched)} the CA key matches no certificate in the CA file; "
-            "nothing was written")
-    if len(set(cas.values())) > 1:
-        shown = ", ".join(f"{node}: {ca}" for node, ca in sorted(cas.items()))
-        raise PlanConflictError(f"cluster {name}: the control-plane nodes disagree on the CA of record ({shown}); "
-                                "nothing was written")
-    return next(iter(cas.values()))
+    resolved = resolve_record(observed.records)
+    if resolved.problem is not None:
+        raise PlanConflictError(f"cluster {name}: {resolved.message}; nothing was written")
+    return resolved.fingerprint
 
 
 def _pin(args: argparse.Namespace) -> int:

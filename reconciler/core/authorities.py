@@ -12,6 +12,7 @@ from typing import Literal
 
 from reconciler.core import kubeadm
 from reconciler.core.kubeadm import KUBERNETES_DIR, PKI_DIR
+from reconciler.core.sites import ApiField
 
 Role = Literal["control-plane", "worker"]
 ALL_ROLES: tuple[Role, ...] = ("control-plane", "worker")
@@ -51,8 +52,15 @@ class StaticPodComponent:
     name: str
     inputs: tuple[str, ...]
     # How to see that a restarted instance is running again: a leader-election Lease in
-    # kube-system, or the node Leases the component renews for its nodes.
-    readiness: Literal["leader-lease", "node-leases"]
+    # kube-system, the node Leases the component renews for its nodes, an etcd member's
+    # /health (it answers true only while the cluster has a leader), or an apiserver's /readyz.
+    readiness: Literal["leader-lease", "node-leases", "etcd-member", "apiserver-readyz"]
+    signs: bool = False  # it signs certificates with the CA, with the layout's SignerFlags
+    # Restarted one node at a time, each only once the one before runs again (etcd keeps
+    # quorum, an apiserver stays behind the others' backs), rather than all at once.
+    one_at_a_time: bool = False
+    # What a cluster with one instance loses while it restarts; the plan says so beforehand.
+    outage_when_alone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,21 @@ class AuthorityLayout:
     leaves: tuple[FileLeaf, ...]
     components: tuple[StaticPodComponent, ...]
     signer: SignerFlags | None
-    # Whether the cluster's own objects carry it: kube-public/cluster-info, kube-root-ca.crt
-    # and the apiserver's extension-apiserver-authentication client-ca-file.
-    in_cluster_objects: bool
+    # Fields of the cluster's own objects that trust it, which careconcile writes (or, when
+    # the apiserver publishes them, checks and only distrusts from).
+    api_sites: tuple[ApiField, ...] = ()
+    # Whether every namespace's kube-root-ca.crt carries it (the controller-manager's copy).
+    root_ca_configmaps: bool = False
+    # Whether webhooks, APIServices and CRD conversions may carry it in a caBundle.
+    ca_bundles: bool = False
+    # Whether the kubeconfigs on this machine trust it (the spec's, and the admin kubeconfig
+    # careconcile writes at the end of a rotation).
+    local_kubeconfigs: bool = False
+    # Who presents a certificate it signs in a TLS handshake, to check after reissuing.
+    endpoints: Literal["apiserver", "etcd"] | None = None
+    # How to ask each apiserver whether it accepts a client certificate it signs: as a
+    # client certificate (client-ca-file), or as the front proxy (requestheader-client-ca-file).
+    client_probe: Literal["client-ca", "requestheader"] | None = None
     # In admin (management) mode: the suffix of the Cluster API Secret <cluster>-<suffix> in
     # the management namespace that holds this CA and its key (a CA of record beside the
     # control-plane nodes' files), and whether the Secret <cluster>-kubeconfig trusts it.
@@ -108,6 +128,13 @@ class AuthorityLayout:
     def signer_key(self) -> str:
         return f"{SIGNER_DIR}/{self.name}.key"
 
+
+# The cluster's own objects that carry the cluster CA (``in_cluster_objects``).
+CLUSTER_INFO_SITE = ApiField(resource="configmap", namespace="kube-public", name="cluster-info", field="kubeconfig",
+                             form="kubeconfig")
+# The apiservers publish the client CAs they trust here, for aggregated apiservers to read.
+EXTENSION_AUTH_SITE = ApiField(resource="configmap", namespace="kube-system", name="extension-apiserver-authentication",
+                               field="client-ca-file", form="pem", published_by="apiserver")
 
 _CP: tuple[Role, ...] = ("control-plane",)
 _KUBECONFIGS_CP = ("admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf")
@@ -131,12 +158,18 @@ CLUSTER_CA = AuthorityLayout(
     ),
     components=(
         StaticPodComponent("kube-controller-manager",
-                           (f"{KUBERNETES_DIR}/controller-manager.conf", kubeadm.CLUSTER_CA_CERT), "leader-lease"),
+                           (f"{KUBERNETES_DIR}/controller-manager.conf", kubeadm.CLUSTER_CA_CERT), "leader-lease",
+                           signs=True),
         StaticPodComponent("kube-scheduler", (f"{KUBERNETES_DIR}/scheduler.conf",), "leader-lease"),
         StaticPodComponent("kwok", (kubeadm.KWOK_KUBECONFIG,), "node-leases"),
     ),
     signer=SignerFlags("--cluster-signing-cert-file", "--cluster-signing-key-file"),
-    in_cluster_objects=True,
+    api_sites=(CLUSTER_INFO_SITE, EXTENSION_AUTH_SITE),
+    root_ca_configmaps=True,
+    ca_bundles=True,
+    local_kubeconfigs=True,
+    endpoints="apiserver",
+    client_probe="client-ca",
     pods_trust=True,
     management_secret="ca",  # Cluster API's <cluster>-ca; the etcd CA is <cluster>-etcd, front-proxy <cluster>-proxy
     management_kubeconfig=True,

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from reconciler.core import pki
 from reconciler.core.observed import NEW_CA, ClusterObservation, fp, short
+from reconciler.core.record import RECORD_PROBLEMS, resolve_record
 from reconciler.core.spec import ResolvedWorkloads
 from reconciler.core.workloads import PodTrust, WorkloadDecision, decide
 
@@ -69,24 +70,12 @@ def diff(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: dt.
             findings += workload_findings(observed, fp(heading), desired.workloads)
         return findings + _left_behind(observed, leaving, now)
 
-    missing = [record.node for record in observed.records if record.cert is None]
-    # A Secret in the management cluster (admin mode) is a record beside the nodes, never instead of them.
-    if missing or not any(record.kind == "node" for record in observed.records):
-        secret_missing = any(record.kind == "secret" and record.cert is None for record in observed.records)
-        findings.append(Finding(code="record-missing", subject=authority, blocking=True, message=(
-            ("a CA key matches no certificate beside it (tls.key and tls.crt of a Secret, ca.key and ca.crt of a "
-             "node): " if secret_missing else "no control-plane node holds a CA key that matches its CA certificate: ")
-            + (", ".join(missing) if missing else "no control-plane nodes in the spec"))))
+    resolved = resolve_record(observed.records)
+    if resolved.problem is not None:
+        findings.append(Finding(code=RECORD_PROBLEMS[resolved.problem], subject=authority, blocking=True,
+                                message=resolved.message))
         return findings
-    record_fps = {fp(record.cert) for record in observed.records}
-    if len(record_fps) > 1:
-        holders = ("control-plane nodes" if all(record.kind == "node" for record in observed.records)
-                   else "control-plane nodes and the management cluster")
-        findings.append(Finding(code="records-disagree", subject=authority, blocking=True, message=(
-            f"{holders} hold different CAs of record: "
-            + ", ".join(f"{record.node}={fp(record.cert)}" for record in observed.records))))
-        return findings
-    record = observed.records[0].cert
+    record = resolved.cert
     record_fp = fp(record)
 
     if desired.rotation > state.applied_rotation and desired.rotation != state.rolled_back_rotation:

@@ -18,6 +18,7 @@ from reconciler._time import rfc3339
 from reconciler.core import pki
 from reconciler.core.diff import span, workload_decisions
 from reconciler.core.observed import ClusterObservation, ObservedBundle, fp, short
+from reconciler.core.record import RECORD_PROBLEMS, resolve_record
 
 if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
@@ -104,9 +105,16 @@ def totals(clusters: list[ClusterDrift]) -> DriftTotals:
     )
 
 
+_RECORD_REMEDIES = {
+    "missing": "restore the CA's key and certificate on every control-plane node, and in admin mode in the "
+               "management cluster's Secret",
+    "disagree": "copy the intended CA to every holder of the CA of record, then run `careconcile drift` again",
+}
+
+
 def authority_status(observed: ClusterObservation) -> AuthorityStatus:
-    record = next((r.cert for r in observed.records if r.cert is not None), None)
-    key = next((r.key_spec for r in observed.records if r.cert is not None), None)
+    resolved = resolve_record(observed.records)  # none while the holders disagree
+    record, key = resolved.cert, resolved.key_spec
     leaves = sorted(observed.leaves, key=lambda leaf: leaf.cert.not_valid_after_utc)
     return AuthorityStatus(
         authority=observed.authority, fingerprint=fp(record) if record else None,
@@ -148,21 +156,11 @@ def detect(desired: "ResolvedAuthority", observed: ClusterObservation, *, now: d
             _workloads(found, observed, fp(state.target), desired, finishing=True)
         return found.items
 
-    missing = [record.node for record in observed.records if record.cert is None]
-    if missing or not observed.records:
-        found.add("record-missing", authority,
-                  "no CA key on " + (", ".join(missing) if missing else "any control-plane node of the spec")
-                  + " matches its CA certificate",
-                  "restore the CA's key and certificate on every control-plane node (kubeadm: pki/ca.{crt,key})")
+    resolved = resolve_record(observed.records)
+    if resolved.problem is not None:
+        found.add(RECORD_PROBLEMS[resolved.problem], authority, resolved.message, _RECORD_REMEDIES[resolved.problem])
         return found.items
-    records = {fp(record.cert): record for record in observed.records}
-    if len(records) > 1:
-        found.add("records-disagree", authority,
-                  "control-plane nodes hold different CAs: "
-                  + ", ".join(f"{record.node}={short(fp(record.cert))}" for record in observed.records),
-                  "copy the intended CA to every control-plane node, then run `careconcile drift` again")
-        return found.items
-    record_cert = observed.records[0].cert
+    record_cert = resolved.cert
     record = fp(record_cert)
 
     if desired.fingerprint and desired.fingerprint != record:
@@ -254,14 +252,14 @@ def _bundle(found: _Findings, bundle: ObservedBundle, record: str) -> None:
     fingerprints = bundle.fingerprints
     if bundle.managed:
         remedy = f"{_APPLY}: it rewrites the bundle" + (", keeping the object's other CAs"
-                                                        if bundle.kind == "ca-bundle" else "")
-    elif bundle.kind == "configmap":
+                                                        if bundle.partial else "")
+    elif bundle.published_by == "controller-manager":
         remedy = ("kube-controller-manager publishes it from its --root-ca-file; check that file on the "
                   "control-plane nodes and restart the controller-manager")
     else:
         remedy = "its owner rewrites it; check the files it is made from"
     listed = ", ".join(short(f) for f in fingerprints) or "nothing"
-    if record not in fingerprints and bundle.kind == "ca-bundle":
+    if record not in fingerprints and bundle.partial:
         # Only the authority's certificates are listed for a caBundle: they are earlier cluster CAs.
         found.add("ca-bundle-stale", bundle.id,
                   f"its caBundle carries the cluster's earlier CA {listed} but not the current one {short(record)}",

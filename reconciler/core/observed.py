@@ -15,6 +15,7 @@ from typing import Any, Literal
 from cryptography import x509
 
 from reconciler.core import pki
+from reconciler.core.sites import AtSite, Component, CredentialSite, ManagementSecret, NodeSigner, TrustSite
 from reconciler.core.workloads import ObservedWorkload, PodTrust
 
 NEW_CA = "(new CA)"  # stands for the fingerprint of a CA that apply has not made yet
@@ -31,36 +32,48 @@ def short(fingerprint: str) -> str:
 
 
 @dataclass(frozen=True)
-class ObservedBundle:
-    """A set of trusted CA certificates. ``managed`` bundles careconcile writes; the others
-    (kube-root-ca.crt) their owners rewrite from the files careconcile manages, so they are
-    checked, never written. A ``ca-bundle`` (webhooks, APIServices, CRD conversion) lists
-    only the authority's certificates; others in the same field are left as they are."""
+class ObservedBundle(AtSite):
+    """A set of trusted CA certificates at one site. ``managed`` bundles careconcile writes;
+    the others (kube-root-ca.crt) their owners rewrite from the files careconcile manages,
+    so they are checked, never written. A ``ca-bundle`` field (webhooks, APIServices, CRD
+    conversion) lists only the authority's certificates; others in the same field are left
+    as they are."""
 
-    id: str
-    kind: Literal["node-pem", "node-kubeconfig", "local-kubeconfig", "cluster-info", "extension-auth", "configmap",
-                  "ca-bundle", "secret-kubeconfig"]
+    site: TrustSite
     certs: tuple[x509.Certificate, ...]
-    node: str | None = None
-    path: str | None = None
     managed: bool = True
+
+    @property
+    def id(self) -> str:
+        return self.site.label
 
     @property
     def fingerprints(self) -> tuple[str, ...]:
         return tuple(fp(cert) for cert in self.certs)
 
+    @property
+    def partial(self) -> bool:
+        """Whether the site holds other certificates beside the authority's (a caBundle)."""
+        return getattr(self.site, "form", None) == "ca-bundle"
+
+    @property
+    def published_by(self) -> str | None:
+        """Who else writes it (see :class:`ApiField`)."""
+        return getattr(self.site, "published_by", None)
+
 
 @dataclass(frozen=True)
-class ObservedLeaf:
-    """A certificate signed by the authority, and whether the key beside it matches it."""
+class ObservedLeaf(AtSite):
+    """A certificate signed by the authority at one site, and whether the key beside it
+    matches it."""
 
-    id: str
-    kind: Literal["node-pair", "node-combined", "node-kubeconfig", "local-kubeconfig", "secret-kubeconfig"]
+    site: CredentialSite
     cert: x509.Certificate
     key_matches: bool
-    node: str | None = None
-    path: str | None = None
-    user: str | None = None  # the kubeconfig user whose credentials these are
+
+    @property
+    def id(self) -> str:
+        return self.site.label
 
     @property
     def fingerprint(self) -> str:
@@ -87,11 +100,18 @@ class ObservedComponent:
     restarted_at: dt.datetime | None
     signer_cert: str | None = None  # the controller-manager's signing flags, as set now
     signer_key: str | None = None
+    # Which CA files those flags name: the CA of record's, or the signer files staged
+    # during a rotation. None for a component that does not sign.
+    signing: Literal["record", "signer"] | None = None
     restart: Literal["manifest", "command"] = "manifest"
     command: tuple[str, ...] = ()  # restart "command": the arguments that restart it on its node
     # restart "command": the renewTime of the node's Lease read just after the restart; a
     # later renewal comes from the restarted kubelet (both times are the node's clock).
     lease_renewed_at_restart: dt.datetime | None = None
+
+    @property
+    def site(self) -> Component:
+        return Component(node=self.node, name=self.name, restart=self.restart)
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,12 @@ class ObservedRecord:
     signer: x509.Certificate | None = None  # the staged signer certificate, when one exists
     signer_key_matches: bool = False
     kind: Literal["node", "secret"] = "node"
+    secret: ManagementSecret | None = None  # kind "secret": where it is
+
+    @property
+    def site(self) -> NodeSigner | ManagementSecret:
+        """Where a new CA of record goes: the node's signer files, or the Secret."""
+        return self.secret if self.secret is not None else NodeSigner(node=self.node)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from reconciler.core import pki
 from reconciler.core.diff import REPAIRABLE, ROTATION_TRIGGERS, Finding, workload_decisions
 from reconciler.core.observed import NEW_CA, ClusterObservation, ObservedBundle, fp, short
+from reconciler.core.sites import (
+    ApiField, Component, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, PhaseCheck, Site, StateRecord,
+    AtSite, Workload,
+)
 from reconciler.core.spec import ResolvedWorkloads
 from reconciler.core.workloads import reason as workload_reason
 from reconciler.errors import RollbackRefusedError
@@ -29,7 +33,8 @@ from reconciler.errors import RollbackRefusedError
 if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
 
-FORMAT_VERSION = 1
+# 2: typed sites and params per action kind (1 had string targets, node, path and params).
+FORMAT_VERSION = 2
 
 PHASES = {1: "prepare", 2: "trust-both", 3: "reissue", 4: "distrust-old", 5: "verify"}
 ROLLBACK_TITLES = {
@@ -66,16 +71,97 @@ class Change(_Model):
     after: list[str]
 
 
-class Action(_Model):
+class CreateCAParams(_Model):
+    key: str
+    validity: str
+    common_name: str
+    rotation: int
+
+
+class ReissueParams(_Model):
+    certificate: str = Field(description="Fingerprint of the certificate reissued.")
+    subject: str
+
+
+class RestartParams(_Model):
+    component: str
+    command: str | None = Field(default=None, description="What runs on the node (a node service's restart).")
+    signing: Literal["signer", "record"] | None = Field(
+        default=None, description="Which CA files the controller-manager signs from after the restart.")
+
+
+class RestartWorkloadParams(_Model):
+    method: Literal["rollout", "evict", "wait"]
+    pods: int = Field(ge=0, description="Pods that trust only the old CA.")
+    replicas: int | None = None
+
+
+class CheckParams(_Model):
+    expect: str
+    old: str
+
+
+class FinalizeParams(_Model):
+    expect: str
+
+
+Params = CreateCAParams | ReissueParams | RestartParams | RestartWorkloadParams | CheckParams | FinalizeParams
+
+# What each kind of action acts on and is told: a plan whose action names another kind of
+# site or other parameters is refused when it is read.
+ACTION_SITES: dict[str, tuple[type, ...]] = {
+    "create-ca": (StateRecord,), "rollback-target": (StateRecord,), "finalize": (StateRecord,),
+    "update-bundle": (NodeFile, LocalKubeconfig, ApiField, ManagementSecret),
+    "reissue": (NodeFile, LocalKubeconfig, ManagementSecret),
+    "write-kubeconfig": (LocalKubeconfig,),
+    "stage-signer": (NodeSigner,), "remove-signer": (NodeSigner,), "switch-signer": (NodeSigner, ManagementSecret),
+    "restart": (Component,), "restart-workload": (Workload,), "verify": (PhaseCheck,),
+}
+ACTION_PARAMS: dict[str, type[_Model] | None] = {
+    "create-ca": CreateCAParams, "reissue": ReissueParams, "restart": RestartParams,
+    "restart-workload": RestartWorkloadParams, "verify": CheckParams, "finalize": FinalizeParams,
+}
+
+
+class Action(AtSite, _Model):
     id: str = Field(description="Stable id: cluster/phase/kind/target.")
     phase: int = Field(ge=1, le=5)
     kind: ActionKind
-    target: str = Field(description="The node file (node:path), API object (kind/namespace/name) or component.")
-    node: str | None = None
-    path: str | None = None
+    site: Site = Field(description="What the action writes, restarts or checks.")
     change: Change | None = None
     reason: str
-    params: dict[str, str] = Field(default_factory=dict)
+    params: Params | None = None
+
+    @computed_field(description="The site's id, as people read it: node:path, kind/namespace/name, a component.")
+    @property
+    def target(self) -> str:
+        return self.site.label
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _consistent(cls, data: Any, handler: Any) -> "Action":
+        """A plan file's action is read as a whole: its site is of a kind this action writes,
+        its params are this kind's, and its target and id say what its site is."""
+        shown = None
+        if isinstance(data, dict) and "target" in data:
+            data = dict(data)
+            shown = data.pop("target")
+        if isinstance(data, dict) and isinstance(data.get("params"), dict):
+            model = ACTION_PARAMS.get(data.get("kind"))  # type: ignore[arg-type]
+            if model is None:
+                raise ValueError(f"a {data.get('kind')} action takes no params")
+            data = {**data, "params": model.model_validate(data["params"])}
+        action = handler(data)
+        if not isinstance(action.site, ACTION_SITES[action.kind]):
+            raise ValueError(f"a {action.kind} action cannot act on a {action.site.kind} site")
+        wanted = ACTION_PARAMS.get(action.kind)
+        if (wanted is None) != (action.params is None) or (wanted is not None and type(action.params) is not wanted):
+            raise ValueError(f"a {action.kind} action needs {wanted.__name__ if wanted else 'no'} params")
+        if shown is not None and shown != action.target:
+            raise ValueError(f"target {shown!r} is not its site {action.target!r}")
+        if not action.id.endswith(f"/{action.phase}/{action.kind}/{action.target}"):
+            raise ValueError(f"id {action.id!r} does not name phase {action.phase}, {action.kind} and {action.target}")
+        return action
 
 
 class ClusterPlan(_Model):
@@ -91,7 +177,7 @@ class ClusterPlan(_Model):
 
 
 class PlanDocument(_Model):
-    format_version: Literal[1]
+    format_version: Literal[2]
     careconcile_version: str
     created: str
     operation: Literal["apply", "rollback"]
@@ -141,11 +227,11 @@ class _Builder:
         self.cluster = cluster
         self.actions: list[Action] = []
 
-    def add(self, phase: int, kind: ActionKind, target: str, reason: str, *, node: str | None = None,
-            path: str | None = None, change: Change | None = None, **params: str) -> None:
+    def add(self, phase: int, kind: ActionKind, site: Site, reason: str, *, change: Change | None = None,
+            params: Params | None = None) -> None:
         self.actions.append(Action(
-            id=f"{self.cluster}/{phase}/{kind}/{target}", phase=phase, kind=kind, target=target, node=node,
-            path=path, change=change, reason=reason, params=params,
+            id=f"{self.cluster}/{phase}/{kind}/{site.label}", phase=phase, kind=kind, site=site, change=change,
+            reason=reason, params=params,
         ))
 
     def touched(self, phase: int, node: str, paths: tuple[str, ...]) -> bool:
@@ -198,9 +284,10 @@ def plan_cluster(
     builder = _Builder(observed.cluster)
     if operation == "rotate":
         reasons = "; ".join(f.message for f in findings if f.code in ROTATION_TRIGGERS)
-        builder.add(1, "create-ca", "state", f"rotate: {reasons}", change=Change(before=[fp(old_cert)], after=[NEW_CA]),
-                    key=str(desired.key), validity=f"{desired.validity.days}d", common_name=desired.common_name,
-                    rotation=str(desired.rotation))
+        builder.add(1, "create-ca", StateRecord(), f"rotate: {reasons}",
+                    change=Change(before=[fp(old_cert)], after=[NEW_CA]),
+                    params=CreateCAParams(key=str(desired.key), validity=f"{desired.validity.days}d",
+                                          common_name=desired.common_name, rotation=desired.rotation))
     renew = {finding.subject: finding.message for finding in findings if finding.code == "leaf-expiring"}
     _plan_phases(builder, observed, old_cert, new_cert, operation=operation, renew=renew, workloads=desired.workloads)
     return result(operation, builder.actions, fp(old_cert), fp(new_cert) if new_cert else NEW_CA)
@@ -221,7 +308,7 @@ def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWork
     # A bundle that trusts neither CA of this rotation (a webhook left on a CA retired
     # earlier) says nothing about whether the old CA is still trusted.
     distrusting = [bundle.id for bundle in observed.bundles if bundle.managed and not _in(old_fp, bundle)
-                   and (bundle.kind != "ca-bundle" or _in(target_fp, bundle))]
+                   and (not bundle.partial or _in(target_fp, bundle))]
     if distrusting:
         raise RollbackRefusedError(
             f"cluster {observed.cluster}: the old CA {old_fp} is no longer trusted by "
@@ -229,7 +316,7 @@ def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWork
             "a rollback is possible only until the old CA is distrusted",
             hint="finish the rotation with `careconcile apply SPEC` instead")
     builder = _Builder(observed.cluster)
-    builder.add(1, "rollback-target", "state", f"roll back from {short(fp(state.target))} to {short(old_fp)}",
+    builder.add(1, "rollback-target", StateRecord(), f"roll back from {short(fp(state.target))} to {short(old_fp)}",
                 change=Change(before=[fp(state.target)], after=[old_fp]))
     # From here it is a rotation to the old CA that starts with both CAs trusted.
     _plan_phases(builder, observed, state.target, state.previous, operation="rollback", workloads=workloads)
@@ -256,29 +343,28 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
     # Phase 2: trust both.
     if open_phase(2) and not same:
         for bundle in managed:
-            if bundle.kind == "extension-auth":
+            if bundle.published_by == "apiserver":
                 continue  # the apiserver adds the CAs it trusts itself; it only never removes one
             if not _in(new_fp, bundle) or new_cert is None:
                 after = [old_fp, new_fp]
-                builder.add(2, "update-bundle", bundle.id, f"trust {short(new_fp)} beside {short(old_fp)}",
-                            node=bundle.node, path=bundle.path,
+                builder.add(2, "update-bundle", bundle.site, f"trust {short(new_fp)} beside {short(old_fp)}",
                             change=Change(before=list(bundle.fingerprints), after=after))
         for record in observed.records:
             staged = record.signer is not None and record.signer_key_matches
             if not staged and record.cert is not None and record.kind == "node":
                 # It goes on signing with the CA it signs with now, whichever way the rotation runs.
-                builder.add(2, "stage-signer", f"{record.node}:signer", (
+                builder.add(2, "stage-signer", record.site, (
                     "the controller-manager must sign from a single-certificate file while ca.crt holds two"),
-                    node=record.node, change=Change(before=[], after=[fp(record.cert)]))
+                    change=Change(before=[], after=[fp(record.cert)]))
     # Phase 3: first the pods that trust only the old CA, then reissue.
     if open_phase(3) and not same:
         for decision in workload_decisions(observed, new_fp, workloads or ResolvedWorkloads()):
             if decision.restarts:
                 workload = decision.workload
-                builder.add(3, "restart-workload", workload.id, workload_reason(decision),
-                            namespace=workload.namespace, workload=workload.kind, name=workload.name,
-                            method=decision.method, pods=str(len(decision.stale)),
-                            **({"replicas": str(workload.replicas)} if workload.replicas is not None else {}))
+                builder.add(3, "restart-workload", Workload(namespace=workload.namespace, workload=workload.kind,
+                                                            name=workload.name), workload_reason(decision),
+                            params=RestartWorkloadParams(method=decision.method, pods=len(decision.stale),
+                                                         replicas=workload.replicas))
     if open_phase(3):
         if not same:
             # The management cluster's record (admin mode) first: the new CA is uploaded there
@@ -288,21 +374,21 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 staged_fp = fp(record.signer) if record.signer is not None else record_fp
                 before = Change(before=[fp(record.cert) if record.cert else "none"], after=[new_fp])
                 if record.kind == "secret" and (new_cert is None or record_fp != new_fp):
-                    builder.add(3, "switch-signer", record.node,
+                    builder.add(3, "switch-signer", record.site,
                                 f"make {short(new_fp)} the CA of record in the management cluster (tls.crt, tls.key)",
                                 change=before)
                 elif record.kind == "node" and (new_cert is None or record_fp != new_fp or staged_fp != new_fp):
-                    builder.add(3, "switch-signer", f"{record.node}:signer", f"sign certificates with {short(new_fp)} from now on",
-                                node=record.node, change=before)
+                    builder.add(3, "switch-signer", record.site, f"sign certificates with {short(new_fp)} from now on",
+                                change=before)
         for leaf in observed.leaves:
             due = (renew or {}).get(leaf.id)
             if new_cert is None or not pki.is_signed_by(leaf.cert, new_cert) or not leaf.key_matches or due:
                 issuer = _issuer_label(leaf.cert, known)
                 reason = ("its key does not match its certificate" if not leaf.key_matches
                           else due if due and same else f"issued by {short(issuer)}")
-                builder.add(3, "reissue", leaf.id, reason,
-                    node=leaf.node, path=leaf.path, change=Change(before=[issuer], after=[new_fp]),
-                    certificate=leaf.fingerprint, subject=leaf.cert.subject.rfc4514_string())
+                builder.add(3, "reissue", leaf.site, reason, change=Change(before=[issuer], after=[new_fp]),
+                            params=ReissueParams(certificate=leaf.fingerprint,
+                                                 subject=leaf.cert.subject.rfc4514_string()))
     # Phase 4: distrust old.
     if open_phase(4):
         for bundle in managed:
@@ -310,13 +396,13 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 trusting_both = next((a.change.after for a in builder.actions if a.phase == 2
                                       and a.kind == "update-bundle" and a.target == bundle.id), None)
                 before = list(trusting_both or bundle.fingerprints)
-                builder.add(4, "update-bundle", bundle.id, f"distrust {short(old_fp)}" if not same else "trust only the CA of record",
-                            node=bundle.node, path=bundle.path, change=Change(before=before, after=[new_fp]))
+                builder.add(4, "update-bundle", bundle.site,
+                            f"distrust {short(old_fp)}" if not same else "trust only the CA of record",
+                            change=Change(before=before, after=[new_fp]))
         # Once written, the workspace kubeconfig is a bundle and a leaf like any other.
         if not same and observed.workspace_kubeconfig is None:
-            builder.add(4, "write-kubeconfig", f"local:{observed.workspace_kubeconfig_path}",
-                        f"a fresh admin kubeconfig that trusts {short(new_fp)}", path=observed.workspace_kubeconfig_path,
-                        change=Change(before=[], after=[new_fp]))
+            builder.add(4, "write-kubeconfig", LocalKubeconfig(path=observed.workspace_kubeconfig_path),
+                        f"a fresh admin kubeconfig that trusts {short(new_fp)}", change=Change(before=[], after=[new_fp]))
 
     _plan_restarts(builder, observed, splits_signer=splits_signer, verified=verified, operation=operation)
 
@@ -324,18 +410,19 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
         for record in (record for record in observed.records if record.kind == "node"):
             if record.signer is not None or \
                     any(a.kind == "stage-signer" and a.node == record.node for a in builder.actions):
-                builder.add(4, "remove-signer", f"{record.node}:signer",
-                            "the controller-manager signs from ca.crt and ca.key again", node=record.node)
+                builder.add(4, "remove-signer", record.site,
+                            "the controller-manager signs from ca.crt and ca.key again")
 
     for phase in (2, 3, 4):
         if open_phase(phase) and not same:
-            builder.add(phase, "verify", f"phase-{phase}", f"check {PHASES[phase]} on the live cluster",
-                        expect=new_fp, old=old_fp)
+            builder.add(phase, "verify", PhaseCheck(phase=phase), f"check {PHASES[phase]} on the live cluster",
+                        params=CheckParams(expect=new_fp, old=old_fp))
     if open_phase(5):
-        builder.add(5, "verify", "phase-5", f"check the whole cluster against {short(new_fp)}", expect=new_fp, old=old_fp)
+        builder.add(5, "verify", PhaseCheck(phase=5), f"check the whole cluster against {short(new_fp)}",
+                    params=CheckParams(expect=new_fp, old=old_fp))
     if not same:
-        builder.add(5, "finalize", "state", "record the rotation as applied and drop the keys from the state store",
-                    expect=new_fp)
+        builder.add(5, "finalize", StateRecord(), "record the rotation as applied and drop the keys from the state store",
+                    params=FinalizeParams(expect=new_fp))
     builder.actions.sort(key=lambda action: (action.phase, _ORDER[action.kind]))
 
 
@@ -357,24 +444,24 @@ def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_si
     for component in observed.components:
         stale = component.restarted_for != component.inputs_digest and (
             component.restarted_for is not None or rotating)
-        signs = component.signer_cert is not None
-        signing_now = "signer" if signs and not component.signer_cert.endswith("/ca.crt") else "record"
+        signs = component.signing is not None
+        signing_now = component.signing or "record"
         for phase in (2, 3, 4):
             if verified >= phase:
                 continue
             reasons = []
             if builder.touched(phase, component.node, component.inputs):
                 reasons.append("its files change in this phase")
-            params: dict[str, str] = {"component": component.name}
-            if component.restart == "command":  # the kubelet: shown so that a reviewer sees what runs
-                params["command"] = shlex.join(component.command)
+            # A node service's command is shown so that a reviewer sees what runs.
+            command = shlex.join(component.command) if component.restart == "command" else None
+            wanted = None
             if signs:
                 wanted = "signer" if splits_signer and phase in (2, 3) else "record"
                 if wanted != signing_now:
                     reasons.append(f"it signs from the {wanted} files from now on")
-                params["signing"] = wanted
             if phase == current and stale and not reasons:
                 reasons.append("it has not been restarted since its files changed")
             if reasons:
-                builder.add(phase, "restart", component.id, "; ".join(reasons), node=component.node, **params)
-                signing_now = params.get("signing", signing_now)
+                builder.add(phase, "restart", component.site, "; ".join(reasons),
+                            params=RestartParams(component=component.name, command=command, signing=wanted))
+                signing_now = wanted or signing_now

@@ -19,9 +19,9 @@ LEGEND = "  + create   ~ update   -/+ reissue   - remove   r restart   ? check o
 
 def _change(action: Action) -> str:
     if action.kind == "restart-workload":  # namespace, kind, name, replicas: what a reviewer looks for
-        params = action.params
-        replicas = f", {params['replicas']} replicas" if "replicas" in params else ""
-        return f"[{params['workload']} {params['namespace']}/{params['name']}{replicas}, {params['method']}]"
+        site, params = action.site, action.params
+        replicas = f", {params.replicas} replicas" if params.replicas is not None else ""
+        return f"[{site.workload} {site.namespace}/{site.name}{replicas}, {params.method}]"
     if action.change is None:
         return ""
     before = ", ".join(short(v) for v in action.change.before) or "-"

@@ -18,19 +18,21 @@ from reconciler.core.spec import SpecDocument
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://careconcile.dev/schemas/"
 
-_MODELS: dict[str, type[BaseModel]] = {
-    "spec.schema.json": SpecDocument,
-    "plan.schema.json": PlanDocument,
-    "drift-report.schema.json": DriftReport,
-    "inventory.schema.json": NodeInventory,
+# Documents careconcile writes (plans, reports) are described as written, computed fields
+# included; documents people write (specs, inventories) as careconcile reads them.
+_MODELS: dict[str, tuple[type[BaseModel], str]] = {
+    "spec.schema.json": (SpecDocument, "validation"),
+    "plan.schema.json": (PlanDocument, "serialization"),
+    "drift-report.schema.json": (DriftReport, "serialization"),
+    "inventory.schema.json": (NodeInventory, "validation"),
 }
 
 
 def schemas() -> dict[str, dict]:
     """File name (``spec.schema.json``) -> JSON Schema of that document type."""
     return {
-        name: {"$schema": DIALECT, "$id": BASE_ID + name, **model.model_json_schema(by_alias=True)}
-        for name, model in _MODELS.items()
+        name: {"$schema": DIALECT, "$id": BASE_ID + name, **model.model_json_schema(by_alias=True, mode=mode)}
+        for name, (model, mode) in _MODELS.items()
     }
 
 

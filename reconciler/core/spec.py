@@ -14,7 +14,7 @@ import base64
 import datetime as dt
 import re
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
+import posixpath
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -82,7 +82,7 @@ def _repeated(names: list[str]) -> str:
 
 
 def _absolute_path(value: str) -> str:
-    if not PurePosixPath(value).is_absolute():
+    if not posixpath.isabs(value):
         raise ValueError("must be an absolute path")
     return value
 

@@ -23,14 +23,14 @@ from ruamel.yaml import YAML
 
 from reconciler._files import atomic_write
 from reconciler.core.admin import SSH_KEY_KEY, ManagementNames
-from reconciler.core.observed import fp
+from reconciler.core.record import resolve_record
 from reconciler.core.plan import summary_line
 from reconciler.core.spec import API_VERSION, SpecDocument
 from reconciler.errors import APINotFoundError, PlanConflictError
 from reconciler.shell import session
 from reconciler.shell.admin import cluster_from_admin, default_namespace
 from reconciler.shell.kube import KubeconfigClient
-from reconciler.shell.observe import ClusterAccess, read_record
+from reconciler.shell.observe import ClusterAccess, observe_record
 from reconciler.shell.specfile import LoadedSpec, load_spec
 
 OPERATION = "update-credentials"
@@ -149,8 +149,6 @@ def _document(cluster: dict) -> dict:
 
 
 def _new_ca(access: ClusterAccess) -> str | None:
-    node = next(iter(access.control_planes()), None)
-    if node is None:
-        return None
-    _, cert = read_record(access.nodes[node], access.layout)
-    return fp(cert) if cert is not None else None
+    """The CA of record after the run, as every control-plane node holds it (None if they do not agree)."""
+    records = [observe_record(access.nodes[node], access.layout, node) for node in access.control_planes()]
+    return resolve_record(records).fingerprint

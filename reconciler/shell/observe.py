@@ -7,22 +7,19 @@ malformed certificate or an unreachable node is reported where it is.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from ruamel.yaml import YAML, YAMLError
 
-from reconciler._time import micro_time, parse_time
+from reconciler._time import parse_time
 from reconciler.core import kubeconfig, pki
-from reconciler.core.authorities import AuthorityLayout, manifest_path
+from reconciler.core.authorities import AuthorityLayout
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
 )
+from reconciler.core.sites import ApiField, CredentialSite, LocalKubeconfig, ManagementSecret, NodeFile
 from reconciler.core.spec import ClusterSpec, ResolvedWorkloads
 from reconciler.errors import APINotFoundError, NodeUnreachableError, PKIError
 from reconciler.shell import probes
@@ -30,15 +27,14 @@ from reconciler.shell.kube import KubeClient
 from reconciler.shell.fleet import map_bounded
 from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, ClusterLock, LockSet
 from reconciler.shell.management import ManagementAccess
+from reconciler.shell.formats import (
+    CA_BUNDLE_OWNERS, RESTARTED_AT, RESTARTED_FOR, ca_bundle_fields, inputs_digest, load_manifest, manifest_flags,
+    pair_files, read_restart_marker,
+)
 from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore, Stored
 from reconciler.shell.workloads import observe_workloads
 
-RESTARTED_FOR = "careconcile.dev/restarted-for"
-RESTARTED_AT = "careconcile.dev/restarted-at"
-CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
-EXTENSION_AUTH = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication"
-EXTENSION_AUTH_ID = "configmap/kube-system/extension-apiserver-authentication"
 
 
 @dataclass
@@ -96,37 +92,6 @@ class ClusterAccess:
             self.management.close()
 
 
-def load_manifest(files: NodeFiles, component: str) -> dict[str, Any] | None:
-    raw = files.read(manifest_path(component))
-    if raw is None:
-        return None
-    try:
-        document = YAML(typ="safe", pure=True).load(raw)
-    except YAMLError as exc:
-        raise PKIError(f"{files.describe()}: {manifest_path(component)} is not YAML ({exc})") from exc
-    if not isinstance(document, dict):
-        raise PKIError(f"{files.describe()}: {manifest_path(component)} is not a Pod manifest")
-    return document
-
-
-def manifest_flags(manifest: dict[str, Any]) -> dict[str, str]:
-    containers = ((manifest.get("spec") or {}).get("containers") or [{}])
-    flags = {}
-    for argument in (containers[0].get("command") or []) + (containers[0].get("args") or []):
-        if argument.startswith("--") and "=" in argument:
-            name, value = argument.split("=", 1)
-            flags[name] = value
-    return flags
-
-
-def inputs_digest(files: NodeFiles, inputs: tuple[str, ...]) -> str:
-    digest = hashlib.sha256()
-    for path in inputs:
-        content = files.read(path) or b""
-        digest.update(f"{path}\0{hashlib.sha256(content).hexdigest()}\n".encode())
-    return "sha256:" + digest.hexdigest()
-
-
 def _certs(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
     certs = pki.load_certificates(pem, source=source)
     if not certs:
@@ -147,16 +112,17 @@ def _kubeconfig_bundle(raw: bytes, source: str, scope: kubeconfig.Scope = kubeco
     return tuple(certs)
 
 
-def _kubeconfig_leaves(raw: bytes, source: str, *, site: str, kind: str, node: str | None,
-                       path: str, scope: kubeconfig.Scope = kubeconfig.EVERYTHING) -> list[ObservedLeaf]:
+def _kubeconfig_leaves(raw: bytes, source: str, site: CredentialSite,
+                       scope: kubeconfig.Scope = kubeconfig.EVERYTHING) -> list[ObservedLeaf]:
+    """One leaf per embedded credential; a site names its user only where there are several."""
     leaves = []
     credentials = kubeconfig.embedded_credentials(_kubeconfig(raw, source), scope, source=source)
     for user, cert_pem, key_pem in credentials:
         cert = _certs(cert_pem, f"{source} user {user}")[0]
         matches = key_pem is not None and pki.key_pem_matches_cert(
             key_pem, cert, source=f"{source} user {user}")
-        leaves.append(ObservedLeaf(id=site if len(credentials) == 1 else f"{site}#{user}", kind=kind, cert=cert,
-                                   key_matches=matches, node=node, path=path, user=user))
+        leaves.append(ObservedLeaf(site=site if len(credentials) == 1 else site.model_copy(update={"user": user}),
+                                   cert=cert, key_matches=matches))
     return leaves
 
 
@@ -177,54 +143,52 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
             continue
         source = f"{where} {site.path}"
         certs = _certs(raw, source) if site.form == "pem" else _kubeconfig_bundle(raw, source)
-        kind = "node-pem" if site.form == "pem" else "node-kubeconfig"
-        bundles.append(ObservedBundle(id=f"{name}:{site.path}", kind=kind, certs=certs, node=name, path=site.path))
+        bundles.append(ObservedBundle(NodeFile(node=name, path=site.path, form=site.form), certs))
     for site in layout.leaves:
         if role not in site.roles:
             continue
         source = f"{where} {site.path}"
-        site_id = f"{name}:{site.path}"
+        at = NodeFile(node=name, path=site.path, form=site.form)
         if site.form == "pair":
-            cert_raw, key_raw = files.read(f"{site.path}.crt"), files.read(f"{site.path}.key")
+            cert_file, key_file = pair_files(site.path)
+            cert_raw, key_raw = files.read(cert_file), files.read(key_file)
             if cert_raw is None:
                 continue
-            cert = _certs(cert_raw, f"{source}.crt")[0]
+            cert = _certs(cert_raw, f"{where} {cert_file}")[0]
             matches = key_raw is not None and pki.key_pem_matches_cert(
-                key_raw, cert, source=f"{source}.key")
-            leaves.append(ObservedLeaf(id=site_id, kind="node-pair", cert=cert, key_matches=matches, node=name,
-                                       path=site.path))
+                key_raw, cert, source=f"{where} {key_file}")
+            leaves.append(ObservedLeaf(at, cert, matches))
         elif site.form == "combined":
             raw = files.read(site.path)
             if raw is None:
                 continue
             cert = _certs(raw, source)[0]
             matches = b"PRIVATE KEY-----" in raw and pki.key_pem_matches_cert(raw, cert, source=source)
-            leaves.append(ObservedLeaf(id=site_id, kind="node-combined", cert=cert, key_matches=matches, node=name,
-                                       path=site.path))
+            leaves.append(ObservedLeaf(at, cert, matches))
         else:
             raw = files.read(site.path)
             if raw is not None:
-                leaves += _kubeconfig_leaves(raw, source, site=site_id, kind="node-kubeconfig", node=name,
-                                             path=site.path)
+                leaves += _kubeconfig_leaves(raw, source, at)
     record = None
     if role == "control-plane":
-        record = _observe_record(files, layout, name)
+        record = observe_record(files, layout, name)
         for component in layout.components:
             manifest = load_manifest(files, component.name)
             if manifest is None:
                 continue
             annotations = (manifest.get("metadata") or {}).get("annotations") or {}
             flags = manifest_flags(manifest)
-            signer = layout.signer if component.name == "kube-controller-manager" else None
+            signer = layout.signer if component.signs else None
+            signer_cert = flags.get(signer.cert_flag) if signer else None
             components.append(ObservedComponent(
                 id=f"{name}:{component.name}", node=name, name=component.name, inputs=component.inputs,
                 inputs_digest=inputs_digest(files, component.inputs),
                 restarted_for=annotations.get(RESTARTED_FOR),
                 restarted_at=parse_time(annotations.get(RESTARTED_AT)),
-                signer_cert=flags.get(signer.cert_flag) if signer else None,
-                signer_key=flags.get(signer.key_flag) if signer else None,
+                signer_cert=signer_cert, signer_key=flags.get(signer.key_flag) if signer else None,
+                signing=None if signer is None else "record" if signer_cert == layout.record_cert else "signer",
             ))
-        server = apiserver_server(files)
+        server = ENDPOINTS[layout.endpoints](files) if layout.endpoints else None
         if server is not None:
             endpoints.append(ObservedEndpoint(node=name, server=server,
                                               presented=probes.presented_certificate(server)))
@@ -241,38 +205,6 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
     return bundles, leaves, components, record, endpoints
 
 
-@dataclass(frozen=True)
-class RestartMarker:
-    """What careconcile wrote on a node when it last restarted a node service (the kubelet)."""
-
-    restarted_for: str | None = None
-    restarted_at: dt.datetime | None = None
-    lease_renew_time: dt.datetime | None = None  # the node's Lease renewTime read just after the restart
-
-
-def read_restart_marker(files: NodeFiles, path: str) -> RestartMarker:
-    """The marker file as careconcile wrote it. One that is missing or unreadable counts as
-    no restart recorded: during a rotation the next plan restarts the service, which
-    writes it again."""
-    raw = files.read(path)
-    if raw is None:
-        return RestartMarker()
-    try:
-        document = json.loads(raw)
-        restarted_for = document.get("restartedFor")
-        return RestartMarker(restarted_for=restarted_for if isinstance(restarted_for, str) else None,
-                             restarted_at=parse_time(document.get("restartedAt")),
-                             lease_renew_time=parse_time(document.get("leaseRenewTime")))
-    except (ValueError, TypeError, AttributeError):
-        return RestartMarker()
-
-
-def restart_marker(restarted_for: str, restarted_at: dt.datetime, lease_renew_time: dt.datetime | None) -> bytes:
-    return (json.dumps({"restartedFor": restarted_for, "restartedAt": micro_time(restarted_at),
-                        "leaseRenewTime": micro_time(lease_renew_time) if lease_renew_time else None},
-                       indent=2) + "\n").encode()
-
-
 def apiserver_server(files: NodeFiles) -> str | None:
     """The URL of the apiserver a node runs, from its static-pod manifest."""
     manifest = load_manifest(files, "kube-apiserver")
@@ -280,6 +212,19 @@ def apiserver_server(files: NodeFiles) -> str | None:
         return None
     flags = manifest_flags(manifest)
     return f"https://{flags.get('--advertise-address', '127.0.0.1')}:{flags.get('--secure-port', '6443')}"
+
+
+def etcd_server(files: NodeFiles) -> str | None:
+    """The client URL of the etcd member a node runs, from its static-pod manifest."""
+    manifest = load_manifest(files, "etcd")
+    if manifest is None:
+        return None
+    urls = manifest_flags(manifest).get("--advertise-client-urls", "")
+    return urls.split(",")[0] or None
+
+
+# Where a layout's endpoints are, by kind: the URL of the server a node runs.
+ENDPOINTS = {"apiserver": apiserver_server, "etcd": etcd_server}
 
 
 def apiserver_servers(access: ClusterAccess) -> list[tuple[str, str]]:
@@ -317,7 +262,7 @@ def read_record(files: NodeFiles, layout: AuthorityLayout) -> tuple[pki.PrivateK
     return key, next((cert for cert in certs if pki.key_matches_cert(key, cert)), None)
 
 
-def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:
+def observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> ObservedRecord:
     where = files.describe()
     key, record = read_record(files, layout)
     signer, signer_matches = None, False
@@ -330,56 +275,37 @@ def _observe_record(files: NodeFiles, layout: AuthorityLayout, node: str) -> Obs
                           signer_key_matches=signer_matches)
 
 
-def observe_api_bundles(client: KubeClient) -> list[ObservedBundle]:
-    """cluster-info (careconcile writes it), kube-root-ca.crt in every namespace and the
-    apiserver's published client CA (their owners write them)."""
+def observe_api_sites(client: KubeClient, sites: tuple[ApiField, ...]) -> list[ObservedBundle]:
+    """The fields of the cluster's own objects that trust the authority (cluster-info, which
+    careconcile writes; the apiserver's published client CAs, which careconcile only
+    distrusts from). An object or a field that is not there is not a consumer."""
     bundles = []
-    try:
-        info = client.get(CLUSTER_INFO)
-    except APINotFoundError:
-        info = None
-    if info is not None:
-        raw = ((info.get("data") or {}).get("kubeconfig") or "").encode()
-        bundles.append(ObservedBundle(id="configmap/kube-public/cluster-info", kind="cluster-info",
-                                      certs=_kubeconfig_bundle(raw, "ConfigMap kube-public/cluster-info")))
-    for configmap in client.list("/api/v1/configmaps", field_selector="metadata.name=kube-root-ca.crt"):
-        namespace = configmap["metadata"]["namespace"]
-        pem = ((configmap.get("data") or {}).get("ca.crt") or "").encode()
-        bundles.append(ObservedBundle(id=f"configmap/{namespace}/kube-root-ca.crt", kind="configmap",
-                                      certs=_certs(pem, f"ConfigMap {namespace}/kube-root-ca.crt"), managed=False))
-    try:
-        auth = client.get(EXTENSION_AUTH)
-        pem = ((auth.get("data") or {}).get("client-ca-file") or "").encode()
-        # The apiserver adds its client CAs to this ConfigMap but never removes one until it
-        # expires, so aggregated apiservers and the controller-manager would go on trusting
-        # an old CA for years: careconcile distrusts it here itself.
-        bundles.append(ObservedBundle(id=EXTENSION_AUTH_ID, kind="extension-auth",
-                                      certs=_certs(pem, "ConfigMap kube-system/extension-apiserver-authentication")))
-    except APINotFoundError:
-        pass
+    for site in sites:
+        try:
+            item = client.get(site.object_path)
+        except APINotFoundError:
+            continue
+        value = (item.get("data") or {}).get(site.field)
+        if value is None:
+            continue
+        source = f"ConfigMap {site.namespace}/{site.name} {site.field}"
+        raw = value.encode()
+        certs = _kubeconfig_bundle(raw, source) if site.form == "kubeconfig" else _certs(raw, source)
+        bundles.append(ObservedBundle(site, certs))
     return bundles
 
 
-# Objects that carry a caBundle for the apiserver to verify a webhook or an aggregated
-# apiserver with: (kind for ids, list path, where in each item the caBundles are).
-CA_BUNDLE_OWNERS = (
-    ("validatingwebhookconfiguration", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"),
-    ("mutatingwebhookconfiguration", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"),
-    ("apiservice", "/apis/apiregistration.k8s.io/v1/apiservices"),
-    ("customresourcedefinition", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
-)
-
-
-def ca_bundle_fields(kind: str, item: dict[str, Any]) -> list[tuple[str, str]]:
-    """(id suffix, base64 caBundle) of every caBundle field in one object."""
-    spec = item.get("spec") or {}
-    if kind.endswith("webhookconfiguration"):
-        return [(f"/webhooks/{hook.get('name')}", (hook.get("clientConfig") or {}).get("caBundle") or "")
-                for hook in item.get("webhooks") or []]
-    if kind == "apiservice":
-        return [("", spec.get("caBundle") or "")]
-    webhook = ((spec.get("conversion") or {}).get("webhook") or {})
-    return [("/conversion", (webhook.get("clientConfig") or {}).get("caBundle") or "")]
+def observe_root_ca_configmaps(client: KubeClient) -> list[ObservedBundle]:
+    """kube-root-ca.crt in every namespace: the controller-manager writes them from its
+    --root-ca-file, so careconcile checks them and never writes one."""
+    bundles = []
+    for configmap in client.list("/api/v1/configmaps", field_selector="metadata.name=kube-root-ca.crt"):
+        namespace = configmap["metadata"]["namespace"]
+        pem = ((configmap.get("data") or {}).get("ca.crt") or "").encode()
+        site = ApiField(resource="configmap", namespace=namespace, name="kube-root-ca.crt", field="ca.crt", form="pem",
+                        published_by="controller-manager")
+        bundles.append(ObservedBundle(site, _certs(pem, f"ConfigMap {namespace}/kube-root-ca.crt"), managed=False))
+    return bundles
 
 
 def observe_ca_bundles(client: KubeClient, authority_cas: set[str]) -> list[ObservedBundle]:
@@ -392,14 +318,14 @@ def observe_ca_bundles(client: KubeClient, authority_cas: set[str]) -> list[Obse
             for suffix, data in ca_bundle_fields(kind, item):
                 if not data:
                     continue
-                site = f"{kind}/{name}{suffix}"
+                site = ApiField(resource=kind, name=name, field=suffix, form="ca-bundle")
                 try:
-                    certs = _certs(base64.b64decode(data), f"{site} caBundle")
+                    certs = _certs(base64.b64decode(data), f"{site.label} caBundle")
                 except (PKIError, ValueError):
                     continue  # not ours to judge: it cannot hold one of our CAs in a readable form
                 ours = tuple(cert for cert in certs if pki.fingerprint(cert) in authority_cas)
                 if ours:
-                    bundles.append(ObservedBundle(id=site, kind="ca-bundle", certs=ours, path=path))
+                    bundles.append(ObservedBundle(site, ours))
     return bundles
 
 
@@ -412,18 +338,21 @@ def observe_management(access: ClusterAccess) -> tuple[list[ObservedRecord], lis
     records, bundles, leaves = [], [], []
     if layout.management_secret is not None:
         certs, key = management.read_authority(layout.management_secret)
-        site = management.secret_id(management.names.authority_secret(layout.management_secret))
-        records.append(ObservedRecord(node=site, kind="secret", key_spec=str(pki.key_spec_of(key)),
-                                      cert=next((cert for cert in certs if pki.key_matches_cert(key, cert)), None)))
+        secret = ManagementSecret(namespace=management.namespace,
+                                  name=management.names.authority_secret(layout.management_secret), holds="authority")
+        records.append(ObservedRecord(node=secret.label, kind="secret", key_spec=str(pki.key_spec_of(key)),
+                                      cert=next((cert for cert in certs if pki.key_matches_cert(key, cert)), None),
+                                      secret=secret))
     if layout.management_kubeconfig:
         raw = management.read_kubeconfig().encode()
         source = management.kubeconfig_source
-        site = management.secret_id(management.names.kubeconfig_secret)
+        site = ManagementSecret(namespace=management.namespace, name=management.names.kubeconfig_secret,
+                                holds="kubeconfig")
         references = kubeconfig.file_references(_kubeconfig(raw, source))
         if references:
             raise PKIError(f"{source}: {'; '.join(references)}: a kubeconfig in a Secret must embed its certificates")
-        bundles.append(ObservedBundle(id=site, kind="secret-kubeconfig", certs=_kubeconfig_bundle(raw, source)))
-        leaves += _kubeconfig_leaves(raw, source, site=site, kind="secret-kubeconfig", node=None, path=None)
+        bundles.append(ObservedBundle(site, _kubeconfig_bundle(raw, source)))
+        leaves += _kubeconfig_leaves(raw, source, site)
     return records, bundles, leaves
 
 
@@ -442,36 +371,35 @@ def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloa
     # The kubeconfig careconcile itself uses is a consumer like any other (a pod's
     # ServiceAccount CA is the kube-root-ca.crt ConfigMap, observed with the API objects).
     path = access.kubeconfig_path
-    if path is not None:
+    if path is not None and access.layout.local_kubeconfigs:
         raw = path.read_bytes()
-        site = f"local:{path}"
+        site = LocalKubeconfig(path=str(path))
         scope = local_kubeconfig_scope(access, raw)
-        bundles.append(ObservedBundle(id=site, kind="local-kubeconfig",
-                                      certs=_kubeconfig_bundle(raw, str(path), scope), path=str(path)))
-        leaves += _kubeconfig_leaves(raw, str(path), site=site, kind="local-kubeconfig", node=None, path=str(path),
-                                     scope=scope)
+        bundles.append(ObservedBundle(site, _kubeconfig_bundle(raw, str(path), scope)))
+        leaves += _kubeconfig_leaves(raw, str(path), site, scope=scope)
     if access.management is not None:  # admin mode: the CA of record and the kubeconfig Secrets
         management_records, management_bundles, management_leaves = observe_management(access)
         records += management_records
         bundles += management_bundles
         leaves += management_leaves
     stored = stored or access.store.load(access.layout.name)
-    if access.layout.in_cluster_objects:
-        bundles += observe_api_bundles(access.client)
+    layout = access.layout
+    bundles += observe_api_sites(access.client, layout.api_sites)
+    if layout.root_ca_configmaps:
+        bundles += observe_root_ca_configmaps(access.client)
+    if layout.ca_bundles:
         authority_cas = {pki.fingerprint(cert) for cert in
                          [r.cert for r in records] + [stored.state.target, stored.state.previous] if cert is not None}
         authority_cas |= set(stored.state.retired)
         bundles += observe_ca_bundles(access.client, authority_cas)
     workspace_leaf = None
     workspace_path = access.workspace_kubeconfig
-    if workspace_path.is_file():
+    if layout.local_kubeconfigs and workspace_path.is_file():
         # The kubeconfig an earlier rotation wrote is a consumer like the spec's own.
         raw = workspace_path.read_bytes()
-        site = f"local:{workspace_path}"
-        found = _kubeconfig_leaves(raw, str(workspace_path), site=site, kind="local-kubeconfig", node=None,
-                                   path=str(workspace_path))
-        bundles.append(ObservedBundle(id=site, kind="local-kubeconfig",
-                                      certs=_kubeconfig_bundle(raw, str(workspace_path)), path=str(workspace_path)))
+        site = LocalKubeconfig(path=str(workspace_path))
+        found = _kubeconfig_leaves(raw, str(workspace_path), site)
+        bundles.append(ObservedBundle(site, _kubeconfig_bundle(raw, str(workspace_path))))
         leaves += found
         workspace_leaf = found[0] if found else None
     workloads = ()
@@ -481,7 +409,8 @@ def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloa
         workloads=workloads,
         cluster=access.name, authority=access.layout.name, records=tuple(records), bundles=tuple(bundles),
         leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=stored.state,
-        workspace_kubeconfig=workspace_leaf, workspace_kubeconfig_path=str(workspace_path),
+        workspace_kubeconfig=workspace_leaf,
+        workspace_kubeconfig_path=str(workspace_path) if layout.local_kubeconfigs else "",
         node_names=tuple(access.roles),
     )
 

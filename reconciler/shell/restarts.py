@@ -50,8 +50,7 @@ class WorkloadRestarter:
 
     def current(self, action: Action) -> ObservedWorkload | None:
         """The workload as it is now (None once it has no pod that reads the CA)."""
-        namespace = action.params["namespace"]
-        found = observe_workloads(self.client, self.settings.selector, namespace=namespace)
+        found = observe_workloads(self.client, self.settings.selector, namespace=action.site.namespace)
         return next((w for w in found if w.id == action.target), None)
 
     def stale(self, workload: ObservedWorkload | None) -> list:
@@ -60,7 +59,7 @@ class WorkloadRestarter:
     # --- restarting --------------------------------------------------------------------------
 
     def restart(self, action: Action) -> None:
-        method = action.params["method"]
+        method = action.params.method
         if method == "rollout":
             self._rollout(action)
         elif method == "evict":
@@ -78,13 +77,13 @@ class WorkloadRestarter:
 
     def _timeout(self, action: Action, what: str) -> RotationError:
         return RotationError(
-            f"{action.params['workload']} {action.params['namespace']}/{action.params['name']}: {what} within "
+            f"{action.site.workload} {action.site.namespace}/{action.site.name}: {what} within "
             f"{format_timeout(self.settings.timeout)} (workloads.timeout)",
             hint="nothing was reissued; fix the workload (or exclude it in the spec's workloads.exclude) and run "
                  "apply again to resume")
 
     def _rollout(self, action: Action) -> None:
-        kind, namespace, name = action.params["workload"], action.params["namespace"], action.params["name"]
+        kind, namespace, name = action.site.workload, action.site.namespace, action.site.name
         path = f"{APPS}/namespaces/{namespace}/{kind.lower()}s/{name}"
         if not self.stale(self.current(action)):
             return  # its pods were replaced since the plan was made: nothing to roll

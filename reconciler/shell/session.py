@@ -138,7 +138,8 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from exc
     if isinstance(document, dict) and document.get("format_version") != FORMAT_VERSION:
         raise PlanFileError(f"{path}: plan format_version {document.get('format_version')!r}; this careconcile "
-                            f"reads format_version {FORMAT_VERSION}")
+                            f"reads format_version {FORMAT_VERSION}",
+                            hint="plan again with this careconcile (`careconcile plan SPEC -out FILE`)")
     try:
         jsonschema.validate(document, schemas()["plan.schema.json"])
         return PlanDocument.model_validate(document)

@@ -18,6 +18,7 @@ from reconciler.core import admin
 from reconciler.core.diff import diff
 from reconciler.core.observed import NEW_CA, ObservedBundle, ObservedLeaf, ObservedRecord
 from reconciler.core.plan import Action, ClusterPlan
+from reconciler.core.sites import ManagementSecret
 from reconciler.core.schemas import schemas
 from reconciler.core.spec import ClusterSpec, NodeAccess
 from reconciler.errors import AdminClusterError, APIForbiddenError, SpecError
@@ -170,11 +171,11 @@ def admin_observation(*, secret: str | None = "old", kubeconfig_trust: tuple[str
     client certificate comes from ``kubeconfig_leaf``."""
     base = observation(**changes)
     record = ObservedRecord(node=CA_SECRET, kind="secret", key_spec="ECDSA-P256",
-                            cert=ca(secret).cert if secret else None)
-    bundle = ObservedBundle(id=KUBECONFIG_SECRET, kind="secret-kubeconfig",
-                            certs=tuple(ca(name).cert for name in kubeconfig_trust))
-    client = ObservedLeaf(id=KUBECONFIG_SECRET, kind="secret-kubeconfig", cert=leaf(kubeconfig_leaf, "c1-admin").cert,
-                          key_matches=True)
+                            cert=ca(secret).cert if secret else None,
+                            secret=ManagementSecret(namespace=NAMES.namespace, name="c1-ca", holds="authority"))
+    site = ManagementSecret(namespace=NAMES.namespace, name="c1-kubeconfig", holds="kubeconfig")
+    bundle = ObservedBundle(site, tuple(ca(name).cert for name in kubeconfig_trust))
+    client = ObservedLeaf(site, leaf(kubeconfig_leaf, "c1-admin").cert, key_matches=True)
     return dataclasses.replace(base, records=base.records + (record,), bundles=base.bundles + (bundle,),
                                leaves=base.leaves + (client,))
 

@@ -12,7 +12,7 @@ import datetime as dt
 from functools import cache
 
 from reconciler.core import pki
-from reconciler.core.authorities import CLUSTER_CA
+from reconciler.core.authorities import CLUSTER_CA, CLUSTER_INFO_SITE, EXTENSION_AUTH_SITE
 from reconciler.core.diff import diff
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedLeaf, ObservedRecord, StoredState, digest_of, fp,
@@ -20,6 +20,7 @@ from reconciler.core.observed import (
 )
 from reconciler.core.pki import KeyPair, KeySpec, LeafRequest
 from reconciler.core.plan import ClusterPlan, plan_cluster
+from reconciler.core.sites import ApiField, LocalKubeconfig, NodeFile
 from reconciler.core.spec import ResolvedAuthority
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
@@ -65,24 +66,27 @@ ROOT_CA = "configmap/default/kube-root-ca.crt"
 CM = f"{CP}:kube-controller-manager"
 SCHED = f"{CP}:kube-scheduler"
 
-# id -> (kind, node, path)
-MANAGED_BUNDLES = {
-    f"{CP}:{CA_CRT}": ("node-pem", CP, CA_CRT),
-    f"{CP}:{CM_CONF}": ("node-kubeconfig", CP, CM_CONF),
-    f"{CP}:{SCHED_CONF}": ("node-kubeconfig", CP, SCHED_CONF),
-    f"{WORKER}:{CA_CRT}": ("node-pem", WORKER, CA_CRT),
-    f"{WORKER}:{KUBELET_CONF}": ("node-kubeconfig", WORKER, KUBELET_CONF),
-    f"local:{LOCAL_KUBECONFIG}": ("local-kubeconfig", None, LOCAL_KUBECONFIG),
-    CLUSTER_INFO: ("cluster-info", None, None),
-    EXTENSION_AUTH: ("extension-auth", None, None),
-}
-LEAVES = {
-    f"{CP}:{APISERVER}": ("node-pair", CP, APISERVER, "kube-apiserver"),
-    f"{CP}:{CM_CONF}": ("node-kubeconfig", CP, CM_CONF, "system:kube-controller-manager"),
-    f"{CP}:{SCHED_CONF}": ("node-kubeconfig", CP, SCHED_CONF, "system:kube-scheduler"),
-    f"{WORKER}:{KUBELET_PEM}": ("node-combined", WORKER, KUBELET_PEM, "system:node:w1"),
-    f"local:{LOCAL_KUBECONFIG}": ("local-kubeconfig", None, LOCAL_KUBECONFIG, "kubernetes-admin"),
-}
+BUNDLE_SITES = (
+    NodeFile(node=CP, path=CA_CRT, form="pem"),
+    NodeFile(node=CP, path=CM_CONF, form="kubeconfig"),
+    NodeFile(node=CP, path=SCHED_CONF, form="kubeconfig"),
+    NodeFile(node=WORKER, path=CA_CRT, form="pem"),
+    NodeFile(node=WORKER, path=KUBELET_CONF, form="kubeconfig"),
+    LocalKubeconfig(path=LOCAL_KUBECONFIG),
+    CLUSTER_INFO_SITE,
+    EXTENSION_AUTH_SITE,
+)
+MANAGED_BUNDLES = {site.label: site for site in BUNDLE_SITES}
+ROOT_CA_SITE = ApiField(resource="configmap", namespace="default", name="kube-root-ca.crt", field="ca.crt", form="pem",
+                        published_by="controller-manager")
+# id -> (site, common name)
+LEAVES = {site.label: (site, cn) for site, cn in (
+    (NodeFile(node=CP, path=APISERVER, form="pair"), "kube-apiserver"),
+    (NodeFile(node=CP, path=CM_CONF, form="kubeconfig"), "system:kube-controller-manager"),
+    (NodeFile(node=CP, path=SCHED_CONF, form="kubeconfig"), "system:kube-scheduler"),
+    (NodeFile(node=WORKER, path=KUBELET_PEM, form="combined"), "system:node:w1"),
+    (LocalKubeconfig(path=LOCAL_KUBECONFIG), "kubernetes-admin"),
+)}
 COMPONENTS = {
     CM: ("kube-controller-manager", (CM_CONF, CA_CRT)),
     SCHED: ("kube-scheduler", (SCHED_CONF,)),
@@ -132,18 +136,15 @@ def observation(
     restarted for its current inputs unless it is ``stale`` or ``never_restarted``."""
     trusts = {bundle_id: (bundles or {}).get(bundle_id, trust) for bundle_id in MANAGED_BUNDLES}
     observed_bundles = [
-        ObservedBundle(id=bundle_id, kind=kind, certs=tuple(ca(name).cert for name in trusts[bundle_id]),
-                       node=node, path=path)
-        for bundle_id, (kind, node, path) in MANAGED_BUNDLES.items()
+        ObservedBundle(site, tuple(ca(name).cert for name in trusts[bundle_id]))
+        for bundle_id, site in MANAGED_BUNDLES.items()
     ]
     observed_bundles.append(ObservedBundle(
-        id=ROOT_CA, kind="configmap", managed=False,
-        certs=tuple(ca(name).cert for name in (unmanaged_trust or trusts[f"{CP}:{CA_CRT}"]))))
+        ROOT_CA_SITE, tuple(ca(name).cert for name in (unmanaged_trust or trusts[f"{CP}:{CA_CRT}"])), managed=False))
     issuers = {leaf_id: (leaves or {}).get(leaf_id, leaves_from) for leaf_id in LEAVES}
     observed_leaves = tuple(
-        ObservedLeaf(id=leaf_id, kind=kind, cert=leaf(issuers[leaf_id], cn).cert,
-                     key_matches=leaf_id not in key_mismatch, node=node, path=path)
-        for leaf_id, (kind, node, path, cn) in LEAVES.items()
+        ObservedLeaf(site, leaf(issuers[leaf_id], cn).cert, key_matches=leaf_id not in key_mismatch)
+        for leaf_id, (site, cn) in LEAVES.items()
     )
 
     def inputs_digest(inputs: tuple[str, ...]) -> str:
@@ -160,6 +161,7 @@ def observation(
             restarted_for=restarted_for, restarted_at=NOW - dt.timedelta(hours=1) if restarted_for else None,
             signer_cert=(CA_CRT if cm_signing == "record" else CLUSTER_CA.signer_cert) if signs else None,
             signer_key=(CLUSTER_CA.record_key if cm_signing == "record" else CLUSTER_CA.signer_key) if signs else None,
+            signing=cm_signing if signs else None,
         ))
     if records is None:
         records = ((CP, record),)
@@ -170,9 +172,8 @@ def observation(
     )
     workspace_leaf = None
     if workspace is not None:
-        workspace_leaf = ObservedLeaf(id="workspace-kubeconfig", kind="local-kubeconfig",
-                                      cert=leaf(workspace, "kubernetes-admin").cert, key_matches=True,
-                                      path=WORKSPACE_KUBECONFIG)
+        workspace_leaf = ObservedLeaf(LocalKubeconfig(path=WORKSPACE_KUBECONFIG),
+                                      leaf(workspace, "kubernetes-admin").cert, key_matches=True)
     return ClusterObservation(
         cluster=CLUSTER, authority="clusterCA", records=observed_records, bundles=tuple(observed_bundles),
         leaves=observed_leaves, components=tuple(components), endpoints=(), state=state or StoredState(),

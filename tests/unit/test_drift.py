@@ -21,6 +21,7 @@ from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedEndpoint, ObservedRecord, StoredState, short,
 )
 from reconciler.core.pki import KeyPair, LeafRequest
+from reconciler.core.sites import ApiField
 from reconciler.core.workloads import ObservedPod, ObservedWorkload
 from reconciler.core.schemas import schemas
 from tests.unit.test_diff import (
@@ -30,7 +31,9 @@ from tests.unit.test_diff import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = dt.timedelta(days=1)
-WEBHOOK = "validatingwebhookconfiguration/hooks/webhooks/widgets.example.test"
+WEBHOOK_SITE = ApiField(resource="validatingwebhookconfiguration", name="hooks", field="/webhooks/widgets.example.test",
+                        form="ca-bundle")
+WEBHOOK = WEBHOOK_SITE.label
 
 
 @cache
@@ -47,7 +50,7 @@ def on_ca(authority: KeyPair) -> ClusterObservation:
         records=tuple(dataclasses.replace(r, cert=authority.cert) for r in base.records),
         bundles=tuple(dataclasses.replace(b, certs=(authority.cert,)) for b in base.bundles),
         leaves=tuple(dataclasses.replace(
-            leaf_, cert=pki.issue_leaf(authority, LeafRequest(LEAVES[leaf_.id][3], client=True, key=FAST),
+            leaf_, cert=pki.issue_leaf(authority, LeafRequest(LEAVES[leaf_.id][1], client=True, key=FAST),
                                        now=issued).cert) for leaf_ in base.leaves),
     )
 
@@ -108,8 +111,7 @@ CASES = {
                                                    state=in_progress(2)), ["clusterCA"]),
     "ca-bundle-stale": ({}, lambda: with_bundle(
         observation(state=StoredState(applied_rotation=1, retired=(cert_fp("retired"),))),
-        ObservedBundle(id=WEBHOOK, kind="ca-bundle", certs=(ca("retired").cert,),
-                       path="/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations")), [WEBHOOK]),
+        ObservedBundle(WEBHOOK_SITE, (ca("retired").cert,))), [WEBHOOK]),
     "rotation-requested": (dict(rotation=1), observation, ["clusterCA"]),
     "records-disagree": ({}, lambda: observation(records=((CP, "old"), ("cp2", "new"))), ["clusterCA"]),
     "record-missing": ({}, lambda: observation(records=((CP, None),)), ["clusterCA"]),
@@ -234,8 +236,7 @@ def test_expiry_messages_name_the_date_and_the_window():
 
 def test_ca_bundle_with_the_current_and_a_retired_ca_has_an_extra_ca():
     state = StoredState(applied_rotation=1, retired=(cert_fp("retired"),))
-    observed = with_bundle(observation(state=state), ObservedBundle(
-        id=WEBHOOK, kind="ca-bundle", certs=(ca("old").cert, ca("retired").cert), path="/apis/x"))
+    observed = with_bundle(observation(state=state), ObservedBundle(WEBHOOK_SITE, (ca("old").cert, ca("retired").cert)))
     findings = detect(desired(rotation=1), observed, now=NOW)
     assert [(f.kind, f.subject) for f in findings] == [("bundle-extra-ca", WEBHOOK)]
     assert "keeping the object's other CAs" in findings[0].remedy

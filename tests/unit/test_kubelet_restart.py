@@ -19,13 +19,15 @@ from reconciler.core.admin import dump_inventory, inventory, inventory_node_of, 
 from reconciler.core.authorities import CLUSTER_CA
 from reconciler.core.observed import ClusterObservation, ObservedComponent, digest_of
 from reconciler.core.pki import KeySpec
-from reconciler.core.plan import Action, summary_counts
+from reconciler.core.plan import Action, RestartParams, summary_counts
+from reconciler.core.sites import Component
 from reconciler.core.schemas import schemas
 from reconciler.core.spec import ClusterSpec, NodeSpec
 from reconciler.errors import NodeUnreachableError, SpecError
 from reconciler.shell.executor import Executor
 from reconciler.shell.nodes import LocalNodeFiles
-from reconciler.shell.observe import ClusterAccess, _observe_node, inputs_digest, read_restart_marker
+from reconciler.shell.formats import inputs_digest, read_restart_marker
+from reconciler.shell.observe import ClusterAccess, _observe_node
 from reconciler.shell.specfile import load_spec
 from tests.unit.test_diff import (
     CA_CRT, CLUSTER, CP, KUBELET_CONF, KUBELET_PEM, NOW, STALE, WORKER, desired, in_progress, observation, plan,
@@ -154,7 +156,7 @@ def with_kubelets(observed: ClusterObservation, *, stale: tuple[str, ...] = (),
 def kubelet_restarts(result) -> dict[int, list[str]]:
     found: dict[int, list[str]] = {}
     for action in select(result, kind="restart"):
-        if action.params["component"] == "kubelet":
+        if action.params.component == "kubelet":
             found.setdefault(action.phase, []).append(action.target)
     return found
 
@@ -166,10 +168,10 @@ def test_a_rotation_restarts_each_kubelet_in_every_phase_that_changes_its_files(
     assert kubelet_restarts(result) == {2: [f"{CP}:kubelet", f"{WORKER}:kubelet"], 3: [f"{WORKER}:kubelet"],
                                         4: [f"{CP}:kubelet", f"{WORKER}:kubelet"]}
     for action in select(result, kind="restart"):
-        if action.params["component"] == "kubelet":
+        if action.params.component == "kubelet":
             assert action.id == f"{CLUSTER}/{action.phase}/restart/{action.target}"
             assert action.node == action.target.split(":")[0]
-            assert action.params == {"component": "kubelet", "command": "systemctl restart kubelet"}
+            assert action.params == RestartParams(component="kubelet", command="systemctl restart kubelet")
             assert action.reason == "its files change in this phase"
             # after the files it reads, before the phase's check
             kinds = [a.kind for a in select(result, phase=action.phase)]
@@ -183,7 +185,7 @@ def test_a_kubelet_restart_command_is_quoted_as_a_shell_would_read_it():
     custom = tuple(dataclasses.replace(c, command=("sh", "-c", "systemctl restart kubelet && sleep 1"))
                    if c.name == "kubelet" else c for c in observed.components)
     result = plan(desired(rotation=1), dataclasses.replace(observed, components=custom))
-    commands = {a.params["command"] for a in select(result, kind="restart") if a.params["component"] == "kubelet"}
+    commands = {a.params.command for a in select(result, kind="restart") if a.params.component == "kubelet"}
     assert commands == {"sh -c 'systemctl restart kubelet && sleep 1'"}
 
 
@@ -208,7 +210,7 @@ def test_a_resumed_plan_restarts_a_kubelet_once_when_its_marker_is_older_than_it
     # A run died after it reissued w1's client certificate in phase 3, before it restarted w1's kubelet.
     crashed = after_trust_both(leaves={f"{WORKER}:{KUBELET_PEM}": "new"})
     result = plan(desired(rotation=1), with_kubelets(crashed, stale=(WORKER,)))
-    phase_3 = [a for a in select(result, phase=3, kind="restart") if a.params["component"] == "kubelet"]
+    phase_3 = [a for a in select(result, phase=3, kind="restart") if a.params.component == "kubelet"]
     assert [a.target for a in phase_3] == [f"{WORKER}:kubelet"]
     assert "not been restarted since its files changed" in phase_3[0].reason
     assert kubelet_restarts(result) == {3: [f"{WORKER}:kubelet"], 4: [f"{CP}:kubelet", f"{WORKER}:kubelet"]}
@@ -223,7 +225,7 @@ def test_a_resumed_plan_restarts_a_kubelet_once_when_its_marker_is_older_than_it
 def test_the_same_ids_when_replanned_midway():
     full = plan(desired(rotation=1), with_kubelets(observation(state=in_progress(1))))
     later = plan(desired(rotation=1), with_kubelets(after_trust_both()))
-    kubelet_ids = {a.id for a in later.actions if a.kind == "restart" and a.params["component"] == "kubelet"}
+    kubelet_ids = {a.id for a in later.actions if a.kind == "restart" and a.params.component == "kubelet"}
     assert kubelet_ids and kubelet_ids <= {a.id for a in full.actions}
 
 
@@ -309,9 +311,9 @@ def test_the_executor_restarts_a_kubelet_by_its_command_and_records_it_in_the_ma
     before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
     leases.renewed["w1"] = before
     executor = Executor(access, desired(), on_event=lambda *_: None)
-    executor._restart(Action(id="c1/2/restart/w1:kubelet", phase=2, kind="restart", target="w1:kubelet", node="w1",
-                             reason="its files change in this phase",
-                             params={"component": "kubelet", "command": "sh -c ..."}))
+    executor.components.restart(Action(
+        id="c1/2/restart/w1:kubelet", phase=2, kind="restart", site=Component(node="w1", name="kubelet", restart="command"),
+        reason="its files change in this phase", params=RestartParams(component="kubelet", command="sh -c ...")))
     assert len((tmp_path / "restarts").read_text().splitlines()) == 1
     marker = json.loads((root / "var/lib/kubelet/careconcile-restarted-for").read_text())
     assert marker["restartedFor"] == inputs_digest(access.nodes["w1"], KUBELET_INPUTS)
@@ -320,12 +322,12 @@ def test_the_executor_restarts_a_kubelet_by_its_command_and_records_it_in_the_ma
     (kubelet,) = _observe_node(access, "w1", "worker")[2]
     assert kubelet.restarted_for == kubelet.inputs_digest and kubelet.lease_renewed_at_restart == before
     # ready once the Lease is renewed after the renewal seen at the restart
-    assert executor._node_services_ready([kubelet]) == [
+    assert executor.components.services_not_ready([kubelet]) == [
         f"w1:kubelet: the node's Lease has not been renewed since the restart at {kubelet.restarted_at:%H:%M:%S}"]
     leases.renewed["w1"] = dt.datetime.now(dt.timezone.utc)
-    assert executor._node_services_ready([kubelet]) == []
+    assert executor.components.services_not_ready([kubelet]) == []
     del leases.renewed["w1"]
-    assert "node w1 has no Lease in kube-node-lease" in executor._node_services_ready([kubelet])[0]
+    assert "node w1 has no Lease in kube-node-lease" in executor.components.services_not_ready([kubelet])[0]
 
     # a file it reads changes: the marker no longer matches, as after a crash before the restart
     (root / CA_CRT.lstrip("/")).write_bytes((root / CA_CRT.lstrip("/")).read_bytes() + b"\n")

@@ -260,9 +260,9 @@ def test_the_pinned_ca_is_the_one_every_control_plane_holds():
 
 @pytest.mark.parametrize(("case", "message"), [
     ("rotating", "a rotation is in progress"),
-    ("disagree", "disagree on the CA of record"),
-    ("no-match", "on cp-2 the CA key matches no certificate"),
-    ("no-records", "lists no control-plane node"),
+    ("disagree", "control-plane nodes hold different CAs of record: cp-1=sha256:"),
+    ("no-match", "no control-plane node holds a CA key that matches its CA certificate: cp-2"),
+    ("no-records", "no control-plane nodes in the spec"),
 ])
 def test_no_ca_is_pinned_from_a_cluster_that_has_no_single_ca_of_record(case, message):
     one, two = _ca("one"), _ca("two")

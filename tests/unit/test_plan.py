@@ -102,7 +102,8 @@ def test_rotation_creates_exactly_one_ca_as_the_spec_describes_it():
     action = created[0]
     assert action.phase == 1 and action.target == "state"
     assert action.change.before == [cert_fp("old")] and action.change.after == [NEW_CA]
-    assert action.params == {"key": "ECDSA-P256", "validity": "3650d", "common_name": "kubernetes", "rotation": "1"}
+    assert action.params.model_dump() == {"key": "ECDSA-P256", "validity": "3650d", "common_name": "kubernetes",
+                                          "rotation": 1}
     assert "rotation counter raised (0 -> 1)" in action.reason
 
 
@@ -122,8 +123,7 @@ def test_rotation_trusts_both_cas_then_only_the_new_one_in_every_managed_bundle(
         assert action.change.after == [NEW_CA]
         assert action.change.before == ([cert_fp("old"), NEW_CA] if action.target in trust_both else [cert_fp("old")])
     for action in select(result, kind="update-bundle"):
-        kind, node, path = MANAGED_BUNDLES[action.target]
-        assert (action.node, action.path) == (node, path)
+        assert action.site == MANAGED_BUNDLES[action.target]
 
 
 def test_rotation_never_writes_bundles_their_owners_rewrite():
@@ -136,10 +136,10 @@ def test_rotation_reissues_every_leaf_once_in_phase_3():
     for action in reissued:
         assert action.phase == 3
         assert action.change.before == [cert_fp("old")] and action.change.after == [NEW_CA]
-        assert FINGERPRINT.match(action.params["certificate"])
-        kind, node, path, common_name = LEAVES[action.target]
-        assert (action.node, action.path) == (node, path)
-        assert action.params["subject"] == f"CN={common_name}"
+        assert FINGERPRINT.match(action.params.certificate)
+        site, common_name = LEAVES[action.target]
+        assert action.site == site
+        assert action.params.subject == f"CN={common_name}"
 
 
 def test_rotation_stages_switches_and_removes_the_signer():
@@ -166,21 +166,21 @@ def test_rotation_restarts_exactly_the_components_whose_inputs_change_or_whose_s
                     if any((CP, path) in touched for path in inputs)}
         assert restarted == expected | {CM}, phase  # the controller-manager changes signer in phases 2 and 4
         for action in select(result, phase=phase, kind="restart"):
-            assert action.node == CP and action.params["component"] == COMPONENTS[action.target][0]
+            assert action.node == CP and action.params.component == COMPONENTS[action.target][0]
 
 
 def test_controller_manager_signs_from_the_signer_while_two_cas_are_trusted_then_from_the_record():
     restarts = {a.phase: a for a in select(rotation_plan(), kind="restart") if a.target == CM}
-    assert {phase: a.params["signing"] for phase, a in restarts.items()} == {2: "signer", 3: "signer", 4: "record"}
+    assert {phase: a.params.signing for phase, a in restarts.items()} == {2: "signer", 3: "signer", 4: "record"}
     assert "signs from the signer files" in restarts[2].reason
     assert "signs from the record files" in restarts[4].reason
-    assert all("signing" not in a.params for a in select(rotation_plan(), kind="restart") if a.target == SCHED)
+    assert all(a.params.signing is None for a in select(rotation_plan(), kind="restart") if a.target == SCHED)
 
 
 def test_rotation_verifies_phases_2_to_5():
     checks = select(rotation_plan(), kind="verify")
     assert [(a.phase, a.target) for a in checks] == [(2, "phase-2"), (3, "phase-3"), (4, "phase-4"), (5, "phase-5")]
-    assert all(a.params == {"expect": NEW_CA, "old": cert_fp("old")} for a in checks)
+    assert all(a.params.model_dump() == {"expect": NEW_CA, "old": cert_fp("old")} for a in checks)
 
 
 def test_rotation_changes_name_only_fingerprints_or_the_new_ca():
@@ -214,14 +214,14 @@ def test_expiring_ca_triggers_a_rotation_without_a_counter_change():
     assert result.operation == "rotate"
     assert [f.code for f in result.findings if f.code != "leaf-expiring"] == ["ca-expiring"]
     assert len(select(result, kind="create-ca")) == 1
-    assert select(result, kind="create-ca")[0].params["rotation"] == "0"
+    assert select(result, kind="create-ca")[0].params.rotation == 0
 
 
 def test_key_mismatch_triggers_a_rotation_to_the_specs_key():
     result = plan(desired(), observation(record="rsa", trust=("rsa",), leaves_from="rsa"))
     assert result.operation == "rotate"
     assert [f.code for f in result.findings] == ["key-mismatch"]
-    assert select(result, kind="create-ca")[0].params["key"] == "ECDSA-P256"
+    assert select(result, kind="create-ca")[0].params.key == "ECDSA-P256"
 
 
 # --- blocking findings -----------------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_resume_after_trust_both_starts_at_reissue():
                for a in distrust)
     assert [a.target for a in select(result, kind="verify")] == ["phase-3", "phase-4", "phase-5"]
     assert result.actions[-1].kind == "finalize"
-    restarts = {(a.phase, a.target): a.params.get("signing") for a in select(result, kind="restart")}
+    restarts = {(a.phase, a.target): a.params.signing for a in select(result, kind="restart")}
     assert restarts == {(3, CM): "signer", (3, SCHED): None, (4, CM): "record", (4, SCHED): None}
 
 
@@ -358,11 +358,12 @@ def test_rollback_ignores_a_ca_bundle_left_on_a_ca_retired_before_this_rotation(
     from dataclasses import replace
 
     from reconciler.core.observed import ObservedBundle
+    from reconciler.core.sites import ApiField
     from tests.unit.test_diff import ca
 
     # A webhook re-installed with a CA retired long ago trusts neither CA of this rotation.
-    webhook = ObservedBundle(id="validatingwebhookconfiguration/hook/webhooks/h", kind="ca-bundle",
-                             certs=(ca("foreign").cert,), path="/apis/admissionregistration.k8s.io/v1/x")
+    webhook = ObservedBundle(ApiField(resource="validatingwebhookconfiguration", name="hook", field="/webhooks/h",
+                                      form="ca-bundle"), (ca("foreign").cert,))
     observed = after_trust_both()
     assert plan(desired(rotation=1), replace(observed, bundles=observed.bundles + (webhook,)),
                 rollback=True).operation == "rollback"
@@ -393,7 +394,7 @@ def test_rollback_after_trust_both_moves_every_bundle_back_to_the_previous_ca():
     distrust = select(result, phase=4, kind="update-bundle")
     assert Counter(a.target for a in distrust) == Counter(list(MANAGED_BUNDLES))
     assert all(a.change.after == [cert_fp("old")] for a in distrust)
-    assert all(a.params["expect"] == cert_fp("old") for a in select(result, kind="verify"))
+    assert all(a.params.expect == cert_fp("old") for a in select(result, kind="verify"))
     assert result.actions[-1].kind == "finalize"
 
 
@@ -463,7 +464,7 @@ def test_repair_restarts_a_component_whose_files_changed_since_its_restart():
 
 def test_repair_keeps_the_controller_manager_on_the_record_files():
     result = plan(desired(), observation(bundles={f"{CP}:{CA_CRT}": ("old", "foreign")}))
-    assert [(a.phase, a.target, a.params.get("signing")) for a in select(result, kind="restart")] == [
+    assert [(a.phase, a.target, a.params.signing) for a in select(result, kind="restart")] == [
         (4, CM, "record")]
 
 

@@ -11,6 +11,7 @@ import pytest
 from reconciler.core import render
 from reconciler.core.plan import FORMAT_VERSION, PHASE_TITLES, ClusterPlan, PlanDocument, summary_counts, summary_line
 from reconciler.core.schemas import schemas
+from reconciler.core.sites import NodeFile
 from reconciler.errors import PlanFileError
 from reconciler.shell.session import load_plan
 from tests.unit.test_diff import cert_fp, desired, in_progress, observation, plan
@@ -230,11 +231,12 @@ def test_markdown_shows_blocking_findings_above_the_table_and_marks_the_cluster(
 
 def test_markdown_escapes_pipes_and_html_in_cells():
     base = rotation().clusters[0]
-    first = base.actions[0].model_copy(update={"target": "a|b", "reason": "see <details> | here"})
+    first = base.actions[0].model_copy(update={"site": NodeFile(node="a|b", path="/x", form="pem"),
+                                               "reason": "see <details> | here"})
     plan_document = document(base.model_copy(update={"cluster": "c|1", "actions": [first, *base.actions[1:]]}))
     output = render.markdown(plan_document)
     assert summary_rows(output)[0][0] == "c\\|1"
-    assert "| `a\\|b` |" in output
+    assert "| `a\\|b:/x` |" in output
     assert "see &lt;details> \\| here |" in output
     assert_well_formed(output)
 
@@ -369,11 +371,12 @@ def test_load_plan_reads_what_as_json_wrote(tmp_path):
 
 def test_load_plan_refuses_another_format_version(tmp_path):
     data = json.loads(render.as_json(rotation()))
-    data["format_version"] = 2
+    data["format_version"] = 1  # string targets and params: what this careconcile no longer applies
     path = write(tmp_path, json.dumps(data))
-    with pytest.raises(PlanFileError, match="format_version 2") as refused:
+    with pytest.raises(PlanFileError, match="format_version 1") as refused:
         load_plan(path)
     assert str(path) in refused.value.message
+    assert "plan again" in refused.value.hint
 
 
 def test_load_plan_refuses_a_plan_without_format_version(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 
 from reconciler.core.diff import diff, workload_findings
 from reconciler.core.observed import NEW_CA, StoredState, item_digests
-from reconciler.core.plan import ClusterPlan, plan_cluster, summary_counts, summary_line
+from reconciler.core.plan import ClusterPlan, RestartWorkloadParams, plan_cluster, summary_counts, summary_line
+from reconciler.core.sites import Workload
 from reconciler.core.spec import (
     ResolvedWorkloads, WorkloadSettings, format_timeout, parse_timeout, resolve_authority, resolve_workloads,
 )
@@ -729,12 +730,13 @@ def test_a_rotation_restarts_every_workload_that_reads_the_ca_first_thing_in_pha
 
 def test_a_restart_action_carries_what_the_executor_and_a_reviewer_need():
     restarted = {a.target: a for a in restarts(rotation(WEB, AGENT, workload("Job", "migrate", "batch")))}
-    assert restarted["deployment/app/web"].params == {
-        "namespace": "app", "workload": "Deployment", "name": "web", "method": "rollout", "pods": "2", "replicas": "2"}
+    web, agent = restarted["deployment/app/web"], restarted["daemonset/kube-system/agent"]
+    assert (web.site, web.params) == (Workload(namespace="app", workload="Deployment", name="web"),
+                                      RestartWorkloadParams(method="rollout", pods=2, replicas=2))
     # A DaemonSet (or Job) has no replica count.
-    assert restarted["daemonset/kube-system/agent"].params == {
-        "namespace": "kube-system", "workload": "DaemonSet", "name": "agent", "method": "rollout", "pods": "3"}
-    assert restarted["job/batch/migrate"].params["method"] == "wait"
+    assert (agent.site, agent.params) == (Workload(namespace="kube-system", workload="DaemonSet", name="agent"),
+                                          RestartWorkloadParams(method="rollout", pods=3))
+    assert restarted["job/batch/migrate"].params.method == "wait"
     assert restarted["deployment/app/web"].reason.startswith("2 of 2 pod(s) trust only the old CA")
     assert all(a.node is None and a.path is None and a.change is None for a in restarted.values())
 
@@ -752,8 +754,8 @@ def test_a_resumed_rotation_restarts_only_workloads_with_pods_started_before_bot
     observed = with_workloads(after_trust_both(state=trusted(2)), WEB, DB, AGENT)
     result = plan(desired(rotation=1), observed)
     assert result.operation == "resume"
-    restarted = {a.target: a.params["pods"] for a in restarts(result)}
-    assert restarted == {"deployment/app/web": "2", "statefulset/app/db": "1"}
+    restarted = {a.target: a.params.pods for a in restarts(result)}
+    assert restarted == {"deployment/app/web": 2, "statefulset/app/db": 1}
     assert select(result, phase=3)[0].kind == "restart-workload"
 
 
@@ -834,7 +836,7 @@ def test_a_bare_pod_that_started_after_both_cas_were_trusted_blocks_nothing():
 def test_a_bare_pod_is_evicted_when_the_spec_allows_it():
     result = rotation(WEB, DEBUG, evict_bare_pods=True)
     assert not [f for f in result.findings if f.blocking]
-    restarted = {a.target: a.params["method"] for a in restarts(result)}
+    restarted = {a.target: a.params.method for a in restarts(result)}
     assert restarted == {"deployment/app/web": "rollout", "pod/tools/debug": "evict"}
 
 

@@ -1,0 +1,134 @@
+"""Restarting the components that read their files only at start, and seeing them run again.
+
+A static pod restarts when its manifest changes: careconcile records the digest of its
+inputs in the manifest (and, for the controller-manager, which CA files it signs from). A
+node service (the kubelet) restarts by the node's command; a marker file on the node
+records the restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from reconciler._time import parse_time, utcnow
+from reconciler.core import kubeadm
+from reconciler.core.authorities import NodeServiceComponent, manifest_path
+from reconciler.core.observed import ObservedComponent
+from reconciler.core.plan import Action, RestartParams
+from reconciler.errors import APIError, ClusterUnreachableError, RotationError
+from reconciler.shell.formats import (
+    dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
+)
+from reconciler.shell.observe import ClusterAccess
+
+NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+# How long a node's restart command (systemctl restart kubelet) may take.
+RESTART_COMMAND_TIMEOUT = 120.0
+
+
+class ComponentRestarts:
+    def __init__(self, access: ClusterAccess) -> None:
+        self.access = access
+
+    def restart(self, action: Action) -> None:
+        params = action.params
+        assert isinstance(params, RestartParams)
+        layout = self.access.layout
+        service = next((s for s in layout.node_services if s.name == params.component), None)
+        if service is not None:
+            self._restart_service(action, service)
+            return
+        files = self.access.nodes[action.node]
+        manifest = load_manifest(files, params.component)
+        if manifest is None:
+            raise RotationError(f"{files.describe()}: {manifest_path(params.component)} disappeared")
+        component = next((c for c in layout.components if c.name == params.component), None)
+        if component is None:
+            raise RotationError(f"{files.describe()}: {params.component} is not a component of {layout.name}")
+        manifest = with_restart(manifest, inputs_digest(files, component.inputs), utcnow())
+        if params.signing and layout.signer is not None:
+            cert, key = ((layout.signer_cert, layout.signer_key) if params.signing == "signer"
+                         else (layout.record_cert, layout.record_key))
+            manifest = with_flags(manifest, {layout.signer.cert_flag: cert, layout.signer.key_flag: key})
+        path = manifest_path(params.component)
+        files.write(path, dump_manifest(manifest), files.mode(path) or 0o600)
+
+    def _restart_service(self, action: Action, service: NodeServiceComponent) -> None:
+        """Restart a node service (the kubelet) with the node's restart command, then record
+        it in the marker file: the digest of its inputs, when, and the node's Lease renewTime
+        just after the restart, which the phase check waits to see renewed."""
+        files = self.access.nodes[action.node]
+        command = self.access.kubelet_restart(action.node)
+        if not command:
+            raise RotationError(f"{files.describe()}: the spec names no command to restart its {service.name} "
+                                "(kubeletRestart)", hint="plan again: the spec changed since this plan was made")
+        restarted_for = inputs_digest(files, service.inputs)
+        files.run(list(command), timeout=RESTART_COMMAND_TIMEOUT)
+        restarted_at = utcnow()
+        files.write(service.marker, restart_marker(restarted_for, restarted_at, self._node_lease_renewed(action.node)),
+                    kubeadm.PUBLIC)
+
+    def _node_lease_renewed(self, node: str) -> dt.datetime | None:
+        """The renewTime of the node's Lease, None when it has none (or cannot be read now)."""
+        try:
+            lease = self.access.client.get(f"{NODE_LEASES}/{node}")
+        except (APIError, ClusterUnreachableError):
+            return None
+        return parse_time((lease.get("spec") or {}).get("renewTime"))
+
+    # --- running again -------------------------------------------------------------------
+
+    def not_ready(self, components: tuple[ObservedComponent, ...]) -> list[str]:
+        """Each restarted component runs again: its leader Lease was acquired after the
+        restart, or it renewed its nodes' Leases after it."""
+        problems = []
+        client = self.access.client
+        by_name: dict[str, list] = {}
+        for component in components:
+            if component.restarted_at is not None and component.restart == "manifest":
+                by_name.setdefault(component.name, []).append(component)
+        problems += self.services_not_ready([c for c in components
+                                             if c.restarted_at is not None and c.restart == "command"])
+        readiness = {c.name: c.readiness for c in self.access.layout.components}
+        now = utcnow()
+        for name, instances in by_name.items():
+            restarted = min(c.restarted_at for c in instances)
+            if readiness[name] == "leader-lease":
+                lease = client.get(f"{LEADER_LEASES}/{name}")
+                spec = lease.get("spec") or {}
+                acquired, renewed = parse_time(spec.get("acquireTime")), parse_time(spec.get("renewTime"))
+                duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
+                if not spec.get("holderIdentity") or acquired is None or acquired < restarted or \
+                        renewed is None or now - renewed > duration * 2:
+                    problems.append(f"{name} has not taken its leader lease since its restart at {restarted:%H:%M:%S}")
+            else:
+                stale = [lease["metadata"]["name"] for lease in client.list(NODE_LEASES)
+                         if (parse_time((lease.get("spec") or {}).get("renewTime")) or restarted) <= restarted]
+                if stale:
+                    problems.append(f"{name} has not renewed the leases of {len(stale)} node(s) since its restart "
+                                    f"({', '.join(stale[:3])})")
+        return problems
+
+    def services_not_ready(self, restarted: list[ObservedComponent]) -> list[str]:
+        """Each restarted kubelet runs again: its node's Lease was renewed after the restart
+        (after the renewTime read just after it, both the node's clock; else after the time
+        of the restart) and lately."""
+        if not restarted:
+            return []
+        leases = {lease["metadata"]["name"]: lease.get("spec") or {} for lease in self.access.client.list(NODE_LEASES)}
+        now = utcnow()
+        problems = []
+        for component in restarted:
+            spec = leases.get(component.node)
+            if spec is None:
+                problems.append(f"{component.id}: node {component.node} has no Lease in kube-node-lease; its "
+                                f"{component.name} has not registered the node")
+                continue
+            renewed = parse_time(spec.get("renewTime"))
+            after = component.lease_renewed_at_restart or component.restarted_at
+            duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40))
+            if renewed is None or renewed <= after or now - renewed > duration * 2:
+                problems.append(f"{component.id}: the node's Lease has not been renewed since the restart at "
+                                f"{component.restarted_at:%H:%M:%S}")
+        return problems

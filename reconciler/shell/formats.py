@@ -1,0 +1,160 @@
+"""The formats careconcile reads from nodes and objects and writes back, each in one place:
+static-pod manifests (and the annotations that record a restart), the restart marker of a
+node service, and the caBundle fields of webhooks, APIServices and CRDs. Observation reads
+them with the functions here; the writers write them with their counterparts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ruamel.yaml import YAML, YAMLError
+
+from reconciler._time import micro_time, parse_time
+from reconciler.core import kubeconfig
+from reconciler.core.authorities import manifest_path
+from reconciler.errors import PKIError
+from reconciler.shell.nodes import NodeFiles
+
+RESTARTED_FOR = "careconcile.dev/restarted-for"
+RESTARTED_AT = "careconcile.dev/restarted-at"
+
+
+# --- certificate pairs -------------------------------------------------------------------
+
+def pair_files(path: str) -> tuple[str, str]:
+    """The certificate and key files of a ``pair`` site, as kubeadm names them."""
+    return f"{path}.crt", f"{path}.key"
+
+
+# --- static-pod manifests ----------------------------------------------------------------
+
+def load_manifest(files: NodeFiles, component: str) -> dict[str, Any] | None:
+    raw = files.read(manifest_path(component))
+    if raw is None:
+        return None
+    try:
+        document = YAML(typ="safe", pure=True).load(raw)
+    except YAMLError as exc:
+        raise PKIError(f"{files.describe()}: {manifest_path(component)} is not YAML ({exc})") from exc
+    if not isinstance(document, dict):
+        raise PKIError(f"{files.describe()}: {manifest_path(component)} is not a Pod manifest")
+    return document
+
+
+def manifest_flags(manifest: dict[str, Any]) -> dict[str, str]:
+    containers = ((manifest.get("spec") or {}).get("containers") or [{}])
+    flags = {}
+    for argument in (containers[0].get("command") or []) + (containers[0].get("args") or []):
+        if argument.startswith("--") and "=" in argument:
+            name, value = argument.split("=", 1)
+            flags[name] = value
+    return flags
+
+
+def inputs_digest(files: NodeFiles, inputs: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for path in inputs:
+        content = files.read(path) or b""
+        digest.update(f"{path}\0{hashlib.sha256(content).hexdigest()}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def dump_manifest(manifest: dict[str, Any]) -> bytes:
+    """A manifest as the sandbox and kubeadm write them (the kubelet reads any YAML)."""
+    return kubeconfig.dump(manifest).encode()
+
+
+def with_restart(manifest: dict[str, Any], restarted_for: str, restarted_at: dt.datetime) -> dict[str, Any]:
+    """The manifest with a restart recorded: the kubelet restarts a static pod whose manifest
+    changed, and observation reads back what it restarted for."""
+    metadata = manifest.setdefault("metadata", {})
+    annotations = metadata.get("annotations") or {}
+    annotations[RESTARTED_FOR] = restarted_for
+    annotations[RESTARTED_AT] = micro_time(restarted_at)
+    metadata["annotations"] = annotations
+    return manifest
+
+
+def with_flags(manifest: dict[str, Any], flags: dict[str, str]) -> dict[str, Any]:
+    """The manifest with these ``--flag=value`` arguments of its first container replaced."""
+    container = manifest["spec"]["containers"][0]
+    container["command"] = [
+        next((f"{flag}={value}" for flag, value in flags.items() if arg.startswith(flag + "=")), arg)
+        for arg in container["command"]
+    ]
+    return manifest
+
+
+# --- node services' restart markers ------------------------------------------------------
+
+@dataclass(frozen=True)
+class RestartMarker:
+    """What careconcile wrote on a node when it last restarted a node service (the kubelet)."""
+
+    restarted_for: str | None = None
+    restarted_at: dt.datetime | None = None
+    lease_renew_time: dt.datetime | None = None  # the node's Lease renewTime read just after the restart
+
+
+def read_restart_marker(files: NodeFiles, path: str) -> RestartMarker:
+    """The marker file as careconcile wrote it. One that is missing or unreadable counts as
+    no restart recorded: during a rotation the next plan restarts the service, which
+    writes it again."""
+    raw = files.read(path)
+    if raw is None:
+        return RestartMarker()
+    try:
+        document = json.loads(raw)
+        restarted_for = document.get("restartedFor")
+        return RestartMarker(restarted_for=restarted_for if isinstance(restarted_for, str) else None,
+                             restarted_at=parse_time(document.get("restartedAt")),
+                             lease_renew_time=parse_time(document.get("leaseRenewTime")))
+    except (ValueError, TypeError, AttributeError):
+        return RestartMarker()
+
+
+def restart_marker(restarted_for: str, restarted_at: dt.datetime, lease_renew_time: dt.datetime | None) -> bytes:
+    return (json.dumps({"restartedFor": restarted_for, "restartedAt": micro_time(restarted_at),
+                        "leaseRenewTime": micro_time(lease_renew_time) if lease_renew_time else None},
+                       indent=2) + "\n").encode()
+
+
+# --- caBundle fields -----------------------------------------------------------------------
+
+# Objects that carry a caBundle for the apiserver to verify a webhook or an aggregated
+# apiserver with: (kind for ids, list path, where in each item the caBundles are).
+CA_BUNDLE_OWNERS = (
+    ("validatingwebhookconfiguration", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"),
+    ("mutatingwebhookconfiguration", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"),
+    ("apiservice", "/apis/apiregistration.k8s.io/v1/apiservices"),
+    ("customresourcedefinition", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+)
+
+
+def ca_bundle_fields(kind: str, item: dict[str, Any]) -> list[tuple[str, str]]:
+    """(id suffix, base64 caBundle) of every caBundle field in one object."""
+    spec = item.get("spec") or {}
+    if kind.endswith("webhookconfiguration"):
+        return [(f"/webhooks/{hook.get('name')}", (hook.get("clientConfig") or {}).get("caBundle") or "")
+                for hook in item.get("webhooks") or []]
+    if kind == "apiservice":
+        return [("", spec.get("caBundle") or "")]
+    webhook = ((spec.get("conversion") or {}).get("webhook") or {})
+    return [("/conversion", (webhook.get("clientConfig") or {}).get("caBundle") or "")]
+
+
+def set_ca_bundle(kind: str, item: dict[str, Any], suffix: str, bundle: str) -> None:
+    """Write one caBundle field of an object (``suffix`` as :func:`ca_bundle_fields` names it)."""
+    if kind.endswith("webhookconfiguration"):
+        hook_name = suffix.removeprefix("/webhooks/")
+        for hook in item.get("webhooks") or []:
+            if hook.get("name") == hook_name:
+                hook.setdefault("clientConfig", {})["caBundle"] = bundle
+    elif kind == "apiservice":
+        item["spec"]["caBundle"] = bundle
+    else:
+        item["spec"]["conversion"]["webhook"]["clientConfig"]["caBundle"] = bundle

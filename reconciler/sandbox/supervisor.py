@@ -34,9 +34,11 @@ POLL_SECONDS = 0.25
 STOP_GRACE_SECONDS = 15.0
 BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 # Lower stops first: what depends on the apiserver goes before it, etcd goes last.
-# The extension apiserver (`up --extension-apiserver`) counts as a client of the apiserver;
-# its own etcd goes last, with the cluster's.
-_STOP_ORDER = {"kwok": 0, "extension-apiserver": 0, "kube-scheduler": 1, "kube-controller-manager": 1,
+# The extension apiserver (`up --extension-apiserver`) goes after the controller-manager:
+# the controller-manager's garbage collector watches flunders through the aggregator, and
+# sample-apiserver's shutdown waits for open watches until its request timeout (60 s; 15 s
+# here, then SIGKILL). Its own etcd goes last, with the cluster's.
+_STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "extension-apiserver": 1.5,
                "kube-apiserver": 2, "etcd": 3, "extension-apiserver-etcd": 3}
 _PR_SET_PDEATHSIG = 1
 

@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Test processes: the integration tests mostly wait on control planes, so two keep 2 cores busy.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install binaries sshd demo test unit integration schemas clean
+.PHONY: install binaries extension-apiserver sshd demo test unit integration schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 binaries:
 	hack/build-binaries.sh >/dev/null
 
+# k8s.io/sample-apiserver, for `sandbox up --extension-apiserver`: a stamp of its own, so
+# it never forces the binaries above to rebuild.
+extension-apiserver:
+	hack/build-extension-apiserver.sh >/dev/null
+
 # Debian's sshd, unpacked into a cache, for the SSH transport's tests and `sandbox up --ssh`.
 sshd:
 	hack/install-sshd.sh
@@ -26,13 +31,13 @@ sshd:
 demo: install binaries
 	PATH="$(abspath $(BIN)):$$PATH" hack/demo.sh
 
-test: install binaries sshd
+test: install binaries extension-apiserver sshd
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install binaries sshd
+integration: install binaries extension-apiserver sshd
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/integration $(PYTEST_ARGS)
 
 clean:

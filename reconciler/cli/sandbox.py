@@ -41,6 +41,10 @@ def register(commands: Any) -> None:
     up.add_argument("--workloads", type=int, default=0, metavar="N",
                     help="beside kubeadm's add-ons (kube-proxy, CoreDNS), N namespaces app-1..app-N with a "
                          "Deployment and a PodDisruptionBudget each, and a StatefulSet in app-1 (default: 0)")
+    up.add_argument("--extension-apiserver", action="store_true",
+                    help="also run k8s.io/sample-apiserver as an aggregated apiserver (APIService "
+                         "v1alpha1.wardle.example.com) on the first control-plane node, with an etcd of its own; "
+                         "built by hack/build-extension-apiserver.sh (docs/sandbox.md)")
     up.add_argument("--output", choices=("text", "json"), default="text")
     up.set_defaults(handler=_up)
 
@@ -63,7 +67,8 @@ def _progress(message: str) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress,
-                      ssh=args.ssh, admin=args.admin, lease_handover=args.lease_handover, workloads=args.workloads)
+                      ssh=args.ssh, admin=args.admin, lease_handover=args.lease_handover, workloads=args.workloads,
+                      extension_apiserver=args.extension_apiserver)
     if args.output == "json":
         print(json.dumps(info.to_json(), indent=2))
         return EXIT_OK
@@ -80,6 +85,10 @@ def _up(args: argparse.Namespace) -> int:
     workloads = "kube-proxy, coredns" + (f", {info.workloads} sample namespaces (app-1..app-{info.workloads})"
                                          if info.workloads else "")
     print(f"  workloads:   {workloads}" + ("" if info.workers else " (no workers: their pods do not run)"))
+    if info.extension_apiserver is not None:
+        ext = info.extension_apiserver
+        print(f"  aggregated:  APIService {ext['apiservice']} (sample-apiserver on https://127.0.0.1:{ext['port']}, "
+              f"its etcd {ext['etcd']})")
     if info.admin is not None:
         print(f"  registered:  in sandbox {info.admin['name']}, namespace {info.admin['namespace']} "
               f"(Secrets {info.name}-ca, {info.name}-kubeconfig; the spec is in admin mode)")
@@ -103,6 +112,10 @@ def _status(args: argparse.Namespace) -> int:
             restarts = f", {component['restarts']} restart(s)" if component["restarts"] else ""
             reason = f" (last: {component['last_restart_reason']})" if component["last_restart_reason"] else ""
             print(f"  {key:<48} {component['status']:<8} pid {component['pid']}{restarts}{reason}")
+        if report.get("extension_apiserver"):
+            ext = report["extension_apiserver"]
+            print(f"  APIService {ext['apiservice']}: "
+                  + {True: "Available", False: "not Available", None: "unknown"}[ext["available"]])
         for problem in report["problems"]:
             print(f"  problem: {problem}")
     return EXIT_OK if all(report["healthy"] for report in reports) else EXIT_ERROR

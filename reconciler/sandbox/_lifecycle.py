@@ -20,6 +20,7 @@ from typing import Any, Callable
 from reconciler import __version__
 from reconciler._files import atomic_write, atomic_write_json
 from reconciler._process import process_alive
+from reconciler.core import extension_apiserver as extension
 from reconciler.core import kubeadm
 from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
@@ -27,7 +28,7 @@ from reconciler.core.pki import KeySpec
 from reconciler.errors import CareconcileError, ClusterUnreachableError, SandboxError, SandboxNotFoundError
 from reconciler.sandbox import _admin, _api, _specfile, _workloads, binaries, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
-from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
+from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries, require_extension_apiserver
 
 READY_TIMEOUT_SECONDS = 180.0
 # How a restarted controller-manager and kwok take their Leases over (`up --lease-handover`;
@@ -70,6 +71,9 @@ class SandboxInfo:
     lease_handover: str = "fast"
     # Sample namespaces beside kubeadm's add-ons (`up --workloads N`; _workloads.py).
     workloads: int = 0
+    # With `up --extension-apiserver`: the aggregated apiserver on the first control-plane
+    # node (apiservice, group, version, port, etcd, kubeconfig, serving_ca).
+    extension_apiserver: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,13 +117,17 @@ def _write_manifest(root: Path, pod: dict[str, Any]) -> None:
 def _lay_out(
     paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
     ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None, lease_handover: str = "fast",
-    workloads: int = 0,
+    workloads: int = 0, extension_apiserver: bool = False, extra_bin_dirs: tuple[Path, ...] = (),
 ) -> SandboxInfo:
-    """Write every node directory, the kubeconfig, the spec and the sandbox record."""
+    """Write every node directory, the kubeconfig, the spec and the sandbox record. With
+    ``extension_apiserver``, also the extension apiserver's files and its etcd's manifest;
+    its own manifest waits for its RBAC objects (`_start_extension_apiserver`)."""
     now = dt.datetime.now(dt.timezone.utc)
     cp_names = [f"{name}-control-plane-{i + 1}" for i in range(control_planes)]
     worker_names = [f"{name}-worker-{i + 1}" for i in range(workers)]
-    ports = _free_ports(3 * control_planes + 2)
+    ports = _free_ports(3 * control_planes + 2 + (3 if extension_apiserver else 0))
+    if extension_apiserver:
+        ext_ports, ports = extension.Ports(*ports[-3:]), ports[:-3]
     cp_ports = [ControlPlanePorts(*ports[3 * i:3 * i + 3]) for i in range(control_planes)]
     etcd_ports = EtcdPorts(ports[-2], ports[-1])
     apiserver_ports = [p.apiserver for p in cp_ports]
@@ -156,6 +164,18 @@ def _lay_out(
         stages = NodeFile(kubeadm.KWOK_STAGES, (bin_dir / binaries.KWOK_STAGES).read_bytes())
         _write_node_files(first, [kwok_conf, stages])
         _write_manifest(first, kubeadm.kwok_manifest(node_lease_seconds=handover.node_lease_seconds))
+    ext_info = None
+    if extension_apiserver:
+        ext_files, _serving_ca = extension.node_files(authorities, cluster_name=name,
+                                                      apiserver_port=apiserver_ports[0], now=now, key=key)
+        _write_node_files(first, ext_files)
+        _write_manifest(first, extension.etcd_manifest(ext_ports))
+        ext_info = {
+            "apiservice": extension.APISERVICE, "group": extension.GROUP, "version": extension.VERSION,
+            "node": cp_names[0], "port": ext_ports.secure, "etcd": f"http://{kubeadm.LOOPBACK}:{ext_ports.etcd_client}",
+            "etcd_peer_port": ext_ports.etcd_peer, "kubeconfig": extension.KUBECONFIG,
+            "serving_ca": extension.SERVING_CA_CERT,
+        }
 
     # The user's kubeconfig: an admin kubeconfig of its own, one context per apiserver.
     atomic_write(paths.kubeconfig, kubeadm.admin_kubeconfig(
@@ -167,16 +187,59 @@ def _lay_out(
         name=name, directory=str(paths.directory), kubeconfig=str(paths.kubeconfig), spec=str(paths.spec),
         nodes_dir=str(paths.nodes), apiservers=[f"https://{kubeadm.LOOPBACK}:{p}" for p in apiserver_ports],
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
-        ssh=ssh, admin=admin, lease_handover=lease_handover, workloads=workloads,
+        ssh=ssh, admin=admin, lease_handover=lease_handover, workloads=workloads, extension_apiserver=ext_info,
     )
     atomic_write(paths.spec, _specfile.render(info).encode())
-    _save_record(paths, info, bin_dir=bin_dir)
+    _save_record(paths, info, bin_dir=bin_dir, extra_bin_dirs=extra_bin_dirs)
     return info
 
 
-def _save_record(paths: SandboxPaths, info: SandboxInfo, *, bin_dir: Path) -> None:
+def _save_record(paths: SandboxPaths, info: SandboxInfo, *, bin_dir: Path, extra_bin_dirs: tuple[Path, ...] = ()) -> None:
     record = info.to_json() | {"bin_dir": str(bin_dir), "careconcile_version": __version__}
+    if extra_bin_dirs:  # where the supervisor also looks for commands (the extension apiserver)
+        record["extra_bin_dirs"] = [str(d) for d in extra_bin_dirs]
     atomic_write_json(paths.record, record)
+
+
+def _ext_ports(info: SandboxInfo) -> extension.Ports:
+    ext = info.extension_apiserver or {}
+    return extension.Ports(ext["port"], int(ext["etcd"].rsplit(":", 1)[1]), ext["etcd_peer_port"])
+
+
+def _start_extension_apiserver(client: _api.Client, info: SandboxInfo, paths: SandboxPaths) -> None:
+    """Grant the extension apiserver what it reads, register it, then write its manifest:
+    started before its RBAC exists, it would fail to read the front-proxy CA and crash-loop."""
+    for collection, body in extension.rbac_objects():
+        client.create(f"{body['kind']} {body['metadata']['name']}", collection, body)
+    service = extension.service()
+    client.create(f"Service {extension.SERVICE_NAMESPACE}/{extension.SERVICE_NAME}",
+                  f"/api/v1/namespaces/{extension.SERVICE_NAMESPACE}/services", service)
+    first = Path(info.nodes[0].root)
+    serving_ca = node_path(first, extension.SERVING_CA_CERT).read_bytes()
+    client.create(f"APIService {extension.APISERVICE}", "/apis/apiregistration.k8s.io/v1/apiservices",
+                  extension.apiservice(_ext_ports(info), serving_ca))
+    _write_manifest(first, extension.manifest(_ext_ports(info)))
+
+
+def extension_apiserver_available(client: _api.Client) -> bool:
+    """The APIService's Available condition: the aggregator reached it with its serving CA
+    and its front-proxy client certificate (as system:masters, which it allows without asking
+    the kube-apiserver; a user's request also needs its kubeconfig to work)."""
+    body = client.call(f"reading APIService {extension.APISERVICE}", "GET",
+                       f"/apis/apiregistration.k8s.io/v1/apiservices/{extension.APISERVICE}", missing_ok=True)
+    return body is not None and extension.available(body)
+
+
+def _flunders_listed(kubeconfig_path: Path) -> bool:
+    """A request through the aggregator as the sandbox's admin user (group
+    kubeadm:cluster-admins, so the extension apiserver asks the kube-apiserver with a
+    SubjectAccessReview through its kubeconfig) answers 200."""
+    with _api.Client(kubeconfig_path, timeout=5) as client:
+        try:
+            body = client.call("listing flunders through the aggregator", "GET", extension.flunders_path("default"))
+        except SandboxError:
+            return False
+    return isinstance(body, dict) and body.get("kind") == "FlunderList"
 
 
 def _start_sshd(paths: SandboxPaths) -> dict[str, Any]:
@@ -261,13 +324,17 @@ def up(
     name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
     key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None, ssh: bool = False,
     admin: str | None = None, lease_handover: str = "fast", workloads: int = 0,
+    extension_apiserver: bool = False,
 ) -> SandboxInfo:
     """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
     node Ready, `kube-root-ca.crt` published in `default` and, with workers, kubeadm's
     add-ons and ``workloads`` sample namespaces rolled out. With ``ssh``, an sshd on
     127.0.0.1 serves the node directories and the spec reaches every node over SSH. With
     ``admin``, the sandbox is registered in the running sandbox of that name, its
-    management cluster, and its spec reaches it in admin mode."""
+    management cluster, and its spec reaches it in admin mode. With ``extension_apiserver``,
+    k8s.io/sample-apiserver runs as an aggregated apiserver (APIService
+    v1alpha1.wardle.example.com) with an etcd of its own, and `up` waits until the APIService
+    is Available and a request through the aggregator answers."""
     if control_planes < 1:
         raise SandboxError("a sandbox needs at least one control plane (--control-planes >= 1)")
     if workers < 0:
@@ -278,6 +345,7 @@ def up(
         raise SandboxError(f"--lease-handover must be one of {', '.join(LEASE_HANDOVERS)}, not {lease_handover!r}")
     paths = SandboxPaths.named(name)
     bin_dir = require_binaries()
+    extra_bin_dirs = (require_extension_apiserver().parent,) if extension_apiserver else ()
     if ssh:
         sshd.require_install()  # before anything is made: the error names hack/install-sshd.sh
     management = _admin.management_of(admin, name) if admin is not None else None
@@ -299,14 +367,15 @@ def up(
             progress(f"sshd serves the node directories on {ssh_info['host']}:{ssh_info['port']}")
         info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
                         key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management,
-                        lease_handover=lease_handover, workloads=workloads)
+                        lease_handover=lease_handover, workloads=workloads,
+                        extension_apiserver=extension_apiserver, extra_bin_dirs=extra_bin_dirs)
     except BaseException:
         _stop(paths)  # the sshd, if it started
         shutil.rmtree(paths.directory, ignore_errors=True)  # nothing else started yet, nothing to keep
         raise
     timings["layout"] = time.monotonic() - started
     progress("starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
-             + (" and kwok" if workers else ""))
+             + (" and kwok" if workers else "") + (", and the extension apiserver's etcd" if extension_apiserver else ""))
     _start_supervisor(paths)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -319,6 +388,9 @@ def up(
         with _api.Client(super_admin) as client:
             _api.bootstrap_kubeadm_objects(client, server=info.apiservers[0],
                                            ca_pem=ca_path.read_bytes())
+            if extension_apiserver:
+                progress(f"registering APIService {extension.APISERVICE} and starting the extension apiserver")
+                _start_extension_apiserver(client, info, paths)
             worker_names = [node.name for node in info.nodes if node.role == "worker"]
             _api.create_kwok_nodes(client, worker_names)
             _wait_for(f"{workers} Ready nodes", lambda: _api.ready_nodes(client) >= set(worker_names),
@@ -334,6 +406,12 @@ def up(
                     _wait_for(f"{workload.kind} {workload.namespace}/{workload.name} rolled out",
                               lambda w=workload: _workloads.rolled_out(client, w), paths, deadline)
                 timings["workloads_ready"] = time.monotonic() - started
+            if extension_apiserver:
+                _wait_for(f"APIService {extension.APISERVICE} Available",
+                          lambda: extension_apiserver_available(client), paths, deadline)
+                _wait_for("a request through the aggregator (GET flunders in default)",
+                          lambda: _flunders_listed(paths.kubeconfig), paths, deadline)
+                timings["extension_apiserver_ready"] = time.monotonic() - started
         if management is not None:
             progress(f"registering it in sandbox {management['name']!r}, namespace {management['namespace']}")
             _admin.register(info, paths)
@@ -346,7 +424,7 @@ def up(
         raise
     info.startup_seconds = round(time.monotonic() - started, 2)
     info.timings = {k: round(v, 2) for k, v in timings.items()}
-    _save_record(paths, info, bin_dir=bin_dir)
+    _save_record(paths, info, bin_dir=bin_dir, extra_bin_dirs=extra_bin_dirs)
     return info
 
 
@@ -414,6 +492,8 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
         if not ssh_running:
             problems.append("sshd not running (the spec reaches the nodes over SSH)")
     ready_nodes: int | None = None
+    extension_available: bool | None = None
+    kubeconfig = Path(info.kubeconfig)
     if any(apiservers.values()):
         try:
             # In admin mode a rotation leaves the sandbox's own kubeconfig behind (the Secret
@@ -427,6 +507,15 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
             problems.append(str(exc))
         if ready_nodes is not None and ready_nodes < info.workers:
             problems.append(f"{info.workers - ready_nodes} of {info.workers} nodes not Ready")
+        if info.extension_apiserver is not None:
+            try:
+                with _api.Client(kubeconfig, timeout=5) as client:
+                    extension_available = extension_apiserver_available(client)
+            except (SandboxError, ClusterUnreachableError) as exc:
+                problems.append(str(exc))
+            else:
+                if not extension_available:
+                    problems.append(f"APIService {extension.APISERVICE} not Available")
     return {
         "name": info.name,
         "healthy": not problems,
@@ -438,6 +527,8 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
         "control_planes": info.control_planes,
         "kubeconfig": info.kubeconfig,
         "ssh": None if info.ssh is None else {"port": info.ssh["port"], "running": ssh_running},
+        "extension_apiserver": None if info.extension_apiserver is None else {
+            "apiservice": info.extension_apiserver["apiservice"], "available": extension_available},
         "components": {
             key: {k: c.get(k) for k in ("status", "pid", "restarts", "last_exit_code", "last_restart_reason",
                                          "started_at", "message")}

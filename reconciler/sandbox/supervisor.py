@@ -34,7 +34,12 @@ POLL_SECONDS = 0.25
 STOP_GRACE_SECONDS = 15.0
 BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 # Lower stops first: what depends on the apiserver goes before it, etcd goes last.
-_STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "kube-apiserver": 2, "etcd": 3}
+# The extension apiserver (`up --extension-apiserver`) goes after the controller-manager:
+# the controller-manager's garbage collector watches flunders through the aggregator, and
+# sample-apiserver's shutdown waits for open watches until its request timeout (60 s; 15 s
+# here, then SIGKILL). Its own etcd goes last, with the cluster's.
+_STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "extension-apiserver": 1.5,
+               "kube-apiserver": 2, "etcd": 3, "extension-apiserver-etcd": 3}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -79,9 +84,11 @@ class ManifestError(Exception):
     pass
 
 
-def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path) -> list[str]:
+def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
+                          extra_bin_dirs: tuple[Path, ...] = ()) -> list[str]:
     """The argv a manifest asks for, with the node's absolute paths mapped under its root,
-    as a container's hostPath mounts map them on a real node."""
+    as a container's hostPath mounts map them on a real node. A command without a path is
+    looked up in ``bin_dir``, then in ``extra_bin_dirs`` (the extension apiserver's)."""
     try:
         pod = YAML(typ="safe", pure=True).load(text)
         container = pod["spec"]["containers"][0]
@@ -90,7 +97,11 @@ def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path) -> list[
         raise ManifestError(f"not a static-pod manifest with a container command: {exc}") from exc
     if not argv or not all(isinstance(arg, str) for arg in argv):
         raise ManifestError("the first container has no command")
-    binary = argv[0] if os.path.isabs(argv[0]) else str(bin_dir / argv[0])
+    if os.path.isabs(argv[0]):
+        binary = argv[0]
+    else:
+        found = [d / argv[0] for d in (bin_dir, *extra_bin_dirs) if (d / argv[0]).exists()]
+        binary = str(found[0] if found else bin_dir / argv[0])
     mapped = [binary]
     for arg in argv[1:]:
         flag, sep, value = arg.partition("=")
@@ -105,6 +116,7 @@ class Supervisor:
         record = json.loads(paths.record.read_text())
         self.paths = paths
         self.bin_dir = Path(record["bin_dir"])
+        self.extra_bin_dirs = tuple(Path(d) for d in record.get("extra_bin_dirs") or ())
         self.nodes = {node["name"]: Path(node["root"]) for node in record["nodes"]}
         self.components: dict[str, _Running] = {}
         self.stopping = False
@@ -148,7 +160,8 @@ class Supervisor:
         running.state.manifest_digest = digest
         self.dirty = True
         try:
-            command = command_from_manifest(text, node_root=root, bin_dir=self.bin_dir)
+            command = command_from_manifest(text, node_root=root, bin_dir=self.bin_dir,
+                                            extra_bin_dirs=self.extra_bin_dirs)
         except ManifestError as exc:
             # Keep what runs: a half-edited manifest must not take the component down.
             running.state.message = f"{path}: {exc}"

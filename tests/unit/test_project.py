@@ -37,6 +37,23 @@ def test_pinned_version_matches_the_go_module():
     assert binaries.KUBERNETES_VERSION == pinned
 
 
+def test_extension_apiserver_is_built_at_the_pinned_release():
+    """hack/extension-apiserver requires the sample-apiserver staging module of the release
+    hack/k8s pins (v1.Y.Z -> v0.Y.Z), and every k8s.io module it shares with hack/k8s at the
+    same version, so both builds compile the same packages."""
+    def requires(path: str) -> dict[str, str]:
+        text = (ROOT / path).read_text()
+        return dict(re.findall(r"^\s*((?:k8s\.io|sigs\.k8s\.io)/\S+) (v\S+)(?: // indirect)?$", text, re.M))
+
+    ext, k8s = requires("hack/extension-apiserver/go.mod"), requires("hack/k8s/go.mod")
+    assert ext["k8s.io/sample-apiserver"] == "v0." + binaries.KUBERNETES_VERSION.split(".", 1)[1]
+    replaced = dict(re.findall(r"^\s*(k8s\.io/\S+) => k8s\.io/\S+ (v\S+)$",
+                               (ROOT / "hack/k8s/go.mod").read_text(), re.M))
+    shared = {m: v for m, v in ext.items() if m in k8s}
+    assert shared and all(replaced.get(m, k8s[m]) == v for m, v in shared.items()), shared
+
+
+
 @pytest.mark.parametrize("module", sorted((ROOT / "reconciler/core").glob("*.py")), ids=lambda p: p.name)
 def test_core_is_pure(module):
     tree = ast.parse(module.read_text())
@@ -67,3 +84,12 @@ def test_missing_binaries_name_the_directory_and_the_fix(tmp_path, monkeypatch):
         binaries.require_binaries()
     message = str(error.value)
     assert str(tmp_path) in message and "kube-apiserver" in message and "hack/build-binaries.sh" in message
+
+
+def test_missing_extension_apiserver_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv(binaries.CACHE_ENV, str(tmp_path))
+    with pytest.raises(BinariesMissingError) as error:
+        binaries.require_extension_apiserver()
+    message = str(error.value) + (error.value.hint or "")
+    assert str(tmp_path / binaries.KUBERNETES_VERSION / "extension/bin/sample-apiserver") in message
+    assert "hack/build-extension-apiserver.sh" in message

@@ -192,3 +192,161 @@ def test_an_ssh_port_in_quotes_is_an_error(tmp_path):
     _, problems = problems_of(path)
     assert problems == [f"{path}:18:79: spec.clusters[0].nodes[1].access.ssh.port: must be a whole number; "
                         "got a string, '22'"]
+
+
+# --- item 4: no traceback -------------------------------------------------------------------
+
+def _run(capsys, *argv):
+    """The CLI in-process: exit code and stderr; a traceback would fail the test by escaping."""
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def _spec_with_kubeconfig(tmp_path, kubeconfig_text: str | bytes):
+    kubeconfig_path = tmp_path / "kubeconfig"
+    if isinstance(kubeconfig_text, bytes):
+        kubeconfig_path.write_bytes(kubeconfig_text)
+    else:
+        kubeconfig_path.write_text(kubeconfig_text)
+    no_nodes = VALID[:VALID.index("      nodes:\n")]
+    return write(tmp_path, no_nodes.replace("kubeconfigs/one.yaml", str(kubeconfig_path))), kubeconfig_path
+
+
+@pytest.mark.parametrize(("kubeconfig_text", "message"), [
+    (bytes(range(256)) * 4, "not a kubeconfig: line 2, column 118: not UTF-8 text"),
+    (KUBECONFIG.replace("contexts:\n- name: ctx\n  context: {cluster: c, user: u}\n", "contexts: ctx\n"),
+     "contexts must be a list of entries; it is text"),
+    (KUBECONFIG.replace("users:\n- name: u\n  user:\n", "users:\n- u\n- v:\n"),
+     "users[0] must be a mapping with name and user; it is text"),
+    (KUBECONFIG.replace("current-context: ctx", "current-context: [ctx]"), "current-context must be text; it is a list"),
+    (KUBECONFIG.replace("{cluster: c, user: u}", "{cluster: c, user: [u]}"),
+     "contexts[0] (ctx): context.user must be text; it is a list"),
+    (KUBECONFIG.replace("- name: c\n", "- name: {c: 1}\n"), "clusters[0]: name must be text; it is a mapping"),
+    (KUBECONFIG.replace("kind: Config\n", "kind: Config\n<<:\n"),
+     "not a kubeconfig: line 3, column 1: a merge key (<<); a kubeconfig may hold none"),
+    (KUBECONFIG.replace("- name: u\n", "- name: &u u\n").replace("user: u}", "user: *u}"),
+     "not a kubeconfig: line 8, column 31: an alias (*name); a kubeconfig may hold none"),
+])
+def test_a_malformed_kubeconfig_is_an_error_naming_it(tmp_path, capsys, kubeconfig_text, message):
+    spec, kubeconfig_path = _spec_with_kubeconfig(tmp_path, kubeconfig_text)
+    code, _, err = _run(capsys, "plan", spec, "--workspace", tmp_path / "ws")
+    assert code == 1
+    assert f"careconcile: error: kubeconfig {kubeconfig_path}: {message}" in err
+    assert KEY_DATA[:20] not in err
+    assert not (tmp_path / "ws").exists()  # nothing was made
+
+
+def test_a_merge_key_alone_in_a_spec_exits_1(tmp_path, capsys):
+    spec = write(tmp_path, VALID.replace("spec:\n", "spec:\n  <<:\n"))
+    code, _, err = _run(capsys, "validate", spec)
+    assert code == 1 and f"{spec}:6:3: a merge key (<<) needs a mapping or a list of mappings" in err
+
+
+@pytest.mark.parametrize("line", [
+    b"@cert-authority *.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPXJxelLfqndjwMidaDg+su5aMXSG2SvnF7K1TjHPJ1A",
+    b"@revoked w1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPXJxelLfqndjwMidaDg+su5aMXSG2SvnF7K1TjHPJ1A",
+    b"w9 sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA==",
+])
+def test_known_hosts_lines_careconcile_cannot_use_are_passed_over(line):
+    from reconciler.shell.ssh import known_hosts_entries
+
+    good = b"w1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPXJxelLfqndjwMidaDg+su5aMXSG2SvnF7K1TjHPJ1A"
+    entries = known_hosts_entries(b"# comment\n\n" + line + b"\n" + good + b"\n")
+    assert [entry.hostnames for entry in entries] == [["w1"]]
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"garbage\n", "line 1 is not a known_hosts entry careconcile can read"),
+    (b"# ok\nw1 ssh-ed25519 !!!!notbase64\n", "line 2 is not a known_hosts entry careconcile can read"),
+    (b"w1 ssh-ed25519 AAAA\xff\xfe\n", "line 1 is not UTF-8 text"),
+])
+def test_garbage_in_known_hosts_is_an_error_naming_the_node_file_and_line(tmp_path, content, problem):
+    import paramiko
+
+    from reconciler.core.spec import SSHAccess
+    from reconciler.errors import NodeUnreachableError
+    from reconciler.shell.ssh import SSHNodeFiles
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_bytes(content)
+    access = SSHAccess.model_validate({"host": "w1", "user": "root", "keyFile": "k", "knownHostsFile": "kh"})
+    files = SSHNodeFiles("w1", access, key_file=tmp_path / "k", known_hosts_file=known_hosts)
+    with pytest.raises(NodeUnreachableError) as error:
+        files._expected_host_keys(paramiko.SSHClient())
+    assert str(error.value).startswith(f"node w1 (ssh root@w1:22): the known_hosts file {known_hosts}: {problem}")
+    assert "!!!!" not in str(error.value)
+
+
+def test_a_plan_file_nested_100000_deep_is_an_error(tmp_path, capsys):
+    path = tmp_path / "deep.plan.json"
+    path.write_text('{"format_version": 1, "clusters": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for command in (["show", path], ["apply", path, "--auto-approve"]):
+        code, _, err = _run(capsys, *command)
+        assert code == 1 and f"{path}: not a JSON plan file (nested too deep)" in err, err
+    path.write_text("[" * 100_000 + "]" * 100_000)  # no format_version: apply takes it for a spec
+    code, _, err = _run(capsys, "apply", path, "--auto-approve")
+    assert code == 1 and f"{path}:1:33: nested more than 32 levels deep; a spec is not" in err, err
+
+
+@pytest.mark.parametrize("style", ["flow", "json"])
+def test_a_spec_in_flow_style_or_json_is_taken_for_a_spec(tmp_path, style):
+    from reconciler.cli._common import is_plan_file
+
+    document = {"apiVersion": "careconcile.dev/v1alpha1", "kind": "CASpec", "metadata": {"name": "x"},
+                "spec": {"clusters": [{"name": "one", "inCluster": True}]}}
+    import json
+
+    text = json.dumps(document) if style == "json" else \
+        "{apiVersion: careconcile.dev/v1alpha1, kind: CASpec, metadata: {name: x}, spec: {clusters: [{name: one, inCluster: true}]}}"
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    assert not is_plan_file(path)
+    assert load_spec(path).document.spec.clusters[0].in_cluster is True
+    path.write_text(json.dumps({"format_version": 1, **document}))
+    assert is_plan_file(path)
+    path.write_text('{"format_version": 1, "clusters": [')  # a plan cut short: the plan loader says so
+    assert is_plan_file(path)
+
+
+def _plan_with(tmp_path, **changes):
+    import json
+
+    from reconciler.core import render
+
+    from .test_render import rotation
+
+    data = json.loads(render.as_json(rotation()))
+    data.update(changes.get("top", {}))
+    data["clusters"][0]["actions"][0]["reason"] = changes.get("reason", "r")
+    path = tmp_path / "saved.plan.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_show_escapes_terminal_control_sequences_from_a_plan_file(tmp_path, capsys):
+    path = _plan_with(tmp_path, top={"spec_path": "/s\x1b]0;owned\x07.yaml"}, reason="\x1b[2J\x9b31m\u202eevil")
+    code, out, _ = _run(capsys, "show", path)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out and "\u202e" not in out
+    assert "/s\\x1b]0;owned\\x07.yaml" in out and "\\x1b[2J\\x9b31m\\u202eevil" in out
+    code, out, _ = _run(capsys, "show", path, "--format", "markdown")
+    assert "\x1b" not in out and "\u202e" not in out
+
+
+def test_an_error_message_reaches_the_terminal_without_control_characters(tmp_path, capsys):
+    path = tmp_path / "\x1b[2Jspec.yaml"
+    code, _, err = _run(capsys, "validate", path)
+    assert code == 1 and "\x1b" not in err and "\\x1b[2Jspec.yaml" in err
+
+
+def test_markdown_keeps_links_and_mentions_from_the_cluster_as_text(tmp_path, capsys):
+    subject = "CN=[click me](https://evil.example/login) @octocat @org/team ![x](https://evil.example/i.png) #1"
+    path = _plan_with(tmp_path, reason=subject)
+    code, out, _ = _run(capsys, "show", path, "--format", "markdown")
+    assert code == 0
+    assert "](" not in out.replace("\\](", "")  # no link or image syntax left
+    assert "@octocat" not in out and "@org/team" not in out and "@\u200boctocat" in out
+    assert "#1" not in out.replace("#\u200b1", "")
+    assert "\\[click me\\](https://evil.example/login)" in out

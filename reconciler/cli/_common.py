@@ -6,15 +6,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from reconciler._files import atomic_write, read_limited
 from reconciler.core import render
 from reconciler.core.plan import PHASES, PlanDocument
+from reconciler.core.spec import dns_label
 from reconciler.errors import OutputFileError
 from reconciler.shell.fleet import DEFAULT_PARALLELISM
 from reconciler.shell.session import PLAN_MAX_BYTES
 
 FORMATS = {"text": render.text, "json": render.as_json, "markdown": render.markdown}
+
+
+def dns_label_argument(what: str) -> Callable[[str], str]:
+    """An argparse type for a name that goes into API paths or file paths: a DNS label."""
+    def check(value: str) -> str:
+        try:
+            return dns_label(value, what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return check
 
 
 def add_workspace_option(parser: argparse.ArgumentParser) -> None:

@@ -40,6 +40,16 @@ KIND = "CASpec"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
+
+
+def dns_label(value: str, what: str) -> str:
+    """``value`` when it is a DNS-1123 label, as Kubernetes names namespaces (and careconcile
+    names clusters, whose names go into API paths and workspace directories); else a
+    ValueError naming ``what``."""
+    if len(value) > 63 or not re.fullmatch(DNS_LABEL, value):
+        raise ValueError(f"{what} {value!r} is not a DNS label: at most 63 lowercase letters, digits and '-', "
+                         "starting and ending with a letter or digit")
+    return value
 # A whole, non-zero number of hours or days: "87600h", "3650d".
 DURATION = r"^0*[1-9][0-9]*[hd]$"
 

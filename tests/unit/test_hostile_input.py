@@ -350,3 +350,32 @@ def test_markdown_keeps_links_and_mentions_from_the_cluster_as_text(tmp_path, ca
     assert "@octocat" not in out and "@org/team" not in out and "@\u200boctocat" in out
     assert "#1" not in out.replace("#\u200b1", "")
     assert "\\[click me\\](https://evil.example/login)" in out
+
+
+# --- item 5: names that go into paths -------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["update", "credentials", "--cluster-ca", "--cluster-name", "{name}", "--kubeconfig", "k"],
+    ["update", "credentials", "--cluster-ca", "--cluster-name", "ok", "--namespace", "{name}", "--kubeconfig", "k"],
+    ["register", "{name}", "--kubeconfig", "k", "--ca-cert", "c", "--node", "n=worker,h"],
+    ["register", "ok", "--namespace", "{name}", "--kubeconfig", "k", "--ca-cert", "c", "--node", "n=worker,h"],
+    ["force-unlock", "{name}", "id", "--spec", "s"],
+])
+@pytest.mark.parametrize("name", ["../../../tmp/x", "a/b", "UPPER", "dash-", "x" * 64, "", "a.b"])
+def test_a_name_that_is_not_a_dns_label_is_refused_before_anything_is_read(tmp_path, capsys, monkeypatch,
+                                                                           argv, name):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, *[part.replace("{name}", name) for part in argv])
+    assert code == 64
+    assert f"{name!r} is not a DNS label" in err
+    assert list(tmp_path.iterdir()) == []  # no workspace directory, nothing at all
+
+
+def test_update_credentials_refuses_a_path_as_a_cluster_name_when_called_directly(tmp_path):
+    from reconciler.errors import UsageError
+    from reconciler.shell.credentials import update_cluster_ca
+
+    with pytest.raises(UsageError, match="cluster name '../x' is not a DNS label"):
+        update_cluster_ca(tmp_path / "k", "../x", context=None, namespace=None, workspace=tmp_path / "ws",
+                          phase_timeout=1)
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "x").exists()

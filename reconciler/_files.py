@@ -12,12 +12,30 @@ from pathlib import Path
 from typing import Any
 
 
+# What marks content as holding a private key: a PEM or OpenSSH private key, or a
+# kubeconfig's embedded client key.
+_KEY_MARKERS = (b"PRIVATE KEY-----", b"client-key-data")
+
+
+def holds_key(content: bytes) -> bool:
+    return any(marker in content for marker in _KEY_MARKERS)
+
+
+def file_mode(content: bytes, mode: int) -> int:
+    """The mode to write ``content`` with: ``mode``, but never readable or writable by group or
+    others when the content holds a private key, whatever mode the file had before (a 0644
+    kubeconfig that gets a client key becomes 0600)."""
+    return mode & ~0o077 if holds_key(content) else mode
+
+
 def atomic_write(path: Path, content: bytes, mode: int = 0o644, *, owner: tuple[int, int] | None = None) -> None:
     """Write ``content`` to a temp file beside ``path``, fsync, then rename over it.
 
     The temp file gets ``mode`` (and ``owner``, when rewriting someone's file) before any
-    byte is written, so a private key is never readable by others, not even for an instant.
+    byte is written, so a private key is never readable by others, not even for an instant;
+    content with a key gets at most 0600 (:func:`file_mode`).
     """
+    mode = file_mode(content, mode)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -39,7 +39,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from paramiko.sftp_file import SFTPFile
 
-from reconciler._files import read_limited
+from reconciler._files import file_mode, read_limited
 from reconciler.core.spec import HOST_KEY_TYPES, SSHAccess
 from reconciler.errors import NodeUnreachableError
 from reconciler.shell.nodes import command_failed
@@ -301,6 +301,8 @@ class SSHNodeFiles:
         return self._run(f"read the mode of {path}", mode)
 
     def write(self, path: str, content: bytes, mode: int) -> None:
+        mode = file_mode(content, mode)  # at most 0600 for a key, as a local write
+
         def write(sftp: paramiko.SFTPClient) -> None:
             target = self._through_links(sftp, path)
             directory, name = posixpath.split(target)

@@ -379,3 +379,138 @@ def test_update_credentials_refuses_a_path_as_a_cluster_name_when_called_directl
         update_cluster_ca(tmp_path / "k", "../x", context=None, namespace=None, workspace=tmp_path / "ws",
                           phase_timeout=1)
     assert not (tmp_path / "ws").exists() and not (tmp_path / "x").exists()
+
+
+# --- item 6: SIGTERM cleans up as Ctrl-C does ------------------------------------------------
+
+_HOLDER = '''
+import shutil, sys, time
+from pathlib import Path
+from reconciler import cli
+from reconciler._files import atomic_write
+from reconciler.shell import session
+
+work, spec = Path(sys.argv[1]), sys.argv[2]
+
+
+class Lock:  # stands in for the cluster's Lease; session.locked takes and releases it
+    def acquire(self):
+        (work / "lease").write_text("held")
+        return type("Info", (), {"took_over_from": None})()
+
+    def release(self):
+        (work / "lease").unlink()
+
+
+class Access:
+    def lock(self, operation):
+        return Lock()
+
+
+def make_plan(*args, **kwargs):  # holds the lock and a 0600 key file, as update credentials does
+    run = work / "run-1"
+    run.mkdir()
+    try:
+        atomic_write(run / "ssh-key", b"-----BEGIN OPENSSH PRIVATE KEY-----\\n", 0o600)
+        (work / "ready").write_text("")
+        time.sleep(60)
+    finally:
+        shutil.rmtree(run)
+
+
+session.open_clusters = lambda *args, **kwargs: {"one": Access()}
+session.make_plan = make_plan
+sys.exit(cli.main(["apply", spec, "--auto-approve"]))
+'''
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_removes_the_key_file_and_releases_the_lock_as_ctrl_c_does(tmp_path, signum):
+    import signal
+    import subprocess
+    import sys
+
+    spec = write(tmp_path, VALID)
+    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), str(spec)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        assert (tmp_path / "lease").exists() and (tmp_path / "run-1/ssh-key").stat().st_mode & 0o777 == 0o600
+        process.send_signal(getattr(signal, signum))
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().endswith("terminated (SIGTERM)" if signum == "SIGTERM" else "interrupted")
+    assert not (tmp_path / "lease").exists()  # released
+    assert not (tmp_path / "run-1").exists()  # the key's directory is gone
+    assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []
+
+
+def test_main_restores_the_sigterm_handler_it_found(tmp_path, capsys):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    _run(capsys, "validate", write(tmp_path, VALID))
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- item 7: a file that holds a key ends 0600 -----------------------------------------------
+
+@pytest.mark.parametrize(("content", "mode"), [
+    (KUBECONFIG.encode(), 0o600),  # client-key-data
+    (b"-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n", 0o600),
+    (b"-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n", 0o644),
+])
+def test_a_loose_file_that_gets_a_key_becomes_0600(tmp_path, content, mode):
+    from reconciler._files import atomic_write
+    from reconciler.shell.nodes import LocalNodeFiles
+
+    path = tmp_path / "etc/kubernetes/admin.conf"
+    path.parent.mkdir(parents=True)
+    path.write_text("apiVersion: v1\nkind: Config\n")
+    path.chmod(0o644)
+    atomic_write(path, content, path.stat().st_mode & 0o777)  # as the executor rewrites a user's kubeconfig
+    assert path.stat().st_mode & 0o777 == mode
+    path.chmod(0o666)
+    LocalNodeFiles("n", str(tmp_path)).write("/etc/kubernetes/admin.conf", content, 0o666)
+    assert path.stat().st_mode & 0o777 == (0o600 if mode == 0o600 else 0o666)
+    assert path.read_bytes() == content
+
+
+def test_an_ssh_write_of_a_key_asks_for_0600(monkeypatch):
+    from reconciler.core.spec import SSHAccess
+    from reconciler.shell import ssh
+
+    asked = []
+    monkeypatch.setattr(ssh, "_create", lambda sftp, temp, mode: asked.append(mode) or (_ for _ in ()).throw(
+        OSError("stop here")))
+    access = SSHAccess.model_validate({"host": "w1", "user": "root", "keyFile": "k", "knownHostsFile": "kh"})
+    files = ssh.SSHNodeFiles("w1", access, key_file=None, known_hosts_file=None)
+
+    class SFTP:
+        def stat(self, path):
+            raise FileNotFoundError(2, "no such file")
+
+        def normalize(self, path):
+            return path
+
+        def lstat(self, path):
+            raise FileNotFoundError(2, "no such file")
+
+        def mkdir(self, path, mode=0o755):
+            pass
+
+        def remove(self, path):
+            pass
+
+    monkeypatch.setattr(files, "_run", lambda doing, work: work(SFTP()))
+    for content, mode in ((KUBECONFIG.encode(), 0o600), (b"-----BEGIN CERTIFICATE-----\n", 0o644)):
+        with pytest.raises(OSError, match="stop here"):
+            files.write("/etc/kubernetes/kubelet.conf", content, 0o644)
+        assert asked.pop() == mode

@@ -4,7 +4,11 @@ registers its parser; errors become exit codes here and only here."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from typing import Iterator
 
 from reconciler import __version__
 from reconciler.cli import apply as apply_command
@@ -17,6 +21,7 @@ from reconciler.cli import schema as schema_command
 from reconciler.cli import unlock as unlock_command
 from reconciler.cli import update as update_command
 from reconciler.cli import validate as validate_command
+from reconciler.core.render import printable
 from reconciler.errors import EXIT_USAGE, CareconcileError, exit_code_for
 
 
@@ -40,6 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, which CI runners and Kubernetes send to stop a job: handled as Ctrl-C is, so
+    the same cleanup runs (temp files removed, locks released) and the exit code is 130."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM during the cleanup must not cut the cleanup short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """In the main thread only (where Python runs signal handlers); the previous handler
+    comes back afterwards, for callers such as the tests that run ``main`` in-process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -47,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage; 2 means "changes" to careconcile
         return EXIT_USAGE if exc.code not in (0, None) else 0
     try:
-        return args.handler(args)
+        with _sigterm_as_interrupt():
+            return args.handler(args)
     except CareconcileError as exc:
-        print(f"careconcile: error: {exc}", file=sys.stderr)
+        # Messages carry names and text from files and clusters: no control character of
+        # theirs reaches the terminal.
+        print(f"careconcile: error: {printable(str(exc))}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt as exc:
-        print("careconcile: interrupted", file=sys.stderr)
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"careconcile: {how}", file=sys.stderr)
         return exit_code_for(exc)

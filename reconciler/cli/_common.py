@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Callable
 
-from reconciler._files import atomic_write
+from reconciler._files import atomic_write, read_limited
 from reconciler.core import render
 from reconciler.core.plan import PHASES, PlanDocument
+from reconciler.core.spec import dns_label
 from reconciler.errors import OutputFileError
 from reconciler.shell.fleet import DEFAULT_PARALLELISM
+from reconciler.shell.session import PLAN_MAX_BYTES
 
 FORMATS = {"text": render.text, "json": render.as_json, "markdown": render.markdown}
+
+
+def dns_label_argument(what: str) -> Callable[[str], str]:
+    """An argparse type for a name that goes into API paths or file paths: a DNS label."""
+    def check(value: str) -> str:
+        try:
+            return dns_label(value, what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return check
 
 
 def add_workspace_option(parser: argparse.ArgumentParser) -> None:
@@ -68,12 +82,22 @@ def phase_number(value: str) -> int:
 
 
 def is_plan_file(path: Path) -> bool:
-    """A saved plan is JSON; a spec is YAML. Telling them apart by content, not name."""
+    """Telling a saved plan from a spec by content, not name: a plan is a JSON object with
+    ``format_version``; a spec (YAML, in block or flow style, or JSON) has ``apiVersion`` and
+    ``kind`` instead. A file that is not JSON, or cannot be read, is taken for a spec, whose
+    loader then says what is wrong with it, unless it names ``format_version`` (a plan file
+    cut short or edited into invalid JSON: the plan loader says where)."""
     try:
-        head = path.read_bytes()[:64].lstrip()
+        raw = read_limited(path, PLAN_MAX_BYTES)
     except OSError:
         return False
-    return head.startswith(b"{")
+    if not raw.lstrip().startswith(b"{"):
+        return False
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return b'"format_version"' in raw
+    return isinstance(document, dict) and "format_version" in document
 
 
 def write_output(path: Path, content: str) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli._common import dns_label_argument
 from reconciler.core.admin import parse_node_option
-from reconciler.core.spec import DNS_LABEL
 from reconciler.errors import EXIT_OK, UsageError
 from reconciler.shell import admin
 from reconciler.shell.kube import KubeconfigClient
@@ -29,12 +28,13 @@ def register(commands: Any) -> None:
                     "<CLUSTER>-kubeconfig (as Cluster API keeps them), the node inventory ConfigMap "
                     "<CLUSTER>-careconcile-nodes and, with --ssh-key, the Secret <CLUSTER>-ssh-key. Idempotent. "
                     "See docs/admin-mode.md.")
-    parser.add_argument("cluster", metavar="CLUSTER", help="the cluster's name (its objects are named after it)")
+    parser.add_argument("cluster", metavar="CLUSTER", type=dns_label_argument("cluster name"), help="the cluster's name (its objects are named after it)")
     parser.add_argument("--admin-kubeconfig", type=Path, metavar="ADMIN",
                         help="kubeconfig of the management cluster (with --from-spec: the spec's management one "
                              "if unset)")
     parser.add_argument("--admin-context", metavar="CONTEXT", help="context in ADMIN; its current one if unset")
-    parser.add_argument("--namespace", metavar="NS", help="namespace in the management cluster (default cluster-CLUSTER)")
+    parser.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"),
+                        help="namespace in the management cluster (default cluster-CLUSTER)")
     parser.add_argument("--kubeconfig", type=Path, metavar="USER",
                         help="an admin kubeconfig of the cluster, for the Secret CLUSTER-kubeconfig")
     parser.add_argument("--context", metavar="CONTEXT", help="context in USER; its current one if unset")
@@ -51,10 +51,6 @@ def register(commands: Any) -> None:
 
 
 def _register(args: argparse.Namespace) -> int:
-    if not re.fullmatch(DNS_LABEL, args.cluster) or len(args.cluster) > 63:
-        raise UsageError(f"cluster name {args.cluster!r} is not a DNS label (lowercase letters, digits, '-')")
-    if args.namespace is not None and (not re.fullmatch(DNS_LABEL, args.namespace) or len(args.namespace) > 63):
-        raise UsageError(f"namespace {args.namespace!r} is not a DNS label (lowercase letters, digits, '-')")
     if (args.ca_cert is None) != (args.ca_key is None):
         raise UsageError("--ca-cert and --ca-key go together")
     admin_kubeconfig, admin_context = args.admin_kubeconfig, args.admin_context

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reconciler.cli._common import add_workspace_option
+from reconciler.cli._common import add_workspace_option, dns_label_argument
 from reconciler.errors import EXIT_OK, LockError, UsageError
 from reconciler.shell import session
 from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, current_lock, force_unlock
@@ -15,7 +15,7 @@ from reconciler.shell.specfile import load_spec
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("force-unlock", help="remove a cluster's lock left by a run that is gone")
-    parser.add_argument("cluster", metavar="CLUSTER")
+    parser.add_argument("cluster", metavar="CLUSTER", type=dns_label_argument("cluster name"))
     parser.add_argument("lock_id", metavar="LOCK_ID", help="the id the lock error printed")
     parser.add_argument("--spec", type=Path, required=True, metavar="SPEC", help="the spec that names the cluster")
     add_workspace_option(parser)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconciler.cli._common import add_workspace_option
+from reconciler.cli._common import add_workspace_option, dns_label_argument
 from reconciler.errors import EXIT_OK, UsageError
 from reconciler.shell import credentials, session
 
@@ -21,11 +21,12 @@ def register(commands: Any) -> None:
         description="Plan and apply a rotation of a registered user cluster's CA, using only what the admin "
                     "(management) cluster holds. Re-running it after an interruption finishes that rotation.")
     creds.add_argument("--cluster-ca", action="store_true", help="rotate the cluster CA (the only credential so far)")
-    creds.add_argument("--cluster-name", required=True, metavar="NAME", help="the user cluster, as registered")
+    creds.add_argument("--cluster-name", required=True, metavar="NAME", type=dns_label_argument("cluster name"),
+                       help="the user cluster, as registered")
     creds.add_argument("--kubeconfig", required=True, type=Path, metavar="ADMIN_KUBECONFIG",
                        help="kubeconfig of the admin (management) cluster")
     creds.add_argument("--context", metavar="CONTEXT", help="context in ADMIN_KUBECONFIG (default: its current one)")
-    creds.add_argument("--namespace", metavar="NS", help="the cluster's namespace in the admin cluster "
+    creds.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"), help="the cluster's namespace in the admin cluster "
                                                          "(default: cluster-NAME)")
     creds.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS",
                        help="how long a phase's check waits for the cluster to show its result (default: 300)")

@@ -25,9 +25,10 @@ import io
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from ruamel.yaml import YAML, YAMLError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from ruamel.yaml import YAML
 
+from reconciler.core import yamldoc
 from reconciler.core.spec import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, AbsolutePath, Command, LocalAccess,
                                   NodeAccess, NodeSpec)
 from reconciler.errors import AdminClusterError
@@ -97,7 +98,7 @@ class InventorySSH(_Strict):
     """How to log in to a node over SSH; the key is the Secret ``<name>-ssh-key``."""
 
     user: str = Field(default="root", min_length=1, pattern=r"^[^\s@:]+$", description="The user to log in as.")
-    port: int = Field(default=22, ge=1, le=65535, description="The SSH port.")
+    port: StrictInt = Field(default=22, ge=1, le=65535, description="The SSH port.")
     host_key: str | None = Field(default=None, alias="hostKey",
                                  description="The node's public host key, as a known_hosts line has it.")
     root: AbsolutePath = Field(default="/", description="Absolute directory on the node that stands for its '/'.")
@@ -184,10 +185,9 @@ def dump_inventory(value: NodeInventory) -> str:
 
 def parse_inventory(text: str, *, source: str) -> NodeInventory:
     try:
-        document = YAML(typ="safe", pure=True).load(text)
-    except YAMLError as exc:
-        raise AdminClusterError(f"{source}: not YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") \
-            from None
+        document = yamldoc.load(text, yamldoc.INVENTORY).data
+    except yamldoc.DocumentError as exc:
+        raise AdminClusterError(f"{source}: not YAML ({exc})") from None
     if isinstance(document, dict) and document.get("kind") == INVENTORY_KIND \
             and document.get("apiVersion") != API_VERSION:
         raise AdminClusterError(f"{source}: inventory apiVersion {document.get('apiVersion')!r}; this careconcile "

@@ -7,7 +7,7 @@ import json
 from reconciler.core.drift import ClusterDrift, DriftReport
 from reconciler.core.observed import short
 # The plan's markdown rules: one line per cell, pipes escaped, no raw HTML outside code spans.
-from reconciler.core.render import _code, _escape
+from reconciler.core.render import _code, _escape, printable
 
 _STATUS = {"in-sync": "in sync", "drift": "DRIFT", "error": "ERROR"}
 
@@ -29,6 +29,10 @@ def totals_line(report: DriftReport) -> str:
 
 
 def text(report: DriftReport) -> str:
+    return printable(_text(report))
+
+
+def _text(report: DriftReport) -> str:
     lines = []
     for cluster in report.clusters:
         lines.append(_headline(cluster))

@@ -8,8 +8,9 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml import YAML
 
+from reconciler.core import yamldoc
 from reconciler.errors import PKIError
 
 
@@ -76,19 +77,60 @@ def dump(document: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def parse(text: str, *, source: str) -> dict[str, Any]:
+def parse(text: str | bytes, *, source: str) -> dict[str, Any]:
+    """A kubeconfig's document, within :data:`yamldoc.KUBECONFIG`'s limits (no aliases),
+    with the entries careconcile reads in the shape it reads them. Errors name ``source``,
+    the line and column and the problem, never a value: a kubeconfig's values are keys."""
     try:
-        document = YAML(typ="safe", pure=True).load(text)
-    except YAMLError as exc:
-        # Only the problem and where: the parser's own message quotes the line, and a
-        # kubeconfig's lines hold client keys.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise PKIError(f"{source}: not a kubeconfig: {problem}{where}") from None
+        document = yamldoc.load(text, yamldoc.KUBECONFIG).data
+    except yamldoc.DocumentError as exc:
+        raise PKIError(f"{source}: not a kubeconfig: {exc}") from None
     if not isinstance(document, dict) or document.get("kind") != "Config":
         raise PKIError(f"{source}: not a kubeconfig (kind Config missing)")
+    _check_shape(document, source)
     return document
+
+
+# The entries of each list, and their fields careconcile reads, which must be text.
+_SECTIONS = {
+    "clusters": ("cluster", ("server", "certificate-authority", "certificate-authority-data")),
+    "contexts": ("context", ("cluster", "user", "namespace")),
+    "users": ("user", ("client-certificate", "client-certificate-data", "client-key", "client-key-data",
+                       "token", "tokenFile")),
+}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "a boolean", type(None): "empty"}.get(
+        type(value), "a number")
+
+
+def _check_shape(document: dict[str, Any], source: str) -> None:
+    """clusters, contexts and users are lists of named mappings; the fields careconcile reads
+    are text. Anything else in a kubeconfig is left as it is."""
+    if not isinstance(document.get("current-context", ""), (str, type(None))):
+        raise PKIError(f"{source}: current-context must be text; it is {_kind(document['current-context'])}")
+    for section, (inner, fields) in _SECTIONS.items():
+        entries = document.get(section)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            raise PKIError(f"{source}: {section} must be a list of entries; it is {_kind(entries)}")
+        for index, entry in enumerate(entries):
+            where = f"{source}: {section}[{index}]"
+            if not isinstance(entry, dict):
+                raise PKIError(f"{where} must be a mapping with name and {inner}; it is {_kind(entry)}")
+            if not isinstance(entry.get("name"), str):
+                raise PKIError(f"{where}: name must be text; it is {_kind(entry.get('name'))}")
+            body = entry.get(inner)
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                raise PKIError(f"{where} ({entry['name']}): {inner} must be a mapping; it is {_kind(body)}")
+            for name in fields:
+                if not isinstance(body.get(name, ""), (str, type(None))):
+                    raise PKIError(f"{where} ({entry['name']}): {inner}.{name} must be text; "
+                                   f"it is {_kind(body[name])}")
 
 
 def _decode(data: Any, where: str) -> bytes:

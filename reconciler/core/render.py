@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections import Counter
 
@@ -44,7 +45,22 @@ def _describe(cluster: ClusterPlan) -> str:
     return f"Cluster {cluster.cluster} ({cluster.authority}): {headline}"
 
 
+# Control characters (but tab and newline), DEL, C1 controls and the bidirectional
+# overrides: a plan file or a cluster's object holding them must not drive the terminal
+# (clear it, move the cursor, set its title) or reorder what a reader sees.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (ESC as ``\\x1b``)."""
+    return _UNPRINTABLE.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
+
+
 def text(plan: PlanDocument) -> str:
+    return printable(_text(plan))
+
+
+def _text(plan: PlanDocument) -> str:
     lines = [f"careconcile {plan.operation} plan for {plan.spec_path}", "", LEGEND, ""]
     for cluster in plan.clusters:
         lines.append(_describe(cluster))
@@ -86,14 +102,26 @@ def _plural(count: int, word: str) -> str:
     return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
+# Markdown that would make text into something else: emphasis, links, images, headings.
+_MARKUP = re.compile(r"([\\`*_\[\]!~])")
+# A zero-width space after "@" or "#" keeps GitHub from making a mention (which notifies
+# the user or team) or a reference to an issue of it. A bare URL stays: it shows where it leads.
+_REFERENCES = re.compile(r"([@#])(?=\w)")
+
+
 def _escape(text: str) -> str:
-    """Plain text for a cell, list item or heading: one line, pipes escaped, no raw HTML."""
-    return " ".join(text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").split())
+    """Plain text for a cell, list item or heading: one line, pipes escaped, no raw HTML, no
+    markdown (a certificate subject from the cluster, ``[x](https://evil)``, stays text), and
+    no @mention or issue reference that GitHub would make of it."""
+    text = " ".join(printable(text).replace("&", "&amp;").replace("<", "&lt;").split())
+    text = _MARKUP.sub(r"\\\1", text).replace("|", "\\|")
+    return _REFERENCES.sub("\\1\u200b", text)
 
 
 def _code(text: str, *, table: bool = True) -> str:
-    """A code span; in a table its pipes are escaped (GitHub unescapes them inside the span)."""
-    text = " ".join(text.split())
+    """A code span; in a table its pipes are escaped (GitHub unescapes them inside the span).
+    GitHub makes no link or mention inside one."""
+    text = " ".join(printable(text).split())
     if table:
         text = text.replace("|", "\\|")
     return f"`` {text} ``" if "`" in text else f"`{text}`"

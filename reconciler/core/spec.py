@@ -24,6 +24,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
+    StrictInt,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -38,6 +40,16 @@ KIND = "CASpec"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 FINGERPRINT = r"^sha256:[0-9a-f]{64}$"
+
+
+def dns_label(value: str, what: str) -> str:
+    """``value`` when it is a DNS-1123 label, as Kubernetes names namespaces (and careconcile
+    names clusters, whose names go into API paths and workspace directories); else a
+    ValueError naming ``what``."""
+    if len(value) > 63 or not re.fullmatch(DNS_LABEL, value):
+        raise ValueError(f"{what} {value!r} is not a DNS label: at most 63 lowercase letters, digits and '-', "
+                         "starting and ending with a letter or digit")
+    return value
 # A whole, non-zero number of hours or days: "87600h", "3650d".
 DURATION = r"^0*[1-9][0-9]*[hd]$"
 
@@ -178,7 +190,7 @@ class SSHAccess(_Strict):
     ]})
 
     host: str = Field(min_length=1, pattern=r"^[^\s@/\[\]]+$", description="The node's host name or IP address.")
-    port: int = Field(default=22, ge=1, le=65535, description="The SSH port.")
+    port: StrictInt = Field(default=22, ge=1, le=65535, description="The SSH port.")
     user: str = Field(min_length=1, pattern=r"^[^\s@:]+$",
                       description="The user to log in as; it must be able to write the node's CA files (root on a "
                                   "kubeadm node).")
@@ -249,7 +261,7 @@ class KeySettings(_Strict):
     ]})
 
     algorithm: Literal["RSA", "ECDSA"] = Field(description="The key algorithm.")
-    size: int = Field(description="Bits for RSA (2048, 3072, 4096); the curve for ECDSA (256 for P-256, 384 for P-384).")
+    size: StrictInt = Field(description="Bits for RSA (2048, 3072, 4096); the curve for ECDSA (256 for P-256, 384 for P-384).")
 
     @field_validator("size")
     @classmethod
@@ -322,7 +334,7 @@ class AuthoritySettings(_Strict):
 class AuthoritySpec(AuthoritySettings):
     """One authority (CA) of a cluster: the settings, a rotation counter and an optional pin."""
 
-    rotation: int = Field(
+    rotation: StrictInt = Field(
         default=0,
         ge=0,
         description="Raise above the value last applied to force a rotation of this authority.",
@@ -427,10 +439,10 @@ class WorkloadSettings(_Strict):
     bundle trusts both CAs and before any certificate is reissued. Every field is optional:
     unset here, it comes from spec.defaults.workloads, then from the built-in default."""
 
-    restart: bool | None = Field(
+    restart: StrictBool | None = Field(
         default=None, description="Restart the pods that read the cluster CA at start (built-in default true). "
                                   "false: the plan only warns about them.")
-    max_concurrent: int | None = Field(
+    max_concurrent: StrictInt | None = Field(
         default=None, alias="maxConcurrent", ge=1, le=100,
         description="How many controllers roll at once; built-in default 4.")
     timeout: Timeout | None = Field(
@@ -440,7 +452,7 @@ class WorkloadSettings(_Strict):
         default=None, json_schema_extra={"items": {"pattern": EXCLUDE}},
         description="Workloads never restarted: NAMESPACE or NAMESPACE/KIND/NAME, shell-style wildcards "
                     "allowed (kube-system, app-*/Deployment/web, */Job/*). The plan warns about each.")
-    evict_bare_pods: bool | None = Field(
+    evict_bare_pods: StrictBool | None = Field(
         default=None, alias="evictBarePods",
         description="Evict pods that no controller owns (nothing brings them back). Built-in default false: "
                     "such a pod blocks the plan unless excluded.")
@@ -506,7 +518,7 @@ class ClusterSpec(_Strict):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="The cluster's name in this spec.")
     # inCluster comes before kubeconfig: pydantic validates fields in order, and the
     # kubeconfig's check reads it, so that its error points at `kubeconfig`.
-    in_cluster: bool = Field(
+    in_cluster: StrictBool = Field(
         default=False, alias="inCluster",
         description="true: reach the API as the pod careconcile runs in, with its ServiceAccount token "
                     "(KUBERNETES_SERVICE_HOST/PORT, /var/run/secrets/kubernetes.io/serviceaccount); "

@@ -25,8 +25,8 @@ from reconciler._files import atomic_write
 from reconciler.core.admin import SSH_KEY_KEY, ManagementNames
 from reconciler.core.record import resolve_record
 from reconciler.core.plan import summary_line
-from reconciler.core.spec import API_VERSION, SpecDocument
-from reconciler.errors import APINotFoundError, PlanConflictError
+from reconciler.core.spec import API_VERSION, SpecDocument, dns_label
+from reconciler.errors import APINotFoundError, PlanConflictError, UsageError
 from reconciler.shell import session
 from reconciler.shell.admin import cluster_from_admin, default_namespace
 from reconciler.shell.kube import KubeconfigClient
@@ -79,6 +79,12 @@ def _ssh_key(admin: KubeconfigClient, names: ManagementNames, directory: Path) -
 def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None, namespace: str | None,
                       workspace: Path, phase_timeout: float, stream: TextIO = sys.stdout,
                       say: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Outcome:
+    for value, what in ((name, "cluster name"), (namespace, "namespace")):
+        try:  # the CLI checked them; a name that is a path must never reach the workspace or an API path
+            if value is not None:
+                dns_label(value, what)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     names = ManagementNames(name, namespace or default_namespace(name))
     workspace = workspace.resolve()  # the generated spec names files in it by absolute paths
     admin = KubeconfigClient(admin_kubeconfig, context)

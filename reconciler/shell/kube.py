@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 from reconciler import __version__
-from reconciler.core import kubeconfig
+from reconciler._files import read_limited
+from reconciler.core import kubeconfig, yamldoc
 from reconciler.errors import (APIConflictError, APIError, APIForbiddenError, APINotFoundError,
                                APIUnauthorizedError, ClusterUnreachableError, PKIError)
 
@@ -42,6 +43,9 @@ _TYPED_ERRORS: dict[int, type[APIError]] = {
     404: APINotFoundError,
     409: APIConflictError,
 }
+
+# A certificate, key or token file a kubeconfig names: a PEM bundle of many CAs fits.
+REFERENCED_FILE_MAX_BYTES = 1024 * 1024
 
 # A kept-alive connection the server closed while idle fails with one of these before any
 # response byte arrives; that alone is what a reconnect may paper over.
@@ -158,7 +162,7 @@ def _data_or_file(section: dict[str, Any], key: str, base: Path | None, where: s
     if path:
         resolved = base / Path(path).expanduser()
         try:
-            return resolved.read_bytes()
+            return read_limited(resolved, REFERENCED_FILE_MAX_BYTES)
         except OSError as exc:
             raise PKIError(f"{where}: cannot read {key} {resolved}: {exc.strerror}") from exc
     return None
@@ -168,13 +172,13 @@ def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
     """The server and credentials of ``context`` (default: current-context) in ``path``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = read_limited(path, yamldoc.KUBECONFIG.max_bytes)
     except OSError as exc:
         raise ClusterUnreachableError(f"kubeconfig {path}: cannot read it: {exc.strerror}") from exc
-    return kubeconfig_target(text, source=f"kubeconfig {path}", context=context, base=path.resolve().parent)
+    return kubeconfig_target(raw, source=f"kubeconfig {path}", context=context, base=path.resolve().parent)
 
 
-def kubeconfig_target(text: str, *, source: str, context: str | None = None, base: Path | None = None) -> KubeTarget:
+def kubeconfig_target(text: str | bytes, *, source: str, context: str | None = None, base: Path | None = None) -> KubeTarget:
     """The server and credentials of ``context`` (default: current-context) in a kubeconfig's
     text; ``source`` names it in errors. ``base`` is the directory file references are relative
     to; None (a kubeconfig held in a Secret) refuses them."""
@@ -211,9 +215,10 @@ def kubeconfig_target(text: str, *, source: str, context: str | None = None, bas
             raise PKIError(f"{where}: tokenFile names a file; a kubeconfig that is not a file must embed the token")
         token_path = base / Path(user["tokenFile"]).expanduser()
         try:
-            token = token_path.read_text().strip()
-        except OSError as exc:
-            raise PKIError(f"{where}: cannot read tokenFile {token_path}: {exc.strerror}") from exc
+            token = read_limited(token_path, REFERENCED_FILE_MAX_BYTES).decode().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise PKIError(f"{where}: cannot read tokenFile {token_path}: {reason}") from exc
     return KubeTarget(
         name=where,
         server=server,

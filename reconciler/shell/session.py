@@ -16,12 +16,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import jsonschema
 from pydantic import ValidationError
 
 from reconciler import __version__
+from reconciler._files import read_limited
 from reconciler.core.admin import ManagementNames
 from reconciler.core.authorities import CLUSTER_CA, AuthorityLayout
 from reconciler.core.diff import diff
@@ -129,25 +130,44 @@ def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollbac
 
 # --- saved plans -----------------------------------------------------------------------
 
-def load_plan(path: Path) -> PlanDocument:
+# A saved plan of a 50-worker rotation is about 200 KiB; a fleet's stays far below this.
+PLAN_MAX_BYTES = 64 * 1024 * 1024
+
+
+def read_plan_json(path: Path) -> Any:
+    """The JSON in a saved plan file, read within :data:`PLAN_MAX_BYTES` from a regular file."""
     try:
-        document = json.loads(path.read_text())
+        return json.loads(read_limited(path, PLAN_MAX_BYTES))
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read the plan: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from exc
-    if isinstance(document, dict) and document.get("format_version") != FORMAT_VERSION:
-        raise PlanFileError(f"{path}: plan format_version {document.get('format_version')!r}; this careconcile "
-                            f"reads format_version {FORMAT_VERSION}",
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a JSON plan file (nested too deep)") from None
+    except ValueError as exc:  # JSONDecodeError's message gives the place, never the text
+        raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from None
+
+
+def load_plan(path: Path) -> PlanDocument:
+    document = read_plan_json(path)
+    if not isinstance(document, dict):
+        raise PlanFileError(f"{path}: not a plan (a JSON object with format_version)")
+    if document.get("format_version") != FORMAT_VERSION:
+        shown = document.get("format_version")
+        raise PlanFileError(f"{path}: plan format_version {shown if isinstance(shown, int) else 'missing or not a number'}"
+                            f"; this careconcile reads format_version {FORMAT_VERSION}",
                             hint="plan again with this careconcile (`careconcile plan SPEC -out FILE`)")
+    # Messages name the place and the rule, not the value found there.
     try:
         jsonschema.validate(document, schemas()["plan.schema.json"])
         return PlanDocument.model_validate(document)
     except jsonschema.ValidationError as exc:
         where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
-        raise PlanFileError(f"{path}: not a valid plan at {where}: {exc.message}") from exc
+        raise PlanFileError(f"{path}: not a valid plan at {where}: fails the schema's {exc.validator!r} rule") from None
     except ValidationError as exc:
-        raise PlanFileError(f"{path}: not a valid plan: {exc}") from exc
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        raise PlanFileError(f"{path}: not a valid plan at {where}: {error['msg']}") from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a valid plan (nested too deep)") from None
 
 
 def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,

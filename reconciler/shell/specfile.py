@@ -5,22 +5,18 @@ problem reported at once as ``FILE:LINE:COLUMN: path.to.field: message``.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.scalarbool import ScalarBoolean
 
+from reconciler._files import read_limited
+from reconciler.core import yamldoc
 from reconciler.core.spec import ClusterSpec, SpecDocument
+from reconciler.core.yamldoc import Loc, Position
 from reconciler.errors import SpecError
-
-Loc = tuple[str | int, ...]  # a place in the document, as pydantic's error locations
-Position = tuple[int, int]  # 1-based line and column
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ def load_spec(path: Path) -> LoadedSpec:
         # Python attribute (renew_before).
         document = SpecDocument.model_validate(data, by_name=False)
     except ValidationError as exc:
-        problems = [(positions.of(error), _dotted(error["loc"]), _message(error)) for error in exc.errors()]
+        problems = [(_position_of(positions, error), _dotted(error["loc"]), _message(error)) for error in exc.errors()]
         problems.sort(key=lambda problem: problem[0])
         raise SpecError(f"{path}: invalid spec ({_count(len(problems), 'error')})",
                         problems=[_line(path, *problem) for problem in problems]) from exc
@@ -80,44 +76,26 @@ def _invalid(path: Path, position: Position, message: str, *, title: str = "inva
 
 def _read(path: Path) -> str:
     try:
-        data = path.read_bytes()
+        raw = read_limited(path, yamldoc.SPEC.max_bytes)
     except OSError as exc:
         raise _invalid(path, (1, 1), f"cannot read: {exc.strerror or exc}", title="cannot read the spec") from exc
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        before = data[:exc.start]
-        position = (before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1)
-        raise _invalid(path, position, "not UTF-8 text", title="cannot read the spec") from exc
+        return yamldoc.decode(raw, yamldoc.SPEC)
+    except yamldoc.DocumentError as exc:
+        raise _invalid(path, exc.position, exc.problem, title="cannot read the spec") from None
 
 
-def _position_in(text: str, offset: int) -> Position:
-    before = text[:offset]
-    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
-
-
-def _parse(path: Path, text: str) -> tuple[dict, "_Positions"]:
-    yaml = YAML(typ="rt")  # the round-trip loader keeps the line and column of every key and item
+def _parse(path: Path, text: str) -> tuple[dict, yamldoc.Positions]:
     try:
-        root = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = exc.problem or exc.context or "invalid YAML"
-        if exc.problem and exc.context and exc.context_mark:
-            message += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
-        position = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise _invalid(path, position, message, title="invalid YAML") from exc
-    except YAMLError as exc:  # the reader's errors (control characters) carry an offset, not a mark
-        offset = getattr(exc, "position", 0) or 0
-        raise _invalid(path, _position_in(text, offset), str(exc).splitlines()[0], title="invalid YAML") from exc
+        document = yamldoc.load(text, yamldoc.SPEC)
+    except yamldoc.DocumentError as exc:
+        raise _invalid(path, exc.position, exc.problem, title="invalid YAML") from None
+    root, positions = document.data, document.positions
     if root is None:
         raise _invalid(path, (1, 1), "the file holds no document; expected a CASpec mapping")
-    if not isinstance(root, CommentedMap):
-        start = (root.lc.line + 1, root.lc.col + 1) if isinstance(root, CommentedSeq) else (1, 1)
-        raise _invalid(path, start, f"the document is {_kind(root)}; expected a CASpec mapping")
-    positions = _Positions()
-    positions.values[()] = (root.lc.line + 1, root.lc.col + 1)
-    return _plain(root, (), positions), positions
+    if not isinstance(root, dict):
+        raise _invalid(path, positions.nearest(()), f"the document is {_kind(root)}; expected a CASpec mapping")
+    return root, positions
 
 
 def _kind(value: Any) -> str:
@@ -135,55 +113,14 @@ def _kind(value: Any) -> str:
     return "a string" if isinstance(value, str) else f"a {type(value).__name__}"
 
 
-@dataclass
-class _Positions:
-    """Where each key and each value of the document starts."""
-
-    keys: dict[Loc, Position] = field(default_factory=dict)
-    values: dict[Loc, Position] = field(default_factory=dict)
-
-    def of(self, error: ErrorDetails) -> Position:
-        """Where an error shows: an unknown field at its key, a missing field at the
-        mapping that lacks it, anything else at the value at fault."""
-        loc = tuple(error["loc"])
-        if error["type"] == "extra_forbidden" and loc in self.keys:
-            return self.keys[loc]
-        if error["type"] == "missing":
-            loc = loc[:-1]
-        while loc not in self.values:  # a place the YAML does not spell out: its nearest parent
-            loc = loc[:-1]
-        return self.values[loc]
-
-
-def _plain(node: Any, loc: Loc, positions: _Positions) -> Any:
-    """``node`` as plain dicts, lists and scalars (ruamel's round-trip types subclass them
-    in ways pydantic need not know), recording positions on the way."""
-    if isinstance(node, CommentedMap):
-        plain = {}
-        for key, value in node.items():
-            name = str(key)
-            spot = node.lc.data.get(key)  # absent for keys that a `<<` merge brought in
-            if spot:
-                positions.keys[(*loc, name)] = (spot[0] + 1, spot[1] + 1)
-                # An empty value has no start of its own; its key stands for it.
-                line, column = (spot[0], spot[1]) if value is None else (spot[2], spot[3])
-                positions.values[(*loc, name)] = (line + 1, column + 1)
-            plain[name] = _plain(value, (*loc, name), positions)
-        return plain
-    if isinstance(node, CommentedSeq):
-        items = []
-        for index, value in enumerate(node):
-            spot = node.lc.data.get(index)
-            if spot:
-                positions.values[(*loc, index)] = (spot[0] + 1, spot[1] + 1)
-            items.append(_plain(value, (*loc, index), positions))
-        return items
-    if isinstance(node, (bool, ScalarBoolean)):
-        return bool(node)
-    for kind in (int, float, str):
-        if isinstance(node, kind):
-            return kind(node)
-    return node
+def _position_of(positions: yamldoc.Positions, error: ErrorDetails) -> Position:
+    """Where an error shows: an unknown field at its key, a missing field at the mapping
+    that lacks it, anything else at the value at fault (or, where the YAML does not spell
+    it out, its nearest parent)."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden" and loc in positions.keys:
+        return positions.keys[loc]
+    return positions.nearest(loc[:-1] if error["type"] == "missing" else loc)
 
 
 def _dotted(loc: Loc) -> str:
@@ -210,6 +147,8 @@ def _message(error: ErrorDetails) -> str:
         return f"must be a mapping; got {_kind(value)}"
     if kind == "list_type":
         return f"must be a list; got {_kind(value)}"
+    if kind == "int_type":  # strict: not true, 3.0 or "22"
+        return f"must be a whole number; got {_kind(value)}, {_shown(value)}"
     if kind in ("bool_parsing", "bool_type"):
         return f"must be true or false; got {_shown(value)}"
     if kind == "literal_error":

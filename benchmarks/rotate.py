@@ -305,7 +305,7 @@ def phase_wall_seconds(report: RunReport, restarting: float) -> dict[int, float]
 
 
 def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
-    spec.write_text(re.sub(r"rotation: \d+", f"rotation: {rotation}", spec.read_text()))
+    spec.write_text(re.sub(r"(clusterCA:\n\s+rotation: )\d+", rf"\g<1>{rotation}", spec.read_text()))
     calls, requests = NODE_CALLS.value, SFTP_REQUESTS.value
     steps, restarts_before = len(RESTART_STEPS.spans), len(RESTART_CALLS.spans)
     started = time.monotonic()

@@ -47,7 +47,8 @@ cat "$root/spec.yaml"
 
 export CARECONCILE_WORKSPACE="$root/careconcile-workspace"
 spec="$root/spec.yaml"
-sed -i 's/rotation: 0/rotation: 1/' "$spec"
+# only the cluster CA's counter (the line after clusterCA:)
+sed -i '/clusterCA:/{n;s/rotation: 0/rotation: 1/}' "$spec"
 echo
 echo "==> raised clusterCA.rotation to 1; careconcile drift $spec (expect: rotation-requested, exit 2)"
 set +e

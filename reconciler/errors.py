@@ -131,6 +131,10 @@ class RotationError(CareconcileError):
 class RollbackRefusedError(CareconcileError):
     """There is nothing to roll back, or the old CA is no longer trusted everywhere."""
 
+    def __init__(self, message: str, *, hint: str | None = None, nothing_in_progress: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.nothing_in_progress = nothing_in_progress  # no rotation of this authority to undo
+
 
 class AdminClusterError(CareconcileError):
     """The management (admin) cluster does not hold what admin mode needs for a cluster (its

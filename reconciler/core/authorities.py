@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.core import kubeadm
+from reconciler.core import extension_apiserver, kubeadm
 from reconciler.core.kubeadm import KUBERNETES_DIR, PKI_DIR
 from reconciler.core.sites import ApiField
 
@@ -61,6 +61,12 @@ class StaticPodComponent:
     one_at_a_time: bool = False
     # What a cluster with one instance loses while it restarts; the plan says so beforehand.
     outage_when_alone: str | None = None
+    # readiness "etcd-member": the client certificate pair (path.crt, path.key) and the CA
+    # file to ask the member with, as a health check does. "apiserver-readyz": the CA file
+    # its serving certificate verifies against, when not the cluster CA (an aggregated
+    # apiserver's own).
+    probe_pair: str | None = None
+    probe_trust: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,12 +154,14 @@ CLUSTER_CA = AuthorityLayout(
         *(FileBundle(f"{KUBERNETES_DIR}/{name}", "kubeconfig", _CP) for name in _KUBECONFIGS_CP),
         FileBundle(f"{KUBERNETES_DIR}/kubelet.conf", "kubeconfig", ALL_ROLES),
         FileBundle(kubeadm.KWOK_KUBECONFIG, "kubeconfig", _CP),
+        FileBundle(extension_apiserver.KUBECONFIG, "kubeconfig", _CP),
     ),
     leaves=(
         FileLeaf(f"{PKI_DIR}/apiserver", "pair", _CP),
         FileLeaf(f"{PKI_DIR}/apiserver-kubelet-client", "pair", _CP),
         *(FileLeaf(f"{KUBERNETES_DIR}/{name}", "kubeconfig", _CP) for name in _KUBECONFIGS_CP),
         FileLeaf(kubeadm.KWOK_KUBECONFIG, "kubeconfig", _CP),
+        FileLeaf(extension_apiserver.KUBECONFIG, "kubeconfig", _CP),
         FileLeaf(kubeadm.KUBELET_CLIENT_CERT, "combined", ALL_ROLES),
     ),
     components=(
@@ -162,6 +170,10 @@ CLUSTER_CA = AuthorityLayout(
                            signs=True),
         StaticPodComponent("kube-scheduler", (f"{KUBERNETES_DIR}/scheduler.conf",), "leader-lease"),
         StaticPodComponent("kwok", (kubeadm.KWOK_KUBECONFIG,), "node-leases"),
+        # An aggregated apiserver that reads its kubeconfig at start (the sandbox's, with
+        # --extension-apiserver); a node without its manifest has none.
+        StaticPodComponent(extension_apiserver.COMPONENT, (extension_apiserver.KUBECONFIG,), "apiserver-readyz",
+                           probe_trust=extension_apiserver.SERVING_CA_CERT),
     ),
     signer=SignerFlags("--cluster-signing-cert-file", "--cluster-signing-key-file"),
     api_sites=(CLUSTER_INFO_SITE, EXTENSION_AUTH_SITE),
@@ -180,7 +192,54 @@ CLUSTER_CA = AuthorityLayout(
     ),
 )
 
-AUTHORITIES = {CLUSTER_CA.name: CLUSTER_CA}
+_ETCD = f"{PKI_DIR}/etcd"
+_APISERVER_ETCD_CLIENT = f"{PKI_DIR}/apiserver-etcd-client"
+# etcd reads its trusted CA file only at start, and so does the apiserver's etcd client its
+# CA and client certificate (docs/concepts.md, "What reloads without a restart").
+ETCD_MEMBER = StaticPodComponent(
+    "etcd", (f"{_ETCD}/ca.crt", f"{_ETCD}/server.crt", f"{_ETCD}/peer.crt"), "etcd-member", one_at_a_time=True,
+    outage_when_alone="the only etcd member: the API cannot read or write for a few seconds",
+    probe_pair=f"{_ETCD}/healthcheck-client", probe_trust=f"{_ETCD}/ca.crt")
+APISERVER_FOR_ETCD = StaticPodComponent(
+    "kube-apiserver", (f"{_ETCD}/ca.crt", f"{_APISERVER_ETCD_CLIENT}.crt"), "apiserver-readyz", one_at_a_time=True,
+    outage_when_alone="the only apiserver: the API is unavailable for a few seconds")
+
+ETCD_CA = AuthorityLayout(
+    name="etcdCA",
+    record_cert=f"{_ETCD}/ca.crt",
+    record_key=f"{_ETCD}/ca.key",
+    bundles=(FileBundle(f"{_ETCD}/ca.crt", "pem", _CP, required=True),),
+    leaves=(
+        FileLeaf(f"{_ETCD}/server", "pair", _CP),
+        FileLeaf(f"{_ETCD}/peer", "pair", _CP),
+        FileLeaf(f"{_ETCD}/healthcheck-client", "pair", _CP),
+        FileLeaf(_APISERVER_ETCD_CLIENT, "pair", _CP),
+    ),
+    components=(ETCD_MEMBER, APISERVER_FOR_ETCD),
+    signer=None,
+    endpoints="etcd",
+    management_secret="etcd",  # Cluster API's <cluster>-etcd
+)
+
+# The apiserver publishes what it trusts as the front proxy for aggregated apiservers here.
+REQUESTHEADER_SITE = ApiField(resource="configmap", namespace="kube-system", name="extension-apiserver-authentication",
+                              field="requestheader-client-ca-file", form="pem", published_by="apiserver")
+
+FRONT_PROXY_CA = AuthorityLayout(
+    name="frontProxyCA",
+    record_cert=f"{PKI_DIR}/front-proxy-ca.crt",
+    record_key=f"{PKI_DIR}/front-proxy-ca.key",
+    bundles=(FileBundle(f"{PKI_DIR}/front-proxy-ca.crt", "pem", _CP, required=True),),
+    leaves=(FileLeaf(f"{PKI_DIR}/front-proxy-client", "pair", _CP),),
+    # The apiserver reloads --requestheader-client-ca-file and --proxy-client-cert-file.
+    components=(),
+    signer=None,
+    api_sites=(REQUESTHEADER_SITE,),
+    client_probe="requestheader",
+    management_secret="proxy",  # Cluster API's <cluster>-proxy
+)
+
+AUTHORITIES = {layout.name: layout for layout in (CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA)}
 
 
 def manifest_path(component: str) -> str:

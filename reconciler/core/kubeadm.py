@@ -27,6 +27,10 @@ ETCD_DATA_DIR = "/var/lib/etcd"
 CLUSTER_CA_CERT = f"{PKI_DIR}/ca.crt"
 CLUSTER_CA_KEY = f"{PKI_DIR}/ca.key"
 
+# The name the apiserver presents to aggregated apiservers, and the only one it accepts as
+# the front proxy (--requestheader-allowed-names).
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
 # kubeadm's names for the clients that authenticate with certificates signed by the cluster CA.
 CLUSTER_ADMINS_GROUP = "kubeadm:cluster-admins"
 SYSTEM_MASTERS_GROUP = "system:masters"
@@ -209,7 +213,7 @@ def control_plane_files(
     files += _pair(f"{PKI_DIR}/apiserver-etcd-client", leaf(etcd_ca, LeafRequest(
         "kube-apiserver-etcd-client", client=True, key=key)))
     files += _pair(f"{PKI_DIR}/front-proxy-client", leaf(authorities.front_proxy, LeafRequest(
-        "front-proxy-client", client=True, key=key)))
+        FRONT_PROXY_CLIENT, client=True, key=key)))
     files += _pair(f"{PKI_DIR}/etcd/server", leaf(etcd_ca, LeafRequest(
         node_name, server=True, client=True, dns_names=local_names, ip_addresses=(LOOPBACK, "::1"), key=key)))
     files += _pair(f"{PKI_DIR}/etcd/peer", leaf(etcd_ca, LeafRequest(
@@ -311,7 +315,7 @@ def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, A
         "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
         f"--proxy-client-cert-file={PKI_DIR}/front-proxy-client.crt",
         f"--proxy-client-key-file={PKI_DIR}/front-proxy-client.key",
-        "--requestheader-allowed-names=front-proxy-client",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
         f"--requestheader-client-ca-file={PKI_DIR}/front-proxy-ca.crt",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         "--requestheader-group-headers=X-Remote-Group",

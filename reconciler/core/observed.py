@@ -104,7 +104,9 @@ class ObservedComponent:
     # during a rotation. None for a component that does not sign.
     signing: Literal["record", "signer"] | None = None
     restart: Literal["manifest", "command"] = "manifest"
-    command: tuple[str, ...] = ()  # restart "command": the arguments that restart it on its node
+    command: tuple[str, ...] = ()
+    # What a cluster with only this instance loses while it restarts (see StaticPodComponent).
+    outage_when_alone: str | None = None  # restart "command": the arguments that restart it on its node
     # restart "command": the renewTime of the node's Lease read just after the restart; a
     # later renewal comes from the restarted kubelet (both times are the node's clock).
     lease_renewed_at_restart: dt.datetime | None = None
@@ -237,6 +239,8 @@ class ClusterObservation:
     foreign: tuple[ForeignCertificate, ...] = ()
     # The pods that read the cluster CA at start, by controller (authorities pods trust only).
     workloads: tuple[ObservedWorkload, ...] = ()
+    # Whether a component signs with the authority from the signer files during a rotation.
+    has_signer: bool = True
 
     def items(self) -> dict[str, Any]:
         """Everything a plan acts on, by id, in public form: the input of the digest that

@@ -26,7 +26,7 @@ from reconciler.core.sites import (
     ApiField, Component, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, PhaseCheck, Site, StateRecord,
     AtSite, Workload,
 )
-from reconciler.core.spec import ResolvedWorkloads
+from reconciler.core.spec import PRIMARY_AUTHORITY, ResolvedWorkloads
 from reconciler.core.workloads import reason as workload_reason
 from reconciler.errors import RollbackRefusedError
 
@@ -220,6 +220,13 @@ def summary_line(actions: list[Action]) -> str:
 
 # --- planning ----------------------------------------------------------------------------
 
+def _id_prefix(observed: ClusterObservation) -> str:
+    """Action ids start with the cluster; another authority's with ``cluster/authority``,
+    so that one plan may hold several authorities of a cluster (a component may restart
+    in the same phase for two of them)."""
+    return observed.cluster if observed.authority == PRIMARY_AUTHORITY else f"{observed.cluster}/{observed.authority}"
+
+
 class _Builder:
     """Collects actions of one cluster; ids are stable so a replan names the same work."""
 
@@ -235,7 +242,8 @@ class _Builder:
         ))
 
     def touched(self, phase: int, node: str, paths: tuple[str, ...]) -> bool:
-        return any(action.phase == phase and action.node == node and action.path in paths
+        return any(action.phase == phase and action.node == node and isinstance(action.site, NodeFile)
+                   and set(action.site.files) & set(paths)
                    and action.kind in ("update-bundle", "reissue") for action in self.actions)
 
 
@@ -281,7 +289,7 @@ def plan_cluster(
     else:
         return result("none", [])
 
-    builder = _Builder(observed.cluster)
+    builder = _Builder(_id_prefix(observed))
     if operation == "rotate":
         reasons = "; ".join(f.message for f in findings if f.code in ROTATION_TRIGGERS)
         builder.add(1, "create-ca", StateRecord(), f"rotate: {reasons}",
@@ -296,9 +304,10 @@ def plan_cluster(
 def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWorkloads) -> ClusterPlan:
     state = observed.state
     if not state.in_progress:
-        raise RollbackRefusedError(f"cluster {observed.cluster}: no rotation in progress, nothing to roll back")
+        raise RollbackRefusedError(f"cluster {observed.cluster}: no rotation in progress, nothing to roll back",
+                                   nothing_in_progress=True)
     if state.rolling_back:  # a rollback that was interrupted: resume it like any rotation
-        builder = _Builder(observed.cluster)
+        builder = _Builder(_id_prefix(observed))
         _plan_phases(builder, observed, state.previous, state.target, operation="resume", workloads=workloads)
         return result("rollback", builder.actions, fp(state.previous), fp(state.target))
     if not state.has_previous_key:
@@ -315,7 +324,7 @@ def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWork
             f"{len(distrusting)} bundle(s) ({', '.join(distrusting[:3])}{', ...' if len(distrusting) > 3 else ''}); "
             "a rollback is possible only until the old CA is distrusted",
             hint="finish the rotation with `careconcile apply SPEC` instead")
-    builder = _Builder(observed.cluster)
+    builder = _Builder(_id_prefix(observed))
     builder.add(1, "rollback-target", StateRecord(), f"roll back from {short(fp(state.target))} to {short(old_fp)}",
                 change=Change(before=[fp(state.target)], after=[old_fp]))
     # From here it is a rotation to the old CA that starts with both CAs trusted.
@@ -349,7 +358,7 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                 after = [old_fp, new_fp]
                 builder.add(2, "update-bundle", bundle.site, f"trust {short(new_fp)} beside {short(old_fp)}",
                             change=Change(before=list(bundle.fingerprints), after=after))
-        for record in observed.records:
+        for record in observed.records if observed.has_signer else ():
             staged = record.signer is not None and record.signer_key_matches
             if not staged and record.cert is not None and record.kind == "node":
                 # It goes on signing with the CA it signs with now, whichever way the rotation runs.
@@ -378,7 +387,8 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                                 f"make {short(new_fp)} the CA of record in the management cluster (tls.crt, tls.key)",
                                 change=before)
                 elif record.kind == "node" and (new_cert is None or record_fp != new_fp or staged_fp != new_fp):
-                    builder.add(3, "switch-signer", record.site, f"sign certificates with {short(new_fp)} from now on",
+                    builder.add(3, "switch-signer", record.site, f"sign certificates with {short(new_fp)} from now on"
+                                if observed.has_signer else f"make {short(new_fp)} the CA of record (its key)",
                                 change=before)
         for leaf in observed.leaves:
             due = (renew or {}).get(leaf.id)
@@ -400,13 +410,13 @@ def _plan_phases(builder: _Builder, observed: ClusterObservation, old_cert: x509
                             f"distrust {short(old_fp)}" if not same else "trust only the CA of record",
                             change=Change(before=before, after=[new_fp]))
         # Once written, the workspace kubeconfig is a bundle and a leaf like any other.
-        if not same and observed.workspace_kubeconfig is None:
+        if not same and observed.workspace_kubeconfig_path and observed.workspace_kubeconfig is None:
             builder.add(4, "write-kubeconfig", LocalKubeconfig(path=observed.workspace_kubeconfig_path),
                         f"a fresh admin kubeconfig that trusts {short(new_fp)}", change=Change(before=[], after=[new_fp]))
 
     _plan_restarts(builder, observed, splits_signer=splits_signer, verified=verified, operation=operation)
 
-    if open_phase(4) and not same:
+    if open_phase(4) and not same and observed.has_signer:
         for record in (record for record in observed.records if record.kind == "node"):
             if record.signer is not None or \
                     any(a.kind == "stage-signer" and a.node == record.node for a in builder.actions):
@@ -461,6 +471,9 @@ def _plan_restarts(builder: _Builder, observed: ClusterObservation, *, splits_si
                     reasons.append(f"it signs from the {wanted} files from now on")
             if phase == current and stale and not reasons:
                 reasons.append("it has not been restarted since its files changed")
+            if reasons and component.outage_when_alone and \
+                    sum(1 for other in observed.components if other.name == component.name) == 1:
+                reasons.append(f"outage: {component.outage_when_alone}")
             if reasons:
                 builder.add(phase, "restart", component.site, "; ".join(reasons),
                             params=RestartParams(component=component.name, command=command, signing=wanted))

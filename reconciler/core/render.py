@@ -56,6 +56,23 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
 
 
+def restart_counts(actions: list[Action]) -> list[str]:
+    """How often each component restarts, and where: "etcd 2 times on each of cp1, cp2"."""
+    per_node: dict[str, dict[str, int]] = {}
+    for action in actions:
+        if action.kind == "restart":
+            nodes = per_node.setdefault(action.params.component, {})
+            nodes[action.node] = nodes.get(action.node, 0) + 1
+    shown = []
+    for component, nodes in per_node.items():
+        counts = set(nodes.values())
+        times = (f"{counts.pop()} time{'s' if max(nodes.values()) > 1 else ''}" if len(counts) == 1
+                 else f"{min(nodes.values())} to {max(nodes.values())} times")
+        where = ", ".join(nodes)
+        shown.append(f"{component} {times} on {'each of ' if len(nodes) > 1 else ''}{where}")
+    return shown
+
+
 def text(plan: PlanDocument) -> str:
     return printable(_text(plan))
 
@@ -75,15 +92,19 @@ def _text(plan: PlanDocument) -> str:
             detail = _change(action)
             lines.append(f"    {SYMBOLS[action.kind]:>3} {action.kind} {action.target}" + (f"  {detail}" if detail else ""))
             lines.append(f"        {action.reason}")
+        restarts = restart_counts(cluster.actions)
+        if restarts:
+            lines += ["", "  Restarts: " + "; ".join(restarts)]
         if len(plan.clusters) > 1 and cluster.actions:
             lines += ["", f"  {cluster.cluster}: {summary_line(cluster.actions).removeprefix('Plan: ')}"]
         lines.append("")
     blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
     if blocking:
         lines.append(f"Error: {len(blocking)} finding(s) block this plan; nothing will change until they are resolved.")
-    if len(plan.clusters) > 1:
-        changing = [c.cluster for c in plan.clusters if any(a.kind != "verify" for a in c.actions)]
-        lines.append(f"{len(changing)} of {len(plan.clusters)} clusters change"
+    names = list(dict.fromkeys(c.cluster for c in plan.clusters))
+    if len(names) > 1:
+        changing = list(dict.fromkeys(c.cluster for c in plan.clusters if any(a.kind != "verify" for a in c.actions)))
+        lines.append(f"{len(changing)} of {len(names)} clusters change"
                      + (f": {', '.join(changing)}." if changing else "."))
     lines.append(summary_line(plan.actions()))
     return "\n".join(lines) + "\n"

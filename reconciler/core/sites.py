@@ -23,6 +23,11 @@ class _Site(BaseModel):
 FileForm = Literal["pem", "pair", "combined", "kubeconfig"]
 
 
+def pair_files(path: str) -> tuple[str, str]:
+    """The certificate and key files of a ``pair`` site, as kubeadm names them."""
+    return f"{path}.crt", f"{path}.key"
+
+
 class NodeFile(_Site):
     """A file on a node: a PEM bundle, a certificate/key ``pair`` (``path``.crt and .key), a
     ``combined`` PEM of certificate and key, or a kubeconfig (``user``: the one entry whose
@@ -37,6 +42,11 @@ class NodeFile(_Site):
     @property
     def label(self) -> str:
         return f"{self.node}:{self.path}" + (f"#{self.user}" if self.user else "")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files it is on its node: a pair is two."""
+        return pair_files(self.path) if self.form == "pair" else (self.path,)
 
 
 class LocalKubeconfig(_Site):

@@ -346,11 +346,20 @@ class AuthoritySpec(AuthoritySettings):
 
 
 class Authorities(_Strict):
-    """The authorities of a cluster, by name. Each is an :class:`AuthoritySpec`; the etcd
-    and front-proxy CAs become sibling fields."""
+    """The authorities of a cluster, by name. Each is an :class:`AuthoritySpec`. The cluster
+    CA is always managed; the etcd and front-proxy CAs only when the spec lists them, since
+    rotating them restarts etcd and the apiservers."""
 
     cluster_ca: AuthoritySpec = Field(default_factory=AuthoritySpec, alias="clusterCA",
                                       description="The cluster CA (kubeadm's pki/ca.crt).")
+    etcd_ca: AuthoritySpec | None = Field(
+        default=None, alias="etcdCA",
+        description="The etcd CA (kubeadm's pki/etcd/ca.crt): etcd's serving and peer certificates and the "
+                    "apiserver's etcd client certificate. Managed only when listed.")
+    front_proxy_ca: AuthoritySpec | None = Field(
+        default=None, alias="frontProxyCA",
+        description="The front-proxy CA (kubeadm's pki/front-proxy-ca.crt): the client certificate the "
+                    "apiserver presents to aggregated apiservers. Managed only when listed.")
 
 
 class SecretStateStore(_Strict):
@@ -644,13 +653,24 @@ BUILT_IN_AUTHORITY = AuthoritySettings(
     subject=Subject(),
 )
 
+# The authority every cluster has; its plans' action ids start with the cluster alone.
+PRIMARY_AUTHORITY = "clusterCA"
 # Spec name of each authority ("clusterCA") -> its field on Authorities ("cluster_ca").
 AUTHORITY_FIELDS = {field.alias or name: name for name, field in Authorities.model_fields.items()}
+# The CN each authority's CA gets unless the spec sets a subject: kubeadm's names.
+DEFAULT_COMMON_NAMES = {"clusterCA": "kubernetes", "etcdCA": "etcd-ca", "frontProxyCA": "front-proxy-ca"}
+
+
+def managed_authorities(cluster: "ClusterSpec") -> list[str]:
+    """The authorities careconcile keeps for ``cluster``, in the order they are planned."""
+    return [name for name, field in AUTHORITY_FIELDS.items() if getattr(cluster.authorities, field) is not None]
 
 
 def _resolve(name: str, authority: AuthoritySpec, defaults: AuthoritySettings) -> ResolvedAuthority:
-    def pick(field: str) -> Any:  # BUILT_IN_AUTHORITY sets every field, so one layer always has it
-        return next(value for layer in (authority, defaults, BUILT_IN_AUTHORITY)
+    built_in = BUILT_IN_AUTHORITY.model_copy(update={"subject": Subject(commonName=DEFAULT_COMMON_NAMES[name])})
+
+    def pick(field: str) -> Any:  # the built-in layer sets every field, so one layer always has it
+        return next(value for layer in (authority, defaults, built_in)
                     if (value := getattr(layer, field)) is not None)
 
     subject = pick("subject")
@@ -673,8 +693,8 @@ def _lifetimes_agree_with_defaults(cluster: ClusterSpec, info: ValidationInfo) -
     if defaults is None:
         return cluster
     problems = []
-    for name, field in AUTHORITY_FIELDS.items():
-        resolved = _resolve(name, getattr(cluster.authorities, field), defaults.authorities)
+    for name in managed_authorities(cluster):
+        resolved = _resolve(name, getattr(cluster.authorities, AUTHORITY_FIELDS[name]), defaults.authorities)
         lifetimes = _lifetime_problems(resolved.validity, resolved.renew_before, resolved.leaf_validity)
         if lifetimes:
             problems.append(f"authorities.{name}, with defaults applied: {'; '.join(lifetimes)}")
@@ -716,5 +736,7 @@ def resolve_authority(document: SpecDocument, cluster: ClusterSpec, name: str = 
     if name not in AUTHORITY_FIELDS:
         raise ValueError(f"unknown authority {name!r}; known: {', '.join(AUTHORITY_FIELDS)}")
     authority = getattr(cluster.authorities, AUTHORITY_FIELDS[name])
+    if authority is None:
+        raise ValueError(f"cluster {cluster.name} does not list authorities.{name}")
     resolved = _resolve(name, authority, document.spec.defaults.authorities)
     return replace(resolved, workloads=resolve_workloads(cluster.workloads, document.spec.defaults.workloads))

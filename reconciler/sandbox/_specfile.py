@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 HEADER = """\
 # careconcile spec for the sandbox cluster {name!r}, written by `careconcile sandbox up`.
-# Raising spec.clusters[0].authorities.clusterCA.rotation by one requests a rotation of the cluster CA.
+# Raising spec.clusters[0].authorities.clusterCA.rotation by one requests a rotation of the cluster CA;
+# etcdCA and frontProxyCA likewise (their rotations restart etcd and the apiservers).
 """
 
 ADMIN_HEADER = """\
@@ -57,7 +58,8 @@ def document(info: "SandboxInfo") -> dict:
                 "name": info.name,
                 **_reach(info),
                 "nodes": [{"name": node.name, "role": node.role, "access": _access(info, node)} for node in info.nodes],
-                "authorities": {"clusterCA": {"rotation": 0}},
+                # Every authority a kubeadm cluster has; raise one's counter to rotate it.
+                "authorities": {name: {"rotation": 0} for name in ("clusterCA", "etcdCA", "frontProxyCA")},
             }],
         },
     }

@@ -8,28 +8,39 @@ records the restart.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
+import time
+from typing import Callable
 
 from reconciler._time import parse_time, utcnow
 from reconciler.core import kubeadm
-from reconciler.core.authorities import NodeServiceComponent, manifest_path
+from reconciler.core.authorities import NodeServiceComponent, StaticPodComponent, manifest_path
 from reconciler.core.observed import ObservedComponent
 from reconciler.core.plan import Action, RestartParams
+from reconciler.core.sites import pair_files
 from reconciler.errors import APIError, ClusterUnreachableError, RotationError
 from reconciler.shell.formats import (
     dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
 )
-from reconciler.shell.observe import ClusterAccess
+from reconciler.shell.kube import KubeClient, KubeTarget
+from reconciler.shell.observe import ClusterAccess, apiserver_server, etcd_server
 
 NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 # How long a node's restart command (systemctl restart kubelet) may take.
 RESTART_COMMAND_TIMEOUT = 120.0
+# Prometheus' process collector: when the process serving /metrics started (Unix seconds).
+_PROCESS_START = re.compile(r"^process_start_time_seconds\s+(\S+)$", re.M)
 
 
 class ComponentRestarts:
-    def __init__(self, access: ClusterAccess) -> None:
+    def __init__(self, access: ClusterAccess, *, heartbeat: Callable[[], None] = lambda: None,
+                 timeout: float = 300.0) -> None:
         self.access = access
+        self.heartbeat = heartbeat
+        self.timeout = timeout
 
     def restart(self, action: Action) -> None:
         params = action.params
@@ -46,13 +57,62 @@ class ComponentRestarts:
         component = next((c for c in layout.components if c.name == params.component), None)
         if component is None:
             raise RotationError(f"{files.describe()}: {params.component} is not a component of {layout.name}")
-        manifest = with_restart(manifest, inputs_digest(files, component.inputs), utcnow())
+        restarted_at = utcnow()
+        manifest = with_restart(manifest, inputs_digest(files, component.inputs), restarted_at)
         if params.signing and layout.signer is not None:
             cert, key = ((layout.signer_cert, layout.signer_key) if params.signing == "signer"
                          else (layout.record_cert, layout.record_key))
             manifest = with_flags(manifest, {layout.signer.cert_flag: cert, layout.signer.key_flag: key})
         path = manifest_path(params.component)
         files.write(path, dump_manifest(manifest), files.mode(path) or 0o600)
+        if component.one_at_a_time:
+            self._wait_running(component, action.node, restarted_at)
+
+    def _wait_running(self, component: StaticPodComponent, node: str, since: dt.datetime) -> None:
+        """Wait until this node's instance runs again (started after ``since``, and healthy)
+        before anything else restarts: etcd keeps quorum, the other apiservers serve."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.heartbeat()
+            problem = self._instance_problem(component, node, since)
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise RotationError(f"{node}:{component.name} did not run again within {self.timeout:.0f}s of its "
+                                    f"restart: {problem}", hint="nothing after this restart ran; fix the cause and "
+                                    "run apply again to resume")
+            time.sleep(1.0)
+
+    def _instance_problem(self, component: StaticPodComponent, node: str, since: dt.datetime) -> str | None:
+        """Why this node's instance does not run again since ``since``; None when it does."""
+        files = self.access.nodes[node]
+        try:
+            if component.readiness == "etcd-member":
+                server = etcd_server(files)
+                cert_file, key_file = pair_files(component.probe_pair)
+                target = KubeTarget(name=f"etcd member on {node}", server=server or "",
+                                    ca_pem=files.read(component.probe_trust), cert_pem=files.read(cert_file),
+                                    key_pem=files.read(key_file))
+            else:
+                server = apiserver_server(files, component.name)
+                trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
+                target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
+                                             server=server or "", ca_pem=trust)
+            if server is None:
+                return f"{files.describe()}: its {component.name} manifest names no server"
+            with KubeClient(target, timeout=5) as client:
+                found = _PROCESS_START.search(client.get_text("/metrics"))
+                started = dt.datetime.fromtimestamp(float(found.group(1)), dt.timezone.utc) if found else None
+                if started is None or started < since:
+                    return f"still the process started {started:%H:%M:%S}" if started else "no start time in /metrics"
+                if component.readiness == "etcd-member":
+                    if (client.get("/health") or {}).get("health") != "true":
+                        return "its /health does not answer true (no leader)"
+                elif client.get_text("/readyz").strip() != "ok":
+                    return "its /readyz does not answer ok"
+        except (ClusterUnreachableError, APIError, ValueError) as exc:
+            return getattr(exc, "message", None) or str(exc)
+        return None
 
     def _restart_service(self, action: Action, service: NodeServiceComponent) -> None:
         """Restart a node service (the kubelet) with the node's restart command, then record
@@ -90,11 +150,14 @@ class ComponentRestarts:
                 by_name.setdefault(component.name, []).append(component)
         problems += self.services_not_ready([c for c in components
                                              if c.restarted_at is not None and c.restart == "command"])
-        readiness = {c.name: c.readiness for c in self.access.layout.components}
+        layouts = {c.name: c for c in self.access.layout.components}
         now = utcnow()
         for name, instances in by_name.items():
             restarted = min(c.restarted_at for c in instances)
-            if readiness[name] == "leader-lease":
+            if layouts[name].readiness in ("etcd-member", "apiserver-readyz"):
+                problems += [f"{c.id}: {problem}" for c in instances
+                             if (problem := self._instance_problem(layouts[name], c.node, c.restarted_at))]
+            elif layouts[name].readiness == "leader-lease":
                 lease = client.get(f"{LEADER_LEASES}/{name}")
                 spec = lease.get("spec") or {}
                 acquired, renewed = parse_time(spec.get("acquireTime")), parse_time(spec.get("renewTime"))

@@ -14,7 +14,7 @@ from reconciler import __version__
 from reconciler._time import rfc3339, utcnow
 from reconciler.core.drift import REPORT_FORMAT_VERSION, ClusterDrift, DriftReport, authority_status, detect, \
     status_of, totals
-from reconciler.core.spec import ClusterSpec, resolve_authority
+from reconciler.core.spec import ClusterSpec, managed_authorities, resolve_authority
 from reconciler.errors import CareconcileError, UsageError
 from reconciler.shell.fleet import DEFAULT_PARALLELISM, map_bounded
 from reconciler.shell.observe import observe
@@ -34,12 +34,13 @@ def check_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path) -> 
     access = None
     try:
         access = open_cluster(loaded, cluster, workspace)
-        desired = resolve_authority(loaded.document, cluster, access.layout.name)
-        observed = observe(access)
-        findings = detect(desired, observed, now=utcnow())
+        findings, statuses = [], []
+        for name in managed_authorities(cluster):
+            observed = observe(access.for_authority(name))
+            findings += detect(resolve_authority(loaded.document, cluster, name), observed, now=utcnow())
+            statuses.append(authority_status(observed))
         return ClusterDrift(**who, status=status_of(findings), checked_at=rfc3339(utcnow()),
-                            seconds=round(time.monotonic() - started, 3),
-                            authorities=[authority_status(observed)], findings=findings)
+                            seconds=round(time.monotonic() - started, 3), authorities=statuses, findings=findings)
     except Exception as exc:  # noqa: BLE001
         # One cluster's failure, even one careconcile did not foresee, is that cluster's
         # result: a scheduled job still reports the other clusters and writes their metrics.

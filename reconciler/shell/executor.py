@@ -73,7 +73,7 @@ class Executor:
                 heartbeat()
         self.on_event, self.heartbeat = locked_event, locked_heartbeat
         self.custody = Custody(access, desired)
-        self.components = ComponentRestarts(access)
+        self.components = ComponentRestarts(access, heartbeat=self.heartbeat, timeout=phase_timeout)
         self.verifier = Verifier(access, self.custody, self.components, heartbeat=self.heartbeat,
                                  phase_timeout=phase_timeout)
         self.writers = SiteWriters(access, self.custody, desired, heartbeat=self.heartbeat,

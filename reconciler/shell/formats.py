@@ -23,13 +23,6 @@ RESTARTED_FOR = "careconcile.dev/restarted-for"
 RESTARTED_AT = "careconcile.dev/restarted-at"
 
 
-# --- certificate pairs -------------------------------------------------------------------
-
-def pair_files(path: str) -> tuple[str, str]:
-    """The certificate and key files of a ``pair`` site, as kubeadm names them."""
-    return f"{path}.crt", f"{path}.key"
-
-
 # --- static-pod manifests ----------------------------------------------------------------
 
 def load_manifest(files: NodeFiles, component: str) -> dict[str, Any] | None:

@@ -135,6 +135,8 @@ class KubeTarget:
     cert_pem: bytes | None = field(default=None, repr=False)
     key_pem: bytes | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    # Sent with every request: a front proxy's X-Remote-User, for one.
+    headers: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         return f"{self.name} ({self.server})"
@@ -406,9 +408,27 @@ class KubeClient:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions} if preconditions else None
         self.request("DELETE", path, body)
 
+    def get_text(self, path: str) -> str:
+        """GET a non-resource path that answers plain text (``/metrics``, ``/readyz``)."""
+        return self._call("GET", path, None, JSON, accept="text/plain")[1].decode("utf-8", "replace")
+
     def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
                 content_type: str = JSON) -> dict[str, Any]:
-        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
+        status, data = self._call(method, path, body, content_type)
+        what = f"{method} {_without_query(path)} on {self.target.describe()}"
+        if not data.strip():
+            return {}
+        try:
+            document = json.loads(data)
+        except ValueError as exc:
+            raise ClusterUnreachableError(f"{what}: {status} answer is not JSON: {_excerpt(data)}") from exc
+        if not isinstance(document, dict):
+            raise ClusterUnreachableError(f"{what}: {status} answer is not a JSON object: {_excerpt(data)}")
+        return document
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | list[Any] | None, content_type: str, *,
+              accept: str = JSON) -> tuple[int, bytes]:
+        headers = {"Accept": accept, "User-Agent": USER_AGENT, **dict(self.target.headers)}
         if self.target.token:
             headers["Authorization"] = f"Bearer {self.target.token}"
         payload = None
@@ -425,15 +445,7 @@ class KubeClient:
             raise ClusterUnreachableError(f"{what}: {_connection_failure(exc)}", hint=hint) from exc
         if status >= 400:
             raise _api_error(what, status, data)
-        if not data.strip():
-            return {}
-        try:
-            document = json.loads(data)
-        except ValueError as exc:
-            raise ClusterUnreachableError(f"{what}: {status} answer is not JSON: {_excerpt(data)}") from exc
-        if not isinstance(document, dict):
-            raise ClusterUnreachableError(f"{what}: {status} answer is not a JSON object: {_excerpt(data)}")
-        return document
+        return status, data
 
 
 def _with_query(path: str, query: dict[str, str]) -> str:

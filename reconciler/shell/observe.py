@@ -7,6 +7,7 @@ malformed certificate or an unreachable node is reported where it is.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ from cryptography import x509
 
 from reconciler._time import parse_time
 from reconciler.core import kubeconfig, pki
-from reconciler.core.authorities import AuthorityLayout
+from reconciler.core.authorities import AUTHORITIES, AuthorityLayout
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
 )
-from reconciler.core.sites import ApiField, CredentialSite, LocalKubeconfig, ManagementSecret, NodeFile
+from reconciler.core.sites import ApiField, CredentialSite, LocalKubeconfig, ManagementSecret, NodeFile, pair_files
 from reconciler.core.spec import ClusterSpec, ResolvedWorkloads
 from reconciler.errors import APINotFoundError, NodeUnreachableError, PKIError
 from reconciler.shell import probes
@@ -29,7 +30,7 @@ from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, Clust
 from reconciler.shell.management import ManagementAccess
 from reconciler.shell.formats import (
     CA_BUNDLE_OWNERS, RESTARTED_AT, RESTARTED_FOR, ca_bundle_fields, inputs_digest, load_manifest, manifest_flags,
-    pair_files, read_restart_marker,
+    read_restart_marker,
 )
 from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore, Stored
@@ -61,6 +62,10 @@ class ClusterAccess:
     @property
     def name(self) -> str:
         return self.cluster.name
+
+    def for_authority(self, name: str) -> "ClusterAccess":
+        """The same connections, for another authority of the cluster."""
+        return self if name == self.layout.name else dataclasses.replace(self, layout=AUTHORITIES[name])
 
     def lock(self, operation: str) -> ClusterLock | LockSet:
         """The cluster's lock for one operation (not taken yet). In admin mode it is two
@@ -187,6 +192,7 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
                 restarted_at=parse_time(annotations.get(RESTARTED_AT)),
                 signer_cert=signer_cert, signer_key=flags.get(signer.key_flag) if signer else None,
                 signing=None if signer is None else "record" if signer_cert == layout.record_cert else "signer",
+                outage_when_alone=component.outage_when_alone,
             ))
         server = ENDPOINTS[layout.endpoints](files) if layout.endpoints else None
         if server is not None:
@@ -205,13 +211,14 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
     return bundles, leaves, components, record, endpoints
 
 
-def apiserver_server(files: NodeFiles) -> str | None:
-    """The URL of the apiserver a node runs, from its static-pod manifest."""
-    manifest = load_manifest(files, "kube-apiserver")
+def apiserver_server(files: NodeFiles, component: str = "kube-apiserver") -> str | None:
+    """The URL of the apiserver (or aggregated apiserver) a node runs, from its static-pod manifest."""
+    manifest = load_manifest(files, component)
     if manifest is None:
         return None
     flags = manifest_flags(manifest)
-    return f"https://{flags.get('--advertise-address', '127.0.0.1')}:{flags.get('--secure-port', '6443')}"
+    address = flags.get("--advertise-address") or flags.get("--bind-address") or "127.0.0.1"
+    return f"https://{address}:{flags.get('--secure-port', '6443')}"
 
 
 def etcd_server(files: NodeFiles) -> str | None:
@@ -411,6 +418,6 @@ def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloa
         leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=stored.state,
         workspace_kubeconfig=workspace_leaf,
         workspace_kubeconfig_path=str(workspace_path) if layout.local_kubeconfigs else "",
-        node_names=tuple(access.roles),
+        node_names=tuple(access.roles), has_signer=layout.signer is not None,
     )
 

@@ -62,13 +62,17 @@ def serves_chain_to(server: str, ca_pem: bytes, *, timeout: float = 5.0) -> bool
 
 
 def accepts_client_certificate(
-    server: str, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, timeout: float = 5.0
+    server: str, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, timeout: float = 5.0,
+    front_proxy_user: str | None = None,
 ) -> str | None:
     """The user name the API server sees for this client certificate, or None when it
     answers 401 (the certificate is not accepted). A SelfSubjectReview needs no RBAC
-    grant beyond being authenticated."""
+    grant beyond being authenticated. With ``front_proxy_user`` the certificate is shown
+    as the front proxy's, asserting that user (X-Remote-User): the apiserver accepts it
+    only when its requestheader CA trusts the certificate."""
+    headers = (("X-Remote-User", front_proxy_user),) if front_proxy_user else ()
     target = KubeTarget(name=f"client certificate probe of {server}", server=server,
-                        ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
+                        ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, headers=headers)
     review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     with KubeClient(target, timeout=timeout) as client:
         try:

@@ -29,8 +29,11 @@ from reconciler.core.diff import diff
 from reconciler.core.observed import item_digests
 from reconciler.core.plan import FORMAT_VERSION, Action, ClusterPlan, PlanDocument, plan_cluster, summary_counts
 from reconciler.core.schemas import schemas
-from reconciler.core.spec import ClusterSpec, resolve_authority, resolve_workloads
-from reconciler.errors import CareconcileError, PlanFileError, RotationError, StalePlanError, UsageError
+from reconciler.core.spec import ClusterSpec, managed_authorities, resolve_authority, resolve_workloads
+from reconciler.errors import (
+    APIError, CareconcileError, ClusterUnreachableError, PlanFileError, RollbackRefusedError, RotationError,
+    StalePlanError, UsageError,
+)
 from reconciler._time import utcnow
 from reconciler.shell.executor import Executor, RunReport
 from reconciler.shell.fleet import DEFAULT_PARALLELISM, map_bounded
@@ -111,14 +114,29 @@ def spec_digest(path: Path) -> str:
 
 def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollback: bool = False,
               parallelism: int = DEFAULT_PARALLELISM) -> PlanDocument:
-    def plan_one(access: ClusterAccess) -> ClusterPlan:
+    def plan_authority(access: ClusterAccess, foreign: tuple) -> ClusterPlan:
         desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
-        observed = dataclasses.replace(observe(access), foreign=observe_foreign(access.client))
+        observed = dataclasses.replace(observe(access), foreign=foreign)
         findings = diff(desired, observed, now=utcnow(), rollback=rollback)
         return plan_cluster(desired, observed, findings, rollback=rollback, digest=observed.digest(),
                             items=item_digests(observed))
 
-    plans = map_bounded(plan_one, accesses.values(), parallelism)
+    def plan_one(access: ClusterAccess) -> list[ClusterPlan]:
+        """One plan per authority the spec lists for the cluster, in order. A rollback
+        undoes the authorities whose rotation is in progress; with none, it is refused."""
+        foreign = observe_foreign(access.client)
+        plans, refused = [], []
+        for name in managed_authorities(access.cluster):
+            try:
+                plans.append(plan_authority(access.for_authority(name), foreign))
+            except RollbackRefusedError as exc:
+                refused.append(exc)
+        if refused and (not plans or any(not exc.nothing_in_progress for exc in refused)):
+            raise refused[0]
+        return plans
+
+    plans = [plan for cluster_plans in map_bounded(plan_one, accesses.values(), parallelism)
+             for plan in cluster_plans]
     actions = [action for plan in plans for action in plan.actions]
     return PlanDocument(
         format_version=FORMAT_VERSION, careconcile_version=__version__,
@@ -176,7 +194,8 @@ def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, 
     if spec_digest(loaded.path) != plan.spec_digest:
         raise StalePlanError(f"saved plan is stale: the spec {loaded.path} changed since the plan was made",
                              hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
-    observations = map_bounded(lambda cluster: observe(accesses[cluster.cluster]), plan.clusters, parallelism)
+    observations = map_bounded(lambda cluster: observe(accesses[cluster.cluster].for_authority(cluster.authority)),
+                               plan.clusters, parallelism)
     for cluster, observed in zip(plan.clusters, observations):
         if observed.digest() == cluster.observed_digest:
             continue
@@ -293,31 +312,41 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
     (a wave). After a wave in which a cluster failed, later waves start only with
     ``keep_going``. The caller holds the locks. Raises when any cluster failed."""
     progress = Progress(total=sum(1 for a in plan.actions() if until is None or a.phase <= until), stream=stream)
-    pending = [cluster for cluster in plan.clusters if cluster.actions]
+    # A cluster's authorities run one after another, under its one lock.
+    by_cluster: dict[str, list[ClusterPlan]] = {}
+    for cluster_plan in plan.clusters:
+        if cluster_plan.actions:
+            by_cluster.setdefault(cluster_plan.cluster, []).append(cluster_plan)
+    pending = list(by_cluster.values())
     waves = [pending[i:i + max_parallel_clusters] for i in range(0, len(pending), max_parallel_clusters)]
     outcome = FleetOutcome()
     # Set on Ctrl-C during a wave: the wave's other clusters stop before their next action,
     # so that no cluster is changed after the locks are released.
     interrupted = threading.Event()
 
-    def run_one(cluster: ClusterPlan) -> RunReport | CareconcileError:
-        try:
-            return _run_cluster(plan, cluster, loaded, accesses[cluster.cluster], until=until,
-                                phase_timeout=phase_timeout, progress=progress,
-                                lock=(locks or {}).get(cluster.cluster), interrupted=interrupted, open_log=open_log)
-        except CareconcileError as exc:  # this cluster's failure; the others of its wave finish
-            return exc
+    def run_one(authorities: list[ClusterPlan]) -> list[RunReport] | CareconcileError:
+        reports = []
+        for cluster in authorities:
+            try:
+                access = accesses[cluster.cluster].for_authority(cluster.authority)
+                reports.append(_run_cluster(plan, cluster, loaded, access, until=until,
+                                            phase_timeout=phase_timeout, progress=progress,
+                                            lock=(locks or {}).get(cluster.cluster), interrupted=interrupted,
+                                            open_log=open_log))
+            except CareconcileError as exc:  # this cluster's failure; the others of its wave finish
+                return exc
+        return reports
 
     for index, wave in enumerate(waves):
         if outcome.failed and not keep_going:
-            outcome.not_started += [cluster.cluster for later in waves[index:] for cluster in later]
+            outcome.not_started += [cluster[0].cluster for later in waves[index:] for cluster in later]
             break
-        for cluster, result in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
-                                                     interrupted=interrupted)):
+        for authorities, result in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
+                                                         interrupted=interrupted)):
             if isinstance(result, CareconcileError):
-                outcome.failed[cluster.cluster] = result
+                outcome.failed[authorities[0].cluster] = result
             else:
-                outcome.reports.append(result)
+                outcome.reports += result
     if outcome.failed:
         raise _fleet_failure(outcome, len(pending))
     return outcome.reports
@@ -379,12 +408,26 @@ def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, a
     return report
 
 
-def _throttled(renew: Callable[[], object], every: float = 20.0) -> Callable[[], None]:
-    """Renew the lock at most every ``every`` seconds; its TTL is minutes."""
+def _throttled(renew: Callable[[], object], every: float = 20.0, tolerate: float = 300.0) -> Callable[[], None]:
+    """Renew the lock at most every ``every`` seconds; its TTL is minutes. While the API
+    cannot be reached (a restart of the only etcd member or apiserver), or answers 401, 403
+    or 429 as an apiserver does while it starts (its authorizer not yet synced), a renewal
+    is tried again at the next heartbeat, for up to ``tolerate`` seconds."""
     last = [time.monotonic()]
+    failing_since: list[float | None] = [None]
 
     def heartbeat() -> None:
-        if time.monotonic() - last[0] >= every:
+        now = time.monotonic()
+        if now - last[0] < every:
+            return
+        try:
             renew()
-            last[0] = time.monotonic()
+        except (ClusterUnreachableError, APIError) as exc:
+            if isinstance(exc, APIError) and exc.status < 500 and exc.status not in (401, 403, 429):
+                raise
+            failing_since[0] = failing_since[0] or now
+            if now - failing_since[0] > tolerate:
+                raise
+            return
+        last[0], failing_since[0] = time.monotonic(), None
     return heartbeat

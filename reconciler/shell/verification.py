@@ -10,7 +10,7 @@ from typing import Callable
 from cryptography import x509
 
 from reconciler._time import utcnow
-from reconciler.core import pki, phases
+from reconciler.core import kubeadm, phases, pki
 from reconciler.core.observed import ClusterObservation, fp
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, CheckParams
@@ -84,20 +84,17 @@ class Verifier:
 
     def _probe_clients(self, phase: int, observed: ClusterObservation, new: x509.Certificate,
                        old_fp: str) -> list[str]:
-        """Ask each apiserver, as a client would, whom it trusts now."""
+        """Ask each apiserver, as a client (or the front proxy) would, whom it trusts now."""
         problems = []
-        trust = pki.bundle_pem([new] + ([self.custody.cert(old_fp)] if phase < 4 and old_fp != fp(new) else []))
-        if phase in (2, 5):
-            probe = probe_certificate(self.custody.pair(fp(new)))
-            for endpoint in observed.endpoints:
-                if probes.accepts_client_certificate(endpoint.server, ca_pem=trust,
-                                                     cert_pem=probe.cert_pem, key_pem=probe.key_pem) is None:
-                    problems.append(f"apiserver {endpoint.server} does not yet accept client certificates "
-                                    f"from the new CA")
-        if phase >= 4 and old_fp != fp(new):
-            problems += [f"apiserver {server} still accepts client certificates from the old CA {old_fp}"
+        layout = self.access.layout
+        if layout.client_probe is not None and phase in (2, 5):
+            problems += [f"apiserver {server} does not yet accept {self._as()} certificates from the new CA"
+                         for server in self._not_accepting(fp(new))]
+        if layout.client_probe is not None and phase >= 4 and old_fp != fp(new):
+            problems += [f"apiserver {server} still accepts {self._as()} certificates from the old CA {old_fp}"
                          for server in self.accepting([old_fp])]
-            if self.access.workspace_kubeconfig.is_file():
+        if phase >= 4 and old_fp != fp(new):
+            if layout.local_kubeconfigs and self.access.workspace_kubeconfig.is_file():
                 target = load_kubeconfig(self.access.workspace_kubeconfig)
                 try:
                     with KubeClient(target, timeout=5) as client:
@@ -113,16 +110,36 @@ class Verifier:
                     problems.append(f"the kubeconfig in {management.kubeconfig_source} does not work: {exc}")
         return problems
 
+    def _as(self) -> str:
+        return "front-proxy" if self.access.layout.client_probe == "requestheader" else "client"
+
+    def _server_trust(self) -> bytes:
+        """What verifies the apiservers' serving certificates: for the cluster CA, the CAs of
+        its rotation (the state store's, or the CA of record); for another authority, what
+        careconcile's own client of the cluster trusts."""
+        if self.access.layout.client_probe == "client-ca":
+            keys = self.custody.stored().keys
+            known = [pair.cert for pair in (keys.previous, keys.target) if pair is not None]
+            return pki.bundle_pem(known or [self.custody.record_pair().cert])
+        return self.access.client.target.ca_pem or b""
+
+    def _accepts(self, server: str, ca: KeyPair) -> bool:
+        probe = probe_certificate(ca, front_proxy=self.access.layout.client_probe == "requestheader")
+        return probes.accepts_client_certificate(
+            server, ca_pem=self._server_trust(), cert_pem=probe.cert_pem, key_pem=probe.key_pem,
+            front_proxy_user=PROBE_USER if self.access.layout.client_probe == "requestheader" else None) is not None
+
+    def _not_accepting(self, fingerprint: str) -> list[str]:
+        ca = self.custody.pair(fingerprint)
+        return [server for _, server in apiserver_servers(self.access) if not self._accepts(server, ca)]
+
     def accepting(self, fingerprints: list[str]) -> list[str]:
-        """The apiservers that still accept a client certificate from one of these CAs."""
+        """The apiservers that still accept a certificate from one of these CAs, as the layout
+        probes them (a client certificate, or the front proxy's)."""
         keys = self.custody.stored().keys
-        known = [pair for pair in (keys.previous, keys.target) if pair is not None]
-        trust = pki.bundle_pem([pair.cert for pair in known])
-        probes_from = [probe_certificate(pair) for pair in known if fp(pair.cert) in fingerprints]
+        known = [pair for pair in (keys.previous, keys.target) if pair is not None and fp(pair.cert) in fingerprints]
         return [f"{server} ({node})" for node, server in apiserver_servers(self.access)
-                if any(probes.accepts_client_certificate(server, ca_pem=trust, cert_pem=probe.cert_pem,
-                                                         key_pem=probe.key_pem) is not None
-                       for probe in probes_from)]
+                if any(self._accepts(server, pair) for pair in known)]
 
     def _nodes_ready(self) -> list[str]:
         problems = []
@@ -133,6 +150,8 @@ class Verifier:
         return problems
 
 
-def probe_certificate(ca: KeyPair) -> KeyPair:
-    """A throwaway client certificate from ``ca``, to ask an apiserver whether it trusts ``ca``."""
-    return pki.issue_leaf(ca, LeafRequest(PROBE_USER, client=True, key=pki.KeySpec("ECDSA", 256)), now=utcnow())
+def probe_certificate(ca: KeyPair, *, front_proxy: bool = False) -> KeyPair:
+    """A throwaway client certificate from ``ca``, to ask an apiserver whether it trusts ``ca``:
+    as a client, or as the front proxy (the name kubeadm allows in --requestheader-allowed-names)."""
+    name = kubeadm.FRONT_PROXY_CLIENT if front_proxy else PROBE_USER
+    return pki.issue_leaf(ca, LeafRequest(name, client=True, key=pki.KeySpec("ECDSA", 256)), now=utcnow())

@@ -24,11 +24,11 @@ from reconciler.core.kubeconfig import ClientCredentials
 from reconciler.core.observed import fp
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import Action
-from reconciler.core.sites import ApiField, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner
+from reconciler.core.sites import ApiField, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, pair_files
 from reconciler.core.spec import ResolvedAuthority
 from reconciler.errors import APIConflictError, RotationError
 from reconciler.shell.custody import Custody
-from reconciler.shell.formats import ca_bundle_fields, pair_files, set_ca_bundle
+from reconciler.shell.formats import ca_bundle_fields, set_ca_bundle
 from reconciler.shell.management import SecretKubeconfigClient
 from reconciler.shell.observe import ClusterAccess, local_kubeconfig_scope
 
@@ -258,8 +258,9 @@ class SiteWriters:
         layout = self.access.layout
         # Key before certificate: a controller-manager that reloads in between sees a
         # mismatched pair, keeps signing with what it has, and reloads again.
-        files.write(layout.signer_key, pair.key_pem, kubeadm.PRIVATE)
-        files.write(layout.signer_cert, pair.cert_pem, kubeadm.PUBLIC)
+        if layout.signer is not None:  # else the record's key is all that names the CA
+            files.write(layout.signer_key, pair.key_pem, kubeadm.PRIVATE)
+            files.write(layout.signer_cert, pair.cert_pem, kubeadm.PUBLIC)
         if record_key:
             files.write(layout.record_key, pair.key_pem, kubeadm.PRIVATE)
             self.custody.forget_record()

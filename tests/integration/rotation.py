@@ -60,9 +60,14 @@ def assert_no_private_key_in_files(directory: Path) -> None:
             assert_no_private_key(path.read_bytes(), str(path))
 
 
-def set_rotation(spec: Path, value: int) -> None:
+def set_rotation(spec: Path, value: int, *authorities: str) -> None:
+    """Set the rotation counter of these authorities (the cluster CA if none is named) in
+    every cluster of the spec, as a user edits it."""
     text = spec.read_text()
-    spec.write_text(re.sub(r"rotation: \d+", f"rotation: {value}", text))
+    for authority in authorities or ("clusterCA",):
+        text, count = re.subn(rf"(\b{authority}:\n\s+rotation: )\d+", rf"\g<1>{value}", text)
+        assert count, f"{spec} has no {authority}.rotation"
+    spec.write_text(text)
 
 
 def record_ca(info) -> pki.KeyPair:

@@ -23,7 +23,8 @@ def _commented_copy(info, tmp_path: Path) -> Path:
     for old, new in {
         "kind: CASpec\n": "kind: CASpec   # the format's kind\n",
         "  clusters:\n": "\n  # Every cluster this team runs.\n  clusters:\n",
-        "        rotation: 0\n": "        rotation: 0   # raise by one to rotate\n        # pinned below by careconcile pin\n",
+        "      clusterCA:\n        rotation: 0\n":
+            "      clusterCA:\n        rotation: 0   # raise by one to rotate\n        # pinned below by careconcile pin\n",
     }.items():
         assert text.count(old) == 1, old
         text = text.replace(old, new)

@@ -163,8 +163,26 @@ def test_the_cluster_wins_over_spec_defaults_which_win_over_built_ins():
 
 
 def test_resolving_an_unknown_authority_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown authority 'etcdCA'; known: clusterCA"):
-        spec.resolve_authority(*_document_and_cluster(_valid()), "etcdCA")
+    with pytest.raises(ValueError, match="unknown authority 'serviceAccountCA'; known: clusterCA, etcdCA, frontProxyCA"):
+        spec.resolve_authority(*_document_and_cluster(_valid()), "serviceAccountCA")
+
+
+def test_the_etcd_and_front_proxy_cas_are_managed_only_when_listed():
+    unlisted = _valid()
+    unlisted["spec"]["clusters"][0]["authorities"] = {"clusterCA": {"rotation": 0}}
+    document, cluster = _document_and_cluster(unlisted)
+    assert spec.managed_authorities(cluster) == ["clusterCA"]
+    with pytest.raises(ValueError, match="does not list authorities.etcdCA"):
+        spec.resolve_authority(document, cluster, "etcdCA")
+    listed = _valid()
+    listed["spec"]["clusters"][0]["authorities"] = {"etcdCA": {"rotation": 2}, "frontProxyCA": {}}
+    document, cluster = _document_and_cluster(listed)
+    assert spec.managed_authorities(cluster) == ["clusterCA", "etcdCA", "frontProxyCA"]
+    etcd = spec.resolve_authority(document, cluster, "etcdCA")
+    # kubeadm's names unless the spec sets a subject
+    assert (etcd.rotation, etcd.common_name) == (2, "etcd-ca")
+    assert spec.resolve_authority(document, cluster, "frontProxyCA").common_name == "front-proxy-ca"
+    assert spec.resolve_authority(document, cluster, "clusterCA").common_name == "kubernetes"
 
 
 @pytest.mark.parametrize(("authority", "message"), [

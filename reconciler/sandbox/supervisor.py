@@ -7,7 +7,7 @@ restart is counted in ``run/state.json``, which `careconcile sandbox status` rep
 
 Run as ``python -m reconciler.sandbox.supervisor SANDBOX_DIR``; SIGTERM stops every
 component (workers' stand-ins first, etcd last; the components of one kind on every
-node together) and then the supervisor.
+node together, but etcd members one at a time) and then the supervisor.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ STOP_GRACE_SECONDS = 15.0
 BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 # Lower stops first: what depends on the apiserver goes before it, etcd goes last.
 _STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "kube-apiserver": 2, "etcd": 3}
+# Components of one kind stop together, on every node at once, except these, one after the
+# other: etcd members stopped together hand the leadership back and forth (a stopping leader
+# transfers it to a peer, which is stopping too), and the last leader gives up only after
+# etcd's request timeout, 7 s; one at a time, each hands it to a member that stays.
+_STOP_ONE_AT_A_TIME = {"etcd"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -204,8 +209,8 @@ class Supervisor:
 
     def _stop_together(self, group: list[_Running], reason: str) -> None:
         """SIGTERM to every process of ``group`` at once, then wait for them all (SIGKILL
-        after the grace period): the members of a stacked etcd cluster, or the apiservers,
-        stop in the time of the slowest rather than of all of them in turn."""
+        after the grace period): the apiservers of an HA sandbox, say, stop in the time of
+        the slowest rather than of all of them in turn."""
         stopping = []
         for running in group:
             process = running.process
@@ -266,8 +271,12 @@ class Supervisor:
     def stop_all(self) -> None:
         self.stopping = True
         for level in sorted({_STOP_ORDER.get(r.state.component, 0) for r in self.components.values()}):
-            self._stop_together([r for r in self.components.values()
-                                 if _STOP_ORDER.get(r.state.component, 0) == level], "sandbox stopping")
+            group = [r for r in self.components.values() if _STOP_ORDER.get(r.state.component, 0) == level]
+            self._stop_together([r for r in group if r.state.component not in _STOP_ONE_AT_A_TIME],
+                                "sandbox stopping")
+            for running in group:
+                if running.state.component in _STOP_ONE_AT_A_TIME:
+                    self._stop(running, "sandbox stopping")
         self.dirty = True
         self.write_state()
 

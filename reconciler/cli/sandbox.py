@@ -26,7 +26,8 @@ def register(commands: Any) -> None:
     up = verbs.add_parser("up", help="start a sandbox and wait until it is ready")
     up.add_argument("--name", default="sandbox", type=_sandbox_name, help="sandbox name (default: sandbox)")
     up.add_argument("--control-planes", type=int, default=1, metavar="K",
-                    help="kube-apiservers on one etcd; 2 or more is the HA case (default: 1)")
+                    help="control-plane nodes, each with a kube-apiserver and a stacked etcd member; "
+                         "2 or more is the HA case (default: 1)")
     up.add_argument("--workers", type=int, default=3, metavar="W", help="kwok worker nodes (default: 3)")
     up.add_argument("--ssh", action="store_true",
                     help="serve the node directories over SSH (an sshd on 127.0.0.1 installed by "
@@ -82,6 +83,8 @@ def _up(args: argparse.Namespace) -> int:
               f"(key {info.ssh['key_file']})")
     for server in info.apiservers:
         print(f"  apiserver:   {server}")
+    for member in info.etcd:
+        print(f"  etcd:        {member}")
     workloads = "kube-proxy, coredns" + (f", {info.workloads} sample namespaces (app-1..app-{info.workloads})"
                                          if info.workloads else "")
     print(f"  workloads:   {workloads}" + ("" if info.workers else " (no workers: their pods do not run)"))

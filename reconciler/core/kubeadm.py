@@ -270,7 +270,19 @@ def static_pod(component: str, command: list[str]) -> dict[str, Any]:
     }
 
 
-def etcd_manifest(node_name: str, ports: EtcdPorts) -> dict[str, Any]:
+def etcd_initial_cluster(members: dict[str, EtcdPorts]) -> str:
+    """etcd's `--initial-cluster`: `name=peer-url` of every member, comma-separated."""
+    return ",".join(f"{name}={_url(ports.peer)}" for name, ports in members.items())
+
+
+def etcd_manifest(node_name: str, ports: EtcdPorts, members: dict[str, EtcdPorts] | None = None) -> dict[str, Any]:
+    """The stacked etcd member of one control-plane node. ``members`` is every member of
+    the cluster by node name (this one included; alone when None). All members start
+    together from the same `--initial-cluster`, etcd's static bootstrap: kubeadm ends up
+    with the same members by adding one per `kubeadm join --control-plane`."""
+    members = members or {node_name: ports}
+    if members.get(node_name) != ports:
+        raise ValueError(f"etcd member {node_name!r} is not in the cluster it is to join: {sorted(members)}")
     peer_url, client_url = _url(ports.peer), _url(ports.client)
     return static_pod("etcd", [
         "etcd",
@@ -280,7 +292,7 @@ def etcd_manifest(node_name: str, ports: EtcdPorts) -> dict[str, Any]:
         f"--listen-client-urls={client_url}",
         f"--initial-advertise-peer-urls={peer_url}",
         f"--listen-peer-urls={peer_url}",
-        f"--initial-cluster={node_name}={peer_url}",
+        f"--initial-cluster={etcd_initial_cluster(members)}",
         "--client-cert-auth=true",
         f"--cert-file={PKI_DIR}/etcd/server.crt",
         f"--key-file={PKI_DIR}/etcd/server.key",
@@ -296,6 +308,8 @@ def etcd_manifest(node_name: str, ports: EtcdPorts) -> dict[str, Any]:
 
 
 def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, Any]:
+    """``etcd`` is the node's own, stacked etcd member: kubeadm points each apiserver at its
+    local member only (`--etcd-servers=https://127.0.0.1:2379`)."""
     return static_pod("kube-apiserver", [
         "kube-apiserver",
         f"--advertise-address={LOOPBACK}",

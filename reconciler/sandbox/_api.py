@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from reconciler.core import kubeadm, kubeconfig
 from reconciler.errors import (
     APIConflictError, APIError, APINotFoundError, CareconcileError, ClusterUnreachableError, SandboxError,
 )
+from reconciler.sandbox._paths import node_path
 from reconciler.shell.kube import KubeClient, load_kubeconfig
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
@@ -31,6 +33,49 @@ def readyz(server: str, ca_file: Path, *, timeout: float = 2.0) -> bool:
             connection.close()
     except (OSError, ssl.SSLError, http.client.HTTPException):
         return False
+
+
+class EtcdClient:
+    """One etcd member's client URL, asked as kubeadm's health checks ask it: with the
+    node's `etcd/healthcheck-client` certificate, trusting `etcd/ca.crt` (read from disk
+    on each call)."""
+
+    def __init__(self, url: str, node_root: Path, *, timeout: float = 2.0) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
+        self.pki = node_path(node_root, f"{kubeadm.PKI_DIR}/etcd")
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        context.load_cert_chain(self.pki / "healthcheck-client.crt", self.pki / "healthcheck-client.key")
+        connection = http.client.HTTPSConnection(self.host, self.port, context=context, timeout=self.timeout)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            connection.close()
+
+    def healthy(self) -> bool:
+        """/health answers {"health": "true"}: the member has a leader and serves a
+        linearizable read, so its cluster has quorum."""
+        try:
+            status, body = self._call("GET", "/health")
+        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError):
+            return False
+        return status == 200 and isinstance(body, dict) and body.get("health") == "true"
+
+    def member_names(self) -> list[str]:
+        """The names of the members (the gRPC gateway's member list), sorted; a member
+        that has not started yet has no name. [] when the member does not answer."""
+        try:
+            status, body = self._call("POST", "/v3/cluster/member/list", b"{}")
+        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError):
+            return []
+        if status != 200 or not isinstance(body, dict):
+            return []
+        return sorted(member.get("name", "") for member in body.get("members", []))
 
 
 class Client:

@@ -74,6 +74,9 @@ class SandboxInfo:
     # With `up --extension-apiserver`: the aggregated apiserver on the first control-plane
     # node (apiservice, group, version, port, etcd, kubeconfig, serving_ca).
     extension_apiserver: dict[str, Any] | None = None
+    # The client URL of each control plane's etcd member, in the order of the nodes
+    # (empty in records from before etcd was stacked on every control plane).
+    etcd: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,11 +128,12 @@ def _lay_out(
     now = dt.datetime.now(dt.timezone.utc)
     cp_names = [f"{name}-control-plane-{i + 1}" for i in range(control_planes)]
     worker_names = [f"{name}-worker-{i + 1}" for i in range(workers)]
-    ports = _free_ports(3 * control_planes + 2 + (3 if extension_apiserver else 0))
+    ports = _free_ports(5 * control_planes + (3 if extension_apiserver else 0))
     if extension_apiserver:
         ext_ports, ports = extension.Ports(*ports[-3:]), ports[:-3]
-    cp_ports = [ControlPlanePorts(*ports[3 * i:3 * i + 3]) for i in range(control_planes)]
-    etcd_ports = EtcdPorts(ports[-2], ports[-1])
+    cp_ports = [ControlPlanePorts(*ports[5 * i:5 * i + 3]) for i in range(control_planes)]
+    # Stacked etcd, as kubeadm lays out an HA cluster: a member on every control-plane node.
+    etcd_members = {node: EtcdPorts(*ports[5 * i + 3:5 * i + 5]) for i, node in enumerate(cp_names)}
     apiserver_ports = [p.apiserver for p in cp_ports]
     authorities: ClusterAuthorities = kubeadm.new_authorities(now=now, key=key)
 
@@ -151,10 +155,10 @@ def _lay_out(
 
     first = paths.node_root(cp_names[0])
     handover = kubeadm.LEASE_HANDOVERS[lease_handover]
-    _write_manifest(first, kubeadm.etcd_manifest(cp_names[0], etcd_ports))
     for node, cp in zip(cp_names, cp_ports):
         root = paths.node_root(node)
-        _write_manifest(root, kubeadm.apiserver_manifest(cp, etcd_ports))
+        _write_manifest(root, kubeadm.etcd_manifest(node, etcd_members[node], etcd_members))
+        _write_manifest(root, kubeadm.apiserver_manifest(cp, etcd_members[node]))
         _write_manifest(root, kubeadm.controller_manager_manifest(
             name, cp, release_leader_lease=handover.release_leader_lease))
         _write_manifest(root, kubeadm.scheduler_manifest(cp))
@@ -186,6 +190,7 @@ def _lay_out(
     info = SandboxInfo(
         name=name, directory=str(paths.directory), kubeconfig=str(paths.kubeconfig), spec=str(paths.spec),
         nodes_dir=str(paths.nodes), apiservers=[f"https://{kubeadm.LOOPBACK}:{p}" for p in apiserver_ports],
+        etcd=[f"https://{kubeadm.LOOPBACK}:{p.client}" for p in etcd_members.values()],
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
         ssh=ssh, admin=admin, lease_handover=lease_handover, workloads=workloads, extension_apiserver=ext_info,
     )
@@ -320,13 +325,28 @@ def _wait_for(what: str, check: Callable[[], bool], paths: SandboxPaths, deadlin
         time.sleep(0.2)
 
 
+def _wait_for_etcd(info: SandboxInfo, paths: SandboxPaths, deadline: float) -> None:
+    """Until every control plane's etcd member answers /health true (which needs a leader,
+    so a quorum) and lists all of them as members. Each is asked with its own node's
+    healthcheck-client certificate."""
+    control_planes = [node for node in info.nodes if node.role == "control-plane"]
+    for node, url in zip(control_planes, info.etcd):
+        client = _api.EtcdClient(url, Path(node.root))
+        _wait_for(f"etcd member {node.name} ({url}) /health", client.healthy, paths, deadline)
+    names = sorted(node.name for node in control_planes)
+    client = _api.EtcdClient(info.etcd[0], Path(control_planes[0].root))
+    _wait_for(f"etcd to list the members {', '.join(names)}", lambda: client.member_names() == names,
+              paths, deadline)
+
+
 def up(
     name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
     key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None, ssh: bool = False,
     admin: str | None = None, lease_handover: str = "fast", workloads: int = 0,
     extension_apiserver: bool = False,
 ) -> SandboxInfo:
-    """Start a sandbox and return when it is ready: every apiserver's /readyz ok, every
+    """Start a sandbox and return when it is ready: every etcd member healthy and listing
+    all of them, every apiserver's /readyz ok, every
     node Ready, `kube-root-ca.crt` published in `default` and, with workers, kubeadm's
     add-ons and ``workloads`` sample namespaces rolled out. With ``ssh``, an sshd on
     127.0.0.1 serves the node directories and the spec reaches every node over SSH. With
@@ -379,6 +399,10 @@ def up(
     _start_supervisor(paths)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        # The apiservers retry etcd while it forms; waiting for quorum first names etcd,
+        # and its log, when it is etcd that does not come up.
+        _wait_for_etcd(info, paths, deadline)
+        timings["etcd_ready"] = time.monotonic() - started
         ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
         for server in info.apiservers:
             _wait_for(f"{server}/readyz", lambda s=server: _api.readyz(s, ca_path), paths, deadline)

@@ -6,7 +6,8 @@ crashed one after a back-off. Unlike a kubelet it hides nothing: every start, ex
 restart is counted in ``run/state.json``, which `careconcile sandbox status` reports.
 
 Run as ``python -m reconciler.sandbox.supervisor SANDBOX_DIR``; SIGTERM stops every
-component (workers' stand-ins first, etcd last) and then the supervisor.
+component (workers' stand-ins first, etcd last; the components of one kind on every
+node together, but etcd members one at a time) and then the supervisor.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 # here, then SIGKILL). Its own etcd goes last, with the cluster's.
 _STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "extension-apiserver": 1.5,
                "kube-apiserver": 2, "etcd": 3, "extension-apiserver-etcd": 3}
+# Components of one kind stop together, on every node at once, except these, one after the
+# other: etcd members stopped together hand the leadership back and forth (a stopping leader
+# transfers it to a peer, which is stopping too), and the last leader gives up only after
+# etcd's request timeout, 7 s; one at a time, each hands it to a member that stays.
+_STOP_ONE_AT_A_TIME = {"etcd"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -212,21 +218,32 @@ class Supervisor:
         self.dirty = True
 
     def _stop(self, running: _Running, reason: str) -> None:
-        process = running.process
-        if process is None or process.poll() is not None:
+        self._stop_together([running], reason)
+
+    def _stop_together(self, group: list[_Running], reason: str) -> None:
+        """SIGTERM to every process of ``group`` at once, then wait for them all (SIGKILL
+        after the grace period): the apiservers of an HA sandbox, say, stop in the time of
+        the slowest rather than of all of them in turn."""
+        stopping = []
+        for running in group:
+            process = running.process
+            if process is None or process.poll() is not None:
+                running.process = None
+                continue
+            with open(self._log_path(running.state), "ab") as log:
+                log.write(f"=== {_now()} supervisor: stopping {running.state.component} ({reason})\n".encode())
+            process.terminate()
+            stopping.append((running, process))
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for running, process in stopping:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             running.process = None
-            return
-        with open(self._log_path(running.state), "ab") as log:
-            log.write(f"=== {_now()} supervisor: stopping {running.state.component} ({reason})\n".encode())
-        process.terminate()
-        try:
-            process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        running.process = None
-        running.state.status, running.state.pid = "stopped", None
-        self.dirty = True
+            running.state.status, running.state.pid = "stopped", None
+            self.dirty = True
 
     def _schedule_restart(self, running: _Running) -> None:
         delay = BACKOFF_SECONDS[min(running.crash_streak, len(BACKOFF_SECONDS) - 1)]
@@ -266,9 +283,13 @@ class Supervisor:
 
     def stop_all(self) -> None:
         self.stopping = True
-        ordered = sorted(self.components.values(), key=lambda r: _STOP_ORDER.get(r.state.component, 0))
-        for running in ordered:
-            self._stop(running, "sandbox stopping")
+        for level in sorted({_STOP_ORDER.get(r.state.component, 0) for r in self.components.values()}):
+            group = [r for r in self.components.values() if _STOP_ORDER.get(r.state.component, 0) == level]
+            self._stop_together([r for r in group if r.state.component not in _STOP_ONE_AT_A_TIME],
+                                "sandbox stopping")
+            for running in group:
+                if running.state.component in _STOP_ONE_AT_A_TIME:
+                    self._stop(running, "sandbox stopping")
         self.dirty = True
         self.write_state()
 

@@ -2,6 +2,7 @@ import base64
 import datetime as dt
 
 import pytest
+from cryptography import x509
 
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.kubeadm import ControlPlanePorts, EtcdPorts
@@ -112,3 +113,51 @@ def test_the_lease_handover_gate_and_kwoks_node_lease_are_chosen_explicitly():
     assert kcm.count(gate) == 1 and "--leader-elect=true" in kcm
     assert "--node-lease-duration-seconds=6" in command(kubeadm.kwok_manifest(node_lease_seconds=fast.node_lease_seconds))
     assert "--node-lease-duration-seconds=15" in command(kubeadm.kwok_manifest(node_lease_seconds=slow.node_lease_seconds))
+
+
+def _flags(pod) -> dict[str, str]:
+    command = pod["spec"]["containers"][0]["command"]
+    return dict(arg.split("=", 1) for arg in command[1:])
+
+
+def test_stacked_etcd_has_a_member_per_control_plane_and_each_apiserver_uses_its_own():
+    members = {f"c-control-plane-{i}": EtcdPorts(2379 + 10 * i, 2380 + 10 * i) for i in (1, 2, 3)}
+    etcd = {node: _flags(kubeadm.etcd_manifest(node, ports, members)) for node, ports in members.items()}
+    initial = "c-control-plane-1=https://127.0.0.1:2390,c-control-plane-2=https://127.0.0.1:2400," \
+              "c-control-plane-3=https://127.0.0.1:2410"
+    for node, ports in members.items():
+        flags = etcd[node]
+        assert flags["--name"] == node
+        assert flags["--initial-cluster"] == initial, "every member starts from the same member list"
+        assert flags["--listen-peer-urls"] == flags["--initial-advertise-peer-urls"] == f"https://127.0.0.1:{ports.peer}"
+        assert flags["--listen-client-urls"] == flags["--advertise-client-urls"] == f"https://127.0.0.1:{ports.client}"
+        # peer TLS with the node's own pair, trusting the shared etcd CA, as kubeadm sets it
+        assert flags["--peer-client-cert-auth"] == flags["--client-cert-auth"] == "true"
+        assert flags["--peer-cert-file"] == "/etc/kubernetes/pki/etcd/peer.crt"
+        assert flags["--peer-trusted-ca-file"] == flags["--trusted-ca-file"] == "/etc/kubernetes/pki/etcd/ca.crt"
+        apiserver = _flags(kubeadm.apiserver_manifest(ControlPlanePorts(6443, 10257, 10259), ports))
+        assert apiserver["--etcd-servers"] == f"https://127.0.0.1:{ports.client}", "kubeadm: the local member only"
+    assert len({flags["--listen-peer-urls"] for flags in etcd.values()}) == 3
+    assert len({flags["--listen-client-urls"] for flags in etcd.values()}) == 3
+    # one control plane: a cluster of itself, as before
+    alone = _flags(kubeadm.etcd_manifest("c-control-plane-1", EtcdPorts(2379, 2380)))
+    assert alone["--initial-cluster"] == "c-control-plane-1=https://127.0.0.1:2380"
+    with pytest.raises(ValueError, match="not in the cluster"):
+        kubeadm.etcd_manifest("c-control-plane-4", EtcdPorts(1, 2), members)
+
+
+def test_each_control_plane_has_its_own_etcd_server_and_peer_certificates_for_loopback(authorities):
+    certs = {}
+    for node in ("c-control-plane-1", "c-control-plane-2"):
+        files = {f.path: f for f in kubeadm.control_plane_files(
+            authorities, node_name=node, cluster_name="c", ports=ControlPlanePorts(6443, 10257, 10259),
+            all_apiserver_ports=[6443], now=NOW, key=FAST)}
+        for kind in ("server", "peer"):
+            cert = pki.load_certificates(files[f"{kubeadm.PKI_DIR}/etcd/{kind}.crt"].content, source=kind)[0]
+            assert pki.is_signed_by(cert, authorities.etcd.cert)
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert "127.0.0.1" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+            assert node in san.get_values_for_type(x509.DNSName)
+            certs[node, kind] = pki.fingerprint(cert)
+        assert files[f"{kubeadm.PKI_DIR}/etcd/ca.crt"].content == authorities.etcd.cert_pem  # shared
+    assert len(set(certs.values())) == 4

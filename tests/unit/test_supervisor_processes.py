@@ -94,3 +94,54 @@ def test_an_invalid_first_manifest_is_reported_and_started_once_fixed(setup):
     write(manifests, "d")
     fixed = step(sup)["n1/d"]
     assert fixed["status"] == "running" and fixed["restarts"] == 0 and fixed["message"] is None
+
+
+def test_stop_all_stops_kind_by_kind_etcd_last_apiservers_together_etcd_members_in_turn(tmp_path):
+    """Two nodes, each with kwok (first node only), a kube-apiserver and an etcd stand-in;
+    each takes 0.5 s to exit after SIGTERM and records when it got SIGTERM and when it exited."""
+    bin_dir, events = tmp_path / "bin", tmp_path / "events"
+    bin_dir.mkdir()
+    for component in ("kwok", "kube-apiserver", "etcd"):
+        script = bin_dir / component
+        script.write_text(
+            "#!/bin/sh\n"
+            f"trap 'echo \"$NODE {component} term $(date +%s.%N)\" >> {events}; sleep 0.5; "
+            f"echo \"$NODE {component} exit $(date +%s.%N)\" >> {events}; exit 0' TERM\n"
+            "while :; do sleep 0.05; done\n")
+        script.chmod(0o755)
+    nodes = []
+    for node in ("n1", "n2"):
+        root = tmp_path / "sb" / "nodes" / node
+        manifests = root / kubeadm.MANIFESTS_DIR.lstrip("/")
+        manifests.mkdir(parents=True)
+        for component in ("kube-apiserver", "etcd") + (("kwok",) if node == "n1" else ()):
+            pod = kubeadm.static_pod(component, ["/bin/sh", "-c", f"NODE={node} exec {bin_dir / component}"])
+            (manifests / f"{component}.yaml").write_text(dump(pod))
+        nodes.append({"name": node, "root": str(root)})
+    paths = SandboxPaths(tmp_path / "sb")
+    paths.record.write_text(json.dumps({"bin_dir": str(bin_dir), "nodes": nodes}))
+    sup = Supervisor(paths)
+    try:
+        assert {k: v["status"] for k, v in step(sup).items()} == dict.fromkeys(
+            ["n1/etcd", "n1/kube-apiserver", "n1/kwok", "n2/etcd", "n2/kube-apiserver"], "running")
+        time.sleep(0.3)  # the scripts have set their traps
+        sup.stop_all()
+    finally:
+        sup.stop_all()
+    seen: dict[tuple[str, str], dict[str, float]] = {}
+    for line in events.read_text().splitlines():
+        node, component, event, at = line.split()
+        seen.setdefault((node, component), {})[event] = float(at)
+    assert len(seen) == 5 and all(set(times) == {"term", "exit"} for times in seen.values()), seen
+
+    def of(component: str) -> list[dict[str, float]]:
+        return sorted((times for (_, c), times in seen.items() if c == component), key=lambda t: t["term"])
+
+    assert max(t["exit"] for t in of("kwok")) <= min(t["term"] for t in of("kube-apiserver"))
+    assert max(t["exit"] for t in of("kube-apiserver")) <= min(t["term"] for t in of("etcd"))
+    # both apiservers got SIGTERM before either had exited: together
+    assert max(t["term"] for t in of("kube-apiserver")) < min(t["exit"] for t in of("kube-apiserver"))
+    # the second etcd member got SIGTERM only once the first had exited
+    first, second = of("etcd")
+    assert first["exit"] <= second["term"]
+    assert {v["status"] for v in json.loads(paths.state.read_text())["components"].values()} == {"stopped"}

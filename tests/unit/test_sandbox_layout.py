@@ -1,0 +1,46 @@
+"""The sandbox's lay-out of a multi-control-plane cluster, without starting anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from reconciler.core import kubeadm
+from reconciler.core.pki import KeySpec
+from reconciler.sandbox._lifecycle import SandboxInfo, _lay_out
+from reconciler.sandbox._paths import SandboxPaths, node_path
+
+
+def _flags(root: Path, component: str) -> dict[str, str]:
+    pod = YAML(typ="safe").load(node_path(root, f"{kubeadm.MANIFESTS_DIR}/{component}.yaml").read_text())
+    return dict(arg.split("=", 1) for arg in pod["spec"]["containers"][0]["command"][1:])
+
+
+def test_three_control_planes_each_run_an_etcd_member_that_their_apiserver_uses(tmp_path):
+    paths = SandboxPaths(tmp_path / "ha")
+    paths.directory.mkdir()
+    info = _lay_out(paths, name="ha", control_planes=3, workers=0, key=KeySpec("ECDSA", 256), bin_dir=tmp_path)
+    roots = {node.name: Path(node.root) for node in info.nodes}
+    assert list(roots) == ["ha-control-plane-1", "ha-control-plane-2", "ha-control-plane-3"]
+    etcd = {node: _flags(root, "etcd") for node, root in roots.items()}
+    apiservers = {node: _flags(root, "kube-apiserver") for node, root in roots.items()}
+    assert [etcd[node]["--advertise-client-urls"] for node in roots] == info.etcd
+    assert len(set(info.etcd)) == 3
+    assert len({flags["--listen-peer-urls"] for flags in etcd.values()}) == 3
+    expected = ",".join(f"{node}={etcd[node]['--initial-advertise-peer-urls']}" for node in roots)
+    for node in roots:
+        assert etcd[node]["--name"] == node
+        assert etcd[node]["--initial-cluster"] == expected
+        assert apiservers[node]["--etcd-servers"] == etcd[node]["--advertise-client-urls"]
+    every_port = [url.rsplit(":", 1)[1] for url in info.etcd + info.apiservers]
+    every_port += [etcd[n]["--listen-peer-urls"].rsplit(":", 1)[1] for n in roots]
+    every_port += [apiservers[n]["--secure-port"] for n in roots]
+    assert len(set(every_port)) == 9, "no port is used twice"
+    # the record keeps the member URLs; a record from before them reads as none
+    assert SandboxInfo.load(paths).etcd == info.etcd
+    record = json.loads(paths.record.read_text())
+    del record["etcd"]
+    paths.record.write_text(json.dumps(record))
+    assert SandboxInfo.load(paths).etcd == []

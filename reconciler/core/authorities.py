@@ -194,14 +194,15 @@ CLUSTER_CA = AuthorityLayout(
 
 _ETCD = f"{PKI_DIR}/etcd"
 _APISERVER_ETCD_CLIENT = f"{PKI_DIR}/apiserver-etcd-client"
-# etcd reads its trusted CA file only at start, and so does the apiserver's etcd client its
-# CA and client certificate (docs/concepts.md, "What reloads without a restart").
+# etcd reads its trusted CA files only at start, and so does the apiserver its --etcd-cafile;
+# certificates and keys (etcd's serving and peer pairs, the apiserver's etcd client pair) are
+# read per handshake (docs/concepts.md, "What reloads without a restart (etcd CA)").
 ETCD_MEMBER = StaticPodComponent(
-    "etcd", (f"{_ETCD}/ca.crt", f"{_ETCD}/server.crt", f"{_ETCD}/peer.crt"), "etcd-member", one_at_a_time=True,
+    "etcd", (f"{_ETCD}/ca.crt",), "etcd-member", one_at_a_time=True,
     outage_when_alone="the only etcd member: the API cannot read or write for a few seconds",
     probe_pair=f"{_ETCD}/healthcheck-client", probe_trust=f"{_ETCD}/ca.crt")
 APISERVER_FOR_ETCD = StaticPodComponent(
-    "kube-apiserver", (f"{_ETCD}/ca.crt", f"{_APISERVER_ETCD_CLIENT}.crt"), "apiserver-readyz", one_at_a_time=True,
+    "kube-apiserver", (f"{_ETCD}/ca.crt",), "apiserver-readyz", one_at_a_time=True,
     outage_when_alone="the only apiserver: the API is unavailable for a few seconds")
 
 ETCD_CA = AuthorityLayout(

@@ -22,7 +22,7 @@ from reconciler.core.plan import Action, RestartParams
 from reconciler.core.sites import pair_files
 from reconciler.errors import APIError, ClusterUnreachableError, RotationError
 from reconciler.shell.formats import (
-    dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
+    dump_manifest, inputs_digest, load_manifest, manifest_flags, restart_marker, with_flags, with_restart,
 )
 from reconciler.shell.kube import KubeClient, KubeTarget
 from reconciler.shell.observe import ClusterAccess, apiserver_server, etcd_server
@@ -33,6 +33,15 @@ LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 RESTART_COMMAND_TIMEOUT = 120.0
 # Prometheus' process collector: when the process serving /metrics started (Unix seconds).
 _PROCESS_START = re.compile(r"^process_start_time_seconds\s+(\S+)$", re.M)
+# etcd: one line per peer it is connected to.
+_ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re.M)
+
+
+def _etcd_members(files) -> list[str]:
+    """The members a node's etcd was started with (--initial-cluster, name=peerURL,...)."""
+    manifest = load_manifest(files, "etcd")
+    flags = manifest_flags(manifest) if manifest is not None else {}
+    return [entry for entry in flags.get("--initial-cluster", "").split(",") if entry]
 
 
 class ComponentRestarts:
@@ -101,13 +110,19 @@ class ComponentRestarts:
             if server is None:
                 return f"{files.describe()}: its {component.name} manifest names no server"
             with KubeClient(target, timeout=5) as client:
-                found = _PROCESS_START.search(client.get_text("/metrics"))
+                metrics = client.get_text("/metrics")
+                found = _PROCESS_START.search(metrics)
                 started = dt.datetime.fromtimestamp(float(found.group(1)), dt.timezone.utc) if found else None
                 if started is None or started < since:
                     return f"still the process started {started:%H:%M:%S}" if started else "no start time in /metrics"
                 if component.readiness == "etcd-member":
                     if (client.get("/health") or {}).get("health") != "true":
                         return "its /health does not answer true (no leader)"
+                    # /health is true with quorum even while a link to a peer is refused.
+                    peers = len(_etcd_members(files)) - 1
+                    linked = len(_ACTIVE_PEER.findall(metrics))
+                    if linked < peers:
+                        return f"linked to {linked} of its {peers} peers (etcd_network_active_peers)"
                 elif client.get_text("/readyz").strip() != "ok":
                     return "its /readyz does not answer ok"
         except (ClusterUnreachableError, APIError, ValueError) as exc:

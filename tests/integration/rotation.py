@@ -92,6 +92,8 @@ class Poller:
     # <name>-kubeconfig of the management cluster, fetched afresh for every request).
     read: Callable[[], str] | None = None
     clients: int = 2
+    # What each request reads: a namespace, or through the aggregation layer an aggregated API.
+    path: str = "/api/v1/namespaces/kube-system"
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     per_server: dict[str, int] = field(default_factory=dict)
@@ -144,7 +146,7 @@ class Poller:
                 target = kubeconfig_target(text, source=str(self.kubeconfig), context=context,
                                            base=self.kubeconfig.parent)
                 with KubeClient(target, timeout=10) as client:
-                    client.get("/api/v1/namespaces/kube-system")
+                    client.get(self.path)
                 server = target.server
             except Exception as exc:  # every failure counts, whatever its kind
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")

@@ -1,5 +1,8 @@
-"""`careconcile update credentials --cluster-ca --cluster-name NAME --kubeconfig ADMIN_KUBECONFIG`:
-rotate a registered user cluster's CA in one command, as `bmctl update credentials` does."""
+"""`careconcile update credentials --cluster-ca --cluster-name NAME --kubeconfig ADMIN_KUBECONFIG`
+rotates a registered user cluster's CA in one command, as `bmctl update credentials` does;
+`careconcile update credentials certificate-authorities rotate --cluster NAME --kubeconfig
+ADMIN_KUBECONFIG` rotates its cluster, etcd and front-proxy CAs, as `bmctl update credentials
+certificate-authorities rotate` does."""
 
 from __future__ import annotations
 
@@ -16,35 +19,55 @@ from reconciler.shell import credentials, session
 def register(commands: Any) -> None:
     update = commands.add_parser("update", help="imperative changes to a cluster registered in an admin cluster")
     targets = update.add_subparsers(dest="target", metavar="WHAT", required=True)
+    # No abbreviations: `rotate --cluster` must not be taken for this parser's --cluster-ca or --cluster-name.
     creds = targets.add_parser(
-        "credentials", help="rotate a user cluster's credentials from the admin cluster alone",
+        "credentials", allow_abbrev=False, help="rotate a user cluster's credentials from the admin cluster alone",
         description="Plan and apply a rotation of a registered user cluster's CA, using only what the admin "
                     "(management) cluster holds. Re-running it after an interruption finishes that rotation.")
-    creds.add_argument("--cluster-ca", action="store_true", help="rotate the cluster CA (the only credential so far)")
-    creds.add_argument("--cluster-name", required=True, metavar="NAME", type=dns_label_argument("cluster name"),
-                       help="the user cluster, as registered")
-    creds.add_argument("--kubeconfig", required=True, type=Path, metavar="ADMIN_KUBECONFIG",
-                       help="kubeconfig of the admin (management) cluster")
-    creds.add_argument("--context", metavar="CONTEXT", help="context in ADMIN_KUBECONFIG (default: its current one)")
-    creds.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"), help="the cluster's namespace in the admin cluster "
-                                                         "(default: cluster-NAME)")
-    creds.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS",
-                       help="how long a phase's check waits for the cluster to show its result (default: 300)")
-    add_workspace_option(creds)
-    creds.set_defaults(handler=_update_credentials)
+    creds.add_argument("--cluster-ca", action="store_true", help="rotate the cluster CA alone")
+    _add_target_options(creds, "--cluster-name")
+    creds.set_defaults(handler=_update_credentials, authorities=None)
+    cas = creds.add_subparsers(dest="credentials", metavar="WHICH")
+    rotate = cas.add_parser("certificate-authorities", help="the cluster's certificate authorities").add_subparsers(
+        dest="verb", metavar="VERB", required=True).add_parser(
+        "rotate", help="rotate the cluster CA, the etcd CA and the front-proxy CA, one after another",
+        description="Rotate the cluster, etcd and front-proxy CAs of a registered user cluster from the admin "
+                    "cluster alone. Re-running it after an interruption finishes the rotations in progress.")
+    _add_target_options(rotate, "--cluster", "--cluster-name")
+    rotate.set_defaults(handler=_update_credentials, authorities=credentials.ALL_AUTHORITIES, cluster_ca=False)
+
+
+def _add_target_options(parser: Any, *cluster_flags: str) -> None:
+    parser.add_argument(*cluster_flags, dest="cluster_name", metavar="NAME", type=dns_label_argument("cluster name"),
+                        help="the user cluster, as registered")
+    parser.add_argument("--kubeconfig", type=Path, metavar="ADMIN_KUBECONFIG",
+                        help="kubeconfig of the admin (management) cluster")
+    parser.add_argument("--context", metavar="CONTEXT", help="context in ADMIN_KUBECONFIG (default: its current one)")
+    parser.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"),
+                        help="the cluster's namespace in the admin cluster (default: cluster-NAME)")
+    parser.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long a phase's check waits for the cluster to show its result (default: 300)")
+    add_workspace_option(parser)
 
 
 def _update_credentials(args: argparse.Namespace) -> int:
-    if not args.cluster_ca:
-        raise UsageError("say which credentials to update: --cluster-ca")
+    if args.authorities is None and not args.cluster_ca:
+        raise UsageError("say which credentials to update: --cluster-ca, or certificate-authorities rotate")
+    missing = [flag for flag, value in (("--cluster-name", args.cluster_name), ("--kubeconfig", args.kubeconfig))
+               if value is None]
+    if missing:
+        raise UsageError(f"update credentials needs {' and '.join(missing)}")
     outcome = credentials.update_cluster_ca(
         args.kubeconfig, args.cluster_name, context=args.context, namespace=args.namespace,
-        workspace=session.workspace_root(args.workspace), phase_timeout=args.phase_timeout)
-    if outcome.new_ca == outcome.old_ca:
-        print(f"\nThe cluster CA of {outcome.cluster} is {outcome.new_ca}; nothing to do.")
-    else:
-        print(f"\nThe cluster CA of {outcome.cluster} is now {outcome.new_ca} (was {outcome.old_ca}); "
-              f"{outcome.actions} actions done.")
+        workspace=session.workspace_root(args.workspace), phase_timeout=args.phase_timeout,
+        authorities=args.authorities or ("clusterCA",))
+    for authority, (old, new) in outcome.cas.items():
+        what = "cluster CA" if authority == "clusterCA" else authority
+        if new == old:
+            print(f"\nThe {what} of {outcome.cluster} is {new}; nothing to do.")
+        else:
+            print(f"\nThe {what} of {outcome.cluster} is now {new} (was {old}).")
+    print(f"{outcome.actions} actions done.")
     print(f"New kubeconfig: {outcome.kubeconfig}")
     print(f"Log: {outcome.log}")
     sys.stdout.flush()

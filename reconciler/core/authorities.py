@@ -120,6 +120,9 @@ class AuthorityLayout:
     # control-plane nodes' files), and whether the Secret <cluster>-kubeconfig trusts it.
     management_secret: str | None = None
     management_kubeconfig: bool = False
+    # Whether that Secret must exist: `careconcile register` writes the cluster CA's alone;
+    # Cluster API makes the etcd and front-proxy CAs' too, and then they are records as well.
+    management_secret_required: bool = True
     # Components that run as services on the nodes and are restarted by a command.
     node_services: tuple[NodeServiceComponent, ...] = ()
     # Whether pods trust it through kube-root-ca.crt (or node files under /etc/kubernetes/pki)
@@ -220,6 +223,7 @@ ETCD_CA = AuthorityLayout(
     signer=None,
     endpoints="etcd",
     management_secret="etcd",  # Cluster API's <cluster>-etcd
+    management_secret_required=False,
 )
 
 # The apiserver publishes what it trusts as the front proxy for aggregated apiservers here.
@@ -238,6 +242,7 @@ FRONT_PROXY_CA = AuthorityLayout(
     api_sites=(REQUESTHEADER_SITE,),
     client_probe="requestheader",
     management_secret="proxy",  # Cluster API's <cluster>-proxy
+    management_secret_required=False,
 )
 
 AUTHORITIES = {layout.name: layout for layout in (CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA)}

@@ -35,16 +35,19 @@ from reconciler.shell.specfile import LoadedSpec, load_spec
 
 OPERATION = "update-credentials"
 LOCK_OPERATION = "update credentials --cluster-ca"  # what a refused command names
+ALL_LOCK_OPERATION = "update credentials certificate-authorities rotate"
+ALL_AUTHORITIES = ("clusterCA", "etcdCA", "frontProxyCA")
 
 
 @dataclass
 class Outcome:
     cluster: str
-    old_ca: str | None
+    old_ca: str | None  # the cluster CA's
     new_ca: str | None
     kubeconfig: Path
     log: Path
     actions: int
+    cas: dict[str, tuple[str | None, str | None]]  # per authority rotated: (before, after)
 
 
 def _spec_text(document: dict) -> str:
@@ -78,7 +81,8 @@ def _ssh_key(admin: KubeconfigClient, names: ManagementNames, directory: Path) -
 
 def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None, namespace: str | None,
                       workspace: Path, phase_timeout: float, stream: TextIO = sys.stdout,
-                      say: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Outcome:
+                      say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+                      authorities: tuple[str, ...] = ("clusterCA",)) -> Outcome:
     for value, what in ((name, "cluster name"), (namespace, "namespace")):
         try:  # the CLI checked them; a name that is a path must never reach the workspace or an API path
             if value is not None:
@@ -98,19 +102,22 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             _document(body), by_name=False))
         accesses = session.open_clusters(draft, workspace)
         access = accesses[name]
-        with session.locked(accesses, LOCK_OPERATION, say) as locks:
+        lock_operation = LOCK_OPERATION if authorities == ("clusterCA",) else ALL_LOCK_OPERATION
+        with session.locked(accesses, lock_operation, say) as locks:
             directory = session.log_directory(access, OPERATION)  # made once the lock is ours
             if key_file is not None:  # keys a killed run left behind; no other run holds the lock now
                 for stale in key_file.parent.parent.glob("run-*"):
                     if stale != key_file.parent:
                         shutil.rmtree(stale, ignore_errors=True)
             log_path = directory / f"{OPERATION}.log"
-            # The counter: the rotation in progress (to finish it), else one above both the last
-            # applied and the last rolled back (that counter is spent).
-            state = access.store.load(access.layout.name).state
-            rotation = state.rotation if state.in_progress and state.rotation is not None \
-                else max(state.applied_rotation, state.rolled_back_rotation or 0) + 1
-            body["authorities"] = {"clusterCA": {"rotation": rotation}}
+            # Each counter: the rotation in progress (to finish it), else one above both the
+            # last applied and the last rolled back (that counter is spent).
+            states = {authority: access.store.load(authority).state for authority in authorities}
+            body["authorities"] = {
+                authority: {"rotation": state.rotation if state.in_progress and state.rotation is not None
+                            else max(state.applied_rotation, state.rolled_back_rotation or 0) + 1}
+                for authority, state in states.items()}
+            state = next(iter(states.values()))
             spec_path = directory / "spec.yaml"  # the spec of this run, beside its log
             atomic_write(spec_path, _spec_text(_document(body)).encode(), 0o644)
             loaded = load_spec(spec_path)
@@ -118,7 +125,8 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             plan = session.make_plan(loaded, accesses)
             what = ("Finishing the interrupted rollback of" if state.rolling_back
                     else "Finishing the interrupted rotation of" if state.in_progress else "Rotating")
-            stream.write(f"{what} the cluster CA of {name} ({names.namespace} in the admin cluster).\n"
+            which = "the cluster CA" if authorities == ("clusterCA",) else f"the CAs ({', '.join(authorities)})"
+            stream.write(f"{what} {which} of {name} ({names.namespace} in the admin cluster).\n"
                          f"Log: {log_path}\n")
             for cluster_plan in plan.clusters:
                 for finding in cluster_plan.findings:
@@ -128,7 +136,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             if blocking:
                 raise PlanConflictError(f"cluster {name}: {len(blocking)} finding(s) block the rotation; "
                                         "nothing was changed")
-            if not plan.clusters[0].actions:
+            if not any(cluster_plan.actions for cluster_plan in plan.clusters):
                 raise PlanConflictError(f"cluster {name}: the plan holds no rotation (operation "
                                         f"{plan.clusters[0].operation}); nothing was changed",
                                         hint=f"careconcile plan {spec_path} shows what careconcile sees")
@@ -138,9 +146,11 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
                 plan, loaded, accesses, phase_timeout=phase_timeout, stream=stream, locks=locks,
                 open_log=lambda access, operation: session.ApplyLog(
                     access, operation, directory=directory, filename=f"{OPERATION}.log"))
-        return Outcome(cluster=name, old_ca=plan.clusters[0].old_ca, new_ca=_new_ca(access),
+        cas = {cluster_plan.authority: (cluster_plan.old_ca, _new_ca(access.for_authority(cluster_plan.authority)))
+               for cluster_plan in plan.clusters}
+        return Outcome(cluster=name, old_ca=cas["clusterCA"][0], new_ca=cas["clusterCA"][1],
                        kubeconfig=access.workspace_kubeconfig, log=log_path,
-                       actions=sum(len(report.done) for report in reports))
+                       actions=sum(len(report.done) for report in reports), cas=cas)
     finally:
         for opened in accesses.values():
             opened.close()

@@ -90,6 +90,13 @@ class ManagementAccess:
 
     # --- the CA of record: <name>-ca ------------------------------------------------------
 
+    def has_secret(self, name: str) -> bool:
+        try:
+            self.client.get(self.secret_path(name))
+        except APINotFoundError:
+            return False
+        return True
+
     def read_authority(self, suffix: str) -> tuple[tuple[x509.Certificate, ...], pki.PrivateKey]:
         """The certificates in ``tls.crt`` of ``<name>-<suffix>`` and the key in ``tls.key``."""
         name = self.names.authority_secret(suffix)

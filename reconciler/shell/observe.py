@@ -343,7 +343,9 @@ def observe_management(access: ClusterAccess) -> tuple[list[ObservedRecord], lis
     cluster alone, so all of its entries count). Both must exist."""
     management, layout = access.management, access.layout
     records, bundles, leaves = [], [], []
-    if layout.management_secret is not None:
+    secret_name = management.names.authority_secret(layout.management_secret or "")
+    if layout.management_secret is not None and (layout.management_secret_required
+                                                 or management.has_secret(secret_name)):
         certs, key = management.read_authority(layout.management_secret)
         secret = ManagementSecret(namespace=management.namespace,
                                   name=management.names.authority_secret(layout.management_secret), holds="authority")

@@ -1,0 +1,104 @@
+"""The etcd and front-proxy CAs as layouts: what their plans restart and when, what they
+announce, and how their ids stay apart from the cluster CA's (pure: no cluster)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reconciler.cli import build_parser
+from reconciler.core.authorities import AUTHORITIES, ETCD_CA, FRONT_PROXY_CA
+from reconciler.core.observed import (
+    ClusterObservation, ObservedBundle, ObservedComponent, ObservedLeaf, ObservedRecord, StoredState,
+)
+from reconciler.core.render import restart_counts
+from reconciler.core.sites import NodeFile
+from reconciler.core.spec import PRIMARY_AUTHORITY
+from reconciler.shell import credentials
+from reconciler.shell.components import _ACTIVE_PEER, _PROCESS_START
+from tests.unit.test_diff import CLUSTER, FAST, NOW, ca, desired, leaf, plan
+from tests.unit.test_plan import select
+
+
+def _observation(layout, nodes: tuple[str, ...]) -> ClusterObservation:
+    """A cluster whose authority ``layout`` is all on the CA "old", every component
+    restarted for its current inputs."""
+    bundles = tuple(ObservedBundle(NodeFile(node=node, path=site.path, form=site.form), (ca("old").cert,))
+                    for node in nodes for site in layout.bundles)
+    leaves = tuple(ObservedLeaf(NodeFile(node=node, path=site.path, form=site.form), leaf("old", "x").cert, True)
+                   for node in nodes for site in layout.leaves)
+    components = tuple(ObservedComponent(
+        id=f"{node}:{component.name}", node=node, name=component.name, inputs=component.inputs,
+        inputs_digest="sha256:now", restarted_for="sha256:now", restarted_at=NOW,
+        outage_when_alone=component.outage_when_alone) for node in nodes for component in layout.components)
+    return ClusterObservation(
+        cluster=CLUSTER, authority=layout.name, records=tuple(ObservedRecord(node, ca("old").cert, str(FAST))
+                                                               for node in nodes),
+        bundles=bundles, leaves=leaves, components=components, endpoints=(), state=StoredState(), node_names=nodes,
+        has_signer=layout.signer is not None)
+
+
+def _rotation(layout, nodes=("cp1",)):
+    return plan(dataclasses.replace(desired(rotation=1), name=layout.name, key=FAST), _observation(layout, nodes))
+
+
+def test_an_etcd_rotation_restarts_etcd_and_the_apiserver_where_etcd_ca_crt_changes_one_node_at_a_time():
+    result = _rotation(ETCD_CA, ("cp1", "cp2", "cp3"))
+    restarts = [(a.phase, a.target) for a in select(result, kind="restart")]
+    # phases 2 and 4 change etcd/ca.crt; phase 3's new certificates are read per handshake
+    assert restarts == [(phase, f"{node}:{name}") for phase in (2, 4) for node in ("cp1", "cp2", "cp3")
+                        for name in ("etcd", "kube-apiserver")]
+    assert all(ETCD_CA.components[0].one_at_a_time and c.one_at_a_time for c in ETCD_CA.components)
+    # the bundle on every node before any member restarts
+    phase_2 = [a.kind for a in select(result, phase=2)]
+    assert phase_2.index("restart") > max(i for i, kind in enumerate(phase_2) if kind == "update-bundle")
+    assert restart_counts(result.actions) == ["etcd 2 times on each of cp1, cp2, cp3",
+                                              "kube-apiserver 2 times on each of cp1, cp2, cp3"]
+    # three members: no restart is an outage
+    assert not any("outage" in a.reason for a in result.actions)
+
+
+def test_one_control_plane_announces_each_restart_that_is_an_outage():
+    result = _rotation(ETCD_CA)
+    reasons = [a.reason for a in select(result, kind="restart")]
+    assert len(reasons) == 4 and all("outage: the only" in reason for reason in reasons)
+
+
+def test_an_authority_without_a_signer_gets_no_signer_files_and_ids_of_its_own():
+    for layout in (ETCD_CA, FRONT_PROXY_CA):
+        result = _rotation(layout)
+        kinds = {a.kind for a in result.actions}
+        assert "stage-signer" not in kinds and "remove-signer" not in kinds
+        assert [a.reason for a in select(result, kind="switch-signer")] == ["make (new CA) the CA of record (its key)"]
+        assert all(a.id.startswith(f"{CLUSTER}/{layout.name}/") for a in result.actions)
+        assert "write-kubeconfig" not in kinds  # no kubeconfig on this machine trusts it
+
+
+def test_the_front_proxy_rotation_restarts_nothing():
+    result = _rotation(FRONT_PROXY_CA)
+    assert not select(result, kind="restart") and restart_counts(result.actions) == []
+    assert {a.target for a in select(result, kind="reissue")} == {"cp1:/etc/kubernetes/pki/front-proxy-client"}
+
+
+def test_only_the_primary_authority_keeps_the_ids_of_earlier_plans():
+    assert PRIMARY_AUTHORITY == "clusterCA" and list(AUTHORITIES) == ["clusterCA", "etcdCA", "frontProxyCA"]
+
+
+def test_etcd_readiness_reads_the_start_time_and_the_peer_links_from_metrics():
+    metrics = ("# HELP process_start_time_seconds Start time\n"
+               "process_start_time_seconds 1.76480918712e+09\n"
+               'etcd_network_active_peers{Local="a",Remote="b"} 1\n'
+               'etcd_network_active_peers{Local="a",Remote="c"} 0\n')
+    assert float(_PROCESS_START.search(metrics).group(1)) == pytest.approx(1764809187.12)
+    assert len(_ACTIVE_PEER.findall(metrics)) == 1
+
+
+@pytest.mark.parametrize("argv, authorities", [
+    (["update", "credentials", "certificate-authorities", "rotate", "--cluster", "u1", "--kubeconfig", "k"],
+     credentials.ALL_AUTHORITIES),
+    (["update", "credentials", "--cluster-ca", "--cluster-name", "u1", "--kubeconfig", "k"], None),
+])
+def test_update_credentials_takes_bmctls_two_forms(argv, authorities):
+    args = build_parser().parse_args(argv)
+    assert (args.cluster_name, str(args.kubeconfig), args.authorities) == ("u1", "k", authorities)

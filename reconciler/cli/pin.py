@@ -21,6 +21,7 @@ from reconciler.cli._common import add_workspace_option
 from reconciler.core.observed import ClusterObservation, fp
 from reconciler.core.pinning import pin_fingerprints
 from reconciler.core.record import resolve_record
+from reconciler.core.spec import AUTHORITY_FIELDS, PRIMARY_AUTHORITY, managed_authorities
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, OutputFileError, PlanConflictError
 from reconciler.shell import session
 from reconciler.shell.observe import observe
@@ -58,23 +59,29 @@ def live_ca(observed: ClusterObservation) -> str:
 def _pin(args: argparse.Namespace) -> int:
     loaded = load_spec(args.spec)
     accesses = session.open_clusters(loaded, session.workspace_root(args.workspace), args.cluster)
-    live: dict[str, str] = {}
+    live: dict[str, dict[str, str]] = {}  # authority -> cluster -> fingerprint
     with contextlib.ExitStack() as stack:
         for access in accesses.values():
             stack.callback(access.client.close)
         for name, access in accesses.items():
-            live[name] = live_ca(observe(access))
+            for authority in managed_authorities(access.cluster):
+                live.setdefault(authority, {})[name] = live_ca(observe(access.for_authority(authority)))
 
     path = args.spec.resolve()  # a spec reached through a symlink is rewritten where it lives
     text = path.read_bytes().decode("utf-8")  # bytes: CRLF line endings stay as they are
-    pinned = pin_fingerprints(text, str(args.spec), live)
+    pinned = text
+    for authority, fingerprints in live.items():
+        pinned = pin_fingerprints(pinned, str(args.spec), fingerprints, authority)
     clusters = {cluster.name: cluster for cluster in loaded.document.spec.clusters}
-    for name, value in live.items():
-        before = clusters[name].authorities.cluster_ca.fingerprint
-        if before == value:
-            print(f"cluster {name}: pinned {value} (unchanged)")
-        else:
-            print(f"cluster {name}: {'would pin' if args.check else 'pinned'} {value} (was: {before or 'none'})")
+    for authority, fingerprints in live.items():
+        for name, value in fingerprints.items():
+            before = getattr(clusters[name].authorities, AUTHORITY_FIELDS[authority]).fingerprint
+            what = "" if authority == PRIMARY_AUTHORITY else f" {authority}"
+            if before == value:
+                print(f"cluster {name}:{what} pinned {value} (unchanged)")
+            else:
+                print(f"cluster {name}:{what} {'would pin' if args.check else 'pinned'} {value} "
+                      f"(was: {before or 'none'})")
     if pinned == text:
         return EXIT_OK
     if args.check:

@@ -40,8 +40,12 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from reconciler.core.spec import FINGERPRINT
 from reconciler.errors import SpecError
 
-# Where the pin goes, below a cluster's mapping.
+# Where the pin goes, below a cluster's mapping (the cluster CA's; pin_path for another's).
 PIN_PATH = ("authorities", "clusterCA", "fingerprint")
+
+
+def pin_path(authority: str) -> tuple[str, str, str]:
+    return ("authorities", authority, "fingerprint")
 DEFAULT_INDENT_STEP = 2
 # The rest of an entry whose value is an alias: the composer gives the anchored node's
 # marks, so the alias's own end is found in the text (anchor names hold no spaces or
@@ -56,11 +60,12 @@ class _Edit:
     text: str
 
 
-def pin_fingerprints(text: str, source: str, fingerprints: dict[str, str]) -> str:
-    """``text`` with ``spec.clusters[name=N].authorities.clusterCA.fingerprint`` set to
+def pin_fingerprints(text: str, source: str, fingerprints: dict[str, str], authority: str = "clusterCA") -> str:
+    """``text`` with ``spec.clusters[name=N].authorities.<authority>.fingerprint`` set to
     ``fingerprints[N]`` for each N, every other character unchanged. ``source`` names the
     file in errors. A value that is already the same is left exactly as written, so the
     text comes back unchanged when everything is pinned already."""
+    keys = pin_path(authority)
     for name, value in fingerprints.items():
         if not re.fullmatch(FINGERPRINT, value):
             raise ValueError(f"cluster {name}: {value!r} is not a fingerprint (sha256:<64 lowercase hex digits>)")
@@ -79,7 +84,7 @@ def pin_fingerprints(text: str, source: str, fingerprints: dict[str, str]) -> st
             raise _error(source, where, "spec.clusters", f"{len(indexes)} clusters are named {name!r}",
                          title=f"cannot pin cluster {name!r}")
         index = indexes[0]
-        edit = _edit_for(text, source, clusters_node.value[index], f"spec.clusters[{index}]", value, step)
+        edit = _edit_for(text, source, clusters_node.value[index], f"spec.clusters[{index}]", value, step, keys)
         if edit is not None:
             edits.append(edit)
     if not edits:
@@ -87,7 +92,7 @@ def pin_fingerprints(text: str, source: str, fingerprints: dict[str, str]) -> st
     result = text
     for edit in sorted(edits, key=lambda e: e.start, reverse=True):
         result = result[:edit.start] + edit.text + result[edit.end:]
-    _check(result, source, data, names, fingerprints, edits, text)
+    _check(result, source, data, names, fingerprints, edits, text, keys)
     return result
 
 
@@ -175,9 +180,10 @@ def _indent_step(root: Node | None) -> int:
 
 # --- editing ---------------------------------------------------------------------------
 
-def _edit_for(text: str, source: str, cluster: Node, path: str, fingerprint: str, step: int) -> _Edit | None:
+def _edit_for(text: str, source: str, cluster: Node, path: str, fingerprint: str, step: int,
+              keys: tuple[str, ...] = PIN_PATH) -> _Edit | None:
     """The one splice that pins ``fingerprint`` in ``cluster``; None when it is pinned already."""
-    mapping, missing = cluster, list(PIN_PATH)
+    mapping, missing = cluster, list(keys)
     while True:
         if not isinstance(mapping, MappingNode):
             kind = "a list" if isinstance(mapping, SequenceNode) else (
@@ -288,15 +294,15 @@ def _line_end(text: str, offset: int) -> int:
 # --- checking --------------------------------------------------------------------------
 
 def _check(result: str, source: str, before: Any, names: list[Any], fingerprints: dict[str, str],
-           edits: list[_Edit], text: str) -> None:
+           edits: list[_Edit], text: str, keys: tuple[str, ...] = PIN_PATH) -> None:
     """The edited text must parse to the old document with exactly the new pins."""
     position = _position(text, min(edit.start for edit in edits))
     expected = _plain(before)
     for name, value in fingerprints.items():
         cluster = expected["spec"]["clusters"][names.index(name)]
-        for key in PIN_PATH[:-1]:
+        for key in keys[:-1]:
             cluster = cluster.setdefault(key, {})
-        cluster[PIN_PATH[-1]] = value
+        cluster[keys[-1]] = value
     try:
         after = _plain(_yaml().load(result))
     except YAMLError as exc:

@@ -11,7 +11,15 @@ import pytest
 from reconciler.core import pki
 from reconciler.shell.specfile import load_spec
 
+from reconciler.core.authorities import ETCD_CA, FRONT_PROXY_CA
+
 from .rotation import careconcile, plan_json, record_ca
+
+
+def _record_of(info, layout):
+    """The CA of record of an authority on the first control plane (a single certificate here)."""
+    root = Path(info.nodes[0].root)
+    return pki.load_certificates((root / layout.record_cert.lstrip("/")).read_bytes(), source=layout.record_cert)[0]
 
 pytestmark = pytest.mark.integration
 
@@ -40,22 +48,25 @@ def test_pin_writes_the_live_ca_and_keeps_every_other_byte(cluster, tmp_path):
     commented = spec.read_bytes()
     workspace = tmp_path / "ws"
     live = pki.fingerprint(record_ca(info).cert)
+    etcd, proxy = (pki.fingerprint(_record_of(info, layout)) for layout in (ETCD_CA, FRONT_PROXY_CA))
     observed_before = plan_json(spec, workspace)["clusters"][0]["observed_digest"]
 
     check = careconcile("pin", str(spec), "--check", workspace=workspace)
     assert check.returncode == 2, check.stdout + check.stderr
-    assert check.stdout == f"cluster {info.name}: would pin {live} (was: none)\n"
+    assert check.stdout == (f"cluster {info.name}: would pin {live} (was: none)\n"
+                            f"cluster {info.name}: etcdCA would pin {etcd} (was: none)\n"
+                            f"cluster {info.name}: frontProxyCA would pin {proxy} (was: none)\n")
     assert spec.read_bytes() == commented  # --check writes nothing
 
     pinned = careconcile("pin", str(spec), workspace=workspace)
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
-    assert pinned.stdout == f"cluster {info.name}: pinned {live} (was: none)\n"
+    assert pinned.stdout.splitlines()[0] == f"cluster {info.name}: pinned {live} (was: none)"
 
-    # Only the new line differs; every comment, blank line and value is the same, byte for byte.
+    # Only the new lines differ; every comment, blank line and value is the same, byte for byte.
     after = spec.read_bytes()
     diff = [line for line in difflib.ndiff(commented.decode().splitlines(keepends=True),
                                            after.decode().splitlines(keepends=True)) if line[:1] in "+-"]
-    assert diff == [f"+         fingerprint: {live}\n"]
+    assert diff == [f"+         fingerprint: {value}\n" for value in (live, etcd, proxy)]
     assert f"rotation: 0   # raise by one to rotate\n        fingerprint: {live}\n" \
            "        # pinned below by careconcile pin\n" in after.decode()
     assert spec.stat().st_mode & 0o777 == 0o640
@@ -71,7 +82,8 @@ def test_pin_writes_the_live_ca_and_keeps_every_other_byte(cluster, tmp_path):
 
     check = careconcile("pin", str(spec), "--check", workspace=workspace)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout == f"cluster {info.name}: pinned {live} (unchanged)\n"
+    assert check.stdout.splitlines()[0] == f"cluster {info.name}: pinned {live} (unchanged)"
+    assert "etcdCA pinned" in check.stdout and "frontProxyCA pinned" in check.stdout
     again = careconcile("pin", str(spec), "--cluster", info.name, workspace=workspace)
     assert again.returncode == 0 and spec.read_bytes() == after
 

@@ -9,6 +9,7 @@ from collections import Counter
 
 from reconciler.core.observed import short
 from reconciler.core.plan import PHASE_TITLES, ROLLBACK_TITLES, Action, ClusterPlan, PlanDocument, summary_line
+from reconciler.core.spec import PRIMARY_AUTHORITY
 
 SYMBOLS = {
     "create-ca": "+", "write-kubeconfig": "+", "update-bundle": "~", "stage-signer": "~", "switch-signer": "~",
@@ -173,9 +174,10 @@ def _take(lines: list[str], budget: int, more, rank: list[int] | None = None) ->
 
 
 def _summary_table(plan: PlanDocument, budget: int) -> tuple[str, bool]:
-    """One row per cluster: operation, CAs, actions per phase, total, whether it changes;
-    a totals row when there are several. Rows that do not fit, clusters without changes
-    first, become one "more" row."""
+    """One row per cluster and authority (the cluster CA's named by the cluster alone):
+    operation, CAs, actions per phase, total, whether it changes; a totals row when there
+    are several clusters. Rows that do not fit, those without changes first, become one
+    "more" row."""
     titles = ROLLBACK_TITLES if plan.operation == "rollback" else PHASE_TITLES
     phases = sorted(titles)
     head = ["| cluster | operation | from | to | " + " | ".join(f"{p} {titles[p].split(':')[0]}" for p in phases)
@@ -187,15 +189,16 @@ def _summary_table(plan: PlanDocument, budget: int) -> tuple[str, bool]:
         status = "**blocked**" if _blocking(cluster) else "yes" if _changes(cluster.actions) else "no changes"
         rank.append(0 if _blocking(cluster) else 1 if _changes(cluster.actions) else 2)
         rows.append(" | ".join([
-            f"| {_escape(cluster.cluster)}", cluster.operation, _code(short(cluster.old_ca or "-")),
+            f"| {_escape(_row_name(cluster))}", cluster.operation, _code(short(cluster.old_ca or "-")),
             _code(short(cluster.new_ca or "-")), *(str(counts.get(p, 0)) for p in phases),
             str(len(cluster.actions)), f"{status} |"]))
     tail = []
-    if len(plan.clusters) > 1:
+    names = set(cluster.cluster for cluster in plan.clusters)
+    if len(names) > 1:
         counts = Counter(action.phase for action in plan.actions())
-        changing = sum(1 for cluster in plan.clusters if _changes(cluster.actions))
+        changing = len({cluster.cluster for cluster in plan.clusters if _changes(cluster.actions)})
         tail.append(" | ".join([
-            f"| **all {len(plan.clusters):,} clusters**", "", "", "", *(f"**{counts.get(p, 0)}**" for p in phases),
+            f"| **all {len(names):,} clusters**", "", "", "", *(f"**{counts.get(p, 0)}**" for p in phases),
             f"**{len(plan.actions())}**", f"{changing:,} with changes |"]))
     fixed = sum(_size(line) + 1 for line in head + tail)
 
@@ -204,6 +207,10 @@ def _summary_table(plan: PlanDocument, budget: int) -> tuple[str, bool]:
 
     rows, cut = _take(rows, budget - fixed, more, rank)  # blocked and changing clusters before the others
     return "\n".join(head + rows + tail) + "\n", cut
+
+
+def _row_name(cluster: ClusterPlan) -> str:
+    return cluster.cluster if cluster.authority == PRIMARY_AUTHORITY else f"{cluster.cluster} ({cluster.authority})"
 
 
 def _head(plan: PlanDocument, budget: int) -> tuple[str, bool]:

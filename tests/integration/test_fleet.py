@@ -84,7 +84,8 @@ def test_drift_reads_every_cluster_in_spec_order(fleet):
     for name, entry in by_cluster(report).items():
         assert entry["status"] == "in-sync" and entry["error"] is None and entry["findings"] == [], entry
         assert entry["spec_name"] == "fleet"
-        assert [a["fingerprint"] for a in entry["authorities"]] == [fingerprint(infos[name])]
+        assert [a["authority"] for a in entry["authorities"]] == ["clusterCA", "etcdCA", "frontProxyCA"]
+        assert entry["authorities"][0]["fingerprint"] == fingerprint(infos[name])
 
     # One at a time: the same report, cluster for cluster.
     sequential, one_by_one = drift(spec, workspace, "--parallelism", "1")
@@ -113,10 +114,10 @@ def test_an_unreachable_cluster_is_an_error_and_the_others_are_checked(fleet, tm
     assert "refused" in down["error"].lower(), down["error"]
 
     assert clusters["fleet-a"]["status"] == "in-sync" and clusters["fleet-a"]["error"] is None
-    assert [a["fingerprint"] for a in clusters["fleet-a"]["authorities"]] == [fingerprint(infos["fleet-a"])]
+    assert clusters["fleet-a"]["authorities"][0]["fingerprint"] == fingerprint(infos["fleet-a"])
     assert clusters["fleet-c"]["status"] == "drift" and clusters["fleet-c"]["error"] is None
     assert kinds(clusters["fleet-c"]) == ["rotation-requested"]
-    assert [a["fingerprint"] for a in clusters["fleet-c"]["authorities"]] == [fingerprint(infos["fleet-c"])]
+    assert clusters["fleet-c"]["authorities"][0]["fingerprint"] == fingerprint(infos["fleet-c"])
     assert report["totals"]["errors"] == 1 and report["totals"]["drifted"] == 1 and report["totals"]["in_sync"] == 1
     assert took < 60, f"a refused connection should not hold the run up ({took:.0f}s)"
 
@@ -128,7 +129,9 @@ def test_a_saved_fleet_plan_rotates_every_cluster_in_one_wave(fleet):
     planfile = workspace.parent / "fleet.plan.json"
     planned = careconcile("plan", str(spec), "--out", str(planfile), workspace=workspace)
     assert planned.returncode == 0, planned.stdout + planned.stderr
-    assert [c["cluster"] for c in json.loads(planfile.read_text())["clusters"]] == list(NAMES)
+    # the cluster CA's part of each cluster first, then its etcd and front-proxy CAs' (no changes)
+    assert [(c["cluster"], c["authority"]) for c in json.loads(planfile.read_text())["clusters"]] == \
+        [(name, authority) for name in NAMES for authority in ("clusterCA", "etcdCA", "frontProxyCA")]
 
     applied = careconcile("apply", str(planfile), "--auto-approve", "--max-parallel-clusters", "3",
                           "--phase-timeout", "240", workspace=workspace)

@@ -42,7 +42,9 @@ def test_markdown_plan_of_50_workers_fits_a_comment_and_show_gives_the_same(star
     cells = [cell.strip() for cell in lines[6].split("|")[1:-1]]
     assert cells[:2] == [info.name, "rotate"]
     assert cells[4:] == [*map(str, per_phase), str(len(actions)), "yes"]
-    assert lines[7] == ""  # one cluster: no totals row
+    # the etcd and front-proxy CAs' rows, unchanged; one cluster: no totals row
+    assert [line.split("|")[1].strip() for line in lines[7:9]] == [f"{info.name} (etcdCA)", f"{info.name} (frontProxyCA)"]
+    assert all(line.endswith("| no changes |") for line in lines[7:9]) and lines[9] == ""
 
     # Every <details> is closed; then either the whole plan or a note naming the plan file.
     tags = re.findall(r"^</?details>", output, flags=re.MULTILINE)

@@ -1,6 +1,7 @@
 """The etcd and front-proxy CAs, rotated on a real control plane with an aggregated apiserver
 (k8s.io/sample-apiserver behind the aggregation layer): each alone, with clients polling the
-API and the aggregated API throughout, then a rollback of each before it distrusts its old CA.
+API and the aggregated API throughout, then a rollback of each before it distrusts its old CA,
+and a front-proxy rotation killed at every action boundary.
 
 One sandbox ("auth", 1 control plane, 2 workers, --extension-apiserver). On one control
 plane an etcd rotation restarts the only etcd member and the only apiserver: the plan says
@@ -19,9 +20,10 @@ from reconciler.core import pki
 from reconciler.core.authorities import ETCD_CA, FRONT_PROXY_CA, REQUESTHEADER_SITE
 from reconciler.errors import BinariesMissingError
 from reconciler.sandbox import binaries
+from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeconfigClient
 
-from .rotation import Poller, assert_no_private_key_in_files, careconcile, set_rotation
+from .rotation import Poller, assert_no_private_key_in_files, careconcile, plan_json, set_rotation
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +163,34 @@ def test_a_rotation_rolled_back_before_it_distrusts_returns_to_the_old_ca(auth, 
     assert _certs(ca_file) == [old]
     _leaves_verify_against_only(info, layout, ca_file)
     _steady(info, tmp_path)
+
+
+def _remaining(spec: Path, workspace: Path, authority: str) -> list[str]:
+    document = plan_json(spec, workspace, in_process=True)
+    return [action["id"] for cluster in document["clusters"] if cluster["authority"] == authority
+            for action in cluster["actions"]]
+
+
+def test_a_front_proxy_rotation_killed_at_every_action_boundary_resumes_to_the_same_end_state(auth, tmp_path):
+    info = auth
+    spec = Path(info.spec)
+    ca_file = _pki(info) / "front-proxy-ca.crt"
+    old = _certs(ca_file)[0]
+    set_rotation(spec, 3, "frontProxyCA")
+    remaining = _remaining(spec, tmp_path, "frontProxyCA")
+    planned = len(remaining)
+    assert planned > 8 and all(action_id.startswith(f"{NAME}/frontProxyCA/") for action_id in remaining)
+    kills = 0
+    while remaining:
+        result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path, env={CRASH_AFTER_ENV: "1"})
+        assert result.returncode == -9, f"run {kills + 1} was not killed: {result.stdout[-2000:]}{result.stderr}"
+        kills += 1
+        now = _remaining(spec, tmp_path, "frontProxyCA")
+        # Planning again yields exactly the actions that were left, whatever moment the run died at.
+        assert now == remaining[1:], f"after kill {kills} ({remaining[0]}): plan differs"
+        remaining = now
+    assert kills == planned
+    assert _certs(ca_file)[0] != old
+    _leaves_verify_against_only(info, FRONT_PROXY_CA, ca_file)
+    _steady(info, tmp_path)
+    assert_no_private_key_in_files(tmp_path)

@@ -433,14 +433,29 @@ def rotate(info, rotation: int, workspace: Path, scratch: Path, keep: Path | Non
     return sample
 
 
+def answers(failed: list[Request]) -> list[tuple[float, int, str]]:
+    """Consecutive failures with the same answer, collapsed: (first start, how many, the
+    answer: the error without the request's description)."""
+    runs: list[tuple[float, int, str]] = []
+    for request in failed:
+        answer = request.error.split("): ", 1)[-1][:110]
+        answer = f"{request.error.split(':', 1)[0]}: {answer}"
+        if runs and runs[-1][2] == answer:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, answer)
+        else:
+            runs.append((request.start, 1, answer))
+    return runs
+
+
 def describe_windows(name: str, poller: RecordingPoller, events: list[Event], origin: float) -> list[str]:
     lines = []
     for server, start, end, count in poller.failure_windows():
         actions = [short(action) for action in running_at(events, start, end)]
-        errors = [r.error for r in poller.outcomes if r.server == server and start <= r.start and r.end <= end]
+        failed = sorted((r for r in poller.outcomes if r.server == server and not r.ok
+                         and start <= r.start and r.end <= end), key=lambda r: r.end)
         lines.append(f"    {name} {server}: {count} failed from +{start - origin:.1f}s to +{end - origin:.1f}s "
-                     f"({end - start:.1f}s); running: {', '.join(actions) or '(no action, after the apply)'}; "
-                     f"first: {errors[0][:300] if errors else '?'}; last: {errors[-1][:300] if errors else '?'}")
+                     f"({end - start:.1f}s); running: {', '.join(actions) or '(no action, after the apply)'}")
+        lines += [f"      from +{first - origin:.1f}s, {number} x {answer}" for first, number, answer in answers(failed)]
     kinds: dict[str, int] = {}
     for failure in poller.failures:
         kind = failure.split(" ", 2)[2].split(":", 1)[0]

@@ -142,8 +142,13 @@ class RecordingPoller(Poller):
 
     def longest_without_success(self, span: tuple[float, float]) -> float:
         """The longest time in ``span`` (time.time()) in which no request succeeded."""
+        start, end = self.without_success(span)
+        return end - start
+
+    def without_success(self, span: tuple[float, float]) -> tuple[float, float]:
+        """Where that longest time is: (from, to)."""
         times = [span[0], *sorted(r.end for r in self.outcomes if r.ok), span[1]]
-        return max(later - earlier for earlier, later in zip(times, times[1:]))
+        return max(zip(times, times[1:]), key=lambda pair: pair[1] - pair[0])
 
     def failure_windows(self) -> list[tuple[str | None, float, float, int]]:
         """Per apiserver, each run of failed requests to it with no success to it between:
@@ -297,6 +302,13 @@ def running_at(events: list[Event], start: float, end: float) -> list[str]:
     return overlapping
 
 
+def listed(actions: list[str], most: int = 4) -> str:
+    """The first ``most`` of these actions (without the cluster name), and how many more."""
+    names = [short(action) for action in actions]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 def short(action_id: str) -> str:
     """The action id without its cluster name."""
     return action_id.split("/", 1)[1]
@@ -447,15 +459,19 @@ def answers(failed: list[Request]) -> list[tuple[float, int, str]]:
     return runs
 
 
-def describe_windows(name: str, poller: RecordingPoller, events: list[Event], origin: float) -> list[str]:
+def describe_windows(name: str, poller: RecordingPoller, events: list[Event], origin: float,
+                     span: tuple[float, float]) -> list[str]:
     lines = []
     for server, start, end, count in poller.failure_windows():
-        actions = [short(action) for action in running_at(events, start, end)]
+        actions = running_at(events, start, end)
         failed = sorted((r for r in poller.outcomes if r.server == server and not r.ok
                          and start <= r.start and r.end <= end), key=lambda r: r.end)
         lines.append(f"    {name} {server}: {count} failed from +{start - origin:.1f}s to +{end - origin:.1f}s "
-                     f"({end - start:.1f}s); running: {', '.join(actions) or '(no action, after the apply)'}")
+                     f"({end - start:.1f}s); running: {listed(actions) or '(no action, after the apply)'}")
         lines += [f"      from +{first - origin:.1f}s, {number} x {answer}" for first, number, answer in answers(failed)]
+    start, end = poller.without_success(span)
+    lines.append(f"    {name} longest without a success: {end - start:.1f}s from +{start - origin:.1f}s; running: "
+                 f"{listed(running_at(events, start, end)) or '(no action)'}")
     kinds: dict[str, int] = {}
     for failure in poller.failures:
         kind = failure.split(" ", 2)[2].split(":", 1)[0]
@@ -471,9 +487,9 @@ def describe_quorum(etcd: EtcdSampler, events: list[Event], origin: float) -> li
         if healthy < etcd.quorum:
             run.append(when)
         elif run:
-            actions = [short(action) for action in running_at(events, run[0], run[-1])]
+            actions = running_at(events, run[0], run[-1])
             lines.append(f"    etcd without quorum: {len(run)} samples from +{run[0] - origin:.1f}s to "
-                         f"+{run[-1] - origin:.1f}s; running: {', '.join(actions) or '(no action)'}")
+                         f"+{run[-1] - origin:.1f}s; running: {listed(actions) or '(no action)'}")
             run = []
     if etcd.errors:
         lines.append("    etcd member errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(etcd.errors.items())))
@@ -500,8 +516,8 @@ def measure(control_planes: int, workers: int, repeats: int, root: Path, keep: P
                   f"{len(aggregated.failures)} failed; etcd {len(etcd.samples)} samples, "
                   f"{len(etcd.without_quorum())} without quorum, {etcd.unreadable} unreadable; "
                   + after_apply(sample["settled"]), file=sys.stderr)
-            for line in (describe_windows("API", api, sample["events"], origin)
-                         + describe_windows("aggregated", aggregated, sample["events"], origin)
+            for line in (describe_windows("API", api, sample["events"], origin, sample["span"])
+                         + describe_windows("aggregated", aggregated, sample["events"], origin, sample["span"])
                          + describe_quorum(etcd, sample["events"], origin)):
                 print(line, file=sys.stderr)
             planned = {authority: r for authority, r in sample["announced"].restarts.items() if r}

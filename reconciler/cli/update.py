@@ -33,19 +33,22 @@ def register(commands: Any) -> None:
         "rotate", help="rotate the cluster CA, the etcd CA and the front-proxy CA, one after another",
         description="Rotate the cluster, etcd and front-proxy CAs of a registered user cluster from the admin "
                     "cluster alone. Re-running it after an interruption finishes the rotations in progress.")
-    _add_target_options(rotate, "--cluster", "--cluster-name")
-    rotate.set_defaults(handler=_update_credentials, authorities=credentials.ALL_AUTHORITIES, cluster_ca=False)
+    # Its options default to nothing at all, so that ones given before the subcommand stay.
+    _add_target_options(rotate, "--cluster", "--cluster-name", default=argparse.SUPPRESS)
+    rotate.set_defaults(handler=_update_credentials, authorities=credentials.ALL_AUTHORITIES)
 
 
-def _add_target_options(parser: Any, *cluster_flags: str) -> None:
+def _add_target_options(parser: Any, *cluster_flags: str, default: Any = None) -> None:
     parser.add_argument(*cluster_flags, dest="cluster_name", metavar="NAME", type=dns_label_argument("cluster name"),
-                        help="the user cluster, as registered")
-    parser.add_argument("--kubeconfig", type=Path, metavar="ADMIN_KUBECONFIG",
+                        default=default, help="the user cluster, as registered")
+    parser.add_argument("--kubeconfig", type=Path, metavar="ADMIN_KUBECONFIG", default=default,
                         help="kubeconfig of the admin (management) cluster")
-    parser.add_argument("--context", metavar="CONTEXT", help="context in ADMIN_KUBECONFIG (default: its current one)")
-    parser.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"),
+    parser.add_argument("--context", metavar="CONTEXT", default=default,
+                        help="context in ADMIN_KUBECONFIG (default: its current one)")
+    parser.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"), default=default,
                         help="the cluster's namespace in the admin cluster (default: cluster-NAME)")
-    parser.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS",
+    parser.add_argument("--phase-timeout", type=float, metavar="SECONDS",
+                        default=300.0 if default is None else default,
                         help="how long a phase's check waits for the cluster to show its result (default: 300)")
     add_workspace_option(parser)
 
@@ -53,6 +56,9 @@ def _add_target_options(parser: Any, *cluster_flags: str) -> None:
 def _update_credentials(args: argparse.Namespace) -> int:
     if args.authorities is None and not args.cluster_ca:
         raise UsageError("say which credentials to update: --cluster-ca, or certificate-authorities rotate")
+    if args.authorities is not None and args.cluster_ca:
+        raise UsageError("--cluster-ca rotates the cluster CA alone, certificate-authorities rotate all three: "
+                         "give one of them")
     missing = [flag for flag, value in (("--cluster-name", args.cluster_name), ("--kubeconfig", args.kubeconfig))
                if value is None]
     if missing:

@@ -176,7 +176,9 @@ CLUSTER_CA = AuthorityLayout(
         # An aggregated apiserver that reads its kubeconfig at start (the sandbox's, with
         # --extension-apiserver); a node without its manifest has none.
         StaticPodComponent(extension_apiserver.COMPONENT, (extension_apiserver.KUBECONFIG,), "apiserver-readyz",
-                           probe_trust=extension_apiserver.SERVING_CA_CERT),
+                           probe_trust=extension_apiserver.SERVING_CA_CERT,
+                           outage_when_alone="the only aggregated apiserver: its API is unavailable until it runs "
+                                             "again"),
     ),
     signer=SignerFlags("--cluster-signing-cert-file", "--cluster-signing-key-file"),
     api_sites=(CLUSTER_INFO_SITE, EXTENSION_AUTH_SITE),
@@ -202,11 +204,11 @@ _APISERVER_ETCD_CLIENT = f"{PKI_DIR}/apiserver-etcd-client"
 # read per handshake (docs/concepts.md, "What reloads without a restart (etcd CA)").
 ETCD_MEMBER = StaticPodComponent(
     "etcd", (f"{_ETCD}/ca.crt",), "etcd-member", one_at_a_time=True,
-    outage_when_alone="the only etcd member: the API cannot read or write for a few seconds",
+    outage_when_alone="the only etcd member: the API cannot read or write until it runs again",
     probe_pair=f"{_ETCD}/healthcheck-client", probe_trust=f"{_ETCD}/ca.crt")
 APISERVER_FOR_ETCD = StaticPodComponent(
     "kube-apiserver", (f"{_ETCD}/ca.crt",), "apiserver-readyz", one_at_a_time=True,
-    outage_when_alone="the only apiserver: the API is unavailable for a few seconds")
+    outage_when_alone="the only apiserver: the API is unavailable until it runs again")
 
 ETCD_CA = AuthorityLayout(
     name="etcdCA",

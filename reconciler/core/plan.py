@@ -157,6 +157,10 @@ class Action(AtSite, _Model):
         wanted = ACTION_PARAMS.get(action.kind)
         if (wanted is None) != (action.params is None) or (wanted is not None and type(action.params) is not wanted):
             raise ValueError(f"a {action.kind} action needs {wanted.__name__ if wanted else 'no'} params")
+        if isinstance(action.params, RestartParams) and action.params.component != action.site.name:
+            raise ValueError(f"restarts {action.params.component} at the site of {action.site.name}")
+        if isinstance(action.site, PhaseCheck) and action.site.phase != action.phase:
+            raise ValueError(f"checks phase {action.site.phase} in phase {action.phase}")
         if shown is not None and shown != action.target:
             raise ValueError(f"target {shown!r} is not its site {action.target!r}")
         if not action.id.endswith(f"/{action.phase}/{action.kind}/{action.target}"):
@@ -166,7 +170,7 @@ class Action(AtSite, _Model):
 
 class ClusterPlan(_Model):
     cluster: str
-    authority: str
+    authority: Literal["clusterCA", "etcdCA", "frontProxyCA"]
     operation: Operation
     old_ca: str | None = None
     new_ca: str | None = None

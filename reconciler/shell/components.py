@@ -22,7 +22,7 @@ from reconciler.core.plan import Action, RestartParams
 from reconciler.core.sites import pair_files
 from reconciler.errors import APIError, ClusterUnreachableError, RotationError
 from reconciler.shell.formats import (
-    dump_manifest, inputs_digest, load_manifest, manifest_flags, restart_marker, with_flags, with_restart,
+    dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
 )
 from reconciler.shell.kube import KubeClient, KubeTarget
 from reconciler.shell.observe import ClusterAccess, apiserver_server, etcd_server
@@ -33,15 +33,9 @@ LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 RESTART_COMMAND_TIMEOUT = 120.0
 # Prometheus' process collector: when the process serving /metrics started (Unix seconds).
 _PROCESS_START = re.compile(r"^process_start_time_seconds\s+(\S+)$", re.M)
-# etcd: one line per peer it is connected to.
+# etcd: one line per peer it is connected to; the members of its cluster (gRPC gateway).
 _ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re.M)
-
-
-def _etcd_members(files) -> list[str]:
-    """The members a node's etcd was started with (--initial-cluster, name=peerURL,...)."""
-    manifest = load_manifest(files, "etcd")
-    flags = manifest_flags(manifest) if manifest is not None else {}
-    return [entry for entry in flags.get("--initial-cluster", "").split(",") if entry]
+ETCD_MEMBER_LIST = "/v3/cluster/member/list"
 
 
 class ComponentRestarts:
@@ -66,6 +60,14 @@ class ComponentRestarts:
         component = next((c for c in layout.components if c.name == params.component), None)
         if component is None:
             raise RotationError(f"{files.describe()}: {params.component} is not a component of {layout.name}")
+        before: float | None = None
+        if component.one_at_a_time:
+            # The other instances first: after a crash during the wait for one of them, this
+            # run must not take a second member of quorum (or a second apiserver) down.
+            for other in self._instances(component.name):
+                if other != action.node:
+                    self._wait(component, other, None, "run")
+            before = self._start_time(component, action.node)
         restarted_at = utcnow()
         manifest = with_restart(manifest, inputs_digest(files, component.inputs), restarted_at)
         if params.signing and layout.signer is not None:
@@ -75,54 +77,81 @@ class ComponentRestarts:
         path = manifest_path(params.component)
         files.write(path, dump_manifest(manifest), files.mode(path) or 0o600)
         if component.one_at_a_time:
-            self._wait_running(component, action.node, restarted_at)
+            # Restarted: its process is another than the one seen just before (the node's own
+            # clock on both sides), and it answers.
+            self._wait(component, action.node, before, "run again")
 
-    def _wait_running(self, component: StaticPodComponent, node: str, since: dt.datetime) -> None:
-        """Wait until this node's instance runs again (started after ``since``, and healthy)
-        before anything else restarts: etcd keeps quorum, the other apiservers serve."""
+    def _instances(self, name: str) -> list[str]:
+        return [node for node in self.access.control_planes() if load_manifest(self.access.nodes[node], name)]
+
+    def _wait(self, component: StaticPodComponent, node: str, before: float | None, what: str) -> None:
+        """Wait until this node's instance answers (and, with ``before``, runs a process that
+        started after that start time) before anything else restarts."""
         deadline = time.monotonic() + self.timeout
         while True:
             self.heartbeat()
-            problem = self._instance_problem(component, node, since)
+            problem = self._instance_problem(component, node, before=before)
             if problem is None:
                 return
             if time.monotonic() > deadline:
-                raise RotationError(f"{node}:{component.name} did not run again within {self.timeout:.0f}s of its "
-                                    f"restart: {problem}", hint="nothing after this restart ran; fix the cause and "
-                                    "run apply again to resume")
+                raise RotationError(f"{node}:{component.name} did not {what} within {self.timeout:.0f}s: {problem}",
+                                    hint="nothing after this restart ran; fix the cause and run apply again to resume")
             time.sleep(1.0)
 
-    def _instance_problem(self, component: StaticPodComponent, node: str, since: dt.datetime) -> str | None:
-        """Why this node's instance does not run again since ``since``; None when it does."""
+    def _client(self, component: StaticPodComponent, node: str) -> KubeClient | None:
+        """A client of this node's instance, as its health checks ask it; None when its
+        manifest names no server."""
         files = self.access.nodes[node]
+        if component.readiness == "etcd-member":
+            server = etcd_server(files)
+            cert_file, key_file = pair_files(component.probe_pair)
+            target = KubeTarget(name=f"etcd member on {node}", server=server or "",
+                                ca_pem=files.read(component.probe_trust), cert_pem=files.read(cert_file),
+                                key_pem=files.read(key_file))
+        else:
+            server = apiserver_server(files, component.name)
+            trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
+            target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
+                                         server=server or "", ca_pem=trust)
+        return KubeClient(target, timeout=5) if server else None
+
+    def _start_time(self, component: StaticPodComponent, node: str) -> float | None:
+        """When the instance's process started (Unix seconds, its node's clock); None when it
+        cannot be asked now."""
         try:
-            if component.readiness == "etcd-member":
-                server = etcd_server(files)
-                cert_file, key_file = pair_files(component.probe_pair)
-                target = KubeTarget(name=f"etcd member on {node}", server=server or "",
-                                    ca_pem=files.read(component.probe_trust), cert_pem=files.read(cert_file),
-                                    key_pem=files.read(key_file))
-            else:
-                server = apiserver_server(files, component.name)
-                trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
-                target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
-                                             server=server or "", ca_pem=trust)
-            if server is None:
-                return f"{files.describe()}: its {component.name} manifest names no server"
-            with KubeClient(target, timeout=5) as client:
+            client = self._client(component, node)
+            if client is None:
+                return None
+            with client:
+                found = _PROCESS_START.search(client.get_text("/metrics"))
+            return float(found.group(1)) if found else None
+        except (ClusterUnreachableError, APIError, ValueError):
+            return None
+
+    def _instance_problem(self, component: StaticPodComponent, node: str, *, before: float | None = None,
+                          since: dt.datetime | None = None) -> str | None:
+        """Why this node's instance does not run (a process that started after ``before`` by
+        the node's clock, or after ``since``) and answer; None when it does."""
+        try:
+            client = self._client(component, node)
+            if client is None:
+                return f"{self.access.nodes[node].describe()}: its {component.name} manifest names no server"
+            with client:
                 metrics = client.get_text("/metrics")
                 found = _PROCESS_START.search(metrics)
-                started = dt.datetime.fromtimestamp(float(found.group(1)), dt.timezone.utc) if found else None
-                if started is None or started < since:
-                    return f"still the process started {started:%H:%M:%S}" if started else "no start time in /metrics"
+                started = float(found.group(1)) if found else None
+                if started is None:
+                    return "no process_start_time_seconds in its /metrics"
+                if (before is not None and started <= before) or (since is not None and started < since.timestamp()):
+                    return f"still the process started {dt.datetime.fromtimestamp(started, dt.timezone.utc):%H:%M:%S}"
                 if component.readiness == "etcd-member":
                     if (client.get("/health") or {}).get("health") != "true":
                         return "its /health does not answer true (no leader)"
                     # /health is true with quorum even while a link to a peer is refused.
-                    peers = len(_etcd_members(files)) - 1
+                    members = client.request("POST", ETCD_MEMBER_LIST, {}).get("members") or []
                     linked = len(_ACTIVE_PEER.findall(metrics))
-                    if linked < peers:
-                        return f"linked to {linked} of its {peers} peers (etcd_network_active_peers)"
+                    if linked < len(members) - 1:
+                        return f"linked to {linked} of its {len(members) - 1} peers (etcd_network_active_peers)"
                 elif client.get_text("/readyz").strip() != "ok":
                     return "its /readyz does not answer ok"
         except (ClusterUnreachableError, APIError, ValueError) as exc:
@@ -171,7 +200,7 @@ class ComponentRestarts:
             restarted = min(c.restarted_at for c in instances)
             if layouts[name].readiness in ("etcd-member", "apiserver-readyz"):
                 problems += [f"{c.id}: {problem}" for c in instances
-                             if (problem := self._instance_problem(layouts[name], c.node, c.restarted_at))]
+                             if (problem := self._instance_problem(layouts[name], c.node, since=c.restarted_at))]
             elif layouts[name].readiness == "leader-lease":
                 lease = client.get(f"{LEADER_LEASES}/{name}")
                 spec = lease.get("spec") or {}

@@ -111,13 +111,18 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
                         shutil.rmtree(stale, ignore_errors=True)
             log_path = directory / f"{OPERATION}.log"
             # Each counter: the rotation in progress (to finish it), else one above both the
-            # last applied and the last rolled back (that counter is spent).
+            # last applied and the last rolled back (that counter is spent). The authorities
+            # rotate in order, so one in progress means that a run of this command stopped
+            # there: those before it were rotated by that run and stay as they are.
             states = {authority: access.store.load(authority).state for authority in authorities}
-            body["authorities"] = {
-                authority: {"rotation": state.rotation if state.in_progress and state.rotation is not None
-                            else max(state.applied_rotation, state.rolled_back_rotation or 0) + 1}
-                for authority, state in states.items()}
-            state = next(iter(states.values()))
+            interrupted = next((index for index, state in enumerate(states.values()) if state.in_progress), None)
+            body["authorities"] = {}
+            for index, (authority, state) in enumerate(states.items()):
+                spent = max(state.applied_rotation, state.rolled_back_rotation or 0)
+                body["authorities"][authority] = {"rotation": (
+                    state.rotation if state.in_progress and state.rotation is not None
+                    else spent if interrupted is not None and index < interrupted else spent + 1)}
+            state = next((s for s in states.values() if s.in_progress), next(iter(states.values())))
             spec_path = directory / "spec.yaml"  # the spec of this run, beside its log
             atomic_write(spec_path, _spec_text(_document(body)).encode(), 0o644)
             loaded = load_spec(spec_path)

@@ -190,23 +190,62 @@ def load_plan(path: Path) -> PlanDocument:
 
 def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
                     parallelism: int = DEFAULT_PARALLELISM) -> None:
-    """Refuse a saved plan when the spec or a cluster changed since it was made, naming what."""
+    """Refuse a saved plan when the spec or a cluster changed since it was made, naming what,
+    or when its actions are not the ones careconcile plans now from the spec and the live
+    clusters: a plan file is a contract that apply derives again, not a script it trusts.
+    Only workload restarts may be fewer than planned now (workloads come and go; the check
+    before phase 3 stops a run that would leave one behind)."""
+    hint = "make a new plan with `careconcile plan SPEC --out PLANFILE`"
     if spec_digest(loaded.path) != plan.spec_digest:
         raise StalePlanError(f"saved plan is stale: the spec {loaded.path} changed since the plan was made",
-                             hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
-    observations = map_bounded(lambda cluster: observe(accesses[cluster.cluster].for_authority(cluster.authority)),
-                               plan.clusters, parallelism)
-    for cluster, observed in zip(plan.clusters, observations):
-        if observed.digest() == cluster.observed_digest:
-            continue
-        now = item_digests(observed)
-        changed = sorted(key for key in set(now) | set(cluster.observed_items)
-                         if now.get(key) != cluster.observed_items.get(key))
-        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
-        raise StalePlanError(
-            f"saved plan is stale: cluster {cluster.cluster} changed since the plan was made ({shown}); "
-            "nothing was changed",
-            hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
+                             hint=hint)
+    fresh = make_plan(loaded, {name: accesses[name] for name in dict.fromkeys(c.cluster for c in plan.clusters)},
+                      rollback=plan.operation == "rollback", parallelism=parallelism)
+    now_by_key = {(c.cluster, c.authority): c for c in fresh.clusters}
+    seen: set[tuple[str, str]] = set()
+    for cluster in plan.clusters:
+        key = (cluster.cluster, cluster.authority)
+        now = now_by_key.get(key)
+        if now is None or key in seen:
+            raise StalePlanError(f"saved plan is stale: it holds {'twice ' if key in seen else ''}the authority "
+                                 f"{cluster.authority} of cluster {cluster.cluster}, which careconcile does not plan "
+                                 "now; nothing was changed", hint=hint)
+        seen.add(key)
+        if now.observed_digest != cluster.observed_digest:
+            changed = sorted(item for item in set(now.observed_items) | set(cluster.observed_items)
+                             if now.observed_items.get(item) != cluster.observed_items.get(item))
+            shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+            raise StalePlanError(
+                f"saved plan is stale: cluster {cluster.cluster} changed since the plan was made ({shown}); "
+                "nothing was changed", hint=hint)
+        different = _first_difference(cluster.actions, now.actions)
+        if different is not None:
+            raise StalePlanError(
+                f"saved plan is not what careconcile plans for cluster {cluster.cluster} ({cluster.authority}) "
+                f"from the spec and the live cluster: {different}; nothing was changed",
+                hint="make a new plan with `careconcile plan SPEC --out PLANFILE`, review it, and apply that")
+
+
+def _first_difference(saved: list[Action], now: list[Action]) -> str | None:
+    """The first action of ``saved`` that is not the one planned now (workload restarts may
+    be fewer), or None when they agree. Reasons are words for people (a "due in N days"
+    moves with the clock), so everything but them must be equal."""
+    def what(action: Action) -> dict:
+        return action.model_dump(exclude={"reason"})
+
+    planned_workloads = {action.id: what(action) for action in now if action.kind == "restart-workload"}
+    for action in saved:
+        if action.kind == "restart-workload" and planned_workloads.get(action.id) != what(action):
+            return f"{action.id} is not planned now"
+    rest = [action for action in saved if action.kind != "restart-workload"]
+    expected = [action for action in now if action.kind != "restart-workload"]
+    for ours, theirs in zip(rest, expected):
+        if what(ours) != what(theirs):
+            return f"{ours.id} differs from the action planned now ({theirs.id})"
+    if len(rest) != len(expected):
+        extra = (rest if len(rest) > len(expected) else expected)[min(len(rest), len(expected))]
+        return f"{extra.id} is {'not planned now' if len(rest) > len(expected) else 'missing from it'}"
+    return None
 
 
 # --- running ---------------------------------------------------------------------------
@@ -408,6 +447,10 @@ def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, a
     return report
 
 
+# While a renewal fails for want of the API, how soon it is tried again.
+RENEW_RETRY_SECONDS = 5.0
+
+
 def _throttled(renew: Callable[[], object], every: float = 20.0, tolerate: float = 300.0) -> Callable[[], None]:
     """Renew the lock at most every ``every`` seconds; its TTL is minutes. While the API
     cannot be reached (a restart of the only etcd member or apiserver), or answers 401, 403
@@ -428,6 +471,7 @@ def _throttled(renew: Callable[[], object], every: float = 20.0, tolerate: float
             failing_since[0] = failing_since[0] or now
             if now - failing_since[0] > tolerate:
                 raise
+            last[0] = now - every + RENEW_RETRY_SECONDS  # not at every heartbeat: each try may wait its timeout
             return
         last[0], failing_since[0] = time.monotonic(), None
     return heartbeat

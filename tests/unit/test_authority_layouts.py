@@ -98,7 +98,54 @@ def test_etcd_readiness_reads_the_start_time_and_the_peer_links_from_metrics():
     (["update", "credentials", "certificate-authorities", "rotate", "--cluster", "u1", "--kubeconfig", "k"],
      credentials.ALL_AUTHORITIES),
     (["update", "credentials", "--cluster-ca", "--cluster-name", "u1", "--kubeconfig", "k"], None),
+    # options before the subcommand are kept
+    (["update", "credentials", "--cluster-name", "u1", "--kubeconfig", "k", "certificate-authorities", "rotate"],
+     credentials.ALL_AUTHORITIES),
 ])
 def test_update_credentials_takes_bmctls_two_forms(argv, authorities):
     args = build_parser().parse_args(argv)
     assert (args.cluster_name, str(args.kubeconfig), args.authorities) == ("u1", "k", authorities)
+
+
+def test_update_credentials_refuses_both_forms_at_once(capsys):
+    from reconciler.cli import main
+
+    code = main(["update", "credentials", "--cluster-ca", "certificate-authorities", "rotate", "--cluster", "u1",
+                 "--kubeconfig", "k"])
+    assert code == 64 and "give one of them" in capsys.readouterr().err
+
+
+def test_a_lock_renewal_waits_out_a_restart_of_the_only_apiserver_but_not_a_lost_lock(monkeypatch):
+    from reconciler.errors import APIError, ClusterUnreachableError, LockError
+    from reconciler.shell import session
+
+    clock = [1000.0]
+    monkeypatch.setattr(session.time, "monotonic", lambda: clock[0])
+    answers: list = []
+
+    def renew():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+
+    heartbeat = session._throttled(renew, every=20.0, tolerate=300.0)
+    clock[0] += 21
+    answers[:] = [ClusterUnreachableError("connection refused"), APIError("forbidden", status=403), None]
+    heartbeat()  # refused: tried again in 5 s, not at once
+    heartbeat()
+    assert len(answers) == 2
+    clock[0] += 5
+    heartbeat()  # 403 while the authorizer syncs
+    clock[0] += 5
+    heartbeat()  # renewed
+    assert answers == []
+    clock[0] += 21
+    answers[:] = [LockError("taken over")]
+    with pytest.raises(LockError):
+        heartbeat()
+    clock[0] += 21
+    answers[:] = [ClusterUnreachableError("refused")] * 100
+    with pytest.raises(ClusterUnreachableError):
+        for _ in range(100):
+            clock[0] += 5
+            heartbeat()

@@ -143,3 +143,41 @@ def test_a_ca_bundle_field_is_written_where_observation_reads_it(kind, item):
     fields = [field for field, _ in ca_bundle_fields(kind, item)]
     labels = [ApiField(resource=kind, name="o", field=field, form="ca-bundle").label for field in fields]
     assert labels[0].startswith(f"{kind}/o") and len(set(labels)) == len(labels)
+
+
+def test_a_consistently_edited_action_is_not_the_one_planned_now():
+    """Target, id and site edited together pass the model's own checks; apply compares each
+    action with the one it plans again from the spec and the live cluster."""
+    from reconciler.shell.session import _first_difference
+
+    actions = rotation_plan().actions
+    assert _first_difference(actions, actions) is None
+    bundle = next(a for a in actions if a.kind == "update-bundle" and a.site.kind == "node-file")
+    hostile_path = "/../../../root/.ssh/authorized_keys"
+    data = _dumped(bundle)
+    data["site"]["path"] = hostile_path
+    data["target"] = bundle.target.replace(bundle.site.path, hostile_path)
+    data["id"] = bundle.id.replace(bundle.site.path, hostile_path)
+    edited = Action.model_validate(data)
+    tampered = [edited if a is bundle else a for a in actions]
+    assert _first_difference(tampered, actions) == f"{edited.id} differs from the action planned now ({bundle.id})"
+    assert _first_difference(actions[:-1], actions).endswith("is missing from it")
+    assert _first_difference([*actions, edited], actions) == f"{edited.id} is not planned now"
+    # a reason is words for people: it may differ
+    reworded = [a.model_copy(update={"reason": "changed"}) for a in actions]
+    assert _first_difference(reworded, actions) is None
+
+
+def test_a_restart_of_one_component_cannot_name_another():
+    restart = next(a for a in rotation_plan().actions if a.kind == "restart")
+    data = _dumped(restart)
+    data["params"]["component"] = "kube-scheduler" if restart.site.name != "kube-scheduler" else "kwok"
+    with pytest.raises(ValidationError, match="restarts .* at the site of"):
+        Action.model_validate(data)
+    check = next(a for a in rotation_plan().actions if a.kind == "verify")
+    data = _dumped(check)
+    data["site"]["phase"] = 5 if check.phase != 5 else 4
+    data["target"] = f"phase-{data['site']['phase']}"
+    data["id"] = check.id.replace(check.target, data["target"])
+    with pytest.raises(ValidationError, match="checks phase"):
+        Action.model_validate(data)

@@ -83,3 +83,25 @@ def accepts_client_certificate(
     if not username:
         raise ClusterUnreachableError(f"server {server}: SelfSubjectReview answer names no user")
     return username
+
+
+def authenticates_front_proxy(host: str, port: int, *, server_name: str, ca_pem: bytes, cert_pem: bytes,
+                              key_pem: bytes, user: str, path: str, timeout: float = 5.0) -> bool:
+    """Whether an aggregated apiserver authenticates a request that comes as the front proxy
+    with this client certificate, asserting ``user``: any answer but 401 (a 403 is an
+    authenticated user without the right). Its serving certificate is verified against
+    ``ca_pem`` (the APIService's caBundle) for ``server_name`` (the Service's DNS name),
+    whatever address it is reached at."""
+    context = tls_context(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        with context.wrap_socket(sock, server_hostname=server_name) as tls:
+            tls.sendall((f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nX-Remote-User: {user}\r\n"
+                         "Accept: application/json\r\nConnection: close\r\n\r\n").encode())
+            status_line = tls.makefile("rb").readline().decode("latin-1")
+    except OSError as exc:
+        raise ClusterUnreachableError(f"aggregated apiserver {server_name} at {host}:{port}: {exc}") from exc
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ClusterUnreachableError(f"aggregated apiserver {server_name} at {host}:{port}: no HTTP answer")
+    return int(parts[1]) != 401

@@ -4,6 +4,7 @@ work, and that every restarted component runs again."""
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Callable
 
@@ -15,7 +16,7 @@ from reconciler.core.observed import ClusterObservation, fp
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, CheckParams
 from reconciler.core.workloads import trusted_since
-from reconciler.errors import APIError, CareconcileError, ClusterUnreachableError, RotationError
+from reconciler.errors import APIError, APINotFoundError, CareconcileError, ClusterUnreachableError, RotationError
 from reconciler.shell import probes
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
@@ -24,6 +25,7 @@ from reconciler.shell.observe import ClusterAccess, apiserver_servers, observe
 from reconciler.shell.statestore import Stored, with_state
 
 PROBE_USER = "careconcile:probe"
+APISERVICES = "/apis/apiregistration.k8s.io/v1/apiservices"
 
 
 class Verifier:
@@ -90,6 +92,11 @@ class Verifier:
         if layout.client_probe is not None and phase in (2, 5):
             problems += [f"apiserver {server} does not yet accept {self._as()} certificates from the new CA"
                          for server in self._not_accepting(fp(new))]
+        if layout.client_probe == "requestheader" and phase in (2, 5):
+            # The aggregated apiservers read the front-proxy CAs from a ConfigMap they watch,
+            # at their own pace: ask them, before a certificate from the new CA is presented.
+            problems += [f"{name} does not yet accept front-proxy certificates from the new CA"
+                         for name in self._aggregated_not_accepting(self.custody.pair(fp(new)))]
         if layout.client_probe is not None and phase >= 4 and old_fp != fp(new):
             problems += [f"apiserver {server} still accepts {self._as()} certificates from the old CA {old_fp}"
                          for server in self.accepting([old_fp])]
@@ -128,6 +135,34 @@ class Verifier:
         return probes.accepts_client_certificate(
             server, ca_pem=self._server_trust(), cert_pem=probe.cert_pem, key_pem=probe.key_pem,
             front_proxy_user=PROBE_USER if self.access.layout.client_probe == "requestheader" else None) is not None
+
+    def _aggregated_not_accepting(self, ca: KeyPair) -> list[str]:
+        """The aggregated apiservers (APIServices with a Service) that do not authenticate a
+        front-proxy certificate from ``ca``. One whose Service cannot be reached from here (a
+        ClusterIP from outside the cluster) cannot be asked and is passed over."""
+        client = self.access.client
+        probe = probe_certificate(ca, front_proxy=True)
+        refusing = []
+        for item in client.list(APISERVICES):
+            spec = item.get("spec") or {}
+            service = spec.get("service") or {}
+            if not service.get("name") or not spec.get("caBundle"):
+                continue  # served by kube-apiserver itself
+            try:
+                found = client.get(f"/api/v1/namespaces/{service.get('namespace')}/services/{service['name']}")
+                target = found.get("spec") or {}
+                host = target.get("externalName") if target.get("type") == "ExternalName" else target.get("clusterIP")
+                if not host or host == "None":
+                    continue
+                accepted = probes.authenticates_front_proxy(
+                    host, int(service.get("port") or 443), server_name=f"{service['name']}.{service.get('namespace')}.svc",
+                    ca_pem=base64.b64decode(spec["caBundle"]), cert_pem=probe.cert_pem, key_pem=probe.key_pem,
+                    user=PROBE_USER, path=f"/apis/{spec.get('group')}/{spec.get('version')}")
+            except (ClusterUnreachableError, APINotFoundError, ValueError):
+                continue
+            if not accepted:
+                refusing.append(f"aggregated apiserver {item['metadata']['name']}")
+        return refusing
 
     def _not_accepting(self, fingerprint: str) -> list[str]:
         ca = self.custody.pair(fingerprint)

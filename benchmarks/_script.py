@@ -7,9 +7,23 @@ import signal
 import sys
 from typing import Callable
 
+from reconciler import sandbox
+from reconciler.sandbox._paths import SandboxPaths
+
 
 def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def teardown(paths: SandboxPaths) -> None:
+    """Stop a sandbox (its sshd too) and remove it; a second Ctrl-C does not cut this short."""
+    if not paths.directory.is_dir():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sandbox.down(paths)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run(main: Callable[[], int]) -> None:

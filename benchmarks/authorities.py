@@ -51,7 +51,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import statistics
 import subprocess
@@ -348,17 +347,6 @@ def careconcile(args: list[str], workspace: Path, out: Path) -> tuple[int, float
     return code, started, time.monotonic() - clock
 
 
-def teardown(paths: SandboxPaths) -> None:
-    """Stop the sandbox and remove it; a second Ctrl-C does not cut this short."""
-    if not paths.directory.is_dir():
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        sandbox.down(paths)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def failure_report(events: list[Event], output: str, logs: list[Path]) -> str:
     """The apply's last output lines and, for its first failed action, the log lines around it."""
     lines = ["apply output (last 25 lines):", *("  " + line for line in output.splitlines()[-25:])]
@@ -532,7 +520,7 @@ def measure(control_planes: int, workers: int, repeats: int, root: Path, keep: P
         print(f"  {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         samples.append({"error": f"{type(exc).__name__}: {exc}"})
     finally:
-        teardown(SandboxPaths.named(name))
+        _script.teardown(SandboxPaths.named(name))
     return samples
 
 

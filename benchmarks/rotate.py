@@ -63,7 +63,6 @@ import functools
 import io
 import os
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -388,19 +387,8 @@ def measure(workers: int, repeats: int, workspace: Path, variants: list[Variant]
                       f"{sample['total']:.1f}s ({detail})", file=sys.stderr)
     finally:
         for name in names.values():
-            teardown(SandboxPaths.named(name))
+            _script.teardown(SandboxPaths.named(name))
     return samples
-
-
-def teardown(paths: SandboxPaths) -> None:
-    """Stop the sandbox (its sshd too) and remove it; a second Ctrl-C does not cut this short."""
-    if not paths.directory.is_dir():
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        sandbox.down(paths)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def cell(column: str, values: list[float]) -> str:

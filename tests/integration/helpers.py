@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from reconciler.core import kubeadm, pki
 from reconciler.core.pki import KeyPair, KeySpec, LeafRequest
 from reconciler._process import process_alive
+from reconciler.errors import BinariesMissingError
+from reconciler.sandbox import binaries
 from reconciler.sandbox._lifecycle import _runs_from
 from reconciler.sandbox._paths import SandboxPaths
 
@@ -44,16 +47,37 @@ def client_cert(ca: KeyPair, user: str, groups: tuple[str, ...] = ()) -> KeyPair
                           now=dt.datetime.now(dt.timezone.utc))
 
 
-def request_as(server: str, ca_file: Path, client: KeyPair, method: str, path: str,
-               body: dict | None = None) -> tuple[int, Any]:
-    """One HTTPS request to the apiserver authenticated by ``client``'s certificate."""
-    context = ssl.create_default_context(cafile=str(ca_file))
+def missing_prerequisite(message: str) -> None:
+    """A test that cannot run here: in CI a failure (every integration test runs there),
+    elsewhere a skip that says what to install."""
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def require_extension_apiserver() -> None:
+    try:
+        binaries.require_extension_apiserver()
+    except BinariesMissingError as exc:
+        missing_prerequisite(f"{exc.message} (run `make extension-apiserver`)")
+
+
+def with_client_certificate(context: ssl.SSLContext, client: KeyPair) -> ssl.SSLContext:
+    """``context`` presenting ``client``'s certificate (ssl loads a chain only from files:
+    a temporary 0600 file, removed at once)."""
     with tempfile.TemporaryDirectory() as scratch:
         cert_file, key_file = Path(scratch, "c.crt"), Path(scratch, "c.key")
         cert_file.write_bytes(client.cert_pem)
         key_file.touch(0o600)
         key_file.write_bytes(client.key_pem)
         context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def request_as(server: str, ca_file: Path, client: KeyPair, method: str, path: str,
+               body: dict | None = None) -> tuple[int, Any]:
+    """One HTTPS request to the apiserver authenticated by ``client``'s certificate."""
+    context = with_client_certificate(ssl.create_default_context(cafile=str(ca_file)), client)
     url = urlsplit(server)
     connection = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=10)
     try:

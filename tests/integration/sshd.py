@@ -8,18 +8,17 @@ public-key login only. Tests skip when it is missing, unless CI is set: then the
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
-
 from reconciler.errors import SandboxError
 from reconciler.sandbox import sshd
 from reconciler.sandbox.sshd import Server
+
+from .helpers import missing_prerequisite
 
 # As root, the server also logs in this user (SFTP only: its shell is nologin), so that a
 # test can meet a real "permission denied", which root never does.
@@ -30,10 +29,7 @@ def require_sshd() -> None:
     try:
         sshd.require_install()
     except SandboxError as exc:
-        message = f"{exc} (run `hack/install-sshd.sh`)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing_prerequisite(f"{exc} (run `hack/install-sshd.sh`)")
 
 
 @contextlib.contextmanager

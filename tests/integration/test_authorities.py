@@ -9,7 +9,6 @@ so beforehand, and the test measures the outage it announced."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,11 +17,10 @@ import pytest
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import pki
 from reconciler.core.authorities import ETCD_CA, FRONT_PROXY_CA, REQUESTHEADER_SITE
-from reconciler.errors import BinariesMissingError
-from reconciler.sandbox import binaries
 from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeconfigClient
 
+from .helpers import require_extension_apiserver
 from .rotation import Poller, assert_no_private_key_in_files, careconcile, plan_json, set_rotation
 
 pytestmark = pytest.mark.integration
@@ -33,13 +31,7 @@ FLUNDERS = extension.flunders_path("default")
 
 @pytest.fixture(scope="module")
 def auth(start_sandbox):
-    try:
-        binaries.require_extension_apiserver()
-    except BinariesMissingError as exc:
-        message = f"{exc.message} (run `make extension-apiserver`)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_extension_apiserver()
     return start_sandbox(NAME, control_planes=1, workers=2, extension_apiserver=True)
 
 

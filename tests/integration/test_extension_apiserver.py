@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import ssl
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -19,11 +17,13 @@ from reconciler import sandbox
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import kubeadm, pki
 from reconciler.core.pki import KeyPair
-from reconciler.errors import BinariesMissingError
-from reconciler.sandbox import _api, binaries, supervisor
+from reconciler.sandbox import _api, supervisor
 from reconciler.sandbox._paths import SandboxPaths
 
-from .helpers import client_cert, is_listening, listening_ports, node_file, sandbox_processes, supervisor_state
+from .helpers import (
+    client_cert, is_listening, listening_ports, node_file, require_extension_apiserver, sandbox_processes,
+    supervisor_state, with_client_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +33,7 @@ FLUNDER = {"apiVersion": f"{extension.GROUP}/{extension.VERSION}", "kind": "Flun
 
 @pytest.fixture(scope="module")
 def ext(start_sandbox):
-    try:
-        binaries.require_extension_apiserver()
-    except BinariesMissingError as exc:
-        message = f"{exc.message} (run `make extension-apiserver`)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_extension_apiserver()
     return start_sandbox(NAME, control_planes=1, workers=0, extension_apiserver=True)
 
 
@@ -59,12 +53,7 @@ def _https(port: int, ca_pem: bytes, path: str, *, client: KeyPair | None = None
     optionally with a client certificate."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
     if client is not None:
-        with tempfile.TemporaryDirectory() as scratch:
-            cert_file, key_file = Path(scratch, "c.crt"), Path(scratch, "c.key")
-            cert_file.write_bytes(client.cert_pem)
-            key_file.touch(0o600)
-            key_file.write_bytes(client.key_pem)
-            context.load_cert_chain(cert_file, key_file)
+        with_client_certificate(context, client)
     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     try:
         connection.request(method, path, headers=headers or {})

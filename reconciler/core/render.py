@@ -7,6 +7,8 @@ import re
 import shlex
 from collections import Counter
 
+from reconciler.core import effects
+from reconciler.core.effects import Places
 from reconciler.core.observed import short
 from reconciler.core.plan import PHASE_TITLES, ROLLBACK_TITLES, Action, ClusterPlan, PlanDocument, summary_line
 from reconciler.core.spec import PRIMARY_AUTHORITY
@@ -74,11 +76,13 @@ def restart_counts(actions: list[Action]) -> list[str]:
     return shown
 
 
-def text(plan: PlanDocument) -> str:
-    return printable(_text(plan))
+def text(plan: PlanDocument, places: Places | None = None) -> str:
+    """Each action with what it writes, removes and runs (:mod:`reconciler.core.effects`),
+    at the paths ``places`` gives, else the nodes' own."""
+    return printable(_text(plan, places or Places()))
 
 
-def _text(plan: PlanDocument) -> str:
+def _text(plan: PlanDocument, places: Places) -> str:
     lines = [f"careconcile {plan.operation} plan for {plan.spec_path}", "", LEGEND, ""]
     for cluster in plan.clusters:
         lines.append(_describe(cluster))
@@ -93,6 +97,7 @@ def _text(plan: PlanDocument) -> str:
             detail = _change(action)
             lines.append(f"    {SYMBOLS[action.kind]:>3} {action.kind} {action.target}" + (f"  {detail}" if detail else ""))
             lines.append(f"        {action.reason}")
+            lines += [f"        {line}" for line in effects.lines(action, cluster.cluster, cluster.authority, places)]
         restarts = restart_counts(cluster.actions)
         if restarts:
             lines += ["", "  Restarts: " + "; ".join(restarts)]
@@ -234,7 +239,12 @@ def _head(plan: PlanDocument, budget: int) -> tuple[str, bool]:
     return text + table, cut or table_cut
 
 
-def _cluster_blocks(cluster: ClusterPlan) -> list[tuple[str, int]]:
+def _does(action: Action, cluster: ClusterPlan, places: Places) -> str:
+    """The cell of what an action writes, removes and runs: a code span per line."""
+    return "<br>".join(_code(line) for line in effects.lines(action, cluster.cluster, cluster.authority, places))
+
+
+def _cluster_blocks(cluster: ClusterPlan, places: Places) -> list[tuple[str, int]]:
     """A cluster's details as blocks that are shown whole or not at all: its heading with its
     findings, then one folded block per phase. Each with the number of actions it shows."""
     lines = ["", f"#### {_escape(_describe(cluster))}"]
@@ -249,10 +259,10 @@ def _cluster_blocks(cluster: ClusterPlan) -> list[tuple[str, int]]:
         actions = [action for action in cluster.actions if action.phase == phase]
         lines = ["", f"<details><summary>Phase {phase}: {_escape(_titles(cluster)[phase])} "
                      f"({_plural(len(actions), 'action')})</summary>",
-                 "", "| | action | target | change | why |", "|---|---|---|---|---|"]
+                 "", "| | action | target | change | why | writes, runs |", "|---|---|---|---|---|---|"]
         for action in actions:
             lines.append(f"| `{SYMBOLS[action.kind]}` | {action.kind} | {_code(action.target)} | "
-                         f"{_escape(_change(action))} | {_escape(action.reason)} |")
+                         f"{_escape(_change(action))} | {_escape(action.reason)} | {_does(action, cluster, places)} |")
         lines += ["", "</details>"]
         blocks.append(("\n".join(lines) + "\n", len(actions)))
     return blocks
@@ -270,7 +280,8 @@ def _truncation_note(plan_file: str | None, *, limit: int, actions: int, of_acti
             + f"{clusters:,} of {_plural(of_clusters, 'cluster')}. {where}\n")
 
 
-def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = MARKDOWN_LIMIT) -> str:
+def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = MARKDOWN_LIMIT,
+             places: Places | None = None) -> str:
     """Summary first and details folded, as a pull-request comment wants it, in at most
     ``limit`` characters.
 
@@ -278,8 +289,9 @@ def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = M
     each cluster's findings and its phases in ``<details>``, block by block while they fit.
     The first block that does not fit ends the comment with a note of what was left out
     and where the full plan is: ``plan_file``, the saved plan, or, without one, how to save
-    it. A block is never cut, so every table and every ``<details>`` stays whole."""
-    clusters = [_cluster_blocks(cluster) for cluster in plan.clusters]
+    it. A block is never cut, so every table and every ``<details>`` stays whole. Each
+    action's row says what it writes, removes and runs, at the paths ``places`` gives."""
+    clusters = [_cluster_blocks(cluster, places or Places()) for cluster in plan.clusters]
     head, cut = _head(plan, limit)
     whole = head + "".join(block for blocks in clusters for block, _ in blocks)
     if not cut and _size(whole) <= limit:

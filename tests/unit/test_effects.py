@@ -76,9 +76,16 @@ def test_with_the_specs_places_paths_carry_the_node_root_and_transport():
     assert ("replaces through the cluster's API: /api/v1/namespaces/kube-system/configmaps/"
             "extension-apiserver-authentication (client-ca-file)") in out
     assert "writes on this machine: /workspace/c1/c1-kubeconfig" in out
+    # Markdown, sized for a comment: node paths in the rows, each node's root once per cluster,
+    # and "writes the target" where the target is the one file written.
     markdown = render.markdown(rotation(), places=PLACES)
     assert "| writes, runs |" in markdown
-    assert "`writes on w1 (ssh deploy@10.0.12.9:2222): /srv/w1/etc/kubernetes/pki/ca.crt` |" in markdown
+    assert "| w1 | `ssh deploy@10.0.12.9:2222` | `/srv/w1` |" in markdown
+    assert "| cp1 | `local` | `/srv/nodes/cp1` |" in markdown
+    row = next(line for line in markdown.splitlines() if "| `w1:/etc/kubernetes/pki/ca.crt` |" in line)
+    assert row.endswith("| the target |")
+    row = next(line for line in markdown.splitlines() if "| `cp1:/etc/kubernetes/pki/apiserver` |" in line)
+    assert row.endswith("| `writes on cp1: /etc/kubernetes/pki/apiserver.key, /etc/kubernetes/pki/apiserver.crt` |")
 
 
 def test_every_action_but_a_check_says_what_it_does():
@@ -123,14 +130,27 @@ def _saved(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_show_prints_the_paths_on_the_nodes_from_the_spec_the_plan_was_made_from(tmp_path, capsys):
     _, saved = _saved(tmp_path)
-    for output_format in ("text", "markdown"):
-        assert main(["show", str(saved), "--format", output_format]) == 0
-        out, err = capsys.readouterr()
-        assert "/srv/nodes/cp1/etc/kubernetes/pki/ca.key" in out, output_format
-        assert "writes on w1 (ssh deploy@10.0.12.9:2222): /srv/w1/etc/kubernetes/kubelet.conf" in out
-        assert err == ""
+    assert main(["show", str(saved)]) == 0
+    out, err = capsys.readouterr()
+    assert "writes on cp1 (local): /srv/nodes/cp1/etc/kubernetes/pki/careconcile/clusterCA.key" in out
+    assert "writes on w1 (ssh deploy@10.0.12.9:2222): /srv/w1/etc/kubernetes/kubelet.conf" in out
+    assert err == ""
+    assert main(["show", str(saved), "--format", "markdown"]) == 0
+    out, err = capsys.readouterr()
+    assert "| cp1 | `local` | `/srv/nodes/cp1` |" in out and "| w1 | `ssh deploy@10.0.12.9:2222` | `/srv/w1` |" in out
+    assert err == ""
     assert main(["show", str(saved), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["spec_digest"].startswith("sha256:")
+
+
+def test_markdown_says_once_where_nodes_laid_out_alike_are():
+    base = rotation()
+    same = Places(nodes={("c1", node): NodePlace("local", f"/tmp/sbx/nodes/{node}", runs_here=True)
+                         for node in ("cp1", "w1")})
+    markdown = render.markdown(base, places=same)
+    assert "Each of the 2 nodes is reached by `local`; the node paths below are under its root " \
+           "`/tmp/sbx/nodes/<node>`." in markdown
+    assert "| node | reached by | root |" not in markdown
 
 
 def test_show_of_a_plan_whose_spec_changed_shows_node_paths_and_says_why(tmp_path, capsys):

@@ -150,6 +150,8 @@ def assert_well_formed(output: str, limit: int = render.MARKDOWN_LIMIT) -> None:
     tags = re.findall(r"^</?details>", output, flags=re.MULTILINE)
     assert tags == ["<details>", "</details>"] * (len(tags) // 2)
     for block in re.findall(r"^<details>.*?^</details>$", output, flags=re.MULTILINE | re.DOTALL):
+        if "actions)</summary>" not in block and "action)</summary>" not in block:
+            continue  # where the nodes are, not a phase
         count = int(re.search(r"\((\d+) actions?\)</summary>", block).group(1))
         assert sum(1 for line in block.splitlines() if line.startswith("| `")) == count
     for table in re.findall(r"(?:^\|.*\n)+", output, flags=re.MULTILINE):

@@ -12,8 +12,13 @@ fsynced, then renamed over the target (OpenSSH's posix-rename), and removed on a
 failure. Restarting a static pod is a write of its manifest; the one command it runs
 (``run``, over the same connection) is the restart of the node's kubelet.
 
-Every failure is a :class:`NodeUnreachableError` that names the node, ``user@host:port``
-and what was being done, with the paramiko or OS error as its cause.
+Paths stay inside the node's root as with ``local`` (:mod:`reconciler.shell.nodes`): no
+``..``, links to files followed as node paths, and the directory a file is in resolved
+on the node (SFTP realpath) and refused, as a :class:`NodePathError`, when a link on the
+way leads outside the root.
+
+Every other failure is a :class:`NodeUnreachableError` that names the node,
+``user@host:port`` and what was being done, with the paramiko or OS error as its cause.
 """
 
 from __future__ import annotations

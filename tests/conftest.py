@@ -47,6 +47,7 @@ ESTIMATED_SECONDS = {
     "tests/integration/test_kube_client.py": 14,
     "tests/integration/test_ssh_nodes.py": 6,
     "tests/integration/test_sandbox_failures.py": 6,
+    "tests/integration/test_node_links.py": 3,
 }
 UNLISTED_SECONDS = 1
 # The files whose tests use the session's ``cluster``: one work unit, so one worker starts it.

@@ -26,7 +26,7 @@ from reconciler.core.sites import (
     ApiField, Component, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, PhaseCheck, Site, StateRecord,
     AtSite, Workload,
 )
-from reconciler.core.spec import PRIMARY_AUTHORITY, ResolvedWorkloads
+from reconciler.core.spec import DNS_LABEL, PRIMARY_AUTHORITY, ResolvedWorkloads
 from reconciler.core.workloads import reason as workload_reason
 from reconciler.errors import RollbackRefusedError
 
@@ -169,7 +169,7 @@ class Action(AtSite, _Model):
 
 
 class ClusterPlan(_Model):
-    cluster: str
+    cluster: str = Field(pattern=DNS_LABEL, max_length=63, description="The cluster's name, as the spec has it.")
     authority: Literal["clusterCA", "etcdCA", "frontProxyCA"]
     operation: Operation
     old_ca: str | None = None

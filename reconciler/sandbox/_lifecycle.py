@@ -7,12 +7,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +24,7 @@ from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
 from reconciler.errors import CareconcileError, ClusterUnreachableError, SandboxError, SandboxNotFoundError
-from reconciler.sandbox import _admin, _api, _specfile, _workloads, binaries, sshd
+from reconciler.sandbox import _admin, _api, _ports, _specfile, _workloads, binaries, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries, require_extension_apiserver
 
@@ -96,17 +94,6 @@ class SandboxInfo:
             raise SandboxError(f"sandbox {paths.name!r}: {paths.record} is incomplete: {exc}") from exc
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out on 127.0.0.1; all are held open together so none repeats."""
-    with ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((kubeadm.LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 def _write_node_files(root: Path, files: list[NodeFile]) -> None:
     for file in files:
         atomic_write(node_path(root, file.path), file.content, file.mode)
@@ -128,7 +115,9 @@ def _lay_out(
     now = dt.datetime.now(dt.timezone.utc)
     cp_names = [f"{name}-control-plane-{i + 1}" for i in range(control_planes)]
     worker_names = [f"{name}-worker-{i + 1}" for i in range(workers)]
-    ports = _free_ports(5 * control_planes + (3 if extension_apiserver else 0))
+    # Reserved for this sandbox until `down` (or its directory is gone): another sandbox
+    # starting at the same moment gets others (_ports.py).
+    ports = _ports.reserve(5 * control_planes + (3 if extension_apiserver else 0), paths.directory)
     if extension_apiserver:
         ext_ports, ports = extension.Ports(*ports[-3:]), ports[:-3]
     cp_ports = [ControlPlanePorts(*ports[5 * i:5 * i + 3]) for i in range(control_planes)]
@@ -391,6 +380,7 @@ def up(
                         extension_apiserver=extension_apiserver, extra_bin_dirs=extra_bin_dirs)
     except BaseException:
         _stop(paths)  # the sshd, if it started
+        _ports.release(paths.directory)
         shutil.rmtree(paths.directory, ignore_errors=True)  # nothing else started yet, nothing to keep
         raise
     timings["layout"] = time.monotonic() - started
@@ -644,5 +634,6 @@ def down(paths: SandboxPaths, *, keep: bool = False) -> None:
     if leftovers:
         raise SandboxError(f"sandbox {paths.name!r}: processes {leftovers} did not stop; "
                            f"the directory {paths.directory} was kept")
+    _ports.release(paths.directory)  # its processes are gone; the sshd released its own
     if not keep:
         shutil.rmtree(paths.directory)

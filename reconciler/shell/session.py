@@ -178,6 +178,7 @@ def load_plan(path: Path) -> PlanDocument:
         jsonschema.validate(document, schemas()["plan.schema.json"])
         return PlanDocument.model_validate(document)
     except jsonschema.ValidationError as exc:
+        exc = _in_its_own_kind(exc)
         where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
         raise PlanFileError(f"{path}: not a valid plan at {where}: fails the schema's {exc.validator!r} rule") from None
     except ValidationError as exc:
@@ -186,6 +187,22 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: not a valid plan at {where}: {error['msg']}") from None
     except RecursionError:
         raise PlanFileError(f"{path}: not a valid plan (nested too deep)") from None
+
+
+def _in_its_own_kind(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For a site that fails its ``oneOf`` of site kinds, the error of the kind it says it is
+    (a ``kind`` the others' ``const`` refuses), so the message names the field at fault
+    (``site.namespace``) rather than the site as a whole."""
+    while error.validator == "oneOf" and error.context:
+        branches: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.schema_path[0], []).append(sub)
+        own = [errors for errors in branches.values()
+               if not any(list(e.relative_path) == ["kind"] for e in errors)]
+        if len(own) != 1:
+            break
+        error = max(own[0], key=lambda e: len(e.relative_path))  # the deepest: the field itself
+    return error
 
 
 def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,

@@ -76,7 +76,7 @@ def test_params_of_another_kind_are_refused():
 def test_a_target_or_id_that_is_not_the_site_is_refused():
     bundle = next(a for a in rotation_plan().actions if a.kind == "update-bundle" and a.site.kind == "node-file")
     data = _dumped(bundle)
-    data["site"]["path"] = "/../../../root/.ssh/authorized_keys"
+    data["site"]["path"] = "/root/.ssh/authorized_keys"
     with pytest.raises(ValidationError, match="is not its site"):
         Action.model_validate(data)  # the target still shows the reviewed path
     data["target"] = bundle.target.replace(bundle.site.path, data["site"]["path"])
@@ -153,7 +153,7 @@ def test_a_consistently_edited_action_is_not_the_one_planned_now():
     actions = rotation_plan().actions
     assert _first_difference(actions, actions) is None
     bundle = next(a for a in actions if a.kind == "update-bundle" and a.site.kind == "node-file")
-    hostile_path = "/../../../root/.ssh/authorized_keys"
+    hostile_path = "/root/.ssh/authorized_keys"
     data = _dumped(bundle)
     data["site"]["path"] = hostile_path
     data["target"] = bundle.target.replace(bundle.site.path, hostile_path)
@@ -181,3 +181,60 @@ def test_a_restart_of_one_component_cannot_name_another():
     data["id"] = check.id.replace(check.target, data["target"])
     with pytest.raises(ValidationError, match="checks phase"):
         Action.model_validate(data)
+
+
+# --- names and paths validated where a plan file enters ------------------------------------
+
+def _saved_rotation(tmp_path: Path) -> dict:
+    from reconciler.core import render
+    from tests.unit.test_render import document
+
+    return json.loads(render.as_json(document(rotation_plan())))
+
+
+def _site(document: dict, kind: str) -> dict:
+    return next(a["site"] for c in document["clusters"] for a in c["actions"] if a["site"]["kind"] == kind)
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda d: _site(d, "api-field").update(namespace="../../../api/v1/namespaces/kube-system/secrets"), "namespace"),
+    (lambda d: _site(d, "api-field").update(name="cluster-info/../../secrets/careconcile-state"), "name"),
+    (lambda d: _site(d, "node-file").update(node="../cp1"), "node"),
+    (lambda d: _site(d, "node-file").update(path="/etc/kubernetes/../../root/.ssh/authorized_keys"), "path"),
+    (lambda d: _site(d, "node-file").update(path="etc/kubernetes/pki/ca.crt"), "path"),
+    (lambda d: _site(d, "node-signer").update(node="cp1/../../x"), "node"),
+    (lambda d: _site(d, "component").update(name="../../../tmp/x"), "name"),
+    (lambda d: d["clusters"][0].update(cluster="../../tmp/x"), "cluster"),
+    (lambda d: d["clusters"][0].update(cluster="Prod EU"), "cluster"),
+], ids=["api-namespace", "api-name", "node", "dotdot-path", "relative-path", "signer-node", "component",
+        "cluster-path", "cluster-not-dns"])
+def test_a_plan_file_with_a_name_that_is_not_a_dns_name_or_a_path_that_leaves_is_refused(tmp_path, edit, where):
+    """Names go into API paths, file names and workspace directories: a plan file carrying
+    "../x" in one is refused when it is read, naming the field, never quoting the value."""
+    from reconciler.errors import PlanFileError
+    from reconciler.shell.session import load_plan
+
+    document = _saved_rotation(tmp_path)
+    edit(document)
+    saved = tmp_path / "edited.plan.json"
+    saved.write_text(json.dumps(document))
+    with pytest.raises(PlanFileError) as caught:
+        load_plan(saved)
+    message = str(caught.value)
+    assert str(saved) in message and where in message, message
+    assert "../" not in message.replace(str(saved), "") and "Prod EU" not in message, message  # not quoted
+
+
+def test_sites_made_anywhere_take_only_dns_names():
+    for make in (lambda: ManagementSecret(namespace="cluster_user1", name="user1-ca", holds="authority"),
+                 lambda: ManagementSecret(namespace="ns", name="../user1-ca", holds="authority"),
+                 lambda: Workload(namespace="app", workload="Deployment", name="web/../x"),
+                 lambda: Workload(namespace="App", workload="Deployment", name="web"),
+                 lambda: Workload(namespace="app", workload="CronJob", name="web"),
+                 lambda: ApiField(resource="configmap", namespace="kube-system", name="a" * 254, field="k", form="pem"),
+                 lambda: NodeFile(node="cp1", path="/a/../b", form="pem")):
+        with pytest.raises(ValidationError):
+            make()
+    # what kubeadm and the API have stays valid: subdomains with dots, caBundle fields
+    assert ApiField(resource="apiservice", name="v1beta1.wardle.example.com", field="", form="ca-bundle")
+    assert NodeFile(node="node-1.example.com", path="/etc/kubernetes/pki/ca.crt", form="pem")

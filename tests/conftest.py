@@ -37,7 +37,7 @@ ESTIMATED_SECONDS = {
     "tests/integration/test_rotation_resume.py": 133,
     "tests/integration/test_workloads.py": 119,
     "tests/integration/test_fleet.py": 95,
-    "tests/integration/test_admin_mode.py": 90,
+    "tests/integration/test_admin_mode.py": 92,
     "tests/integration/test_rotation.py": 81,
     "tests/integration/test_plan_safety.py": 66,
     "tests/integration/test_update_credentials.py": 62,

@@ -197,8 +197,8 @@ def test_an_edited_inventory_configmap_changes_no_command_host_or_node(admin, us
     registered = load_spec(Path(user1.spec)).document.spec.clusters[0].nodes
     with admin_client(admin) as client:
         put(client, CONFIGMAPS, hostile_inventory_configmap(user1, tmp_path))
-        try:
-            cluster = cluster_from_admin(client, "user1")
+        try:  # with a key file for SSH nodes, so that only the nodes decide
+            cluster = cluster_from_admin(client, "user1", ssh_key_file=str(tmp_path / "ssh-key"))
         finally:
             client.delete(f"{CONFIGMAPS}/user1-careconcile-nodes")
     assert cluster.nodes == registered

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from reconciler._time import micro_time
+from reconciler._time import CLOCK_OFFSET_ENV, micro_time, parse_time
 from reconciler.core import pki
 from reconciler.errors import (APIConflictError, APINotFoundError, ClusterUnreachableError, LockError,
                                LockHeldError)
@@ -255,3 +255,25 @@ def test_an_expired_lock_is_taken_over_by_exactly_one_of_several_runs(target, cl
     assert len(winners) == 1 and len(outcomes) == 4, outcomes
     assert winners[0].took_over_from.id == expired.id
     assert current_lock(client).id == winners[0].id
+
+
+def test_a_run_whose_clock_is_1000s_behind_holds_its_lock_against_a_run_with_a_true_clock(
+        target, client, no_lock, monkeypatch):
+    """The clock decides nothing: a run on a machine whose clock is 1000 s behind (more than
+    the 900 s TTL) writes the API server's time into the Lease, so that a run on a machine
+    with a true clock does not take its live lock over. The skew is faked in careconcile's
+    clock alone (the process's, and the name the lock module reads it by), never the system's."""
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, "-1000")
+    monkeypatch.setattr(cluster_lock, "utcnow", lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1000))
+    with KubeClient(target) as behind_client:
+        behind = ClusterLock(behind_client, CLUSTER, operation="apply")
+        info = behind.acquire()
+    lease = client.get(LEASE)
+    # Both the API server's clock: the renewTime written, and the creationTimestamp it set.
+    created = parse_time(lease["metadata"]["creationTimestamp"])
+    assert abs(parse_time(lease["spec"]["renewTime"]) - created) < dt.timedelta(seconds=3), lease["spec"]
+    monkeypatch.undo()
+    with KubeClient(target) as true_client:
+        with pytest.raises(LockHeldError, match=info.id):
+            ClusterLock(true_client, CLUSTER, operation="apply").acquire()
+    assert current_lock(client).id == info.id

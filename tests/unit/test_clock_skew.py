@@ -19,9 +19,13 @@ import pytest
 from reconciler._time import CLOCK_OFFSET_ENV, micro_time, parse_time, utcnow
 from reconciler.core.authorities import CLUSTER_CA
 from reconciler.core.leases import NOT_RENEWED, kubelet_lease_problem, renewal_stored_at
-from reconciler.core.observed import ObservedComponent
+from reconciler.core.observed import ObservedComponent, StoredState
 from reconciler.errors import LockHeldError
-from reconciler.shell import components
+from reconciler.core import pki
+from reconciler.core.workloads import TRUST_MARGIN
+from reconciler.shell import components, restarts, verification
+from reconciler.shell.restarts import seconds_until
+from reconciler.shell.statestore import Stored, StoredKeys
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.kube import KubeClient, KubeTarget
 from reconciler.shell.lock import ClusterLock, LockInfo, lease_body
@@ -270,3 +274,35 @@ def test_the_servers_clock_never_runs_backwards_within_a_second():
     server.now = lambda: real_now() - dt.timedelta(seconds=30)  # set back (or another server): followed
     client.get("/c")
     assert abs(client.server_now() - server.now()) < dt.timedelta(seconds=2)
+
+
+# --- when pods trust both CAs ------------------------------------------------------------------
+
+class Custody:
+    def __init__(self) -> None:
+        self.saved: list[Stored] = []
+
+    def save(self, stored: Stored) -> None:
+        self.saved.append(stored)
+
+
+def test_the_time_pods_trust_both_cas_from_is_the_apiservers_and_so_is_the_wait(monkeypatch):
+    """Pods' startTimes are the cluster's clock: the time from which a pod trusts both CAs is
+    recorded, and waited for, by the API server's clock. With careconcile's clock an hour
+    ahead it was an hour late (every pod looked stale), an hour behind an hour's wait."""
+    ahead = dt.timedelta(hours=1)
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, str(ahead.total_seconds()))
+    monkeypatch.setattr(verification, "utcnow", lambda: real_now() + ahead)  # the name the module reads it by
+    old, new = pki.new_ca("old", now=real_now()), pki.new_ca("new", now=real_now())
+    client = NodeLeases()  # an API server whose clock is the real one
+    custody = Custody()
+    verifier = verification.Verifier(Access(client), custody, None, heartbeat=lambda: None, phase_timeout=1)
+    stored = verifier.record_pod_trust(Stored(StoredState(rotation=1, target=new.cert, previous=old.cert),
+                                              StoredKeys()))
+    since = stored.state.workloads_trusted_since
+    assert dt.timedelta(0) < since - real_now() <= TRUST_MARGIN + dt.timedelta(seconds=1), since
+    assert custody.saved == [stored]
+    assert 0 < seconds_until(since, client.server_now()) <= 6
+    behind = dt.timedelta(hours=-1)
+    monkeypatch.setattr(restarts, "utcnow", lambda: real_now() + behind)
+    assert seconds_until(since, client.server_now()) <= 6  # not the hour this machine's clock would wait

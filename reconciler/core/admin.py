@@ -12,8 +12,12 @@ another) live:
 - Secret ``<name>-careconcile-state`` and Lease ``<name>-careconcile-lock``: careconcile's
   rotation state and its lock, named after the cluster so that clusters sharing a
   namespace do not collide;
-- ConfigMap ``<name>-careconcile-nodes`` (data ``nodes.yaml``): the node inventory,
-  a :class:`NodeInventory`;
+- Secret ``<name>-careconcile-nodes`` (type ``careconcile.dev/node-inventory``, data
+  ``nodes.yaml``): the node inventory, a :class:`NodeInventory`. It says where careconcile
+  connects, which host keys it trusts and which commands it runs, so it is a Secret: who
+  may write it may write ``<name>-ca`` as well. Older careconcile kept it in a ConfigMap of
+  the same name, which anyone allowed to edit ConfigMaps could have changed; that one is
+  never read for nodes again.
 - Secret ``<name>-ssh-key`` (type ``kubernetes.io/ssh-auth``, data ``ssh-privatekey``):
   the private key to reach the nodes over SSH, when registered with one.
 """
@@ -42,6 +46,7 @@ SSH_AUTH_TYPE = "kubernetes.io/ssh-auth"
 SSH_KEY_KEY = "ssh-privatekey"
 INVENTORY_KEY = "nodes.yaml"
 INVENTORY_KIND = "NodeInventory"
+INVENTORY_SECRET_TYPE = "careconcile.dev/node-inventory"
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ class InventoryNode(_Strict):
 
 
 class NodeInventory(_Strict):
-    """The nodes of a registered cluster, as the ConfigMap ``<name>-careconcile-nodes``
+    """The nodes of a registered cluster, as the Secret ``<name>-careconcile-nodes``
     holds them under ``nodes.yaml``. Versioned by apiVersion and kind like a spec."""
 
     api_version: Literal["careconcile.dev/v1alpha1"] = Field(alias="apiVersion", description="The format's version.")

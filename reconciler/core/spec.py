@@ -513,8 +513,8 @@ class ManagementSpec(_Strict):
     and careconcile's rotation state and lock, all in one namespace there."""
 
     kubeconfig: str = Field(
-        description="Path to a kubeconfig of the management cluster, with rights on Secrets, ConfigMaps and "
-                    "Leases in the namespace; a relative path is relative to the spec file's directory, '~' expands.")
+        description="Path to a kubeconfig of the management cluster, with rights on Secrets and Leases in the "
+                    "namespace; a relative path is relative to the spec file's directory, '~' expands.")
     context: str | None = Field(default=None, description="Context in that kubeconfig; its current one if unset.")
     namespace: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=63,

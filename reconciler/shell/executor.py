@@ -156,11 +156,11 @@ class Executor:
             return
         if state.workloads_trusted_since is None:  # phase 2 verified by a careconcile that did not record it
             state = self.verifier.record_pod_trust(stored).state
-        wait = seconds_until(state.workloads_trusted_since)
+        wait = seconds_until(state.workloads_trusted_since, self.access.client.server_now())
         while wait > 0:
             self.heartbeat()
             time.sleep(min(wait, 1.0))
-            wait = seconds_until(state.workloads_trusted_since)
+            wait = seconds_until(state.workloads_trusted_since, self.access.client.server_now())
         planned = {action.target: action for action in actions if action.kind == "restart-workload"}
         decisions = workload_decisions(observe(self.access), fp(state.target), self.access.workloads)
         first = next(action for action in actions if action.phase == 3)

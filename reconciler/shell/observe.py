@@ -206,7 +206,7 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
                 id=f"{name}:{service.name}", node=name, name=service.name, inputs=service.inputs,
                 inputs_digest=inputs_digest(files, service.inputs), restarted_for=marker.restarted_for,
                 restarted_at=marker.restarted_at, restart="command", command=command,
-                lease_renewed_at_restart=marker.lease_renew_time,
+                lease_renewed_at_restart=marker.lease_renew_time, server_time_at_restart=marker.server_time,
             ))
     return bundles, leaves, components, record, endpoints
 

@@ -21,6 +21,7 @@ from reconciler.errors import APINotFoundError
 from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target, load_kubeconfig
 from reconciler.shell.lock import current_lock
+from reconciler.shell.specfile import load_spec
 
 from .helpers import wait_until
 from .rotation import (
@@ -135,11 +136,41 @@ def locks_held_by(admin, pid: int) -> bool:
     return cluster is not None and cluster.pid == pid
 
 
+def plant_inventory_configmap(admin, user, marker: Path) -> None:
+    """The ConfigMap <user>-careconcile-nodes (where an older careconcile kept the inventory)
+    as someone allowed only to edit ConfigMaps there writes it: a restart command of theirs on
+    the control plane, a worker moved to another address, and a control-plane node of theirs."""
+    nodes = []
+    for node in load_spec(Path(user.spec)).document.spec.clusters[0].nodes:
+        ssh = node.access.ssh
+        entry = {"name": node.name, "role": node.role, "access": "ssh", "address": ssh.host,
+                 "ssh": {"user": ssh.user, "port": ssh.port, "hostKey": ssh.host_key, "root": ssh.root}}
+        if node.role == "control-plane":
+            entry["ssh"]["kubeletRestart"] = ["sh", "-c", f"touch {marker}"]
+        else:
+            entry["address"] = "127.0.0.2"
+        nodes.append(entry)
+    nodes.append({**nodes[0], "name": "theirs-cp", "address": "127.0.0.3"})
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{USER}-careconcile-nodes"},
+            "data": {"nodes.yaml": json.dumps({"apiVersion": "careconcile.dev/v1alpha1", "kind": "NodeInventory",
+                                               "cluster": USER, "nodes": nodes})}}
+    with KubeconfigClient(Path(admin.kubeconfig)) as client:
+        path = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{USER}-careconcile-nodes"
+        try:
+            body["metadata"]["resourceVersion"] = client.get(path)["metadata"]["resourceVersion"]
+            client.replace(path, body)
+        except APINotFoundError:
+            client.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", body)
+
+
 def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_from_the_admin_cluster_alone(
         admin, user, newcomer):
     """One rotation serves what used to take two: the run is killed after 25 actions and the
     next run finishes it, while a client that fetches the kubeconfig Secret for every request
-    polls the user cluster across both runs, and other careconcile runs try to cut in."""
+    polls the user cluster across both runs, and other careconcile runs try to cut in. An
+    inventory ConfigMap edited beforehand changes no command, address or node of either run."""
+    marker = newcomer / "ran-from-configmap"
+    plant_inventory_configmap(admin, user, marker)
     old = record_ca(user)
     assert_admin_cluster_holds(admin, old)
     before = applied_rotation(admin)
@@ -198,6 +229,13 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
     assert len(logs) == 2 and f"Log: {logs[0]}" in killed_stdout and f"Log: {logs[1]}" in stdout
     assert logs[-1].read_text().rstrip().endswith("finished")
     assert all((log.parent / "spec.yaml").is_file() for log in logs)
+    # The registered nodes, at their registered addresses, and no command from the ConfigMap.
+    registered = load_spec(Path(user.spec)).document.spec.clusters[0].nodes
+    for log in logs:
+        ran = load_spec(log.parent / "spec.yaml").document.spec.clusters[0].nodes
+        assert [(n.name, n.access.ssh.host, n.access.ssh.port, n.kubelet_restart) for n in ran] == \
+            [(n.name, n.access.ssh.host, n.access.ssh.port, n.kubelet_restart) for n in registered]
+    assert not marker.exists(), "a restart command from the inventory ConfigMap ran"
     assert not any((workspace / "ssh").iterdir()), "the SSH key was left in the workspace"
     assert_no_private_key_in_files(workspace / "log")
 

@@ -40,7 +40,7 @@ ESTIMATED_SECONDS = {
     "tests/integration/test_admin_mode.py": 90,
     "tests/integration/test_rotation.py": 81,
     "tests/integration/test_plan_safety.py": 66,
-    "tests/integration/test_update_credentials.py": 62,
+    "tests/integration/test_update_credentials.py": 117,
     "tests/integration/test_cli_sandbox.py": 41,
     "tests/integration/test_markdown_plan.py": 22,
     "tests/integration/test_extension_apiserver.py": 20,

@@ -170,8 +170,8 @@ class Executor:
             shown = "\n  ".join(decision.blocked or f"{decision.workload.describe()}: {len(decision.stale)} pod(s) "
                                  "trust only the old CA" for decision in unplanned[:8])
             error = StalePlanError(
-                f"cluster {self.access.name}: {len(unplanned)} workload(s) that the plan does not restart trust only "
-                f"the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
+                f"cluster {self.access.name} ({self.access.layout.name}): {len(unplanned)} workload(s) that the plan "
+                f"does not restart trust only the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
                 hint="plan again (`careconcile apply SPEC`, or a new saved plan), which restarts them, or exclude "
                      "them in the spec's workloads.exclude")
             self.on_event("failed", first, {"error": str(error)})

@@ -108,6 +108,23 @@ def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None, 
     return {cluster.name: open_cluster(loaded, cluster, workspace) for cluster in clusters}
 
 
+def _raise_rollback_refusal(cluster: str, refused: dict[str, RollbackRefusedError], *, planned: bool) -> None:
+    """Why a rollback of ``cluster`` is refused, if it is: a refusal for a reason (an
+    authority's old CA already distrusted, its key gone) is the one to report, even when
+    another authority has nothing to roll back; with no rotation in progress anywhere, the
+    message names every authority. Authorities with nothing in progress beside one that
+    rolls back are passed over."""
+    reasons = [exc for exc in refused.values() if not exc.nothing_in_progress]
+    if reasons:
+        raise reasons[0]
+    if planned:
+        return
+    if len(refused) == 1:
+        raise next(iter(refused.values()))
+    raise RollbackRefusedError(f"cluster {cluster}: no rotation in progress ({', '.join(refused)}), "
+                               "nothing to roll back", nothing_in_progress=True)
+
+
 def spec_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -125,14 +142,15 @@ def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollbac
         """One plan per authority the spec lists for the cluster, in order. A rollback
         undoes the authorities whose rotation is in progress; with none, it is refused."""
         foreign = observe_foreign(access.client)
-        plans, refused = [], []
+        plans: list[ClusterPlan] = []
+        refused: dict[str, RollbackRefusedError] = {}
         for name in managed_authorities(access.cluster):
             try:
                 plans.append(plan_authority(access.for_authority(name), foreign))
             except RollbackRefusedError as exc:
-                refused.append(exc)
-        if refused and (not plans or any(not exc.nothing_in_progress for exc in refused)):
-            raise refused[0]
+                refused[name] = exc
+        if refused:
+            _raise_rollback_refusal(access.name, refused, planned=bool(plans))
         return plans
 
     plans = [plan for cluster_plans in map_bounded(plan_one, accesses.values(), parallelism)
@@ -216,7 +234,8 @@ def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, 
                              if now.observed_items.get(item) != cluster.observed_items.get(item))
             shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
             raise StalePlanError(
-                f"saved plan is stale: cluster {cluster.cluster} changed since the plan was made ({shown}); "
+                f"saved plan is stale: cluster {cluster.cluster} ({cluster.authority}) changed since the plan was "
+                f"made ({shown}); "
                 "nothing was changed", hint=hint)
         different = _first_difference(cluster.actions, now.actions)
         if different is not None:
@@ -406,6 +425,13 @@ def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
     return error
 
 
+def log_header(operation: str, cluster: ClusterPlan, until: int | None) -> str:
+    """The first line an authority's run writes to the log: the cluster, the authority (one
+    log holds every authority of a run), how many actions, from which CA to which."""
+    return (f"{operation} cluster {cluster.cluster} ({cluster.authority}): {len(cluster.actions)} actions, "
+            f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
+
+
 def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, access: ClusterAccess, *,
                  until: int | None, phase_timeout: float, progress: Progress,
                  lock: ClusterLock | LockSet | None, interrupted: threading.Event | None = None,
@@ -417,8 +443,7 @@ def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, a
         lock.renew()
     desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
     log = open_log(access, plan.operation)
-    log.write(f"{plan.operation} cluster {cluster.cluster}: {len(cluster.actions)} actions, "
-              f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
+    log.write(log_header(plan.operation, cluster, until))
 
     def on_event(kind: str, action: Action, details: dict) -> None:
         if kind == "start":

@@ -229,6 +229,7 @@ def test_update_credentials_killed_then_certificate_authorities_rotate_finishes_
     # One part per authority in the one log: a header, its actions, "finished".
     headers = [line for line in lines if f" cluster {USER}" in line and " actions, from " in line]
     assert len(headers) == 3 and sum(line.endswith(" finished") for line in lines) == 3, "\n".join(lines)
+    assert all(f" cluster {USER} ({name}): " in header for header, name in zip(headers, AUTHORITIES)), headers
     assert any(f" {USER}/etcdCA/" in line for line in lines) and any(f" {USER}/frontProxyCA/" in line for line in lines)
     assert lines[-1].endswith(" finished")
     assert all((log.parent / "spec.yaml").is_file() for log in logs)

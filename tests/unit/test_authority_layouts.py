@@ -149,3 +149,66 @@ def test_a_lock_renewal_waits_out_a_restart_of_the_only_apiserver_but_not_a_lost
         for _ in range(100):
             clock[0] += 5
             heartbeat()
+
+
+# --- messages name the authority they are about ---------------------------------------------
+
+
+def _etcd_rollback(observed: ClusterObservation):
+    return plan(dataclasses.replace(desired(rotation=1), name=ETCD_CA.name, key=FAST), observed, rollback=True)
+
+
+def test_a_refused_rollback_names_the_authority():
+    from reconciler.errors import RollbackRefusedError
+
+    observed = _observation(ETCD_CA, ("cp1",))
+    with pytest.raises(RollbackRefusedError, match=r"cluster c1 \(etcdCA\): no rotation in progress"):
+        _etcd_rollback(observed)
+    midway = StoredState(rotation=1, target=ca("new").cert, previous=ca("old").cert, verified_phase=3,
+                         has_previous_key=False)
+    with pytest.raises(RollbackRefusedError, match=r"cluster c1 \(etcdCA\): the state store no longer holds"):
+        _etcd_rollback(dataclasses.replace(observed, state=midway))
+    distrusted = dataclasses.replace(observed, state=dataclasses.replace(midway, has_previous_key=True), bundles=tuple(
+        dataclasses.replace(bundle, certs=(ca("new").cert,)) for bundle in observed.bundles))
+    with pytest.raises(RollbackRefusedError, match=r"cluster c1 \(etcdCA\): the old CA .* is no longer trusted"):
+        _etcd_rollback(distrusted)
+
+
+def test_a_rollback_refused_for_a_reason_is_reported_before_an_authority_with_nothing_to_roll_back():
+    from reconciler.errors import RollbackRefusedError
+    from reconciler.shell.session import _raise_rollback_refusal
+
+    idle = RollbackRefusedError("cluster c1 (clusterCA): no rotation in progress", nothing_in_progress=True)
+    distrusted = RollbackRefusedError("cluster c1 (etcdCA): the old CA is no longer trusted")
+    with pytest.raises(RollbackRefusedError) as refused:
+        _raise_rollback_refusal("c1", {"clusterCA": idle, "etcdCA": distrusted}, planned=False)
+    assert refused.value is distrusted
+    # Nothing in progress anywhere: one message that names every authority.
+    with pytest.raises(RollbackRefusedError, match=r"cluster c1: no rotation in progress \(clusterCA, etcdCA\)"):
+        _raise_rollback_refusal("c1", {"clusterCA": idle, "etcdCA": idle}, planned=False)
+    _raise_rollback_refusal("c1", {"clusterCA": idle}, planned=True)  # another authority rolls back
+
+
+def test_a_stale_plan_and_the_log_header_name_the_authority(tmp_path, monkeypatch):
+    from reconciler.core.plan import FORMAT_VERSION, PlanDocument, summary_counts
+    from reconciler.errors import StalePlanError
+    from reconciler.shell import session
+    from reconciler.shell.specfile import LoadedSpec
+
+    etcd = _rotation(ETCD_CA)
+    assert etcd.authority == "etcdCA"
+    assert session.log_header("apply", etcd, None).startswith(f"apply cluster {CLUSTER} (etcdCA): {len(etcd.actions)} "
+                                                             "actions, from sha256:")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("spec\n")
+
+    def document(cluster_plan):
+        return PlanDocument(format_version=FORMAT_VERSION, careconcile_version="0", created="2026-12-04T00:00:00+00:00",
+                            operation="apply", spec_path=str(spec), spec_digest=session.spec_digest(spec),
+                            clusters=[cluster_plan], summary=summary_counts(cluster_plan.actions))
+
+    changed = etcd.model_copy(update={"observed_digest": "sha256:" + "0" * 64})
+    monkeypatch.setattr(session, "make_plan", lambda *args, **kwargs: document(changed))
+    with pytest.raises(StalePlanError, match=rf"cluster {CLUSTER} \(etcdCA\) changed since the plan was made"):
+        session.check_not_stale(document(etcd), LoadedSpec(path=spec, document=None), {CLUSTER: None})
+

@@ -46,6 +46,7 @@ class ActionReport:
 @dataclass
 class RunReport:
     cluster: str
+    authority: str = ""
     done: list[ActionReport] = field(default_factory=list)
     phase_seconds: dict[int, float] = field(default_factory=dict)
     stopped_after_phase: int | None = None
@@ -95,7 +96,7 @@ class Executor:
     # --- the run -------------------------------------------------------------------------
 
     def run(self, plan: ClusterPlan, *, until: int | None = None) -> RunReport:
-        report = RunReport(plan.cluster)
+        report = RunReport(plan.cluster, plan.authority)
         actions = [action for action in plan.actions if until is None or action.phase <= until]
         if len(actions) < len(plan.actions):
             report.stopped_after_phase = until

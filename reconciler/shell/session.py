@@ -382,7 +382,9 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
     # so that no cluster is changed after the locks are released.
     interrupted = threading.Event()
 
-    def run_one(authorities: list[ClusterPlan]) -> list[RunReport] | CareconcileError:
+    def run_one(authorities: list[ClusterPlan]) -> tuple[list[RunReport], CareconcileError | None]:
+        """The reports of the cluster's authorities that finished, and its failure if one
+        failed: those before it stay done, and are reported as such."""
         reports = []
         for cluster in authorities:
             try:
@@ -392,22 +394,31 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
                                             lock=(locks or {}).get(cluster.cluster), interrupted=interrupted,
                                             open_log=open_log))
             except CareconcileError as exc:  # this cluster's failure; the others of its wave finish
-                return exc
-        return reports
+                return reports, exc
+        return reports, None
 
     for index, wave in enumerate(waves):
         if outcome.failed and not keep_going:
             outcome.not_started += [cluster[0].cluster for later in waves[index:] for cluster in later]
             break
-        for authorities, result in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
-                                                         interrupted=interrupted)):
-            if isinstance(result, CareconcileError):
-                outcome.failed[authorities[0].cluster] = result
-            else:
-                outcome.reports += result
+        for authorities, (reports, error) in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
+                                                                   interrupted=interrupted)):
+            outcome.reports += reports
+            if error is not None:
+                outcome.failed[authorities[0].cluster] = error
     if outcome.failed:
+        finished = [report for report in outcome.reports if report.cluster in outcome.failed]
+        if finished:  # what a failed cluster did get done, before the error is printed
+            stream.write("\n" + "".join(
+                f"{report.cluster} ({report.authority}): {_report_result(report)} before the failure, "
+                f"{len(report.done)} actions done.\n" for report in finished))
+            stream.flush()
         raise _fleet_failure(outcome, len(pending))
     return outcome.reports
+
+
+def _report_result(report: RunReport) -> str:
+    return f"stopped after phase {report.stopped_after_phase}" if report.stopped_after_phase else "finished"
 
 
 def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
@@ -415,8 +426,10 @@ def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
         return next(iter(outcome.failed.values()))
     lines = [f"{len(outcome.failed)} of {clusters} clusters failed:"]
     lines += [f"  {name}: {error}" for name, error in outcome.failed.items()]
-    if outcome.reports:
-        lines.append("  finished: " + ", ".join(report.cluster for report in outcome.reports))
+    finished = [name for name in dict.fromkeys(report.cluster for report in outcome.reports)
+                if name not in outcome.failed]
+    if finished:
+        lines.append("  finished: " + ", ".join(finished))
     if outcome.not_started:
         lines.append("  not started (an earlier wave failed): " + ", ".join(outcome.not_started))
     error = RotationError("\n".join(lines), hint="fix the failed clusters, then plan again: `careconcile plan SPEC` "

@@ -212,3 +212,40 @@ def test_a_stale_plan_and_the_log_header_name_the_authority(tmp_path, monkeypatc
     with pytest.raises(StalePlanError, match=rf"cluster {CLUSTER} \(etcdCA\) changed since the plan was made"):
         session.check_not_stale(document(etcd), LoadedSpec(path=spec, document=None), {CLUSTER: None})
 
+
+def test_a_failed_authority_keeps_and_prints_the_reports_of_those_finished_before_it(monkeypatch):
+    """Two clusters, each rotating the cluster CA then the etcd CA; c1's etcd CA fails. The
+    cluster CA of c1 did rotate: the run says so, and keeps its report."""
+    import io
+
+    from reconciler.core.plan import FORMAT_VERSION, PlanDocument, summary_counts
+    from reconciler.errors import RotationError
+    from reconciler.shell import session
+    from reconciler.shell.executor import ActionReport, RunReport
+
+    cluster_ca = plan(desired(rotation=1), _observation(AUTHORITIES["clusterCA"], ("cp1",)))
+    plans = [cluster_plan.model_copy(update={"cluster": name}) for name in ("c1", "c2")
+             for cluster_plan in (cluster_ca, _rotation(ETCD_CA))]
+    document = PlanDocument(format_version=FORMAT_VERSION, careconcile_version="0", created="2026-12-04T00:00:00+00:00",
+                            operation="apply", spec_path="/s.yaml", spec_digest="sha256:" + "1" * 64, clusters=plans,
+                            summary=summary_counts([a for p in plans for a in p.actions]))
+
+    def run_cluster(plan_document, cluster, loaded, access, **kwargs):
+        if (cluster.cluster, cluster.authority) == ("c1", "etcdCA"):
+            raise RotationError("c1: etcd did not come back")
+        return RunReport(cluster.cluster, cluster.authority,
+                         done=[ActionReport(action, 0.1) for action in cluster.actions])
+
+    class Access:
+        def for_authority(self, name):
+            return self
+
+    monkeypatch.setattr(session, "_run_cluster", run_cluster)
+    out = io.StringIO()
+    with pytest.raises(RotationError) as failed:
+        session.run_plan(document, None, {"c1": Access(), "c2": Access()}, stream=out, keep_going=True)
+    assert f"c1 (clusterCA): finished before the failure, {len(plans[0].actions)} actions done." in out.getvalue()
+    assert "c2 (" not in out.getvalue()  # c2 did not fail: its reports are the finished list
+    assert "1 of 2 clusters failed" in failed.value.message
+    assert failed.value.message.splitlines()[-1] == "  finished: c2"
+

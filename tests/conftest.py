@@ -33,7 +33,7 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
     SHARED_CLUSTER: 166,
-    "tests/integration/test_authorities.py": 215,
+    "tests/integration/test_authorities.py": 225,
     "tests/integration/test_rotation_resume.py": 133,
     "tests/integration/test_workloads.py": 119,
     "tests/integration/test_fleet.py": 95,

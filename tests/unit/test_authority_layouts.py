@@ -249,3 +249,26 @@ def test_a_failed_authority_keeps_and_prints_the_reports_of_those_finished_befor
     assert "1 of 2 clusters failed" in failed.value.message
     assert failed.value.message.splitlines()[-1] == "  finished: c2"
 
+
+@pytest.mark.parametrize("verified", [2, 3])
+def test_an_etcd_rollback_before_the_distrust_phase_reissues_what_the_new_ca_signed_and_restarts_in_phase_4(verified):
+    """After trust-both (2) no leaf comes from the new CA yet; after reissue (3) the server,
+    peer and client certificates do, and the rollback reissues them from the old CA while
+    both are still trusted. Either way etcd and the apiserver restart once, when their
+    bundle drops the new CA (the integration test rolls back after phase 3, the superset)."""
+    from tests.unit.test_diff import in_progress
+
+    observed = _observation(ETCD_CA, ("cp1",))
+    observed = dataclasses.replace(observed, state=in_progress(verified), bundles=tuple(
+        dataclasses.replace(bundle, certs=(ca("old").cert, ca("new").cert)) for bundle in observed.bundles))
+    if verified == 3:
+        observed = dataclasses.replace(
+            observed, records=tuple(dataclasses.replace(record, cert=ca("new").cert) for record in observed.records),
+            leaves=tuple(dataclasses.replace(site, cert=leaf("new", "x").cert) for site in observed.leaves))
+    result = _etcd_rollback(observed)
+    assert result.operation == "rollback"
+    reissued = {a.target for a in select(result, kind="reissue")}
+    assert reissued == (set() if verified == 2 else {f"cp1:{site.path}" for site in ETCD_CA.leaves})
+    assert all(a.phase == 3 for a in select(result, kind="reissue"))
+    assert [(a.phase, a.target) for a in select(result, kind="restart")] == [(4, "cp1:etcd"), (4, "cp1:kube-apiserver")]
+    assert [a.change.after for a in select(result, kind="update-bundle")] == [[result.new_ca]]

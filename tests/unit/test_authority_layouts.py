@@ -272,3 +272,10 @@ def test_an_etcd_rollback_before_the_distrust_phase_reissues_what_the_new_ca_sig
     assert all(a.phase == 3 for a in select(result, kind="reissue"))
     assert [(a.phase, a.target) for a in select(result, kind="restart")] == [(4, "cp1:etcd"), (4, "cp1:kube-apiserver")]
     assert [a.change.after for a in select(result, kind="update-bundle")] == [[result.new_ca]]
+
+
+def test_the_spec_update_credentials_writes_names_the_form_that_wrote_it():
+    document = {"apiVersion": "v", "kind": "CASpec"}
+    assert credentials._spec_text(document, credentials.ALL_LOCK_OPERATION).startswith(
+        "# Written by `careconcile update credentials certificate-authorities rotate` from")
+    assert credentials._spec_text(document).startswith("# Written by `careconcile update credentials --cluster-ca` from")

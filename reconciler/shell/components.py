@@ -26,7 +26,7 @@ from reconciler.shell.formats import (
     dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
 )
 from reconciler.shell.kube import KubeClient, KubeTarget
-from reconciler.shell.observe import ClusterAccess, apiserver_server, etcd_server
+from reconciler.shell.observe import ClusterAccess, instance_server
 
 NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
@@ -105,14 +105,13 @@ class ComponentRestarts:
         """A client of this node's instance, as its health checks ask it; None when its
         manifest names no server."""
         files = self.access.nodes[node]
+        server = instance_server(files, component)
         if component.readiness == "etcd-member":
-            server = etcd_server(files)
             cert_file, key_file = pair_files(component.probe_pair)
             target = KubeTarget(name=f"etcd member on {node}", server=server or "",
                                 ca_pem=files.read(component.probe_trust), cert_pem=files.read(cert_file),
                                 key_pem=files.read(key_file))
         else:
-            server = apiserver_server(files, component.name)
             trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
             target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
                                          server=server or "", ca_pem=trust)

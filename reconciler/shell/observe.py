@@ -16,7 +16,7 @@ from cryptography import x509
 
 from reconciler._time import parse_time
 from reconciler.core import kubeconfig, pki
-from reconciler.core.authorities import AUTHORITIES, AuthorityLayout
+from reconciler.core.authorities import AUTHORITIES, AuthorityLayout, StaticPodComponent
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
 )
@@ -221,9 +221,9 @@ def apiserver_server(files: NodeFiles, component: str = "kube-apiserver") -> str
     return f"https://{address}:{flags.get('--secure-port', '6443')}"
 
 
-def etcd_server(files: NodeFiles) -> str | None:
+def etcd_server(files: NodeFiles, component: str = "etcd") -> str | None:
     """The client URL of the etcd member a node runs, from its static-pod manifest."""
-    manifest = load_manifest(files, "etcd")
+    manifest = load_manifest(files, component)
     if manifest is None:
         return None
     urls = manifest_flags(manifest).get("--advertise-client-urls", "")
@@ -232,6 +232,13 @@ def etcd_server(files: NodeFiles) -> str | None:
 
 # Where a layout's endpoints are, by kind: the URL of the server a node runs.
 ENDPOINTS = {"apiserver": apiserver_server, "etcd": etcd_server}
+# Where a component's instance answers its readiness check, by the readiness its layout declares.
+_INSTANCE_SERVERS = {"etcd-member": etcd_server, "apiserver-readyz": apiserver_server}
+
+
+def instance_server(files: NodeFiles, component: StaticPodComponent) -> str | None:
+    """The URL of a node's instance of ``component``, from its own static-pod manifest."""
+    return _INSTANCE_SERVERS[component.readiness](files, component.name)
 
 
 def apiserver_servers(access: ClusterAccess) -> list[tuple[str, str]]:

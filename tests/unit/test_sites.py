@@ -97,22 +97,43 @@ def test_the_kinds_of_site_in_a_plan_are_what_observation_found():
                                                                                    "kubeconfig"}
 
 
+# What names one component's static-pod manifest, or one of kubeadm's identities: readers of
+# a fixed manifest (observe's, for its own endpoints) and the identities in core/kubeadm.py.
+# The layouts carry them as data (a component's name, ``admin_identity``).
+KUBEADM_NAMES = ("etcd_server", "apiserver_server", "ADMIN", "CLUSTER_ADMINS_GROUP", "SYSTEM_MASTERS_GROUP")
+
+
+def _kubeadm_constants() -> set[str]:
+    """Every component's name (each names its manifest, /etc/kubernetes/manifests/NAME.yaml)
+    and every user and group kubeadm gives a client."""
+    from reconciler.core import kubeadm
+
+    names = {component.name for layout in AUTHORITIES.values()
+             for component in (*layout.components, *layout.node_services)}
+    return names | {kubeadm.ADMIN.user, *kubeadm.ADMIN.groups, kubeadm.CLUSTER_ADMINS_GROUP,
+                    kubeadm.SYSTEM_MASTERS_GROUP, "kube-apiserver", "etcd"}
+
+
 @pytest.mark.parametrize("module", EXECUTION)
 def test_nothing_that_carries_out_a_plan_names_an_authority(module):
     """Adding an authority adds layout values and site kinds, not branches: the modules
-    that carry out a plan name no authority, no layout and no kubeadm path, and tell no
-    site by the shape of its id."""
+    that carry out a plan name no authority, no layout, no kubeadm path, no component's
+    manifest and no kubeadm identity, and tell no site by the shape of its id."""
     tree = ast.parse((ROOT / "reconciler/shell" / module).read_text())
     authority_names = set(AUTHORITIES) | {"clusterCA", "etcdCA", "frontProxyCA"}
+    kubeadm_constants = _kubeadm_constants()
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             assert node.value not in authority_names, f"{module}:{node.lineno} names {node.value}"
             assert "/etc/kubernetes" not in node.value and not node.value.endswith((".crt", ".key", ".conf")), \
                 f"{module}:{node.lineno} names a file: {node.value!r}"
+            assert node.value not in kubeadm_constants, f"{module}:{node.lineno} names {node.value!r} (kubeadm's)"
         if isinstance(node, ast.Name):
-            assert node.id not in ("CLUSTER_CA", "AUTHORITIES"), f"{module}:{node.lineno} names {node.id}"
+            assert node.id not in ("CLUSTER_CA", "AUTHORITIES", *KUBEADM_NAMES), f"{module}:{node.lineno} names {node.id}"
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in KUBEADM_NAMES, f"{module}:{node.lineno} names {ast.unparse(node)}"
         if isinstance(node, ast.alias):
-            assert node.name not in ("CLUSTER_CA", "AUTHORITIES", "kubeadm.CLUSTER_CA_CERT"), \
+            assert node.name not in ("CLUSTER_CA", "AUTHORITIES", "kubeadm.CLUSTER_CA_CERT", *KUBEADM_NAMES), \
                 f"{module} imports {node.name}"
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("startswith", "endswith", "split",
                                                                                "partition"):

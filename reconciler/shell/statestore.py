@@ -59,7 +59,13 @@ class Stored:
 
 
 class StateStore(Protocol):
-    def describe(self) -> str: ...
+    def describe(self) -> str:
+        """The public record, as messages name it."""
+        ...
+
+    def describe_keys(self) -> str:
+        """The keys object, as messages name it."""
+        ...
 
     def load_state(self, authority: str) -> StoredState:
         """The public record alone: what drift and plan read, with no right to a key."""

@@ -9,7 +9,8 @@ another) live:
   label ``cluster.x-k8s.io/cluster-name``): the cluster CA and its key, a CA of record;
 - Secret ``<name>-kubeconfig`` (same type and label, data ``value``): an admin kubeconfig
   of the cluster, a consumer of the cluster CA like any kubeconfig;
-- Secret ``<name>-careconcile-state`` and Lease ``<name>-careconcile-lock``: careconcile's
+- Secrets ``<name>-careconcile-state`` (the public record) and ``<name>-careconcile-keys``
+  (the CA keys during a rotation), and Lease ``<name>-careconcile-lock``: careconcile's
   rotation state and its lock, named after the cluster so that clusters sharing a
   namespace do not collide;
 - Secret ``<name>-careconcile-nodes`` (type ``careconcile.dev/node-inventory``, data
@@ -71,6 +72,10 @@ class ManagementNames:
     @property
     def state_secret(self) -> str:
         return f"{self.cluster}-careconcile-state"
+
+    @property
+    def keys_secret(self) -> str:
+        return f"{self.cluster}-careconcile-keys"
 
     @property
     def lock_lease(self) -> str:

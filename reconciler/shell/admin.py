@@ -185,8 +185,8 @@ def register(admin: KubeClient, registration: Registration) -> list[Written]:
                                     "(ssh-keyscan ADDRESS shows it; check it out of band), or hostKey in the spec")
     names = registration.names
     ns = names.namespace
-    store = SecretStateStore(admin, namespace=ns, name=names.state_secret)
-    state = store.load(CLUSTER_CA.name).state  # empty while the Secret (or the namespace) does not exist
+    store = SecretStateStore(admin, namespace=ns, name=names.state_secret, keys_name=names.keys_secret)
+    state = store.load_state(CLUSTER_CA.name)  # empty while the Secret (or the namespace) does not exist
     if state.in_progress:
         raise AdminClusterError(
             f"cluster {registration.cluster}: a rotation to {short(fp(state.target))} is in progress "

@@ -114,7 +114,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             # last applied and the last rolled back (that counter is spent). The authorities
             # rotate in order, so one in progress means that a run of this command stopped
             # there: those before it were rotated by that run and stay as they are.
-            states = {authority: access.store.load(authority).state for authority in authorities}
+            states = {authority: access.store.load_state(authority) for authority in authorities}
             interrupted = next((index for index, state in enumerate(states.values()) if state.in_progress), None)
             body["authorities"] = {}
             for index, (authority, state) in enumerate(states.items()):

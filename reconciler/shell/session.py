@@ -74,10 +74,10 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
         store = WorkspaceStateStore(directory / "state")
     elif management is not None:  # admin mode: state and lock in the cluster's management namespace
         store = SecretStateStore(management.client, namespace=management.namespace,
-                                 name=management.names.state_secret)
+                                 name=management.names.state_secret, keys_name=management.names.keys_secret)
     else:
         secret = store_spec.secret
-        store = SecretStateStore(client, namespace=secret.namespace, name=secret.name)
+        store = SecretStateStore(client, namespace=secret.namespace, name=secret.name, keys_name=secret.keys_name)
     access = ClusterAccess(cluster=cluster, layout=layout, client=client, kubeconfig_path=kubeconfig_path,
                            nodes=nodes, roles={node.name: node.role for node in cluster.nodes}, store=store,
                            workspace=directory, management=management,

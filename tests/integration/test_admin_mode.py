@@ -250,8 +250,12 @@ def test_a_spec_in_admin_mode_rotates_the_cluster_ca_and_both_secrets_follow(adm
         lease = client.get(f"{LEASES.format(namespace=NAMESPACE)}/user1-careconcile-lock")
         assert lease["spec"]["holderIdentity"]
         state = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-state")
-        assert {"clusterCA.json", "clusterCA.target.crt", "clusterCA.target.key"} <= set(state["data"])
+        assert {"clusterCA.json", "clusterCA.target.crt", "clusterCA.previous.crt"} <= set(state["data"])
+        assert not any(name.endswith(".key") for name in state["data"])  # the keys are kept apart
         uploaded = pki.load_certificates(data(state, "clusterCA.target.crt"), source="target")[0]
+        keys = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-keys")
+        assert pki.key_pem_matches_cert(data(keys, f"clusterCA.{pki.fingerprint(uploaded)[7:]}.key"), uploaded,
+                                        source="the new CA's key")
     assert uploaded != old.cert  # the new CA is in the management cluster before any node has it
     assert careconcile_objects_on(user1, kubeconfig_target(kubeconfig_in_secret(admin, "user1"), source="s")) == [
         "Lease careconcile-lock"]
@@ -272,6 +276,7 @@ def test_a_spec_in_admin_mode_rotates_the_cluster_ca_and_both_secrets_follow(adm
     with admin_client(admin) as client:
         state = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-state")
         assert list(state["data"]) == ["clusterCA.json"]  # finalize dropped the keys
+        assert not client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-keys").get("data")
         assert json.loads(data(state, "clusterCA.json"))["appliedRotation"] == 1
         assert get(client, f"{LEASES.format(namespace=NAMESPACE)}/user1-careconcile-lock") is None  # released
     assert careconcile_objects_on(user1, kubeconfig_target(text, source="s")) == []

@@ -70,6 +70,11 @@ class NodeUnreachableError(CareconcileError):
     """A node's files could not be reached (missing root directory, SSH failure)."""
 
 
+class NodePathError(CareconcileError):
+    """A path careconcile was to read or write on a node would leave the node's root: a
+    ``..`` component, or a symbolic link to a directory outside the root on the way."""
+
+
 # --- the Kubernetes API, as a small typed family (after kopf's clients/errors.py) ---
 
 class APIError(CareconcileError):

@@ -10,11 +10,13 @@ from typing import Callable
 
 from reconciler._files import atomic_write, read_limited
 from reconciler.core import render
+from reconciler.core.effects import Places, places_of
 from reconciler.core.plan import PHASES, PlanDocument
 from reconciler.core.spec import dns_label
-from reconciler.errors import OutputFileError
+from reconciler.errors import CareconcileError, OutputFileError
 from reconciler.shell.fleet import DEFAULT_PARALLELISM
-from reconciler.shell.session import PLAN_MAX_BYTES
+from reconciler.shell.session import PLAN_MAX_BYTES, spec_digest
+from reconciler.shell.specfile import LoadedSpec, load_spec
 
 FORMATS = {"text": render.text, "json": render.as_json, "markdown": render.markdown}
 
@@ -61,13 +63,38 @@ def add_max_parallel_clusters_option(parser: argparse.ArgumentParser) -> None:
                         help="go on with the next waves after a cluster fails (default: stop after its wave)")
 
 
-def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None = None) -> None:
-    """``plan_file`` is the saved plan, which a markdown plan cut to a comment's size points to."""
-    if output_format == "markdown":
-        sys.stdout.write(render.markdown(plan, plan_file=str(plan_file) if plan_file is not None else None))
+def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None = None,
+               loaded: LoadedSpec | None = None, workspace: str | None = None) -> None:
+    """``plan_file`` is the saved plan, which a markdown plan cut to a comment's size points to.
+    ``loaded`` is the spec the plan was made from: text and markdown then show each node's
+    paths with its root and transport; without it, the spec is read from the plan's
+    ``spec_path`` if it is still the one the plan was made from."""
+    if output_format == "json":
+        sys.stdout.write(render.as_json(plan))
     else:
-        sys.stdout.write(FORMATS[output_format](plan))
+        places = places_of(loaded.document, workspace) if loaded is not None else _places_of_saved(plan)
+        if output_format == "markdown":
+            sys.stdout.write(render.markdown(plan, plan_file=str(plan_file) if plan_file is not None else None,
+                                             places=places))
+        else:
+            sys.stdout.write(render.text(plan, places))
     sys.stdout.flush()
+
+
+def _places_of_saved(plan: PlanDocument) -> Places:
+    """The places of a saved plan's spec, when that spec is still the one the plan was made
+    from (apply uses it, and refuses the plan otherwise); else none, and a note says that
+    the paths shown are the nodes' own."""
+    path = Path(plan.spec_path)
+    try:
+        if spec_digest(path) == plan.spec_digest:
+            return places_of(load_spec(path).document)
+        why = "changed since the plan was made (apply would refuse the plan)"
+    except (OSError, CareconcileError):
+        why = "cannot be read"
+    print(f"careconcile: note: the spec {path} {why}; paths are shown as the nodes' own, without the node "
+          "roots and transports the spec names", file=sys.stderr)
+    return Places()
 
 
 def phase_number(value: str) -> int:

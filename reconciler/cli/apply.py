@@ -63,7 +63,7 @@ def _apply(args: argparse.Namespace) -> int:
     operation = "rollback" if args.rollback else "apply"
     with session.locked(accesses, operation, _say) as locks:
         plan = session.make_plan(loaded, accesses, rollback=args.rollback, parallelism=args.parallelism)
-        print_plan(plan, "text")
+        print_plan(plan, "text", loaded=loaded, workspace=str(workspace))
         blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
         if blocking:
             raise PlanConflictError(f"{len(blocking)} finding(s) block the plan; nothing was changed")

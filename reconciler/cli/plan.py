@@ -38,7 +38,8 @@ def _plan(args: argparse.Namespace) -> int:
     accesses = session.open_clusters(loaded, session.workspace_root(args.workspace), args.cluster)
     plan = session.make_plan(loaded, accesses, parallelism=args.parallelism)
     blocking = [f for c in plan.clusters for f in c.findings if f.blocking]
-    print_plan(plan, args.format, plan_file=args.out if not blocking else None)  # a blocked plan is not saved
+    print_plan(plan, args.format, plan_file=args.out if not blocking else None,  # a blocked plan is not saved
+               loaded=loaded, workspace=str(session.workspace_root(args.workspace)))
     if blocking:
         raise PlanConflictError(f"{len(blocking)} finding(s) block the plan: "
                                 + "; ".join(f"{f.subject}: {f.message}" for f in blocking))

@@ -25,8 +25,8 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "register", help="record a cluster in a management cluster, so that it alone is enough to rotate it",
         description="Writes, in the cluster's namespace of the management cluster, the Secrets <CLUSTER>-ca and "
-                    "<CLUSTER>-kubeconfig (as Cluster API keeps them), the node inventory ConfigMap "
-                    "<CLUSTER>-careconcile-nodes and, with --ssh-key, the Secret <CLUSTER>-ssh-key. Idempotent. "
+                    "<CLUSTER>-kubeconfig (as Cluster API keeps them), the node inventory Secret "
+                    "<CLUSTER>-careconcile-nodes (removing the ConfigMap of that name an older careconcile wrote) and, with --ssh-key, the Secret <CLUSTER>-ssh-key. Idempotent. "
                     "See docs/admin-mode.md.")
     parser.add_argument("cluster", metavar="CLUSTER", type=dns_label_argument("cluster name"), help="the cluster's name (its objects are named after it)")
     parser.add_argument("--admin-kubeconfig", type=Path, metavar="ADMIN",

@@ -9,11 +9,16 @@ another) live:
   label ``cluster.x-k8s.io/cluster-name``): the cluster CA and its key, a CA of record;
 - Secret ``<name>-kubeconfig`` (same type and label, data ``value``): an admin kubeconfig
   of the cluster, a consumer of the cluster CA like any kubeconfig;
-- Secret ``<name>-careconcile-state`` and Lease ``<name>-careconcile-lock``: careconcile's
+- Secrets ``<name>-careconcile-state`` (the public record) and ``<name>-careconcile-keys``
+  (the CA keys during a rotation), and Lease ``<name>-careconcile-lock``: careconcile's
   rotation state and its lock, named after the cluster so that clusters sharing a
   namespace do not collide;
-- ConfigMap ``<name>-careconcile-nodes`` (data ``nodes.yaml``): the node inventory,
-  a :class:`NodeInventory`;
+- Secret ``<name>-careconcile-nodes`` (type ``careconcile.dev/node-inventory``, data
+  ``nodes.yaml``): the node inventory, a :class:`NodeInventory`. It says where careconcile
+  connects, which host keys it trusts and which commands it runs, so it is a Secret: who
+  may write it may write ``<name>-ca`` as well. Older careconcile kept it in a ConfigMap of
+  the same name, which anyone allowed to edit ConfigMaps could have changed; that one is
+  never read for nodes again.
 - Secret ``<name>-ssh-key`` (type ``kubernetes.io/ssh-auth``, data ``ssh-privatekey``):
   the private key to reach the nodes over SSH, when registered with one.
 """
@@ -42,6 +47,7 @@ SSH_AUTH_TYPE = "kubernetes.io/ssh-auth"
 SSH_KEY_KEY = "ssh-privatekey"
 INVENTORY_KEY = "nodes.yaml"
 INVENTORY_KIND = "NodeInventory"
+INVENTORY_SECRET_TYPE = "careconcile.dev/node-inventory"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ class ManagementNames:
     @property
     def state_secret(self) -> str:
         return f"{self.cluster}-careconcile-state"
+
+    @property
+    def keys_secret(self) -> str:
+        return f"{self.cluster}-careconcile-keys"
 
     @property
     def lock_lease(self) -> str:
@@ -145,7 +155,7 @@ class InventoryNode(_Strict):
 
 
 class NodeInventory(_Strict):
-    """The nodes of a registered cluster, as the ConfigMap ``<name>-careconcile-nodes``
+    """The nodes of a registered cluster, as the Secret ``<name>-careconcile-nodes``
     holds them under ``nodes.yaml``. Versioned by apiVersion and kind like a spec."""
 
     api_version: Literal["careconcile.dev/v1alpha1"] = Field(alias="apiVersion", description="The format's version.")

@@ -108,8 +108,9 @@ class AuthorityLayout:
     # Whether webhooks, APIServices and CRD conversions may carry it in a caBundle.
     ca_bundles: bool = False
     # Whether the kubeconfigs on this machine trust it (the spec's, and the admin kubeconfig
-    # careconcile writes at the end of a rotation).
+    # careconcile writes at the end of a rotation, as ``admin_identity``).
     local_kubeconfigs: bool = False
+    admin_identity: kubeadm.ClientIdentity = kubeadm.ADMIN
     # Who presents a certificate it signs in a TLS handshake, to check after reissuing.
     endpoints: Literal["apiserver", "etcd"] | None = None
     # How to ask each apiserver whether it accepts a client certificate it signs: as a

@@ -35,6 +35,20 @@ FRONT_PROXY_CLIENT = "front-proxy-client"
 CLUSTER_ADMINS_GROUP = "kubeadm:cluster-admins"
 SYSTEM_MASTERS_GROUP = "system:masters"
 
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """Who a client certificate says its holder is: its CN (also the kubeconfig's user name)
+    and its organizations (the groups)."""
+
+    user: str
+    groups: tuple[str, ...]
+
+
+# admin.conf's identity (kubeadm 1.29+); the kubeconfig careconcile writes to the workspace
+# after a rotation is the same admin.
+ADMIN = ClientIdentity("kubernetes-admin", (CLUSTER_ADMINS_GROUP,))
+
 # The sandbox's stand-in for kubelets: one kwok process fakes every worker's kubelet.
 KWOK_KUBECONFIG = f"{KUBERNETES_DIR}/kwok.conf"
 KWOK_STAGES = f"{KUBERNETES_DIR}/kwok/stages.yaml"
@@ -126,8 +140,8 @@ def admin_kubeconfig(
 ) -> bytes:
     """An admin kubeconfig (kubeadm 1.29+: group kubeadm:cluster-admins), one context per apiserver."""
     return _admin_kubeconfig(
-        authorities, cluster_name=cluster_name, server_ports=server_ports, cn="kubernetes-admin",
-        group=CLUSTER_ADMINS_GROUP, now=now, key=key,
+        authorities, cluster_name=cluster_name, server_ports=server_ports, cn=ADMIN.user,
+        group=ADMIN.groups[0], now=now, key=key,
     )
 
 

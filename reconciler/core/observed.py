@@ -110,6 +110,8 @@ class ObservedComponent:
     # restart "command": the renewTime of the node's Lease read just after the restart; a
     # later renewal comes from the restarted kubelet (both times are the node's clock).
     lease_renewed_at_restart: dt.datetime | None = None
+    # restart "command": the API server's clock just after the restart (its Date header).
+    server_time_at_restart: dt.datetime | None = None
 
     @property
     def site(self) -> Component:

@@ -26,7 +26,7 @@ from reconciler.core.sites import (
     ApiField, Component, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, PhaseCheck, Site, StateRecord,
     AtSite, Workload,
 )
-from reconciler.core.spec import PRIMARY_AUTHORITY, ResolvedWorkloads
+from reconciler.core.spec import DNS_LABEL, PRIMARY_AUTHORITY, ResolvedWorkloads
 from reconciler.core.workloads import reason as workload_reason
 from reconciler.errors import RollbackRefusedError
 
@@ -169,7 +169,7 @@ class Action(AtSite, _Model):
 
 
 class ClusterPlan(_Model):
-    cluster: str
+    cluster: str = Field(pattern=DNS_LABEL, max_length=63, description="The cluster's name, as the spec has it.")
     authority: Literal["clusterCA", "etcdCA", "frontProxyCA"]
     operation: Operation
     old_ca: str | None = None
@@ -308,14 +308,16 @@ def plan_cluster(
 def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWorkloads) -> ClusterPlan:
     state = observed.state
     if not state.in_progress:
-        raise RollbackRefusedError(f"cluster {observed.cluster}: no rotation in progress, nothing to roll back",
+        raise RollbackRefusedError(f"cluster {observed.cluster} ({observed.authority}): no rotation in progress, "
+                                   "nothing to roll back",
                                    nothing_in_progress=True)
     if state.rolling_back:  # a rollback that was interrupted: resume it like any rotation
         builder = _Builder(_id_prefix(observed))
         _plan_phases(builder, observed, state.previous, state.target, operation="resume", workloads=workloads)
         return result("rollback", builder.actions, fp(state.previous), fp(state.target))
     if not state.has_previous_key:
-        raise RollbackRefusedError(f"cluster {observed.cluster}: the state store no longer holds the old CA's key")
+        raise RollbackRefusedError(f"cluster {observed.cluster} ({observed.authority}): the state store no longer "
+                                   "holds the old CA's key")
     old_fp = fp(state.previous)
     target_fp = fp(state.target)
     # A bundle that trusts neither CA of this rotation (a webhook left on a CA retired
@@ -324,7 +326,7 @@ def _plan_rollback(observed: ClusterObservation, result, workloads: ResolvedWork
                    and (not bundle.partial or _in(target_fp, bundle))]
     if distrusting:
         raise RollbackRefusedError(
-            f"cluster {observed.cluster}: the old CA {old_fp} is no longer trusted by "
+            f"cluster {observed.cluster} ({observed.authority}): the old CA {old_fp} is no longer trusted by "
             f"{len(distrusting)} bundle(s) ({', '.join(distrusting[:3])}{', ...' if len(distrusting) > 3 else ''}); "
             "a rollback is possible only until the old CA is distrusted",
             hint="finish the rotation with `careconcile apply SPEC` instead")

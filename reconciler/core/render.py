@@ -7,6 +7,8 @@ import re
 import shlex
 from collections import Counter
 
+from reconciler.core import effects
+from reconciler.core.effects import Places
 from reconciler.core.observed import short
 from reconciler.core.plan import PHASE_TITLES, ROLLBACK_TITLES, Action, ClusterPlan, PlanDocument, summary_line
 from reconciler.core.spec import PRIMARY_AUTHORITY
@@ -74,11 +76,13 @@ def restart_counts(actions: list[Action]) -> list[str]:
     return shown
 
 
-def text(plan: PlanDocument) -> str:
-    return printable(_text(plan))
+def text(plan: PlanDocument, places: Places | None = None) -> str:
+    """Each action with what it writes, removes and runs (:mod:`reconciler.core.effects`),
+    at the paths ``places`` gives, else the nodes' own."""
+    return printable(_text(plan, places or Places()))
 
 
-def _text(plan: PlanDocument) -> str:
+def _text(plan: PlanDocument, places: Places) -> str:
     lines = [f"careconcile {plan.operation} plan for {plan.spec_path}", "", LEGEND, ""]
     for cluster in plan.clusters:
         lines.append(_describe(cluster))
@@ -93,6 +97,7 @@ def _text(plan: PlanDocument) -> str:
             detail = _change(action)
             lines.append(f"    {SYMBOLS[action.kind]:>3} {action.kind} {action.target}" + (f"  {detail}" if detail else ""))
             lines.append(f"        {action.reason}")
+            lines += [f"        {line}" for line in effects.lines(action, cluster.cluster, cluster.authority, places)]
         restarts = restart_counts(cluster.actions)
         if restarts:
             lines += ["", "  Restarts: " + "; ".join(restarts)]
@@ -234,7 +239,44 @@ def _head(plan: PlanDocument, budget: int) -> tuple[str, bool]:
     return text + table, cut or table_cut
 
 
-def _cluster_blocks(cluster: ClusterPlan) -> list[tuple[str, int]]:
+def _does(action: Action, cluster: ClusterPlan) -> str:
+    """The cell of what an action writes, removes and runs, a code span per line, with the
+    nodes' own paths (the cluster's block says once where each node's root is); "the
+    target" when it writes the one file the target names, as most rows do, which keeps a
+    50-worker rotation within a comment."""
+    found = effects.effects(action, cluster.authority)
+    if len(found) == 1 and found[0].verb == "writes" and found[0].scope in ("node", "local") \
+            and found[0].what == getattr(action.site, "path", None):
+        return "the target"
+    return "<br>".join(_code(line) for line in effects.lines(action, cluster.cluster, cluster.authority, Places()))
+
+
+def _node_places(cluster: ClusterPlan, places: Places) -> list[str]:
+    """Where the cluster's nodes are: how each is reached and the directory that stands for
+    its '/', which the rows' node paths are under. One line when every node has the same
+    transport and its root is one directory per node (``/srv/nodes/<node>``, as the
+    sandbox lays them out); else a folded table."""
+    nodes = list(dict.fromkeys(action.node for action in cluster.actions if action.node))
+    known = [(node, places.nodes[(cluster.cluster, node)]) for node in nodes if (cluster.cluster, node) in places.nodes]
+    if not known:
+        return []
+
+    def pattern(node: str, root: str) -> str:
+        return root[:-len(node)] + "<node>" if root.endswith("/" + node) else root
+
+    shapes = {(place.transport, pattern(node, place.root)) for node, place in known}
+    if len(shapes) == 1 and len(known) == len(nodes):
+        transport, root = shapes.pop()
+        every = "The node is" if len(known) == 1 else f"Each of the {len(known)} nodes is"
+        return ["", f"{every} reached by {_code(transport, table=False)}; the node paths below are under its root "
+                    f"{_code(root, table=False)}."]
+    lines = ["", f"<details><summary>Where the nodes are ({_plural(len(known), 'node')}): the node paths below "
+                 "are under each one's root</summary>", "", "| node | reached by | root |", "|---|---|---|"]
+    lines += [f"| {_escape(node)} | {_code(place.transport)} | {_code(place.root)} |" for node, place in known]
+    return [*lines, "", "</details>"]
+
+
+def _cluster_blocks(cluster: ClusterPlan, places: Places) -> list[tuple[str, int]]:
     """A cluster's details as blocks that are shown whole or not at all: its heading with its
     findings, then one folded block per phase. Each with the number of actions it shows."""
     lines = ["", f"#### {_escape(_describe(cluster))}"]
@@ -244,15 +286,16 @@ def _cluster_blocks(cluster: ClusterPlan) -> list[tuple[str, int]]:
         marker = "**blocking** " if finding.blocking else "**warning** " if finding.warning else ""
         lines.append(f"- {marker}{_code(finding.subject, table=False)}: "
                      f"{_escape(finding.message)}")
+    lines += _node_places(cluster, places)
     blocks = [("\n".join(lines) + "\n", 0)]
     for phase in sorted({action.phase for action in cluster.actions}):
         actions = [action for action in cluster.actions if action.phase == phase]
         lines = ["", f"<details><summary>Phase {phase}: {_escape(_titles(cluster)[phase])} "
                      f"({_plural(len(actions), 'action')})</summary>",
-                 "", "| | action | target | change | why |", "|---|---|---|---|---|"]
+                 "", "| | action | target | change | why | writes, runs |", "|---|---|---|---|---|---|"]
         for action in actions:
             lines.append(f"| `{SYMBOLS[action.kind]}` | {action.kind} | {_code(action.target)} | "
-                         f"{_escape(_change(action))} | {_escape(action.reason)} |")
+                         f"{_escape(_change(action))} | {_escape(action.reason)} | {_does(action, cluster)} |")
         lines += ["", "</details>"]
         blocks.append(("\n".join(lines) + "\n", len(actions)))
     return blocks
@@ -270,7 +313,8 @@ def _truncation_note(plan_file: str | None, *, limit: int, actions: int, of_acti
             + f"{clusters:,} of {_plural(of_clusters, 'cluster')}. {where}\n")
 
 
-def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = MARKDOWN_LIMIT) -> str:
+def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = MARKDOWN_LIMIT,
+             places: Places | None = None) -> str:
     """Summary first and details folded, as a pull-request comment wants it, in at most
     ``limit`` characters.
 
@@ -278,8 +322,10 @@ def markdown(plan: PlanDocument, *, plan_file: str | None = None, limit: int = M
     each cluster's findings and its phases in ``<details>``, block by block while they fit.
     The first block that does not fit ends the comment with a note of what was left out
     and where the full plan is: ``plan_file``, the saved plan, or, without one, how to save
-    it. A block is never cut, so every table and every ``<details>`` stays whole."""
-    clusters = [_cluster_blocks(cluster) for cluster in plan.clusters]
+    it. A block is never cut, so every table and every ``<details>`` stays whole. Each
+    action's row says what it writes, removes and runs on which node, and each cluster's
+    block where its nodes' roots are, as ``places`` gives them."""
+    clusters = [_cluster_blocks(cluster, places or Places()) for cluster in plan.clusters]
     head, cut = _head(plan, limit)
     whole = head + "".join(block for blocks in clusters for block, _ in blocks)
     if not cut and _size(whole) <= limit:

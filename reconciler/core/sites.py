@@ -13,7 +13,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from reconciler.core.spec import DNS_LABEL, DNS_SUBDOMAIN
+from reconciler.core.workloads import WorkloadKind
+
+# Names as Kubernetes gives them (and careconcile's spec and inventory take them): they go
+# into API paths, file names and messages, so a plan file cannot carry "../x" or a "/" into
+# any of them. Validated wherever a site is made, so when a plan file is read.
+Namespace = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+NodeName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+
+
+def _node_path(value: str) -> str:
+    if ".." in value.split("/"):
+        raise ValueError("a path on a node has no '..' component")
+    return value
+
+
+# An absolute path on a node, without '..': the transports confine it to the node's root.
+NodePath = Annotated[str, Field(pattern=r"^/"), AfterValidator(_node_path)]
 
 
 class _Site(BaseModel):
@@ -34,8 +54,8 @@ class NodeFile(_Site):
     credentials are meant, when the file holds several)."""
 
     kind: Literal["node-file"] = "node-file"
-    node: str
-    path: str
+    node: NodeName
+    path: NodePath
     form: FileForm
     user: str | None = None
 
@@ -90,8 +110,8 @@ class ApiField(_Site):
     kind: Literal["api-field"] = "api-field"
     resource: Literal["configmap", "validatingwebhookconfiguration", "mutatingwebhookconfiguration", "apiservice",
                       "customresourcedefinition"]
-    namespace: str | None = None
-    name: str
+    namespace: Namespace | None = None
+    name: ObjectName
     field: str
     form: FieldForm
     published_by: Literal["apiserver", "controller-manager"] | None = None
@@ -116,8 +136,8 @@ class ManagementSecret(_Site):
     tls.crt and tls.key) or the cluster's kubeconfig (``kubeconfig``, data key value)."""
 
     kind: Literal["management-secret"] = "management-secret"
-    namespace: str
-    name: str
+    namespace: Namespace
+    name: ObjectName
     holds: Literal["authority", "kubeconfig"]
     user: str | None = None
 
@@ -131,7 +151,7 @@ class NodeSigner(_Site):
     while its CA file holds two; the layout names them."""
 
     kind: Literal["node-signer"] = "node-signer"
-    node: str
+    node: NodeName
 
     @property
     def label(self) -> str:
@@ -143,8 +163,8 @@ class Component(_Site):
     its manifest) or a node service (restarted by the node's command)."""
 
     kind: Literal["component"] = "component"
-    node: str
-    name: str
+    node: NodeName
+    name: ObjectName  # a static pod's is the name of its manifest file
     restart: Literal["manifest", "command"] = "manifest"
 
     @property
@@ -156,9 +176,9 @@ class Workload(_Site):
     """Pods restarted through their controller (or evicted, when they have none)."""
 
     kind: Literal["workload"] = "workload"
-    namespace: str
-    workload: str  # Deployment, StatefulSet, ..., Owned, Pod
-    name: str
+    namespace: Namespace
+    workload: WorkloadKind
+    name: ObjectName
 
     @property
     def label(self) -> str:

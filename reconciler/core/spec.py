@@ -363,12 +363,24 @@ class Authorities(_Strict):
 
 
 class SecretStateStore(_Strict):
-    """careconcile's rotation state is a Secret on the cluster itself."""
+    """careconcile's rotation state is two Secrets on the cluster itself: the public record,
+    and the CA keys during a rotation."""
 
     namespace: str = Field(default="kube-system", pattern=DNS_LABEL, max_length=63,
-                           description="The Secret's namespace.")
+                           description="The namespace of both Secrets.")
     name: str = Field(default="careconcile-state", pattern=DNS_SUBDOMAIN, max_length=253,
-                      description="The Secret's name.")
+                      description="The public record's Secret (rotation counters, phase, CA certificates; no "
+                                  "private key): what drift reads.")
+    keys_name: str = Field(default="careconcile-keys", alias="keysName", pattern=DNS_SUBDOMAIN, max_length=253,
+                           description="The Secret that holds the two CAs' private keys during a rotation; only "
+                                       "apply and rollback read it.")
+
+    @model_validator(mode="after")
+    def _two_secrets(self) -> "SecretStateStore":
+        if self.keys_name == self.name:
+            raise ValueError(f"name and keysName are both {self.name!r}; the keys must be in a Secret of their "
+                             "own, apart from the public record")
+        return self
 
 
 class WorkspaceStateStore(_Strict):
@@ -513,8 +525,8 @@ class ManagementSpec(_Strict):
     and careconcile's rotation state and lock, all in one namespace there."""
 
     kubeconfig: str = Field(
-        description="Path to a kubeconfig of the management cluster, with rights on Secrets, ConfigMaps and "
-                    "Leases in the namespace; a relative path is relative to the spec file's directory, '~' expands.")
+        description="Path to a kubeconfig of the management cluster, with rights on Secrets and Leases in the "
+                    "namespace; a relative path is relative to the spec file's directory, '~' expands.")
     context: str | None = Field(default=None, description="Context in that kubeconfig; its current one if unset.")
     namespace: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=63,
@@ -550,8 +562,10 @@ class ClusterSpec(_Strict):
         # as written in a spec; pydantic's own rendering would list `workspace: null` too
         json_schema_extra={"default": {"secret": {}}},
         description="Where careconcile keeps its rotation state for this cluster; a Secret "
-                    "kube-system/careconcile-state if unset, or with management the Secret "
-                    "<name>-careconcile-state in the management namespace. With management only "
+                    "kube-system/careconcile-state (and the keys during a rotation in "
+                    "kube-system/careconcile-keys) if unset, or with management the Secrets "
+                    "<name>-careconcile-state and <name>-careconcile-keys in the management namespace. "
+                    "With management only "
                     "`workspace: {}` may be set here.")
     authorities: Authorities = Field(default_factory=Authorities, description="The cluster's authorities.")
     workloads: WorkloadSettings | None = Field(

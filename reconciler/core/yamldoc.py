@@ -53,7 +53,7 @@ SPEC = Limits("spec", max_bytes=4 * MiB, max_depth=32, aliases=10_000)
 # kubeadm's kubeconfigs are 5-6 KiB; one user's kubeconfig of many clusters stays far below
 # this. Neither kubeadm nor kubectl write aliases, so a kubeconfig may hold none.
 KUBECONFIG = Limits("kubeconfig", max_bytes=4 * MiB, max_depth=16, aliases=0)
-# The node inventory of admin mode, a ConfigMap's value (a ConfigMap holds at most 1 MiB).
+# The node inventory of admin mode, a Secret's value (a Secret holds at most 1 MiB).
 INVENTORY = Limits("node inventory", max_bytes=1 * MiB, max_depth=16, aliases=10_000)
 
 _STANDARD = "tag:yaml.org,2002:"

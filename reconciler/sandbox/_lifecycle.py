@@ -7,12 +7,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +25,7 @@ from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
 from reconciler.errors import CareconcileError, ClusterUnreachableError, SandboxError, SandboxNotFoundError
-from reconciler.sandbox import _admin, _api, _specfile, _workloads, binaries, haproxy, sshd
+from reconciler.sandbox import _admin, _api, _ports, _specfile, _workloads, binaries, haproxy, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries, require_extension_apiserver
 
@@ -100,17 +98,6 @@ class SandboxInfo:
             raise SandboxError(f"sandbox {paths.name!r}: {paths.record} is incomplete: {exc}") from exc
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out on 127.0.0.1; all are held open together so none repeats."""
-    with ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((kubeadm.LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 def _write_node_files(root: Path, files: list[NodeFile]) -> None:
     for file in files:
         atomic_write(node_path(root, file.path), file.content, file.mode)
@@ -138,7 +125,9 @@ def _lay_out(
     # With a balancer and the extension apiserver, two instances of it (on the first two
     # control planes) behind the balancer: a port for the second and one for the balancer.
     ext_count = 0 if not extension_apiserver else 5 if balancer and control_planes > 1 else 3
-    ports = _free_ports(5 * control_planes + ext_count + (1 if balancer else 0))
+    # Reserved for this sandbox until `down` (or its directory is gone): another sandbox
+    # starting at the same moment gets others (_ports.py).
+    ports = _ports.reserve(5 * control_planes + ext_count + (1 if balancer else 0), paths.directory)
     balancer_port = ports.pop() if balancer else None
     ext_instances: dict[str, extension.Ports] = {}
     ext_service_port = None
@@ -435,6 +424,7 @@ def up(
                         balancer=balancer)
     except BaseException:
         _stop(paths)  # the sshd, if it started
+        _ports.release(paths.directory)
         shutil.rmtree(paths.directory, ignore_errors=True)  # nothing else started yet, nothing to keep
         raise
     timings["layout"] = time.monotonic() - started
@@ -691,5 +681,6 @@ def down(paths: SandboxPaths, *, keep: bool = False) -> None:
     if leftovers:
         raise SandboxError(f"sandbox {paths.name!r}: processes {leftovers} did not stop; "
                            f"the directory {paths.directory} was kept")
+    _ports.release(paths.directory)  # its processes are gone; the sshd released its own
     if not keep:
         shutil.rmtree(paths.directory)

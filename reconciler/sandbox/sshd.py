@@ -23,6 +23,7 @@ from pathlib import Path
 
 from reconciler._process import process_alive
 from reconciler.errors import SandboxError
+from reconciler.sandbox import _ports
 
 CACHE_ENV = "CARECONCILE_SSHD_CACHE"
 LOOPBACK = "127.0.0.1"
@@ -88,12 +89,6 @@ def generate_key(path: Path, comment: str) -> str:
 
 def public_key(path: Path) -> str:
     return " ".join(Path(f"{path}.pub").read_text().split()[:2])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -176,8 +171,10 @@ def start(directory: Path, *, sftp_only_users: tuple[str, ...] = (), port: int |
         directory.chmod(0o755)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_LIBRARY_PATH": install.library_path}
     last_error = ""
-    for _ in range(3):  # a free port can be taken between choosing it and binding it
-        chosen = port or _free_port()
+    for _ in range(3):  # a port reserved outside the ephemeral range, free when checked (_ports.py)
+        if port is None:
+            _ports.release(directory)  # the one a failed attempt took
+        chosen = port or _ports.reserve(1, directory)[0]
         (directory / "sshd_config").write_text(
             _config(directory, chosen, install, users=(login_user(),), sftp_only_users=sftp_only_users))
         log = directory / "sshd.log"
@@ -208,7 +205,15 @@ def start(directory: Path, *, sftp_only_users: tuple[str, ...] = (), port: int |
 
 
 def stop(pid: int, directory: Path, timeout: float = 10.0) -> None:
-    """Stop the sshd ``pid`` started for ``directory`` (and the sessions it forked)."""
+    """Stop the sshd ``pid`` started for ``directory`` (and the sessions it forked), and
+    release its port."""
+    try:
+        _stop(pid, directory, timeout)
+    finally:
+        _ports.release(directory)
+
+
+def _stop(pid: int, directory: Path, timeout: float) -> None:
     _reap(pid)
     if not _is_sshd_of(pid, directory):
         return

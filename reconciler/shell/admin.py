@@ -3,8 +3,8 @@ and reading a registered cluster back as a spec cluster.
 
 ``register`` records, in the cluster's namespace of the management cluster, what Cluster
 API keeps for a workload cluster (Secrets ``<name>-ca`` and ``<name>-kubeconfig``) and what
-careconcile needs beside it (the node inventory ``<name>-careconcile-nodes`` and the SSH key
-``<name>-ssh-key``), so that the management cluster alone is enough to rotate the cluster.
+careconcile needs beside it (the node inventory, Secret ``<name>-careconcile-nodes``, and
+the SSH key ``<name>-ssh-key``), so that the management cluster alone is enough to rotate the cluster.
 :func:`cluster_from_admin` turns that back into a :class:`ClusterSpec`.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler.core import kubeconfig, pki
 from reconciler.core.admin import (
-    INVENTORY_KEY, KUBECONFIG_KEY, MANAGED_BY_LABEL, SSH_AUTH_TYPE, SSH_KEY_KEY, InventoryNode,
+    INVENTORY_KEY, INVENTORY_SECRET_TYPE, KUBECONFIG_KEY, MANAGED_BY_LABEL, SSH_AUTH_TYPE, SSH_KEY_KEY, InventoryNode,
     ManagementNames, NodeInventory, ca_secret_data, capi_kubeconfig, dump_inventory, inventory, inventory_node_of,
     node_spec_of, parse_inventory, secret_body,
 )
@@ -25,7 +25,9 @@ from reconciler.core.authorities import CLUSTER_CA
 from reconciler.core.observed import fp, short
 from reconciler.core.pki import KeyPair
 from reconciler.core.spec import MANAGEMENT_NAMESPACE, ClusterSpec, NodeSpec
-from reconciler.errors import AdminClusterError, APIConflictError, APINotFoundError, CareconcileError
+from reconciler.errors import (
+    AdminClusterError, APIConflictError, APIForbiddenError, APINotFoundError, CareconcileError,
+)
 from reconciler.shell.kube import KubeClient, KubeconfigClient, KubeTarget, load_kubeconfig
 from reconciler.shell.nodes import node_files
 from reconciler.shell.observe import read_record
@@ -57,7 +59,7 @@ class Registration:
 
 @dataclass(frozen=True)
 class Written:
-    """One object ``register`` wrote: ``outcome`` is created, updated, unchanged or kept."""
+    """One object ``register`` wrote: ``outcome`` is created, updated, unchanged, kept or removed."""
 
     kind: str
     namespace: str
@@ -183,8 +185,8 @@ def register(admin: KubeClient, registration: Registration) -> list[Written]:
                                     "(ssh-keyscan ADDRESS shows it; check it out of band), or hostKey in the spec")
     names = registration.names
     ns = names.namespace
-    store = SecretStateStore(admin, namespace=ns, name=names.state_secret)
-    state = store.load(CLUSTER_CA.name).state  # empty while the Secret (or the namespace) does not exist
+    store = SecretStateStore(admin, namespace=ns, name=names.state_secret, keys_name=names.keys_secret)
+    state = store.load_state(CLUSTER_CA.name)  # empty while the Secret (or the namespace) does not exist
     if state.in_progress:
         raise AdminClusterError(
             f"cluster {registration.cluster}: a rotation to {short(fp(state.target))} is in progress "
@@ -210,9 +212,12 @@ def register(admin: KubeClient, registration: Registration) -> list[Written]:
                                     f"{ns}/{names.kubeconfig_secret} does not exist",
                                     hint="give --kubeconfig (and --context)") from None
         written.append(Written("Secret", ns, names.kubeconfig_secret, "kept", "no kubeconfig given"))
-    written.append(_apply(admin, _inventory_configmap(names, inventory_document),
+    written.append(_apply(admin, _inventory_secret(names, inventory_document),
                           f"{len(inventory_document.nodes)} nodes: " + ", ".join(
                               f"{node.name} ({node.role}, {node.transport})" for node in inventory_document.nodes)))
+    old = _remove_old_inventory(admin, names)
+    if old is not None:
+        written.append(old)
     if registration.ssh_key_pem is not None:
         body = secret_body(names, names.ssh_key_secret,
                            {SSH_KEY_KEY: base64.b64encode(registration.ssh_key_pem).decode()}, type_=SSH_AUTH_TYPE)
@@ -221,11 +226,32 @@ def register(admin: KubeClient, registration: Registration) -> list[Written]:
     return written
 
 
-def _inventory_configmap(names: ManagementNames, value: NodeInventory) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": names.inventory, "namespace": names.namespace,
-                         "labels": {**names.labels, **MANAGED_BY}},
-            "data": {INVENTORY_KEY: dump_inventory(value)}}
+def _inventory_secret(names: ManagementNames, value: NodeInventory) -> dict[str, Any]:
+    body = secret_body(names, names.inventory, {INVENTORY_KEY: base64.b64encode(dump_inventory(value).encode()).decode()},
+                       type_=INVENTORY_SECRET_TYPE)
+    body["metadata"]["labels"].update(MANAGED_BY)
+    return body
+
+
+def _old_inventory_path(names: ManagementNames) -> str:
+    return f"/api/v1/namespaces/{names.namespace}/configmaps/{names.inventory}"
+
+
+def _remove_old_inventory(admin: KubeClient, names: ManagementNames) -> Written | None:
+    """The inventory ConfigMap an older careconcile wrote, removed now that the Secret holds
+    the inventory; None when there is none. Without the right to delete it, it stays: no
+    careconcile reads it for nodes any more."""
+    path = _old_inventory_path(names)
+    try:
+        admin.get(path)
+        admin.delete(path)
+    except APINotFoundError:
+        return None
+    except APIForbiddenError:
+        return Written("ConfigMap", names.namespace, names.inventory, "kept",
+                       "the old inventory; not allowed to delete it, and careconcile no longer reads it")
+    return Written("ConfigMap", names.namespace, names.inventory, "removed",
+                   f"the old inventory; careconcile reads Secret {names.namespace}/{names.inventory} instead")
 
 
 def _namespace(admin: KubeClient, namespace: str) -> Written:
@@ -277,17 +303,39 @@ def _apply(admin: KubeClient, body: dict[str, Any], detail: str) -> Written:
 # --- reading it back ----------------------------------------------------------------------
 
 def read_inventory(admin: KubeClient, names: ManagementNames) -> NodeInventory:
-    path = f"/api/v1/namespaces/{names.namespace}/configmaps/{names.inventory}"
-    source = f"ConfigMap {names.namespace}/{names.inventory}"
+    """The inventory in the Secret ``<name>-careconcile-nodes``. Never from a ConfigMap: the
+    one an older careconcile wrote is only looked for to say that the cluster must be
+    registered again (anyone allowed to edit ConfigMaps there could have changed its hosts,
+    host keys and commands)."""
+    source = f"Secret {names.namespace}/{names.inventory}"
+    register_again = (f"register the cluster again from what you know of its nodes: careconcile register "
+                      f"{names.cluster} --node ... or --from-spec SPEC (docs/admin-mode.md); it writes the "
+                      "inventory into that Secret and removes the old ConfigMap")
     try:
-        configmap = admin.get(path)
+        secret = admin.get(f"/api/v1/namespaces/{names.namespace}/secrets/{names.inventory}")
     except APINotFoundError:
-        raise AdminClusterError(f"cluster {names.cluster}: {source} (the node inventory) is missing in the "
-                                "management cluster", hint=f"register the cluster: careconcile register "
-                                f"{names.cluster} ... (docs/admin-mode.md)") from None
-    text = (configmap.get("data") or {}).get(INVENTORY_KEY)
-    if not text:
-        raise AdminClusterError(f"{source}: no data key {INVENTORY_KEY!r}")
+        try:
+            admin.get(_old_inventory_path(names))
+        except (APINotFoundError, APIForbiddenError):
+            raise AdminClusterError(f"cluster {names.cluster}: {source} (the node inventory) is missing in the "
+                                    "management cluster", hint=f"register the cluster: careconcile register "
+                                    f"{names.cluster} ... (docs/admin-mode.md)") from None
+        raise AdminClusterError(
+            f"cluster {names.cluster}: the node inventory is in ConfigMap {names.namespace}/{names.inventory}, as an "
+            f"older careconcile wrote it, not in {source}; careconcile no longer takes node addresses, host keys or "
+            "restart commands from a ConfigMap, which anyone allowed to edit ConfigMaps in the namespace could "
+            "have changed", hint=register_again) from None
+    if secret.get("type") != INVENTORY_SECRET_TYPE:
+        raise AdminClusterError(f"{source} has type {secret.get('type')!r}, not {INVENTORY_SECRET_TYPE!r}; "
+                                "it is not a node inventory careconcile wrote", hint=register_again)
+    encoded = (secret.get("data") or {}).get(INVENTORY_KEY)
+    if not encoded:
+        raise AdminClusterError(f"{source}: no data key {INVENTORY_KEY!r}", hint=register_again)
+    try:
+        text = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (TypeError, ValueError):
+        raise AdminClusterError(f"{source}: data {INVENTORY_KEY!r} is not base64 of UTF-8 text",
+                                hint=register_again) from None
     found = parse_inventory(text, source=source)
     if found.cluster != names.cluster:
         raise AdminClusterError(f"{source}: the inventory is cluster {found.cluster!r}'s, not {names.cluster!r}'s")

@@ -17,6 +17,7 @@ from typing import Callable
 from reconciler._time import parse_time, utcnow
 from reconciler.core import kubeadm
 from reconciler.core.authorities import NodeServiceComponent, StaticPodComponent, manifest_path
+from reconciler.core.leases import NOT_RENEWED, kubelet_lease_problem, renewal_stored_at
 from reconciler.core.observed import ObservedComponent
 from reconciler.core.plan import Action, RestartParams
 from reconciler.core.sites import pair_files
@@ -25,7 +26,7 @@ from reconciler.shell.formats import (
     dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
 )
 from reconciler.shell.kube import KubeClient, KubeTarget
-from reconciler.shell.observe import ClusterAccess, apiserver_server, etcd_server
+from reconciler.shell.observe import ClusterAccess, instance_server
 
 NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
@@ -70,7 +71,9 @@ class ComponentRestarts:
                 if other != action.node:
                     self._wait(component, other, None, "run")
             before = self._start_time(component, action.node)
-        restarted_at = utcnow()
+        # The API server's clock, which the phase check compares with times of the cluster's
+        # (a process's start, a leader Lease's acquireTime); never this machine's.
+        restarted_at = self.access.client.server_now() or utcnow()
         manifest = with_restart(manifest, inputs_digest(files, component.inputs), restarted_at)
         if params.signing and layout.signer is not None:
             cert, key = ((layout.signer_cert, layout.signer_key) if params.signing == "signer"
@@ -104,14 +107,13 @@ class ComponentRestarts:
         """A client of this node's instance, as its health checks ask it; None when its
         manifest names no server."""
         files = self.access.nodes[node]
+        server = instance_server(files, component)
         if component.readiness == "etcd-member":
-            server = etcd_server(files)
             cert_file, key_file = pair_files(component.probe_pair)
             target = KubeTarget(name=f"etcd member on {node}", server=server or "",
                                 ca_pem=files.read(component.probe_trust), cert_pem=files.read(cert_file),
                                 key_pem=files.read(key_file))
         else:
-            server = apiserver_server(files, component.name)
             trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
             target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
                                          server=server or "", ca_pem=trust)
@@ -162,8 +164,10 @@ class ComponentRestarts:
 
     def _restart_service(self, action: Action, service: NodeServiceComponent) -> None:
         """Restart a node service (the kubelet) with the node's restart command, then record
-        it in the marker file: the digest of its inputs, when, and the node's Lease renewTime
-        just after the restart, which the phase check waits to see renewed."""
+        it in the marker file: the digest of its inputs, when, the node's Lease renewTime
+        just after the restart, which the phase check waits to see renewed, and the API
+        server's time then (when the Lease could not be read, the check waits for a renewal
+        the server stored after it)."""
         files = self.access.nodes[action.node]
         command = self.access.kubelet_restart(action.node)
         if not command:
@@ -172,7 +176,8 @@ class ComponentRestarts:
         restarted_for = inputs_digest(files, service.inputs)
         files.run(list(command), timeout=RESTART_COMMAND_TIMEOUT)
         restarted_at = utcnow()
-        files.write(service.marker, restart_marker(restarted_for, restarted_at, self._node_lease_renewed(action.node)),
+        renewed = self._node_lease_renewed(action.node)
+        files.write(service.marker, restart_marker(restarted_for, restarted_at, renewed, self.access.client.server_now()),
                     kubeadm.PUBLIC)
 
     def _node_lease_renewed(self, node: str) -> dt.datetime | None:
@@ -187,7 +192,9 @@ class ComponentRestarts:
 
     def not_ready(self, components: tuple[ObservedComponent, ...]) -> list[str]:
         """Each restarted component runs again: its leader Lease was acquired after the
-        restart, or it renewed its nodes' Leases after it."""
+        restart, or it renewed its nodes' Leases after it. The restart's time is the API
+        server's (see :meth:`restart`), compared with the cluster's own times; a manifest
+        restarted by an older careconcile carries this machine's time instead."""
         problems = []
         client = self.access.client
         by_name: dict[str, list] = {}
@@ -197,7 +204,6 @@ class ComponentRestarts:
         problems += self.services_not_ready([c for c in components
                                              if c.restarted_at is not None and c.restart == "command"])
         layouts = {c.name: c for c in self.access.layout.components}
-        now = utcnow()
         for name, instances in by_name.items():
             restarted = min(c.restarted_at for c in instances)
             if layouts[name].readiness in ("etcd-member", "apiserver-readyz"):
@@ -205,11 +211,15 @@ class ComponentRestarts:
                              if (problem := self._instance_problem(layouts[name], c.node, since=c.restarted_at))]
             elif layouts[name].readiness == "leader-lease":
                 lease = client.get(f"{LEADER_LEASES}/{name}")
+                server_now = client.server_now()  # the clock of the GET just answered
                 spec = lease.get("spec") or {}
                 acquired, renewed = parse_time(spec.get("acquireTime")), parse_time(spec.get("renewTime"))
                 duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
-                if not spec.get("holderIdentity") or acquired is None or acquired < restarted or \
-                        renewed is None or now - renewed > duration * 2:
+                # Renewed lately: when the API server stored the renewal, by its own clock (the
+                # renewTime is the leader's clock, careconcile's machine a third one).
+                stored = renewal_stored_at(lease)
+                if not spec.get("holderIdentity") or acquired is None or acquired < restarted or renewed is None \
+                        or (stored is not None and server_now is not None and server_now - stored > duration * 2):
                     problems.append(f"{name} has not taken its leader lease since its restart at {restarted:%H:%M:%S}")
             else:
                 stale = [lease["metadata"]["name"] for lease in client.list(NODE_LEASES)
@@ -221,23 +231,23 @@ class ComponentRestarts:
 
     def services_not_ready(self, restarted: list[ObservedComponent]) -> list[str]:
         """Each restarted kubelet runs again: its node's Lease was renewed after the restart
-        (after the renewTime read just after it, both the node's clock; else after the time
-        of the restart) and lately."""
+        and lately, each judged on one clock (:func:`reconciler.core.leases.kubelet_lease_problem`)."""
         if not restarted:
             return []
-        leases = {lease["metadata"]["name"]: lease.get("spec") or {} for lease in self.access.client.list(NODE_LEASES)}
-        now = utcnow()
+        client = self.access.client
+        leases = {lease["metadata"]["name"]: lease for lease in client.list(NODE_LEASES)}
+        server_now = client.server_now()  # the clock of the list just answered
         problems = []
         for component in restarted:
-            spec = leases.get(component.node)
-            if spec is None:
+            lease = leases.get(component.node)
+            if lease is None:
                 problems.append(f"{component.id}: node {component.node} has no Lease in kube-node-lease; its "
                                 f"{component.name} has not registered the node")
                 continue
-            renewed = parse_time(spec.get("renewTime"))
-            after = component.lease_renewed_at_restart or component.restarted_at
-            duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40))
-            if renewed is None or renewed <= after or now - renewed > duration * 2:
-                problems.append(f"{component.id}: the node's Lease has not been renewed since the restart at "
-                                f"{component.restarted_at:%H:%M:%S}")
+            problem = kubelet_lease_problem(lease, renewed_at_restart=component.lease_renewed_at_restart,
+                                            server_at_restart=component.server_time_at_restart, server_now=server_now)
+            if problem == NOT_RENEWED:
+                problems.append(f"{component.id}: the node's Lease {problem} at {component.restarted_at:%H:%M:%S}")
+            elif problem is not None:
+                problems.append(f"{component.id}: the node's Lease {problem}")
         return problems

@@ -50,11 +50,11 @@ class Outcome:
     cas: dict[str, tuple[str | None, str | None]]  # per authority rotated: (before, after)
 
 
-def _spec_text(document: dict) -> str:
+def _spec_text(document: dict, operation: str = LOCK_OPERATION) -> str:
     out = io.StringIO()
     yaml = YAML()
     yaml.default_flow_style = False
-    out.write(f"# Written by `careconcile {LOCK_OPERATION}` from what the admin cluster holds.\n"
+    out.write(f"# Written by `careconcile {operation}` from what the admin cluster holds.\n"
               "# A keyFile names this run's copy of the Secret <name>-ssh-key, removed when the run\n"
               "# ended: to use this spec again, write the key to a file and point keyFile at it.\n")
     yaml.dump(document, out)
@@ -114,7 +114,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             # last applied and the last rolled back (that counter is spent). The authorities
             # rotate in order, so one in progress means that a run of this command stopped
             # there: those before it were rotated by that run and stay as they are.
-            states = {authority: access.store.load(authority).state for authority in authorities}
+            states = {authority: access.store.load_state(authority) for authority in authorities}
             interrupted = next((index for index, state in enumerate(states.values()) if state.in_progress), None)
             body["authorities"] = {}
             for index, (authority, state) in enumerate(states.items()):
@@ -124,7 +124,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
                     else spent if interrupted is not None and index < interrupted else spent + 1)}
             state = next((s for s in states.values() if s.in_progress), next(iter(states.values())))
             spec_path = directory / "spec.yaml"  # the spec of this run, beside its log
-            atomic_write(spec_path, _spec_text(_document(body)).encode(), 0o644)
+            atomic_write(spec_path, _spec_text(_document(body), lock_operation).encode(), 0o644)
             loaded = load_spec(spec_path)
             access.cluster = loaded.document.spec.clusters[0]  # the same cluster, with its counter
             plan = session.make_plan(loaded, accesses)

@@ -58,6 +58,9 @@ class Custody:
         """The CA with this fingerprint (or the new CA) and its key."""
         keys = self.stored().keys
         if fingerprint == NEW_CA:
+            if keys.target is None and self.stored().state.target is not None:
+                raise RotationError(f"cluster {self.access.name}: the new CA's key is missing from "
+                                    f"{self.access.store.describe_keys()}")
             if keys.target is None:
                 raise RotationError(f"cluster {self.access.name}: the new CA is not in the state store "
                                     f"({self.access.store.describe()}); run phase 1 first")
@@ -69,7 +72,7 @@ class Custody:
         if fp(record.cert) == fingerprint:
             return record
         raise RotationError(f"cluster {self.access.name}: no key for CA {fingerprint} in the state store "
-                            f"or on the control-plane nodes")
+                            f"({self.access.store.describe_keys()}) or on the control-plane nodes")
 
     def cert(self, fingerprint: str) -> x509.Certificate:
         return self.pair(fingerprint).cert
@@ -96,8 +99,11 @@ class Custody:
 
     def rollback_target(self, action: Action) -> None:
         stored = self.stored()
-        if stored.keys.previous is None or stored.keys.target is None:
+        if not stored.state.in_progress:
             raise RotationError(f"cluster {self.access.name}: the state store holds no rotation to roll back")
+        if stored.keys.previous is None or stored.keys.target is None:
+            raise RotationError(f"cluster {self.access.name}: the keys of the rotation to roll back are missing "
+                                f"from {self.access.store.describe_keys()}")
         state = stored.state
         self.save(Stored(
             StoredState(applied_rotation=state.applied_rotation, rotation=state.rotation,

@@ -46,6 +46,7 @@ class ActionReport:
 @dataclass
 class RunReport:
     cluster: str
+    authority: str = ""
     done: list[ActionReport] = field(default_factory=list)
     phase_seconds: dict[int, float] = field(default_factory=dict)
     stopped_after_phase: int | None = None
@@ -95,7 +96,7 @@ class Executor:
     # --- the run -------------------------------------------------------------------------
 
     def run(self, plan: ClusterPlan, *, until: int | None = None) -> RunReport:
-        report = RunReport(plan.cluster)
+        report = RunReport(plan.cluster, plan.authority)
         actions = [action for action in plan.actions if until is None or action.phase <= until]
         if len(actions) < len(plan.actions):
             report.stopped_after_phase = until
@@ -156,11 +157,11 @@ class Executor:
             return
         if state.workloads_trusted_since is None:  # phase 2 verified by a careconcile that did not record it
             state = self.verifier.record_pod_trust(stored).state
-        wait = seconds_until(state.workloads_trusted_since)
+        wait = seconds_until(state.workloads_trusted_since, self.access.client.server_now())
         while wait > 0:
             self.heartbeat()
             time.sleep(min(wait, 1.0))
-            wait = seconds_until(state.workloads_trusted_since)
+            wait = seconds_until(state.workloads_trusted_since, self.access.client.server_now())
         planned = {action.target: action for action in actions if action.kind == "restart-workload"}
         decisions = workload_decisions(observe(self.access), fp(state.target), self.access.workloads)
         first = next(action for action in actions if action.phase == 3)
@@ -170,8 +171,8 @@ class Executor:
             shown = "\n  ".join(decision.blocked or f"{decision.workload.describe()}: {len(decision.stale)} pod(s) "
                                  "trust only the old CA" for decision in unplanned[:8])
             error = StalePlanError(
-                f"cluster {self.access.name}: {len(unplanned)} workload(s) that the plan does not restart trust only "
-                f"the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
+                f"cluster {self.access.name} ({self.access.layout.name}): {len(unplanned)} workload(s) that the plan "
+                f"does not restart trust only the old CA; phase 3 would break them, so nothing of it ran:\n  {shown}",
                 hint="plan again (`careconcile apply SPEC`, or a new saved plan), which restarts them, or exclude "
                      "them in the spec's workloads.exclude")
             self.on_event("failed", first, {"error": str(error)})

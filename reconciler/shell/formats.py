@@ -91,6 +91,7 @@ class RestartMarker:
     restarted_for: str | None = None
     restarted_at: dt.datetime | None = None
     lease_renew_time: dt.datetime | None = None  # the node's Lease renewTime read just after the restart
+    server_time: dt.datetime | None = None  # the API server's clock just after the restart (its Date header)
 
 
 def read_restart_marker(files: NodeFiles, path: str) -> RestartMarker:
@@ -105,14 +106,17 @@ def read_restart_marker(files: NodeFiles, path: str) -> RestartMarker:
         restarted_for = document.get("restartedFor")
         return RestartMarker(restarted_for=restarted_for if isinstance(restarted_for, str) else None,
                              restarted_at=parse_time(document.get("restartedAt")),
-                             lease_renew_time=parse_time(document.get("leaseRenewTime")))
+                             lease_renew_time=parse_time(document.get("leaseRenewTime")),
+                             server_time=parse_time(document.get("apiserverTime")))
     except (ValueError, TypeError, AttributeError):
         return RestartMarker()
 
 
-def restart_marker(restarted_for: str, restarted_at: dt.datetime, lease_renew_time: dt.datetime | None) -> bytes:
+def restart_marker(restarted_for: str, restarted_at: dt.datetime, lease_renew_time: dt.datetime | None,
+                   server_time: dt.datetime | None = None) -> bytes:
     return (json.dumps({"restartedFor": restarted_for, "restartedAt": micro_time(restarted_at),
-                        "leaseRenewTime": micro_time(lease_renew_time) if lease_renew_time else None},
+                        "leaseRenewTime": micro_time(lease_renew_time) if lease_renew_time else None,
+                        "apiserverTime": micro_time(server_time) if server_time else None},
                        indent=2) + "\n").encode()
 
 

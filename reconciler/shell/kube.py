@@ -14,6 +14,7 @@ and for a pod that uses its ServiceAccount (``inCluster: true``): :func:`load_in
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import http
 import http.client
 import json
@@ -28,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from reconciler import __version__
 from reconciler._files import read_limited
+from reconciler._time import monotonic, parse_http_date
 from reconciler.core import kubeconfig, yamldoc
 from reconciler.errors import (APIConflictError, APIError, APIForbiddenError, APINotFoundError,
                                APIUnauthorizedError, ClusterUnreachableError, PKIError)
@@ -36,6 +38,7 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 USER_AGENT = f"careconcile/{__version__}"
+_DATE_RESOLUTION = dt.timedelta(seconds=1)  # an HTTP Date has whole seconds
 
 _TYPED_ERRORS: dict[int, type[APIError]] = {
     401: APIUnauthorizedError,
@@ -348,6 +351,8 @@ class KubeClient:
     def __init__(self, target: KubeTarget, *, timeout: float = 10.0, transport: Transport | None = None) -> None:
         self.target = target
         self.timeout = timeout
+        # The Date of the server's last answer that had one, and when it arrived (monotonic).
+        self._server_date: tuple[dt.datetime, float] | None = None
         if transport is None:
             context = tls_context(ca_pem=target.ca_pem, cert_pem=target.cert_pem, key_pem=target.key_pem)
             transport = HTTPSTransport(target.server, context, timeout=timeout)
@@ -366,6 +371,26 @@ class KubeClient:
         close = getattr(self.transport, "close", None)
         if close is not None:
             close()
+
+    def server_now(self) -> dt.datetime | None:
+        """The API server's clock now: the Date header of its last answer plus the time since
+        that answer on this process's monotonic clock (up to a second behind, as a Date has
+        whole seconds). None before an answer carried a Date. Compared with times the server
+        writes, or that careconcile wrote from this, it is free of this machine's clock skew."""
+        if self._server_date is None:
+            return None
+        date, received = self._server_date
+        return date + dt.timedelta(seconds=monotonic() - received)
+
+    def _note_date(self, date: dt.datetime | None) -> None:
+        """Take the server's clock from a Date. A Date has whole seconds, so each one is a
+        lower bound of the server's time: the estimate only moves forward, unless the server's
+        clock went back by more than that (it was set back, or another server answers)."""
+        if date is None:
+            return
+        known = self.server_now()
+        if known is None or date > known or known - date > _DATE_RESOLUTION * 2:
+            self._server_date = (date, monotonic())
 
     # -- verbs --
 
@@ -437,12 +462,13 @@ class KubeClient:
             headers["Content-Type"] = content_type
         what = f"{method} {_without_query(path)} on {self.target.describe()}"
         try:
-            status, _headers, data = self.transport.request(method, path, headers, payload)
+            status, answer_headers, data = self.transport.request(method, path, headers, payload)
         except (OSError, http.client.HTTPException) as exc:
             hint = None
             if method != "GET" and isinstance(exc, _DROPPED_CONNECTION):
                 hint = "the connection dropped after the request was sent; it may have been carried out"
             raise ClusterUnreachableError(f"{what}: {_connection_failure(exc)}", hint=hint) from exc
+        self._note_date(parse_http_date(answer_headers.get("date")))  # an error answer carries it too
         if status >= 400:
             raise _api_error(what, status, data)
         return status, data

@@ -11,6 +11,10 @@ The Lease ``kube-system/careconcile-lock`` (in admin mode ``<cluster>-careconcil
 cluster's namespace of the management cluster): ``spec.holderIdentity`` is the lock id,
 ``spec.leaseDurationSeconds`` the TTL, ``spec.acquireTime``/``renewTime`` when it was
 taken and last renewed; the rest is in ``careconcile.dev/lock-*`` annotations.
+
+Every time in the Lease is the API server's clock (:meth:`KubeClient.server_now`), and a
+lock's expiry is judged by that clock too: runs on machines whose clocks disagree neither
+take over a live lock nor wait on a dead one for longer than its TTL.
 """
 
 from __future__ import annotations
@@ -79,13 +83,14 @@ class LockInfo:
     took_over_from: "LockInfo | None" = None  # the stale lock this one replaced
 
     @classmethod
-    def new(cls, operation: str, ttl: int) -> "LockInfo":
+    def new(cls, operation: str, ttl: int, *, now: dt.datetime | None = None) -> "LockInfo":
+        """A lock taken at ``now``: the API server's clock (this process's if unset)."""
         host = socket.gethostname()
         try:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = str(os.getuid())
-        now = utcnow()
+        now = now or utcnow()
         return cls(id=str(uuid.uuid4()), holder=f"{user}@{host}", host=host, pid=os.getpid(),
                    operation=operation, version=__version__, created=rfc3339(now), ttl=ttl,
                    renewed=micro_time(now), process_space=process_space())
@@ -152,7 +157,8 @@ def lease_body(info: LockInfo, *, acquired: str | None = None, namespace: str = 
 
 
 def stale_reason(holder: LockInfo, *, now: dt.datetime | None = None) -> str | None:
-    """Why a lock may be taken over without asking, or None while its holder may be alive."""
+    """Why a lock may be taken over without asking, or None while its holder may be alive.
+    ``now`` is the clock the Lease's times were written by: the API server's."""
     expires = holder.expires_at()
     if expires is not None and expires < (now or utcnow()):
         return f"its TTL of {holder.ttl}s ran out at {rfc3339(expires)}"
@@ -222,7 +228,7 @@ class ClusterLock:
         if self.info is not None:
             raise LockError(f"cluster {self.cluster}: lock {self.info.id} is already held by this ClusterLock")
         for _ in range(_ATTEMPTS):
-            mine = LockInfo.new(self.operation, self.ttl)
+            mine = LockInfo.new(self.operation, self.ttl, now=self._server_now())
             try:
                 self.client.create(self._leases, self._body(mine))
                 self.info = mine
@@ -234,7 +240,7 @@ class ClusterLock:
             except APINotFoundError:
                 continue  # released in between: create again
             held = LockInfo.from_lease(lease)
-            reason = stale_reason(held)
+            reason = stale_reason(held, now=self._server_now())  # the clock of the GET just answered
             if reason is None:
                 raise LockHeldError(
                     f"cluster {self.cluster} is locked: {held.describe()}"
@@ -264,7 +270,7 @@ class ClusterLock:
             if lease is None:
                 raise LockError(f"cluster {self.cluster}: cannot renew lock {mine.id}: it was removed "
                                 f"(force-unlocked?) while this run held it")
-            lease.setdefault("spec", {})["renewTime"] = micro_time(utcnow())
+            lease.setdefault("spec", {})["renewTime"] = micro_time(self._server_now())
             try:
                 renewed = self.client.replace(self._lease, lease)  # conditional: carries the read resourceVersion
             except (APIConflictError, APINotFoundError):
@@ -292,6 +298,16 @@ class ClusterLock:
             self.info = None
             return
         raise LockError(f"cluster {self.cluster}: lock {self._held().id} could not be released; it kept changing")
+
+    def _server_now(self) -> dt.datetime:
+        """The API server's clock, asked with a read of the Lease when no answer told it yet;
+        this process's clock only with a server that sends no Date."""
+        now = self.client.server_now()
+        if now is None:
+            with contextlib.suppress(APINotFoundError):
+                self.client.get(self._lease)
+            now = self.client.server_now()
+        return now or utcnow()
 
     def _body(self, info: LockInfo) -> dict[str, Any]:
         return lease_body(info, namespace=self.namespace, name=self.name)

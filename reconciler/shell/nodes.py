@@ -3,7 +3,14 @@
 A transport reads, writes and removes files by their absolute path on the node. ``local``
 maps them under a root directory (the sandbox's node directories, or "/" on the node
 itself); ``ssh`` (:mod:`reconciler.shell.ssh`) does the same over SFTP, with one reused
-connection per node. Restarting a static pod is a write of its manifest; the one command
+connection per node.
+
+Every path stays inside the node's root: a path with a ``..`` component is refused
+(:func:`node_path`), a symbolic link to a file is followed as a path on the node, so
+under the root (:func:`link_destination`), and the directory a file is in must really
+be inside the root once the links on the way are resolved: a link to a directory
+elsewhere (``etc/kubernetes/pki -> /elsewhere``) is refused (:func:`inside`). Each
+refusal is a :class:`NodePathError` naming the node and the path. Restarting a static pod is a write of its manifest; the one command
 a transport runs (``run``) is the restart of a node's kubelet, which is a systemd service
 on a kubeadm node, not a static pod.
 """
@@ -21,7 +28,7 @@ from typing import Iterable, Protocol
 
 from reconciler._files import atomic_write
 from reconciler.core.spec import NodeSpec
-from reconciler.errors import NodeUnreachableError
+from reconciler.errors import NodePathError, NodeUnreachableError
 from reconciler.shell.fleet import map_bounded
 
 # How many nodes of one cluster are connected to, checked or read at once.
@@ -71,6 +78,42 @@ def command_failed(where: str, argv: list[str], what: str, stderr: bytes = b"") 
                                 hint="check the node's kubeletRestart command in the spec, and the node itself")
 
 
+# How many symbolic links a path may go through to its file: kubeadm's kubelet certificate
+# is one; a longer chain, or a loop, is refused rather than left to the OS to follow.
+MAX_LINKS = 8
+
+
+def node_path(where: str, path: str) -> str:
+    """``path`` as the absolute, normalised path on the node it names (``//`` and ``.``
+    collapse). A ``..`` component is refused: no file careconcile manages has one, and
+    normalised it would name another file than the one a reviewer reads. ``where`` (the
+    transport's description) goes into the error, which names the node and the path."""
+    if ".." in path.split("/"):
+        raise NodePathError(f"{where}: refusing the path {path}: it has a '..' component; careconcile reads and "
+                            "writes only the node's own paths, inside its root")
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def inside(real: str, root: str) -> bool:
+    """Whether the resolved path ``real`` is ``root`` (resolved too) or under it."""
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
+def outside_root(where: str, path: str, real: str, *, dangling: bool = False) -> NodePathError:
+    """The error for a directory on the way to ``path`` that really is ``real``, outside the
+    root, or (``dangling``) a link on the way to ``real``, which does not exist."""
+    to = f"to {real}, which does not exist" if dangling else f"outside the node's root, to {real}"
+    return NodePathError(f"{where}: refusing the path {path}: a symbolic link on the way to its directory "
+                         f"{posixpath.dirname(path)} leads {to}",
+                         hint="careconcile follows links to files, but never a link to a directory outside the "
+                              "node's root; make the directory a real one, or a link inside the root")
+
+
+def too_many_links(where: str, path: str) -> NodePathError:
+    return NodePathError(f"{where}: refusing the path {path}: it goes through more than {MAX_LINKS} symbolic links "
+                         "(a loop?)")
+
+
 def link_destination(path: str, link: str) -> str:
     """The node path a symbolic link at ``path`` points to. kubeadm nodes keep the kubelet's
     client certificate as a link (kubelet-client-current.pem -> kubelet-client-<date>.pem),
@@ -89,7 +132,23 @@ class LocalNodeFiles:
         return f"node {self.node} (local root {self.root})"
 
     def _where(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
+        """Where the node path ``path`` is on this machine, once its directory is known to be
+        inside the root: the links on the way are resolved (a missing directory is made later,
+        inside it) and must stay in the root; the last component is not resolved (a link to a
+        file is followed as a node path by :meth:`_through_links`)."""
+        path = node_path(self.describe(), path)
+        where = self.root / path.lstrip("/")
+        if path == "/" or str(self.root) == "/":  # nothing on the machine is outside "/"
+            return where
+        directory = where.parent
+        while not directory.exists():  # it follows links: a link that leads nowhere does not exist
+            if directory.is_symlink():
+                raise outside_root(self.describe(), path, os.readlink(directory), dangling=True)
+            directory = directory.parent
+        real = os.path.realpath(directory)
+        if not inside(real, os.path.realpath(self.root)):
+            raise outside_root(self.describe(), path, real)
+        return where
 
     def check(self) -> None:
         if not self.root.is_dir():
@@ -98,12 +157,13 @@ class LocalNodeFiles:
 
     def _through_links(self, path: str) -> Path:
         """Where ``path`` really is: links are followed inside the node's root."""
-        for _ in range(8):  # a chain of links, but not a loop
+        asked = path
+        for _ in range(MAX_LINKS + 1):  # a chain of links, but not a loop
             where = self._where(path)
             if not where.is_symlink():
                 return where
             path = link_destination(path, os.readlink(where))
-        return self._where(path)
+        raise too_many_links(self.describe(), asked)
 
     def read(self, path: str) -> bytes | None:
         try:

@@ -16,9 +16,10 @@ from cryptography import x509
 
 from reconciler._time import parse_time
 from reconciler.core import kubeconfig, pki
-from reconciler.core.authorities import AUTHORITIES, AuthorityLayout
+from reconciler.core.authorities import AUTHORITIES, AuthorityLayout, StaticPodComponent
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
+    StoredState,
 )
 from reconciler.core.sites import ApiField, CredentialSite, LocalKubeconfig, ManagementSecret, NodeFile, pair_files
 from reconciler.core.spec import ClusterSpec, ResolvedWorkloads
@@ -33,7 +34,7 @@ from reconciler.shell.formats import (
     read_restart_marker,
 )
 from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
-from reconciler.shell.statestore import StateStore, Stored
+from reconciler.shell.statestore import StateStore
 from reconciler.shell.workloads import observe_workloads
 
 
@@ -206,7 +207,7 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
                 id=f"{name}:{service.name}", node=name, name=service.name, inputs=service.inputs,
                 inputs_digest=inputs_digest(files, service.inputs), restarted_for=marker.restarted_for,
                 restarted_at=marker.restarted_at, restart="command", command=command,
-                lease_renewed_at_restart=marker.lease_renew_time,
+                lease_renewed_at_restart=marker.lease_renew_time, server_time_at_restart=marker.server_time,
             ))
     return bundles, leaves, components, record, endpoints
 
@@ -221,9 +222,9 @@ def apiserver_server(files: NodeFiles, component: str = "kube-apiserver") -> str
     return f"https://{address}:{flags.get('--secure-port', '6443')}"
 
 
-def etcd_server(files: NodeFiles) -> str | None:
+def etcd_server(files: NodeFiles, component: str = "etcd") -> str | None:
     """The client URL of the etcd member a node runs, from its static-pod manifest."""
-    manifest = load_manifest(files, "etcd")
+    manifest = load_manifest(files, component)
     if manifest is None:
         return None
     urls = manifest_flags(manifest).get("--advertise-client-urls", "")
@@ -232,6 +233,13 @@ def etcd_server(files: NodeFiles) -> str | None:
 
 # Where a layout's endpoints are, by kind: the URL of the server a node runs.
 ENDPOINTS = {"apiserver": apiserver_server, "etcd": etcd_server}
+# Where a component's instance answers its readiness check, by the readiness its layout declares.
+_INSTANCE_SERVERS = {"etcd-member": etcd_server, "apiserver-readyz": apiserver_server}
+
+
+def instance_server(files: NodeFiles, component: StaticPodComponent) -> str | None:
+    """The URL of a node's instance of ``component``, from its own static-pod manifest."""
+    return _INSTANCE_SERVERS[component.readiness](files, component.name)
 
 
 def apiserver_servers(access: ClusterAccess) -> list[tuple[str, str]]:
@@ -365,7 +373,8 @@ def observe_management(access: ClusterAccess) -> tuple[list[ObservedRecord], lis
     return records, bundles, leaves
 
 
-def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloads: bool = True) -> ClusterObservation:
+def observe(access: ClusterAccess, state: StoredState | None = None, *,
+            with_workloads: bool = True) -> ClusterObservation:
     """``with_workloads`` False leaves the pods out (the checks that need no pods)."""
     bundles, leaves, components, records, endpoints = [], [], [], [], []
     # Nodes are read several at once (over SSH mostly waiting); results keep the nodes' order.
@@ -391,15 +400,16 @@ def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloa
         records += management_records
         bundles += management_bundles
         leaves += management_leaves
-    stored = stored or access.store.load(access.layout.name)
+    # The public record only: observing (plan, drift) needs no right to read a CA key.
+    state = state or access.store.load_state(access.layout.name)
     layout = access.layout
     bundles += observe_api_sites(access.client, layout.api_sites)
     if layout.root_ca_configmaps:
         bundles += observe_root_ca_configmaps(access.client)
     if layout.ca_bundles:
         authority_cas = {pki.fingerprint(cert) for cert in
-                         [r.cert for r in records] + [stored.state.target, stored.state.previous] if cert is not None}
-        authority_cas |= set(stored.state.retired)
+                         [r.cert for r in records] + [state.target, state.previous] if cert is not None}
+        authority_cas |= set(state.retired)
         bundles += observe_ca_bundles(access.client, authority_cas)
     workspace_leaf = None
     workspace_path = access.workspace_kubeconfig
@@ -417,7 +427,7 @@ def observe(access: ClusterAccess, stored: Stored | None = None, *, with_workloa
     return ClusterObservation(
         workloads=workloads,
         cluster=access.name, authority=access.layout.name, records=tuple(records), bundles=tuple(bundles),
-        leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=stored.state,
+        leaves=tuple(leaves), components=tuple(components), endpoints=tuple(endpoints), state=state,
         workspace_kubeconfig=workspace_leaf,
         workspace_kubeconfig_path=str(workspace_path) if layout.local_kubeconfigs else "",
         node_names=tuple(access.roles), has_signer=layout.signer is not None,

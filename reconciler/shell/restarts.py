@@ -176,8 +176,9 @@ class WorkloadRestarter:
             self._pause()
 
 
-def seconds_until(since: dt.datetime | None) -> float:
-    """Seconds still to wait until pods that start now trust both CAs."""
+def seconds_until(since: dt.datetime | None, now: dt.datetime | None = None) -> float:
+    """Seconds still to wait until pods that start now trust both CAs; ``now`` is the clock
+    ``since`` was recorded by, the API server's (this process's if unset)."""
     if since is None:
         return 0.0
-    return max(0.0, (since - utcnow()).total_seconds())
+    return max(0.0, (since - (now or utcnow())).total_seconds())

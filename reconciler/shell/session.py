@@ -74,10 +74,10 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
         store = WorkspaceStateStore(directory / "state")
     elif management is not None:  # admin mode: state and lock in the cluster's management namespace
         store = SecretStateStore(management.client, namespace=management.namespace,
-                                 name=management.names.state_secret)
+                                 name=management.names.state_secret, keys_name=management.names.keys_secret)
     else:
         secret = store_spec.secret
-        store = SecretStateStore(client, namespace=secret.namespace, name=secret.name)
+        store = SecretStateStore(client, namespace=secret.namespace, name=secret.name, keys_name=secret.keys_name)
     access = ClusterAccess(cluster=cluster, layout=layout, client=client, kubeconfig_path=kubeconfig_path,
                            nodes=nodes, roles={node.name: node.role for node in cluster.nodes}, store=store,
                            workspace=directory, management=management,
@@ -108,6 +108,23 @@ def open_clusters(loaded: LoadedSpec, workspace: Path, only: str | None = None, 
     return {cluster.name: open_cluster(loaded, cluster, workspace) for cluster in clusters}
 
 
+def _raise_rollback_refusal(cluster: str, refused: dict[str, RollbackRefusedError], *, planned: bool) -> None:
+    """Why a rollback of ``cluster`` is refused, if it is: a refusal for a reason (an
+    authority's old CA already distrusted, its key gone) is the one to report, even when
+    another authority has nothing to roll back; with no rotation in progress anywhere, the
+    message names every authority. Authorities with nothing in progress beside one that
+    rolls back are passed over."""
+    reasons = [exc for exc in refused.values() if not exc.nothing_in_progress]
+    if reasons:
+        raise reasons[0]
+    if planned:
+        return
+    if len(refused) == 1:
+        raise next(iter(refused.values()))
+    raise RollbackRefusedError(f"cluster {cluster}: no rotation in progress ({', '.join(refused)}), "
+                               "nothing to roll back", nothing_in_progress=True)
+
+
 def spec_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -125,14 +142,15 @@ def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollbac
         """One plan per authority the spec lists for the cluster, in order. A rollback
         undoes the authorities whose rotation is in progress; with none, it is refused."""
         foreign = observe_foreign(access.client)
-        plans, refused = [], []
+        plans: list[ClusterPlan] = []
+        refused: dict[str, RollbackRefusedError] = {}
         for name in managed_authorities(access.cluster):
             try:
                 plans.append(plan_authority(access.for_authority(name), foreign))
             except RollbackRefusedError as exc:
-                refused.append(exc)
-        if refused and (not plans or any(not exc.nothing_in_progress for exc in refused)):
-            raise refused[0]
+                refused[name] = exc
+        if refused:
+            _raise_rollback_refusal(access.name, refused, planned=bool(plans))
         return plans
 
     plans = [plan for cluster_plans in map_bounded(plan_one, accesses.values(), parallelism)
@@ -178,6 +196,7 @@ def load_plan(path: Path) -> PlanDocument:
         jsonschema.validate(document, schemas()["plan.schema.json"])
         return PlanDocument.model_validate(document)
     except jsonschema.ValidationError as exc:
+        exc = _in_its_own_kind(exc)
         where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
         raise PlanFileError(f"{path}: not a valid plan at {where}: fails the schema's {exc.validator!r} rule") from None
     except ValidationError as exc:
@@ -186,6 +205,22 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: not a valid plan at {where}: {error['msg']}") from None
     except RecursionError:
         raise PlanFileError(f"{path}: not a valid plan (nested too deep)") from None
+
+
+def _in_its_own_kind(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For a site that fails its ``oneOf`` of site kinds, the error of the kind it says it is
+    (a ``kind`` the others' ``const`` refuses), so the message names the field at fault
+    (``site.namespace``) rather than the site as a whole."""
+    while error.validator == "oneOf" and error.context:
+        branches: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.schema_path[0], []).append(sub)
+        own = [errors for errors in branches.values()
+               if not any(list(e.relative_path) == ["kind"] for e in errors)]
+        if len(own) != 1:
+            break
+        error = max(own[0], key=lambda e: len(e.relative_path))  # the deepest: the field itself
+    return error
 
 
 def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *,
@@ -216,7 +251,8 @@ def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, 
                              if now.observed_items.get(item) != cluster.observed_items.get(item))
             shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
             raise StalePlanError(
-                f"saved plan is stale: cluster {cluster.cluster} changed since the plan was made ({shown}); "
+                f"saved plan is stale: cluster {cluster.cluster} ({cluster.authority}) changed since the plan was "
+                f"made ({shown}); "
                 "nothing was changed", hint=hint)
         different = _first_difference(cluster.actions, now.actions)
         if different is not None:
@@ -363,7 +399,9 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
     # so that no cluster is changed after the locks are released.
     interrupted = threading.Event()
 
-    def run_one(authorities: list[ClusterPlan]) -> list[RunReport] | CareconcileError:
+    def run_one(authorities: list[ClusterPlan]) -> tuple[list[RunReport], CareconcileError | None]:
+        """The reports of the cluster's authorities that finished, and its failure if one
+        failed: those before it stay done, and are reported as such."""
         reports = []
         for cluster in authorities:
             try:
@@ -373,22 +411,31 @@ def run_plan(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, Cluster
                                             lock=(locks or {}).get(cluster.cluster), interrupted=interrupted,
                                             open_log=open_log))
             except CareconcileError as exc:  # this cluster's failure; the others of its wave finish
-                return exc
-        return reports
+                return reports, exc
+        return reports, None
 
     for index, wave in enumerate(waves):
         if outcome.failed and not keep_going:
             outcome.not_started += [cluster[0].cluster for later in waves[index:] for cluster in later]
             break
-        for authorities, result in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
-                                                         interrupted=interrupted)):
-            if isinstance(result, CareconcileError):
-                outcome.failed[authorities[0].cluster] = result
-            else:
-                outcome.reports += result
+        for authorities, (reports, error) in zip(wave, map_bounded(run_one, wave, max_parallel_clusters,
+                                                                   interrupted=interrupted)):
+            outcome.reports += reports
+            if error is not None:
+                outcome.failed[authorities[0].cluster] = error
     if outcome.failed:
+        finished = [report for report in outcome.reports if report.cluster in outcome.failed]
+        if finished:  # what a failed cluster did get done, before the error is printed
+            stream.write("\n" + "".join(
+                f"{report.cluster} ({report.authority}): {_report_result(report)} before the failure, "
+                f"{len(report.done)} actions done.\n" for report in finished))
+            stream.flush()
         raise _fleet_failure(outcome, len(pending))
     return outcome.reports
+
+
+def _report_result(report: RunReport) -> str:
+    return f"stopped after phase {report.stopped_after_phase}" if report.stopped_after_phase else "finished"
 
 
 def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
@@ -396,14 +443,23 @@ def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
         return next(iter(outcome.failed.values()))
     lines = [f"{len(outcome.failed)} of {clusters} clusters failed:"]
     lines += [f"  {name}: {error}" for name, error in outcome.failed.items()]
-    if outcome.reports:
-        lines.append("  finished: " + ", ".join(report.cluster for report in outcome.reports))
+    finished = [name for name in dict.fromkeys(report.cluster for report in outcome.reports)
+                if name not in outcome.failed]
+    if finished:
+        lines.append("  finished: " + ", ".join(finished))
     if outcome.not_started:
         lines.append("  not started (an earlier wave failed): " + ", ".join(outcome.not_started))
     error = RotationError("\n".join(lines), hint="fix the failed clusters, then plan again: `careconcile plan SPEC` "
                           "resumes each cluster where it stopped")
     error.__cause__ = next(iter(outcome.failed.values()))
     return error
+
+
+def log_header(operation: str, cluster: ClusterPlan, until: int | None) -> str:
+    """The first line an authority's run writes to the log: the cluster, the authority (one
+    log holds every authority of a run), how many actions, from which CA to which."""
+    return (f"{operation} cluster {cluster.cluster} ({cluster.authority}): {len(cluster.actions)} actions, "
+            f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
 
 
 def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, access: ClusterAccess, *,
@@ -417,8 +473,7 @@ def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, a
         lock.renew()
     desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
     log = open_log(access, plan.operation)
-    log.write(f"{plan.operation} cluster {cluster.cluster}: {len(cluster.actions)} actions, "
-              f"from {cluster.old_ca} to {cluster.new_ca}" + (f", until phase {until}" if until else ""))
+    log.write(log_header(plan.operation, cluster, until))
 
     def on_event(kind: str, action: Action, details: dict) -> None:
         if kind == "start":

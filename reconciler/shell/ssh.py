@@ -12,8 +12,13 @@ fsynced, then renamed over the target (OpenSSH's posix-rename), and removed on a
 failure. Restarting a static pod is a write of its manifest; the one command it runs
 (``run``, over the same connection) is the restart of the node's kubelet.
 
-Every failure is a :class:`NodeUnreachableError` that names the node, ``user@host:port``
-and what was being done, with the paramiko or OS error as its cause.
+Paths stay inside the node's root as with ``local`` (:mod:`reconciler.shell.nodes`): no
+``..``, links to files followed as node paths, and the directory a file is in resolved
+on the node (SFTP realpath) and refused, as a :class:`NodePathError`, when a link on the
+way leads outside the root.
+
+Every other failure is a :class:`NodeUnreachableError` that names the node,
+``user@host:port`` and what was being done, with the paramiko or OS error as its cause.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ from paramiko.sftp_file import SFTPFile
 
 from reconciler._files import file_mode, read_limited
 from reconciler.core.spec import HOST_KEY_TYPES, SSHAccess
-from reconciler.errors import NodeUnreachableError
-from reconciler.shell.nodes import command_failed
+from reconciler.errors import CareconcileError, NodeUnreachableError
+from reconciler.shell.nodes import (
+    MAX_LINKS, command_failed, inside, link_destination, node_path, outside_root, too_many_links,
+)
 
 CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, authentication, opening the SFTP channel
 OPERATION_TIMEOUT = 60.0  # one SFTP request without an answer: the connection is taken as lost
@@ -115,6 +122,7 @@ class SSHNodeFiles:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._orphans: set[str] = set()  # temp files a dropped connection kept us from removing
+        self._real_root: str | None = None  # the root, resolved on the node (per connection)
 
     # --- describing and connecting ------------------------------------------------------
 
@@ -129,8 +137,33 @@ class SSHNodeFiles:
     def _fail(self, message: str, *, hint: str | None = None) -> NodeUnreachableError:
         return NodeUnreachableError(f"{self.describe()}: {message}", hint=hint)
 
-    def _where(self, path: str) -> str:
-        return posixpath.join(self.root, path.lstrip("/"))
+    def _where(self, sftp: paramiko.SFTPClient, path: str) -> str:
+        """Where the node path ``path`` is under the root, once its directory is known to be
+        inside the root: the node resolves the links on the way (SFTP's realpath, of the
+        deepest directory that exists; a missing one is made later, inside it), and the
+        result must stay in the root. The last component is not resolved (a link to a file is
+        followed as a node path by :meth:`_through_links`)."""
+        path = node_path(self.describe(), path)
+        where = posixpath.join(self.root, path.lstrip("/"))
+        if path == "/" or self.root == "/":  # nothing on the node is outside "/"
+            return where
+        if self._real_root is None:
+            self._real_root = sftp.normalize(self.root)
+        directory = posixpath.dirname(where)
+        while True:
+            try:
+                real = sftp.normalize(directory)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or _lost(exc):
+                    raise
+            # Missing, or a link that leads nowhere: such a link is refused, whatever it names.
+            if stat.S_ISLNK(_lstat_or_none(sftp, directory)):
+                raise outside_root(self.describe(), path, str(sftp.readlink(directory)), dangling=True)
+            directory = posixpath.dirname(directory)
+        if not inside(real, self._real_root):
+            raise outside_root(self.describe(), path, real)
+        return where
 
     def _host_key_name(self) -> str:
         # How known_hosts names a host (OpenSSH and paramiko alike).
@@ -248,7 +281,7 @@ class SSHNodeFiles:
             sftp = self._session()
             try:
                 return work(sftp)
-            except NodeUnreachableError:
+            except CareconcileError:
                 raise
             except Exception as exc:
                 if _lost(exc):
@@ -259,6 +292,7 @@ class SSHNodeFiles:
     def close(self) -> None:
         with self._lock:
             client, self._client, self._sftp = self._client, None, None
+            self._real_root = None
             _open.discard(self)
         if client is not None:
             with contextlib.suppress(Exception):
@@ -336,24 +370,20 @@ class SSHNodeFiles:
         self._run(f"write {path}", write)
 
     def _through_links(self, sftp: paramiko.SFTPClient, path: str) -> str:
-        """Where a write of ``path`` goes: the file a symbolic link there points to."""
-        from reconciler.shell.nodes import link_destination
-
-        for _ in range(8):  # a chain of links, but not a loop
-            try:
-                if not stat.S_ISLNK(sftp.lstat(self._where(path)).st_mode or 0):
-                    break
-            except OSError as exc:
-                if exc.errno != errno.ENOENT or _lost(exc):
-                    raise
-                break
-            path = link_destination(path, sftp.readlink(self._where(path)))
-        return self._where(path)
+        """Where a read or write of ``path`` goes: the file a symbolic link there points to,
+        followed as a path on the node, so inside the root."""
+        asked = path
+        for _ in range(MAX_LINKS + 1):  # a chain of links, but not a loop
+            where = self._where(sftp, path)
+            if not stat.S_ISLNK(_lstat_or_none(sftp, where)):
+                return where
+            path = link_destination(path, sftp.readlink(where))
+        raise too_many_links(self.describe(), asked)
 
     def remove(self, path: str) -> None:
         def remove(sftp: paramiko.SFTPClient) -> None:
             try:
-                sftp.remove(self._where(path))
+                sftp.remove(self._where(sftp, path))
             except OSError as exc:
                 if exc.errno != errno.ENOENT or _lost(exc):
                     raise
@@ -361,7 +391,7 @@ class SSHNodeFiles:
 
     def remove_directory(self, path: str) -> None:
         def remove_directory(sftp: paramiko.SFTPClient) -> None:
-            where = self._where(path)
+            where = self._where(sftp, path)
             try:
                 sftp.rmdir(where)
             except OSError as exc:
@@ -468,6 +498,16 @@ def _fsync(sftp: paramiko.SFTPClient, handle: SFTPFile) -> None:
     except OSError as exc:
         if exc.errno is not None or "unsupported" not in str(exc).lower():
             raise
+
+
+def _lstat_or_none(sftp: paramiko.SFTPClient, path: str) -> int:
+    """The mode of ``path`` itself (not of what a link there names); 0 when it does not exist."""
+    try:
+        return sftp.lstat(path).st_mode or 0
+    except OSError as exc:
+        if exc.errno != errno.ENOENT or _lost(exc):
+            raise
+        return 0
 
 
 def _make_directories(sftp: paramiko.SFTPClient, directory: str) -> None:

@@ -69,7 +69,9 @@ class Verifier:
     def record_pod_trust(self, stored: Stored) -> Stored:
         state = stored.state
         alone = state.target if state.rolling_back else state.previous
-        stored = with_state(stored, workloads_trusted_since=trusted_since(utcnow()),
+        # The API server's clock, as the pods' startTimes are the cluster's (their nodes'), and
+        # apply waits until it has passed by that clock too: never this machine's.
+        stored = with_state(stored, workloads_trusted_since=trusted_since(self.access.client.server_now() or utcnow()),
                             workloads_trusted_alone=fp(alone))
         self.custody.save(stored)
         return stored

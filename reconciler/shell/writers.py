@@ -225,7 +225,8 @@ class SiteWriters:
 
     def write_kubeconfig(self, action: Action) -> None:
         ca = self.custody.pair(action.change.after[0])
-        admin = pki.issue_leaf(ca, LeafRequest("kubernetes-admin", organizations=(kubeadm.CLUSTER_ADMINS_GROUP,),
+        identity = self.access.layout.admin_identity
+        admin = pki.issue_leaf(ca, LeafRequest(identity.user, organizations=identity.groups,
                                                client=True, key=self.desired.key,
                                                validity=self.desired.leaf_validity), now=utcnow())
         if self.access.kubeconfig_path is None:  # inCluster: true; the server careconcile reached it by
@@ -235,7 +236,7 @@ class SiteWriters:
             scope = self._local_scope()
             endpoints = [endpoint for endpoint in kubeconfig.servers(source)
                          if scope.clusters is None or endpoint.name in scope.clusters]
-        document = kubeconfig.build(endpoints=endpoints, ca_pem=ca.cert_pem, user="kubernetes-admin",
+        document = kubeconfig.build(endpoints=endpoints, ca_pem=ca.cert_pem, user=identity.user,
                                     credentials=ClientCredentials(cert_pem=admin.cert_pem, key_pem=admin.key_pem))
         atomic_write(Path(action.path), kubeconfig.dump(document).encode(), kubeadm.PRIVATE)
 

@@ -101,6 +101,7 @@ class Poller:
     path: str = "/api/v1/namespaces/kube-system"
     requests: int = 0
     failures: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)  # time.time() of each failure, in the order of failures
     per_server: dict[str, int] = field(default_factory=dict)
     # When each request ended (time.monotonic()), and when polling started and stopped.
     finished: list[float] = field(default_factory=list)
@@ -126,11 +127,16 @@ class Poller:
             thread.join(timeout=30)
         self.span = (self.span[0], time.monotonic())
 
-    def longest_gap(self) -> float:
+    def longest_gap(self, until: float | None = None) -> float:
         """The longest time, in seconds, in which no request ended: from the start to the
-        first, between two, and from the last to the end."""
-        times = [self.span[0], *sorted(self.finished), self.span[1]]
+        first, between two, and from the last to the end (or to ``until``, a time.time())."""
+        end = self.span[1] if until is None else until - time.time() + time.monotonic()
+        times = [self.span[0], *sorted(t for t in self.finished if t <= end), end]
         return max(later - earlier for earlier, later in zip(times, times[1:]))
+
+    def failures_before(self, moment: float) -> list[str]:
+        """The failures of requests that ended before ``moment`` (a time.time())."""
+        return [failure for failure, at in zip(self.failures, self.failed_at) if at < moment]
 
     def _text(self) -> str:
         if self.read is None:
@@ -140,7 +146,7 @@ class Poller:
 
     def _run(self, turn: int) -> None:
         while not self._stop.is_set():
-            server = None
+            server = failure = None
             try:
                 text = self._text()
                 document = kubeconfig.parse(text, source=str(self.kubeconfig))
@@ -154,8 +160,11 @@ class Poller:
                     client.get(self.path)
                 server = target.server
             except Exception as exc:  # every failure counts, whatever its kind
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
+                failure = f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}"
             with self._count:
+                if failure is not None:
+                    self.failures.append(failure)
+                    self.failed_at.append(time.time())
                 self.requests += 1
                 self.finished.append(time.monotonic())
                 if server is not None:

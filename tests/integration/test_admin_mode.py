@@ -16,8 +16,10 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.core import kubeconfig, pki
-from reconciler.core.admin import CAPI_SECRET_TYPE, CLUSTER_NAME_LABEL, parse_inventory
-from reconciler.errors import APINotFoundError
+from reconciler.core.admin import (
+    CAPI_SECRET_TYPE, CLUSTER_NAME_LABEL, INVENTORY_SECRET_TYPE, parse_inventory,
+)
+from reconciler.errors import AdminClusterError, APINotFoundError
 from reconciler.shell.admin import cluster_from_admin
 from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.integration
 NAMESPACE = "cluster-user1"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 SECRETS = "/api/v1/namespaces/{namespace}/secrets"
+CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +125,10 @@ def test_register_wrote_the_ca_the_kubeconfig_and_the_inventory(admin, user1, wo
     assert_kubeconfig_works(kubeconfig_in_secret(admin, "user1"), user1, live.cert)
 
     with admin_client(admin) as client:
-        configmap = client.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/user1-careconcile-nodes")
-        inventory = parse_inventory(configmap["data"]["nodes.yaml"], source="inventory")
+        stored = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-nodes")
+        assert stored["type"] == INVENTORY_SECRET_TYPE
+        assert get(client, f"{CONFIGMAPS}/user1-careconcile-nodes") is None  # no inventory in a ConfigMap
+        inventory = parse_inventory(data(stored, "nodes.yaml").decode(), source="inventory")
         assert inventory.cluster == "user1"
         assert [(n.name, n.role, n.transport, n.local.root) for n in inventory.nodes] == \
             [(n.name, n.role, "local", n.root) for n in user1.nodes]
@@ -147,13 +152,82 @@ def test_register_wrote_the_ca_the_kubeconfig_and_the_inventory(admin, user1, wo
     lines = [line.strip() for line in again.stdout.splitlines() if line.startswith("  ")]
     assert [line.split(":")[0] for line in lines] == [
         "Namespace cluster-user1", "Secret cluster-user1/user1-ca", "Secret cluster-user1/user1-kubeconfig",
-        "ConfigMap cluster-user1/user1-careconcile-nodes"]
+        "Secret cluster-user1/user1-careconcile-nodes"]
     assert all(": unchanged (" in line for line in lines), again.stdout
 
     # A kubeconfig of another CA is refused before anything is written.
     wrong = careconcile("register", "user1", "--admin-kubeconfig", admin.kubeconfig, "--kubeconfig", admin.kubeconfig,
                         "--ca-cert", str(cp / "ca.crt"), "--ca-key", str(cp / "ca.key"), *nodes, workspace=workspace)
     assert wrong.returncode == 1 and "does not trust the CA being registered" in wrong.stderr
+
+
+def hostile_inventory_configmap(user1, tmp_path: Path) -> dict:
+    """The ConfigMap <name>-careconcile-nodes as someone allowed only to edit ConfigMaps in
+    the namespace would write it: a restart command that runs on careconcile's machine, a
+    worker moved to a directory of theirs, and a control-plane node of theirs over SSH."""
+    cp, worker, *_ = user1.nodes
+    nodes = [
+        {"name": cp.name, "role": cp.role, "access": "local",
+         "local": {"root": cp.root, "kubeletRestart": ["sh", "-c", f"touch {tmp_path / 'ran-from-configmap'}"]}},
+        {"name": worker.name, "role": worker.role, "access": "local", "local": {"root": str(tmp_path / "theirs")}},
+        {"name": "attacker-cp", "role": "control-plane", "access": "ssh", "address": "127.0.0.2",
+         "ssh": {"port": 2222, "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx4yDDVQ3bcd7xiVgF0TU2wYGk0KW6Nid8bJCfxGgtL"}},
+    ]
+    document = {"apiVersion": "careconcile.dev/v1alpha1", "kind": "NodeInventory", "cluster": "user1", "nodes": nodes}
+    parse_inventory(json.dumps(document), source="hostile")  # a valid inventory: only where it lives is wrong
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "user1-careconcile-nodes", "namespace": NAMESPACE,
+                         "labels": {"app.kubernetes.io/managed-by": "careconcile"}},
+            "data": {"nodes.yaml": json.dumps(document)}}
+
+
+def put(client: KubeClient, collection: str, body: dict) -> None:
+    """Create ``body``, or replace the object of its name."""
+    current = get(client, f"{collection}/{body['metadata']['name']}")
+    if current is None:
+        client.create(collection, body)
+    else:
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        client.replace(f"{collection}/{body['metadata']['name']}", body)
+
+
+def test_an_edited_inventory_configmap_changes_no_command_host_or_node(admin, user1, tmp_path):
+    """Who may only edit ConfigMaps in the namespace cannot choose what careconcile runs,
+    where its nodes' files are, or add a control-plane node: the nodes stay those registered."""
+    registered = load_spec(Path(user1.spec)).document.spec.clusters[0].nodes
+    with admin_client(admin) as client:
+        put(client, CONFIGMAPS, hostile_inventory_configmap(user1, tmp_path))
+        try:  # with a key file for SSH nodes, so that only the nodes decide
+            cluster = cluster_from_admin(client, "user1", ssh_key_file=str(tmp_path / "ssh-key"))
+        finally:
+            client.delete(f"{CONFIGMAPS}/user1-careconcile-nodes")
+    assert cluster.nodes == registered
+    assert [node.kubelet_restart for node in cluster.nodes] == [()] * len(registered)
+    assert "attacker-cp" not in [node.name for node in cluster.nodes]
+
+
+def test_a_cluster_registered_by_an_older_careconcile_is_refused_until_registered_again(admin, user1, workspace):
+    """The old layout (the inventory in a ConfigMap, no Secret) is never read for nodes: a
+    clear error says to register again; `register` writes the Secret and removes the ConfigMap."""
+    with admin_client(admin) as client:
+        stored = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-nodes")
+        client.delete(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-nodes")
+        put(client, CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "user1-careconcile-nodes", "namespace": NAMESPACE},
+                                 "data": {"nodes.yaml": data(stored, "nodes.yaml").decode()}})
+        with pytest.raises(AdminClusterError) as refused:
+            cluster_from_admin(client, "user1")
+    assert "ConfigMap cluster-user1/user1-careconcile-nodes, as an older careconcile wrote it" in refused.value.message
+    assert "careconcile register user1" in refused.value.hint
+
+    again = careconcile("register", "user1", "--from-spec", user1.spec, "--namespace", NAMESPACE, workspace=workspace)
+    assert again.returncode == 0, again.stderr
+    assert "Secret cluster-user1/user1-careconcile-nodes: created (3 nodes" in again.stdout
+    assert "ConfigMap cluster-user1/user1-careconcile-nodes: removed" in again.stdout
+    with admin_client(admin) as client:
+        assert get(client, f"{CONFIGMAPS}/user1-careconcile-nodes") is None
+        assert client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-nodes")["data"] == stored["data"]
+        assert cluster_from_admin(client, "user1").nodes == load_spec(Path(user1.spec)).document.spec.clusters[0].nodes
 
 
 # --- (b) a rotation through the management cluster alone ------------------------------------
@@ -176,8 +250,12 @@ def test_a_spec_in_admin_mode_rotates_the_cluster_ca_and_both_secrets_follow(adm
         lease = client.get(f"{LEASES.format(namespace=NAMESPACE)}/user1-careconcile-lock")
         assert lease["spec"]["holderIdentity"]
         state = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-state")
-        assert {"clusterCA.json", "clusterCA.target.crt", "clusterCA.target.key"} <= set(state["data"])
+        assert {"clusterCA.json", "clusterCA.target.crt", "clusterCA.previous.crt"} <= set(state["data"])
+        assert not any(name.endswith(".key") for name in state["data"])  # the keys are kept apart
         uploaded = pki.load_certificates(data(state, "clusterCA.target.crt"), source="target")[0]
+        keys = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-keys")
+        assert pki.key_pem_matches_cert(data(keys, f"clusterCA.{pki.fingerprint(uploaded)[7:]}.key"), uploaded,
+                                        source="the new CA's key")
     assert uploaded != old.cert  # the new CA is in the management cluster before any node has it
     assert careconcile_objects_on(user1, kubeconfig_target(kubeconfig_in_secret(admin, "user1"), source="s")) == [
         "Lease careconcile-lock"]
@@ -198,6 +276,7 @@ def test_a_spec_in_admin_mode_rotates_the_cluster_ca_and_both_secrets_follow(adm
     with admin_client(admin) as client:
         state = client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-state")
         assert list(state["data"]) == ["clusterCA.json"]  # finalize dropped the keys
+        assert not client.get(f"{SECRETS.format(namespace=NAMESPACE)}/user1-careconcile-keys").get("data")
         assert json.loads(data(state, "clusterCA.json"))["appliedRotation"] == 1
         assert get(client, f"{LEASES.format(namespace=NAMESPACE)}/user1-careconcile-lock") is None  # released
     assert careconcile_objects_on(user1, kubeconfig_target(text, source="s")) == []
@@ -230,7 +309,7 @@ def test_a_second_cluster_in_the_same_namespace_does_not_collide(start_sandbox, 
                              "--namespace", NAMESPACE, workspace=workspace)
     assert registered.returncode == 0, registered.stderr
     assert "Secret cluster-user1/user2-ca: created" in registered.stdout
-    assert "ConfigMap cluster-user1/user2-careconcile-nodes: created (1 nodes" in registered.stdout
+    assert "Secret cluster-user1/user2-careconcile-nodes: created (1 nodes" in registered.stdout
 
     user1_ca = ca_in_secret(admin, "user1")
     user1_state = secret(admin, "user1-careconcile-state")["data"]

@@ -6,6 +6,7 @@ import hashlib
 import os
 import pty
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,6 +104,26 @@ def test_a_malformed_certificate_is_named_by_node_and_path(cluster, tmp_path):
     assert result.returncode == 1
     assert cluster.nodes[-1].name in result.stderr and "/etc/kubernetes/pki/ca.crt" in result.stderr
     assert "Traceback" not in result.stderr
+    assert _tree_digest(Path(cluster.nodes_dir)) == before
+
+
+def test_a_node_directory_linked_out_of_the_node_root_is_refused_and_nothing_is_written(cluster, tmp_path):
+    """A worker whose etc/kubernetes/pki is a link to a directory outside its root: apply
+    stops naming the node and the path, exit 1, and writes nothing there or on the nodes."""
+    before = _tree_digest(Path(cluster.nodes_dir))
+    worker = cluster.nodes[-1]
+    root = tmp_path / "worker"
+    shutil.copytree(worker.root, root, symlinks=True, ignore=shutil.ignore_patterns("*.sock"))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(root / "etc/kubernetes/pki", elsewhere)
+    os.symlink(elsewhere, root / "etc/kubernetes/pki")
+    outside = _tree_digest(elsewhere)
+    spec = _copy_spec(cluster, tmp_path, {worker.root: str(root)})
+    result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"node {worker.name}" in result.stderr and "/etc/kubernetes/pki/" in result.stderr, result.stderr
+    assert str(elsewhere) in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert _tree_digest(elsewhere) == outside and sorted(p.name for p in elsewhere.iterdir()) == ["ca.crt"]
     assert _tree_digest(Path(cluster.nodes_dir)) == before
 
 

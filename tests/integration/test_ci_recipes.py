@@ -10,57 +10,24 @@ the cluster in sync, and the requests it makes must be exactly what the RBAC all
 from __future__ import annotations
 
 import copy
-import io
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from ruamel.yaml import YAML
 
 from reconciler.errors import APIError, APIForbiddenError, APINotFoundError
 from reconciler.shell import drift
-from reconciler.shell.kube import SERVICEACCOUNT_DIR_ENV, InClusterClient, KubeClient, load_kubeconfig
+from reconciler.shell.kube import InClusterClient, KubeClient, load_kubeconfig
 from reconciler.shell.specfile import load_spec
 
-from .helpers import wait_until
-from .rotation import ROOT, careconcile
+from . import drift_account
+from .drift_account import collection, item, of_kind, recipe
+from .rotation import careconcile
 
 pytestmark = pytest.mark.integration
 
-RECIPE = ROOT / "docs/recipes/drift-cronjob.yaml"
-
-# kind -> (API prefix, plural, namespaced): the kinds the recipe holds.
-COLLECTIONS = {
-    "Namespace": ("/api/v1", "namespaces", False),
-    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
-    "ConfigMap": ("/api/v1", "configmaps", True),
-    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
-    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
-    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
-    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
-    "CronJob": ("/apis/batch/v1", "cronjobs", True),
-}
 DRY_RUN = "?dryRun=All&fieldValidation=Strict"
-
-
-def recipe() -> list[dict]:
-    return [document for document in YAML(typ="safe").load_all(RECIPE.read_text()) if document]
-
-
-def collection(obj: dict) -> str:
-    prefix, plural, namespaced = COLLECTIONS[obj["kind"]]
-    if namespaced:
-        return f"{prefix}/namespaces/{obj['metadata']['namespace']}/{plural}"
-    return f"{prefix}/{plural}"
-
-
-def item(obj: dict) -> str:
-    return f"{collection(obj)}/{obj['metadata']['name']}"
-
-
-def of_kind(objects: list[dict], kind: str) -> list[dict]:
-    return [obj for obj in objects if obj["kind"] == kind]
 
 
 @pytest.fixture(scope="module")
@@ -126,58 +93,20 @@ def test_a_broken_copy_of_the_cronjob_is_rejected(admin, namespace, breakage):
 
 # --- drift as the ServiceAccount ------------------------------------------------------
 
-RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-
-
 @pytest.fixture(scope="module")
 def service_account(admin, namespace, tmp_path_factory, cluster):
     """The ServiceAccount and RBAC created for real; a token for it and the CA a pod of
     the namespace would get, in a directory laid out like the kubelet's mount."""
-    objects = [obj for obj in recipe() if obj["kind"] in RBAC_KINDS]
-    created = []
-    try:
-        for obj in objects:
-            admin.create(collection(obj), obj)
-            created.append(obj)
-        (account,) = of_kind(objects, "ServiceAccount")
-        token = admin.create(f"{item(account)}/token", {
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600},
-        })["status"]["token"]
-        root_ca = wait_until("kube-root-ca.crt in the recipe's namespace", lambda: _root_ca(admin, namespace))
-        directory = tmp_path_factory.mktemp("serviceaccount")
-        (directory / "token").write_text(token)
-        (directory / "ca.crt").write_text(root_ca)
-        (directory / "namespace").write_text(namespace)
-        port = urlsplit(cluster.apiservers[0]).port
-        yield {SERVICEACCOUNT_DIR_ENV: str(directory), "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-               "KUBERNETES_SERVICE_PORT": str(port)}
-    finally:
-        for obj in reversed(created):
-            admin.delete(item(obj))
-
-
-def _root_ca(admin: KubeClient, namespace: str) -> str | None:
-    try:
-        return admin.get(f"/api/v1/namespaces/{namespace}/configmaps/kube-root-ca.crt")["data"]["ca.crt"]
-    except APINotFoundError:
-        return None
+    with drift_account.service_account(admin, cluster.apiservers[0],
+                                       tmp_path_factory.mktemp("serviceaccount")) as environment:
+        yield environment
 
 
 @pytest.fixture(scope="module")
 def in_cluster_spec(cluster, tmp_path_factory) -> Path:
     """A copy of the sandbox's spec that reaches the API as a pod would (the sandbox's
     own spec stays as the other tests expect it)."""
-    yaml = YAML()
-    document = yaml.load(Path(cluster.spec).read_text())
-    entry = document["spec"]["clusters"][0]
-    del entry["kubeconfig"]
-    entry.pop("context", None)
-    entry.insert(1, "inCluster", True)
-    out = io.StringIO()
-    yaml.dump(document, out)
-    spec = tmp_path_factory.mktemp("in-cluster") / "spec.yaml"
-    spec.write_text(out.getvalue())
-    return spec
+    return drift_account.in_cluster_spec(Path(cluster.spec), tmp_path_factory.mktemp("in-cluster") / "spec.yaml")
 
 
 def test_drift_as_the_service_account_finds_the_cluster_in_sync(service_account, in_cluster_spec, tmp_path):
@@ -232,6 +161,7 @@ def test_the_service_account_can_change_nothing_and_read_no_other_object(service
         for method, path, body in [
             ("GET", "/api/v1/configmaps", None),  # every ConfigMap, not just kube-root-ca.crt
             ("GET", "/api/v1/namespaces/kube-system/secrets", None),
+            ("GET", "/api/v1/namespaces/kube-system/secrets/careconcile-keys", None),  # the CA keys of a rotation
             ("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config", None),
             ("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/careconcile-lock", None),
             ("POST", "/api/v1/namespaces/kube-system/secrets",

@@ -3,7 +3,8 @@ read back from `--format json` and from the metrics file with Prometheus' own pa
 
 The shared sandbox (``cluster``) is changed only through spec copies, or by replacing a
 node file and putting it back; the departures that need a rotation or a second apiserver
-share one sandbox of this module (``ha``).
+share one sandbox of this module (``ha``), where a rotation held at phase 2 is also read by
+drift as the ServiceAccount of the CronJob recipe, which must not read any CA key.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from reconciler._files import atomic_write
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.drift import DRIFT_KINDS
 from reconciler.core.metrics import LAST_SUCCESS, METRICS
-from reconciler.errors import APINotFoundError
+from reconciler.errors import APIForbiddenError, APINotFoundError
 from reconciler.sandbox._paths import SandboxPaths
 from reconciler.shell import probes
-from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.kube import InClusterClient, KubeconfigClient
 
+from . import drift_account
 from .helpers import client_cert, cluster_ca, node_file, wait_until
 from .rotation import careconcile, record_ca
 
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 ECDSA = pki.KeySpec("ECDSA", 256)
 SECRET = "/api/v1/namespaces/kube-system/secrets/careconcile-state"
+KEYS_SECRET = "/api/v1/namespaces/kube-system/secrets/careconcile-keys"
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/careconcile-lock"
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 APISERVER = f"{kubeadm.PKI_DIR}/apiserver"
@@ -411,13 +414,83 @@ def _webhook(name: str, ca_pem: bytes) -> dict:
     }
 
 
-def test_a_half_done_rotation_then_a_stale_webhook_ca_bundle(ha, tmp_path):
-    spec = spec_copy(ha, tmp_path, "rotate", rotation=1)
-    workspace = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def held_at_phase_2(ha, tmp_path_factory):
+    """A rotation of ``ha``'s cluster CA held after phase 2 (both CAs trusted, nothing
+    reissued yet): its spec, its workspace and the CA it started from."""
+    directory = tmp_path_factory.mktemp("held")
+    spec = spec_copy(ha, directory, "rotate", rotation=1)
+    workspace = directory / "ws"
     old = record_ca(ha)
-
     half = careconcile("apply", str(spec), "--auto-approve", "--until", "trust-both", workspace=workspace)
     assert half.returncode == 0, half.stdout[-3000:] + half.stderr
+    return spec, workspace, old
+
+
+def private_key_holders(client: KubeconfigClient) -> list[str]:
+    """The API path of every Secret and ConfigMap of the cluster that holds a private key."""
+    holders = []
+    for kind, plural in (("Secret", "secrets"), ("ConfigMap", "configmaps")):
+        for obj in client.list(f"/api/v1/{plural}"):
+            values = [base64.b64decode(value) for value in (obj.get("data") or {}).values()] if kind == "Secret" \
+                else [value.encode() for value in (obj.get("data") or {}).values()]
+            values += [base64.b64decode(value) for value in (obj.get("binaryData") or {}).values()]
+            if any(b"PRIVATE KEY" in value for value in values):
+                holders.append(f"/api/v1/namespaces/{obj['metadata']['namespace']}/{plural}/{obj['metadata']['name']}")
+    return holders
+
+
+def test_the_drift_service_account_reads_no_ca_key_during_a_rotation_held_at_phase_2(ha, held_at_phase_2, tmp_path,
+                                                                                    monkeypatch):
+    """The drift CronJob's ServiceAccount, with the RBAC of the recipe, while a rotation is
+    held at phase 2: drift, run as it, still reports the rotation and its phase; each
+    Secret and ConfigMap of the cluster that holds a private key answers it 403."""
+    spec, _, _ = held_at_phase_2
+    with KubeconfigClient(Path(ha.kubeconfig)) as admin, \
+            drift_account.service_account(admin, ha.apiservers[0], tmp_path / "serviceaccount") as environment:
+        in_cluster = drift_account.in_cluster_spec(spec, tmp_path / "in-cluster.yaml")
+        result = careconcile("drift", str(in_cluster), "--format", "json", "--metrics-file",
+                             str(tmp_path / "drift.prom"), workspace=tmp_path / "ws", env=environment, timeout=120)
+        assert result.returncode == 2, result.stdout[-4000:] + result.stderr
+        report = json.loads(result.stdout)
+        assert findings(report)[0] == ("rotation-half-done", "clusterCA")
+        assert "after phase 2 of 5" in report["clusters"][0]["findings"][0]["message"]
+
+        holders = private_key_holders(admin)
+        assert KEYS_SECRET in holders and SECRET not in holders, holders
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        with InClusterClient() as account:
+            for path in holders:
+                with pytest.raises(APIForbiddenError):
+                    account.get(path)
+            public = account.get(SECRET)["data"]  # what it reads: the phase, no key
+        assert json.loads(base64.b64decode(public["clusterCA.json"]))["verifiedPhase"] == 2
+        assert not any(b"PRIVATE KEY" in base64.b64decode(value) for value in public.values())
+
+
+def to_the_store_layout_before_the_split(info) -> None:
+    """The state store as careconcile before the split kept it: the keys beside their
+    certificates in careconcile-state (``clusterCA.target.key``, ``.previous.key``), no
+    careconcile-keys."""
+    with KubeconfigClient(Path(info.kubeconfig)) as client:
+        state, keys = client.get(SECRET), client.get(KEYS_SECRET)["data"]
+        data = dict(state["data"])
+        record = json.loads(base64.b64decode(data["clusterCA.json"]))
+        del record["keysStored"]
+        data["clusterCA.json"] = base64.b64encode(json.dumps(record).encode()).decode()
+        for role in ("target", "previous"):
+            cert = pki.load_certificates(base64.b64decode(data[f"clusterCA.{role}.crt"]), source=role)[0]
+            data[f"clusterCA.{role}.key"] = keys["clusterCA." + pki.fingerprint(cert).removeprefix("sha256:") + ".key"]
+        client.replace(SECRET, {**state, "data": data})
+        client.delete(KEYS_SECRET)
+
+
+def test_a_half_done_rotation_of_an_earlier_careconcile_then_a_stale_webhook_ca_bundle(ha, held_at_phase_2, tmp_path):
+    """The rotation held at phase 2 is read and resumed from the store layout of a
+    careconcile from before the split (keys in careconcile-state), and split on resuming."""
+    spec, workspace, old = held_at_phase_2
+    to_the_store_layout_before_the_split(ha)
     report = drift(spec, tmp_path=tmp_path, expect=2)
     # Held before phase 3, the add-ons' pods still trust only the old CA: apply restarts them next.
     assert findings(report)[0] == ("rotation-half-done", "clusterCA")
@@ -431,6 +504,8 @@ def test_a_half_done_rotation_then_a_stale_webhook_ca_bundle(ha, tmp_path):
 
     done = careconcile("apply", str(spec), "--auto-approve", workspace=workspace)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert list(api_object(ha, SECRET)["data"]) == ["clusterCA.json"]  # split, then finalized: no key left
+    assert not api_object(ha, KEYS_SECRET).get("data")
     new = record_ca(ha)
     assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
     report = drift(spec, tmp_path=tmp_path, expect=0)

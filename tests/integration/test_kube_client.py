@@ -10,15 +10,21 @@ import datetime as dt
 import socket
 import subprocess
 import threading
+import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
-from reconciler._time import micro_time
+from reconciler._time import CLOCK_OFFSET_ENV, micro_time, parse_time
 from reconciler.core import pki
 from reconciler.errors import (APIConflictError, APINotFoundError, ClusterUnreachableError, LockError,
                                LockHeldError)
+from reconciler.core.leases import renewal_stored_at
+from reconciler.core.observed import ObservedComponent
+from reconciler.shell import components
 from reconciler.shell import lock as cluster_lock
+from reconciler.shell.components import NODE_LEASES, ComponentRestarts
 from reconciler.shell.kube import KubeClient, KubeTarget, load_kubeconfig
 from reconciler.shell.lock import LEASE, ClusterLock, LockInfo, current_lock, force_unlock, lease_body
 from reconciler.shell.probes import accepts_client_certificate, presented_certificate, serves_chain_to
@@ -255,3 +261,50 @@ def test_an_expired_lock_is_taken_over_by_exactly_one_of_several_runs(target, cl
     assert len(winners) == 1 and len(outcomes) == 4, outcomes
     assert winners[0].took_over_from.id == expired.id
     assert current_lock(client).id == winners[0].id
+
+
+def test_a_run_whose_clock_is_1000s_behind_holds_its_lock_against_a_run_with_a_true_clock(
+        target, client, no_lock, monkeypatch):
+    """The clock decides nothing: a run on a machine whose clock is 1000 s behind (more than
+    the 900 s TTL) writes the API server's time into the Lease, so that a run on a machine
+    with a true clock does not take its live lock over. The skew is faked in careconcile's
+    clock alone (the process's, and the name the lock module reads it by), never the system's."""
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, "-1000")
+    monkeypatch.setattr(cluster_lock, "utcnow", lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1000))
+    with KubeClient(target) as behind_client:
+        behind = ClusterLock(behind_client, CLUSTER, operation="apply")
+        info = behind.acquire()
+    lease = client.get(LEASE)
+    # Both the API server's clock: the renewTime written, and the creationTimestamp it set.
+    created = parse_time(lease["metadata"]["creationTimestamp"])
+    assert abs(parse_time(lease["spec"]["renewTime"]) - created) < dt.timedelta(seconds=3), lease["spec"]
+    monkeypatch.undo()
+    with KubeClient(target) as true_client:
+        with pytest.raises(LockHeldError, match=info.id):
+            ClusterLock(true_client, CLUSTER, operation="apply").acquire()
+    assert current_lock(client).id == info.id
+
+
+def test_a_renewed_node_lease_passes_the_kubelet_check_with_careconciles_clock_100s_ahead(kube, client, monkeypatch):
+    """The kubelet check against the sandbox's real node Leases (kwok renews them, 6 s
+    duration): careconcile's clock faked 100 s ahead, the Lease renewed after the renewTime
+    read "at the restart" passes, judged by the node's clock and by when the API server
+    stored the renewal (its managedFields), never by careconcile's clock."""
+    ahead = dt.timedelta(seconds=100)
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, str(ahead.total_seconds()))
+    monkeypatch.setattr(components, "utcnow", lambda: dt.datetime.now(dt.timezone.utc) + ahead)
+    node = kube.nodes[-1].name
+    lease = client.get(f"{NODE_LEASES}/{node}")
+    assert renewal_stored_at(lease) is not None, lease["metadata"]  # the API server keeps when it stored it
+    seen = parse_time(lease["spec"]["renewTime"])
+    kubelet = ObservedComponent(id=f"{node}:kubelet", node=node, name="kubelet", inputs=(), inputs_digest="d",
+                                restarted_for="d", restarted_at=dt.datetime.now(dt.timezone.utc), restart="command",
+                                command=("true",), lease_renewed_at_restart=seen)
+    check = ComponentRestarts(SimpleNamespace(client=client))
+    problems = check.services_not_ready([kubelet])
+    deadline = time.monotonic() + 20
+    while problems and time.monotonic() < deadline:
+        time.sleep(0.5)
+        problems = check.services_not_ready([kubelet])
+    assert problems == []
+    assert parse_time(client.get(f"{NODE_LEASES}/{node}")["spec"]["renewTime"]) > seen

@@ -1,6 +1,8 @@
 """A write through a symbolic link replaces the file the link points to and keeps the link,
 over both transports: kubeadm nodes keep kubelet-client-current.pem as a link, and the
-kubelet stops rotating its certificate if the link becomes a plain file."""
+kubelet stops rotating its certificate if the link becomes a plain file. And no path
+leaves the node's root: not by a '..' component, not through a link to a directory
+elsewhere, not at the end of a chain of links too long to follow."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.spec import NodeSpec
-from reconciler.shell.nodes import link_destination, node_files
+from reconciler.errors import NodePathError
+from reconciler.shell.nodes import MAX_LINKS, link_destination, node_files
 
 from .sshd import running_sshd, ssh_access
 
@@ -67,3 +70,119 @@ def test_link_destinations_are_node_paths():
     assert link_destination(CURRENT, DATED) == DATED
     assert link_destination(CURRENT, "kubelet-client-x.pem") == "/var/lib/kubelet/pki/kubelet-client-x.pem"
     assert link_destination(CURRENT, "../other/x.pem") == "/var/lib/kubelet/other/x.pem"
+
+
+# --- confined to the node's root -------------------------------------------------------
+
+CA_CRT = "/etc/kubernetes/pki/ca.crt"
+CA_KEY = "/etc/kubernetes/pki/ca.key"
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A directory beside the node's root with a file in it, as an attacker would aim at."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "ca.crt").write_bytes(b"not the node's\n")
+    return outside
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _refused(files, call, path: str) -> str:
+    with pytest.raises(NodePathError) as caught:
+        call()
+    message = str(caught.value)
+    assert "node n1" in message and path in message, message
+    return message
+
+
+def _every_call_refused(files, path: str) -> None:
+    _refused(files, lambda: files.read(path), path)
+    _refused(files, lambda: files.mode(path), path)
+    _refused(files, lambda: files.write(path, b"-----BEGIN PRIVATE KEY-----\n", 0o600), path)
+    _refused(files, lambda: files.remove(path), path)
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_a_path_with_dotdot_is_refused_and_nothing_outside_changes(server, tmp_path, transport):
+    outside = _outside(tmp_path)
+    root = tmp_path / "node"
+    (root / "etc/kubernetes/pki").mkdir(parents=True)
+    files = _transports(server, root)[transport]
+    before = _tree(tmp_path)
+    assert "elsewhere/ca.crt" in before and outside.is_dir()
+    try:
+        for path in ("/../elsewhere/ca.crt", "/etc/kubernetes/pki/../../../../elsewhere/ca.crt", "/etc/../etc/x"):
+            _every_call_refused(files, path)
+    finally:
+        files.close()
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_a_directory_link_out_of_the_root_is_refused_and_nothing_is_written_there(server, tmp_path, transport, how):
+    """``pki -> /elsewhere`` put ca.key there; a link above it (``etc/kubernetes``) too."""
+    outside = _outside(tmp_path)
+    root = tmp_path / "node"
+    (root / "etc/kubernetes").mkdir(parents=True)
+    os.symlink(str(outside) if how == "absolute" else "../../../elsewhere", root / "etc/kubernetes/pki")
+    files = _transports(server, root)[transport]
+    before = _tree(tmp_path)
+    try:
+        for path in (CA_CRT, CA_KEY, "/etc/kubernetes/pki/careconcile/ca.key"):
+            message = _refused(files, lambda: files.write(path, b"-----BEGIN PRIVATE KEY-----\n", 0o600), path)
+            assert str(outside) in message, message
+        _every_call_refused(files, CA_CRT)
+        # One level up: the whole etc/kubernetes is a link out of the root.
+        os.unlink(root / "etc/kubernetes/pki")
+        os.rmdir(root / "etc/kubernetes")
+        os.symlink(str(tmp_path), root / "etc/kubernetes")
+        (tmp_path / "pki").mkdir()
+        before = _tree(tmp_path)
+        _every_call_refused(files, CA_KEY)
+    finally:
+        files.close()
+    assert _tree(tmp_path) == before
+    assert not (outside / "ca.key").exists() and not (tmp_path / "pki/ca.key").exists()
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_a_directory_link_inside_the_root_still_works(server, tmp_path, transport):
+    root = tmp_path / "node"
+    (root / "etc/kubernetes").mkdir(parents=True)
+    (root / "data/pki").mkdir(parents=True)
+    os.symlink("../../data/pki", root / "etc/kubernetes/pki")  # relative, inside the root
+    files = _transports(server, root)[transport]
+    try:
+        files.write(CA_KEY, b"-----BEGIN PRIVATE KEY-----\n", 0o600)
+        assert files.read(CA_KEY) == b"-----BEGIN PRIVATE KEY-----\n"
+        assert (root / "data/pki/ca.key").stat().st_mode & 0o777 == 0o600
+        assert (root / "etc/kubernetes/pki").is_symlink()
+    finally:
+        files.close()
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_a_chain_of_links_too_long_to_follow_is_refused(server, tmp_path, transport):
+    """Followed as node paths, links stay in the root; a chain longer than careconcile follows
+    must not be handed to the OS, which reads an absolute link as this machine's path."""
+    outside = _outside(tmp_path)
+    root = tmp_path / "node"
+    pki = root / "etc/kubernetes/pki"
+    pki.mkdir(parents=True)
+    names = [f"link-{index}" for index in range(MAX_LINKS + 1)]
+    os.symlink(names[1], pki / "ca.crt")
+    for name, following in zip(names[1:], names[2:]):
+        os.symlink(following, pki / name)
+    os.symlink(str(outside / "ca.crt"), pki / names[-1])  # the OS would follow it out of the root
+    files = _transports(server, root)[transport]
+    before = _tree(tmp_path)
+    try:
+        _refused(files, lambda: files.read(CA_CRT), CA_CRT)
+        _refused(files, lambda: files.write(CA_CRT, b"new\n", 0o644), CA_CRT)
+    finally:
+        files.close()
+    assert _tree(tmp_path) == before

@@ -1,10 +1,12 @@
-"""`careconcile update credentials --cluster-ca` as a new user runs it: from a directory that
-holds only the admin cluster's kubeconfig, against a user sandbox registered in an admin
-sandbox whose nodes are reached over SSH."""
+"""`careconcile update credentials --cluster-ca` and `update credentials
+certificate-authorities rotate` as a new user runs them: from a directory that holds only
+the admin cluster's kubeconfig, against a user sandbox registered in an admin sandbox whose
+nodes are reached over SSH."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import shutil
@@ -14,13 +16,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from ruamel.yaml import YAML
 
 from reconciler.core import kubeconfig, pki
+from reconciler.core.authorities import AUTHORITIES
 from reconciler.errors import APINotFoundError
 from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target, load_kubeconfig
 from reconciler.shell.lock import current_lock
+from reconciler.shell.specfile import load_spec
 
 from .helpers import wait_until
 from .rotation import (
@@ -57,14 +62,18 @@ def newcomer(admin, tmp_path) -> Path:
     return directory
 
 
-def update_credentials(directory: Path, **popen) -> subprocess.Popen:
-    """The command exactly as the docs give it, run in ``directory``, with no
-    CARECONCILE_WORKSPACE: the workspace is ./careconcile-workspace there."""
+CLUSTER_CA_ONLY = ("--cluster-ca", "--cluster-name", USER)
+ALL_THREE = ("certificate-authorities", "rotate", "--cluster", USER)
+
+
+def update_credentials(directory: Path, form: tuple[str, ...] = CLUSTER_CA_ONLY, **popen) -> subprocess.Popen:
+    """The command exactly as the docs give it (``form``: the cluster CA alone, or
+    certificate-authorities rotate), run in ``directory``, with no CARECONCILE_WORKSPACE:
+    the workspace is ./careconcile-workspace there."""
     env = {key: value for key, value in os.environ.items() if key != "CARECONCILE_WORKSPACE"}
     env.update(popen.pop("env", {}))
     return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "update", "credentials", "--cluster-ca", "--cluster-name", USER,
-         "--kubeconfig", "admin-kubeconfig"],
+        [sys.executable, "-m", "reconciler", "update", "credentials", *form, "--kubeconfig", "admin-kubeconfig"],
         cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -135,14 +144,49 @@ def locks_held_by(admin, pid: int) -> bool:
     return cluster is not None and cluster.pid == pid
 
 
-def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_from_the_admin_cluster_alone(
-        admin, user, newcomer):
-    """One rotation serves what used to take two: the run is killed after 25 actions and the
-    next run finishes it, while a client that fetches the kubeconfig Secret for every request
-    polls the user cluster across both runs, and other careconcile runs try to cut in."""
+def plant_inventory_configmap(admin, user, marker: Path) -> None:
+    """The ConfigMap <user>-careconcile-nodes (where an older careconcile kept the inventory)
+    as someone allowed only to edit ConfigMaps there writes it: a restart command of theirs on
+    the control plane, a worker moved to another address, and a control-plane node of theirs."""
+    nodes = []
+    for node in load_spec(Path(user.spec)).document.spec.clusters[0].nodes:
+        ssh = node.access.ssh
+        entry = {"name": node.name, "role": node.role, "access": "ssh", "address": ssh.host,
+                 "ssh": {"user": ssh.user, "port": ssh.port, "hostKey": ssh.host_key, "root": ssh.root}}
+        if node.role == "control-plane":
+            entry["ssh"]["kubeletRestart"] = ["sh", "-c", f"touch {marker}"]
+        else:
+            entry["address"] = "127.0.0.2"
+        nodes.append(entry)
+    nodes.append({**nodes[0], "name": "theirs-cp", "address": "127.0.0.3"})
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{USER}-careconcile-nodes"},
+            "data": {"nodes.yaml": json.dumps({"apiVersion": "careconcile.dev/v1alpha1", "kind": "NodeInventory",
+                                               "cluster": USER, "nodes": nodes})}}
+    with KubeconfigClient(Path(admin.kubeconfig)) as client:
+        path = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{USER}-careconcile-nodes"
+        try:
+            body["metadata"]["resourceVersion"] = client.get(path)["metadata"]["resourceVersion"]
+            client.replace(path, body)
+        except APINotFoundError:
+            client.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", body)
+
+
+def test_update_credentials_killed_then_certificate_authorities_rotate_finishes_it_and_rotates_all_three(
+        admin, user, newcomer, tmp_path):
+    """`update credentials --cluster-ca` is killed after 25 actions; `update credentials
+    certificate-authorities rotate --cluster NAME --kubeconfig ADMIN`, from the same directory
+    that holds only the admin kubeconfig, finishes that rotation (once, not twice) and then
+    rotates the etcd and front-proxy CAs. A client that fetches the kubeconfig Secret for
+    every request polls the user cluster throughout: nothing fails until the etcd CA's part
+    (whose restarts of the only etcd member and apiserver are outages the plan announces).
+    Other careconcile runs try to cut in. An inventory ConfigMap edited beforehand changes no
+    command, address or node of either run."""
+    marker = newcomer / "ran-from-configmap"
+    plant_inventory_configmap(admin, user, marker)
     old = record_ca(user)
     assert_admin_cluster_holds(admin, old)
     before = applied_rotation(admin)
+    others = {name: record_cert(user, layout) for name, layout in AUTHORITIES.items() if name != "clusterCA"}
     # The poller's own client of the admin cluster (a connection is not shared between threads).
     with KubeconfigClient(Path(admin.kubeconfig)) as poll:
         def read_secret_kubeconfig() -> str:
@@ -157,7 +201,7 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
             assert "[25/" in killed_stdout and "[26/" not in killed_stdout
             assert locks_held_by(admin, killed.pid), "the killed run left its lock behind"
 
-            rerun = update_credentials(newcomer)
+            rerun = update_credentials(newcomer, ALL_THREE)
             # Once the second run holds both Leases of the lock, a change to that cluster by
             # another careconcile command is refused, naming the rotation. The second run is
             # paused meanwhile (its lock held), so that it cannot finish before they are asked.
@@ -174,20 +218,36 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
                 rerun.send_signal(signal.SIGCONT)
             returncode, stdout, stderr = finish(rerun)
     assert returncode == 0, stdout + stderr
-    assert "Finishing the interrupted rotation" in stdout
+    assert "Finishing the interrupted rotation of the CAs (clusterCA, etcdCA, frontProxyCA)" in stdout
     assert "took over the stale lock" in stderr
     for refused in (competing, plain):
         assert refused.returncode == 1, refused.stdout + refused.stderr
-        assert "is locked" in refused.stderr and "update credentials --cluster-ca" in refused.stderr
+        assert "is locked" in refused.stderr and "update credentials certificate-authorities rotate" in refused.stderr
 
     new = record_ca(user)
     assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
-    assert f"is now {pki.fingerprint(new.cert)} (was {pki.fingerprint(old.cert)})" in stdout
+    assert f"The cluster CA of {USER} is now {pki.fingerprint(new.cert)} (was {pki.fingerprint(old.cert)})" in stdout
     assert_admin_cluster_holds(admin, new)
     assert_nodes_trust_only(user, new.cert)
     assert rejects_client_of(user, old, trust=new.cert), "an apiserver still accepts the old CA's client certificate"
-    # One rotation over both runs, not two.
+    # One rotation of the cluster CA over both runs, not two.
     assert applied_rotation(admin) == before + 1
+    for name, was in others.items():
+        now = record_cert(user, AUTHORITIES[name])
+        assert now != was, f"{name} did not change"
+        assert f"The {name} of {USER} is now {pki.fingerprint(now)} (was {pki.fingerprint(was)})" in stdout
+    # Every leaf of each authority verifies (openssl) against a CA file holding its new CA alone.
+    for name, layout in AUTHORITIES.items():
+        ca_file = tmp_path / f"{name}.crt"
+        ca_file.write_bytes(pki.cert_pem(record_cert(user, layout)))
+        leaves = leaf_certificates(user, layout)
+        pairs = [f"{leaf.path}.crt" for leaf in layout.leaves if leaf.form == "pair"]
+        assert all(any(where.endswith(pair) for where, _ in leaves) for pair in pairs), f"{name}: a leaf is missing"
+        for where, cert_pem in leaves:
+            verified = subprocess.run(["openssl", "verify", "-CAfile", str(ca_file)], input=cert_pem,
+                                      capture_output=True)
+            assert verified.returncode == 0 and verified.stdout.strip().endswith(b": OK"), \
+                f"{name}: {where}: {verified.stdout!r} {verified.stderr!r}"
 
     workspace = newcomer / "careconcile-workspace" / USER
     new_kubeconfig = workspace / f"{USER}-kubeconfig"
@@ -196,18 +256,77 @@ def test_update_credentials_killed_then_run_again_rotates_the_user_cluster_once_
         assert client.get("/api/v1/namespaces/kube-system")["metadata"]["name"] == "kube-system"
     logs = sorted(workspace.glob("log/update-credentials-*/update-credentials.log"))
     assert len(logs) == 2 and f"Log: {logs[0]}" in killed_stdout and f"Log: {logs[1]}" in stdout
-    assert logs[-1].read_text().rstrip().endswith("finished")
+    lines = logs[-1].read_text().splitlines()
+    # One part per authority in the one log: a header, its actions, "finished".
+    headers = [line for line in lines if f" cluster {USER}" in line and " actions, from " in line]
+    assert len(headers) == 3 and sum(line.endswith(" finished") for line in lines) == 3, "\n".join(lines)
+    assert all(f" cluster {USER} ({name}): " in header for header, name in zip(headers, AUTHORITIES)), headers
+    assert any(f" {USER}/etcdCA/" in line for line in lines) and any(f" {USER}/frontProxyCA/" in line for line in lines)
+    assert lines[-1].endswith(" finished")
     assert all((log.parent / "spec.yaml").is_file() for log in logs)
+    # The registered nodes, at their registered addresses, and no command from the ConfigMap.
+    registered = load_spec(Path(user.spec)).document.spec.clusters[0].nodes
+    for log in logs:
+        ran = load_spec(log.parent / "spec.yaml").document.spec.clusters[0].nodes
+        assert [(n.name, n.access.ssh.host, n.access.ssh.port, n.kubelet_restart) for n in ran] == \
+            [(n.name, n.access.ssh.host, n.access.ssh.port, n.kubelet_restart) for n in registered]
+    assert not marker.exists(), "a restart command from the inventory ConfigMap ran"
     assert not any((workspace / "ssh").iterdir()), "the SSH key was left in the workspace"
     assert_no_private_key_in_files(workspace / "log")
 
+    # Until the etcd CA's part began, no request failed (the cluster CA's rotation is one
+    # without an outage); the etcd CA's restarts of the only etcd member and apiserver are.
+    etcd_began = dt.datetime.fromisoformat(headers[1].split()[0].replace("Z", "+00:00")).timestamp()
     assert poller.requests > 100
-    assert poller.longest_gap() < POLL_GAP_SECONDS, f"no request for {poller.longest_gap():.1f}s"
-    assert poller.failures == [], poller.failures[:5]
+    assert poller.longest_gap(until=etcd_began) < POLL_GAP_SECONDS, \
+        f"no request for {poller.longest_gap(until=etcd_began):.1f}s"
+    assert poller.failures_before(etcd_began) == [], poller.failures_before(etcd_began)[:5]
     assert set(poller.per_server) == set(user.apiservers)
+    print(f"\nthe etcd and front-proxy CAs' part: {len(poller.failures)} requests failed, longest gap "
+          f"{poller.longest_gap():.1f}s")
 
     # The lock is released: neither Lease is left.
     with KubeconfigClient(Path(admin.kubeconfig)) as client:
         assert not [lease for lease in client.list(LEASES) if lease["metadata"]["name"].endswith("careconcile-lock")]
     with KubeClient(load_kubeconfig(new_kubeconfig)) as client:
         assert current_lock(client) is None
+
+    # The run's own spec planned again (with the sandbox's SSH key for the copy the run
+    # removed): nothing is left to do for any of the three.
+    yaml = YAML()
+    document = yaml.load((logs[-1].parent / "spec.yaml").read_text())
+    for node in document["spec"]["clusters"][0]["nodes"]:
+        node["access"]["ssh"]["keyFile"] = user.ssh["key_file"]
+    again_spec = tmp_path / "again.yaml"
+    with again_spec.open("w") as handle:
+        yaml.dump(document, handle)
+    again = careconcile("plan", str(again_spec), "--detailed-exitcode", workspace=newcomer / "careconcile-workspace")
+    assert again.returncode == 0 and "No changes." in again.stdout, again.stdout + again.stderr
+
+
+def record_cert(user, layout) -> x509.Certificate:
+    certs = pki.load_certificates((Path(user.nodes[0].root) / layout.record_cert.lstrip("/")).read_bytes(),
+                                  source=layout.record_cert)
+    assert len(certs) == 1, f"{layout.record_cert} holds {len(certs)} CAs"
+    return certs[0]
+
+
+def leaf_certificates(user, layout) -> list[tuple[str, bytes]]:
+    """(where, PEM) of every leaf certificate of the authority on the user cluster's nodes."""
+    found = []
+    for node in user.nodes:
+        for leaf in layout.leaves:
+            if node.role not in leaf.roles:
+                continue
+            path = Path(node.root) / leaf.path.lstrip("/")
+            if leaf.form == "pair":
+                path = path.with_name(path.name + ".crt")
+            if not path.is_file():
+                continue
+            if leaf.form == "kubeconfig":
+                document = kubeconfig.parse(path.read_text(), source=str(path))
+                found += [(f"{path} {name}", cert_pem) for name, cert_pem, _ in kubeconfig.embedded_credentials(document)]
+            else:
+                found.append((str(path), pki.cert_pem(pki.load_certificates(path.read_bytes(), source=str(path))[0])))
+    return found
+

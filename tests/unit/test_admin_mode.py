@@ -137,6 +137,19 @@ def test_the_inventory_is_versioned_yaml_that_reads_back_the_same():
                                admin.parse_node_option("w=worker,root=/b"), admin.parse_node_option("w=worker,root=/c")])
 
 
+@pytest.mark.parametrize("name", ["../../etc", "cp/1", "Node1", "a_b", "-cp", "cp-", "a..b", "", "a" * 254,
+                                  "cp\n1", "cp 1"])
+def test_node_names_in_an_inventory_are_dns_names(name):
+    """A node's name becomes file names and API paths: an inventory (and --node) takes only
+    a DNS subdomain, as a Node's name is."""
+    text = json.dumps({"apiVersion": "careconcile.dev/v1alpha1", "kind": "NodeInventory", "cluster": "c1",
+                       "nodes": [{"name": name, "role": "control-plane", "local": {"root": "/n"}}]})
+    with pytest.raises(AdminClusterError, match="nodes.0.name"):
+        admin.parse_inventory(text, source="Secret ns/c1-careconcile-nodes")
+    with pytest.raises(ValueError):
+        admin.parse_node_option(f"{name}=control-plane,root=/n")
+
+
 def test_inventory_entries_become_spec_nodes():
     local = admin.node_spec_of(admin.parse_node_option("cp=control-plane,root=/n/cp"), cluster="c1")
     assert local.access.local.root == "/n/cp" and local.role == "control-plane"

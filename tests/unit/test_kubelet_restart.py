@@ -276,6 +276,9 @@ class FakeLeases:
     def list(self, path: str, **_) -> list[dict]:
         return [self._lease(name) for name in self.renewed]
 
+    def server_now(self):  # a server that sends no Date: the check is made on the node's clock alone
+        return None
+
 
 def _worker(tmp_path: Path, command: list[str]) -> tuple[ClusterAccess, Path]:
     root = tmp_path / "nodes" / "w1"

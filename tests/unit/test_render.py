@@ -150,6 +150,8 @@ def assert_well_formed(output: str, limit: int = render.MARKDOWN_LIMIT) -> None:
     tags = re.findall(r"^</?details>", output, flags=re.MULTILINE)
     assert tags == ["<details>", "</details>"] * (len(tags) // 2)
     for block in re.findall(r"^<details>.*?^</details>$", output, flags=re.MULTILINE | re.DOTALL):
+        if "actions)</summary>" not in block and "action)</summary>" not in block:
+            continue  # where the nodes are, not a phase
         count = int(re.search(r"\((\d+) actions?\)</summary>", block).group(1))
         assert sum(1 for line in block.splitlines() if line.startswith("| `")) == count
     for table in re.findall(r"(?:^\|.*\n)+", output, flags=re.MULTILINE):
@@ -231,7 +233,8 @@ def test_markdown_shows_blocking_findings_above_the_table_and_marks_the_cluster(
 
 def test_markdown_escapes_pipes_and_html_in_cells():
     base = rotation().clusters[0]
-    first = base.actions[0].model_copy(update={"site": NodeFile(node="a|b", path="/x", form="pem"),
+    # Names are DNS names once a plan is read; the renderer escapes whatever it is given all the same.
+    first = base.actions[0].model_copy(update={"site": NodeFile.model_construct(node="a|b", path="/x", form="pem"),
                                                "reason": "see <details> | here"})
     plan_document = document(base.model_copy(update={"cluster": "c|1", "actions": [first, *base.actions[1:]]}))
     output = render.markdown(plan_document)

@@ -9,6 +9,7 @@ from ruamel.yaml import YAML
 
 from reconciler.core import kubeadm
 from reconciler.core.pki import KeySpec
+from reconciler.sandbox import _ports
 from reconciler.sandbox._lifecycle import SandboxInfo, _lay_out
 from reconciler.sandbox._paths import SandboxPaths, node_path
 
@@ -18,7 +19,8 @@ def _flags(root: Path, component: str) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in pod["spec"]["containers"][0]["command"][1:])
 
 
-def test_three_control_planes_each_run_an_etcd_member_that_their_apiserver_uses(tmp_path):
+def test_three_control_planes_each_run_an_etcd_member_that_their_apiserver_uses(tmp_path, monkeypatch):
+    monkeypatch.setenv(_ports.RESERVATIONS_ENV, str(tmp_path / "reservations"))
     paths = SandboxPaths(tmp_path / "ha")
     paths.directory.mkdir()
     info = _lay_out(paths, name="ha", control_planes=3, workers=0, key=KeySpec("ECDSA", 256), bin_dir=tmp_path)
@@ -38,6 +40,13 @@ def test_three_control_planes_each_run_an_etcd_member_that_their_apiserver_uses(
     every_port += [etcd[n]["--listen-peer-urls"].rsplit(":", 1)[1] for n in roots]
     every_port += [apiservers[n]["--secure-port"] for n in roots]
     assert len(set(every_port)) == 9, "no port is used twice"
+    # reserved for this sandbox, outside the ports the kernel hands out by itself (_ports.py)
+    low, high = _ports.ephemeral_range()
+    assert not any(low <= int(port) <= high for port in every_port)
+    for port in every_port:
+        assert json.loads((_ports.reservations_dir() / port).read_text())["owner"] == str(paths.directory)
+    _ports.release(paths.directory)
+    assert all((_ports.reservations_dir() / port).read_text() == "" for port in every_port)
     # the record keeps the member URLs; a record from before them reads as none
     assert SandboxInfo.load(paths).etcd == info.etcd
     record = json.loads(paths.record.read_text())

@@ -41,3 +41,19 @@ def test_the_schema_rejects_what_the_model_rejects_in_choices_and_keys():
     document["spec"]["clusters"][1]["stateStore"] = {"workspace": {}, "secret": {}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, schema)
+
+
+def test_the_example_specs_show_every_authority_with_kubeadms_common_names():
+    """specs/ show the etcd and front-proxy CAs beside the cluster CA, and none of them
+    gives an authority another's CN (a subject in the defaults applies to all three)."""
+    from reconciler.core.spec import DEFAULT_COMMON_NAMES, managed_authorities, resolve_authority
+
+    listed = set()
+    for spec_file in sorted((ROOT / "specs").glob("*.yaml")):
+        document = load_spec(spec_file).document
+        for cluster in document.spec.clusters:
+            for name in managed_authorities(cluster):
+                listed.add(name)
+                assert resolve_authority(document, cluster, name).common_name == DEFAULT_COMMON_NAMES[name], \
+                    f"{spec_file.name}: {cluster.name} {name}"
+    assert listed == set(DEFAULT_COMMON_NAMES)

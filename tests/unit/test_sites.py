@@ -76,7 +76,7 @@ def test_params_of_another_kind_are_refused():
 def test_a_target_or_id_that_is_not_the_site_is_refused():
     bundle = next(a for a in rotation_plan().actions if a.kind == "update-bundle" and a.site.kind == "node-file")
     data = _dumped(bundle)
-    data["site"]["path"] = "/../../../root/.ssh/authorized_keys"
+    data["site"]["path"] = "/root/.ssh/authorized_keys"
     with pytest.raises(ValidationError, match="is not its site"):
         Action.model_validate(data)  # the target still shows the reviewed path
     data["target"] = bundle.target.replace(bundle.site.path, data["site"]["path"])
@@ -97,22 +97,43 @@ def test_the_kinds_of_site_in_a_plan_are_what_observation_found():
                                                                                    "kubeconfig"}
 
 
+# What names one component's static-pod manifest, or one of kubeadm's identities: readers of
+# a fixed manifest (observe's, for its own endpoints) and the identities in core/kubeadm.py.
+# The layouts carry them as data (a component's name, ``admin_identity``).
+KUBEADM_NAMES = ("etcd_server", "apiserver_server", "ADMIN", "CLUSTER_ADMINS_GROUP", "SYSTEM_MASTERS_GROUP")
+
+
+def _kubeadm_constants() -> set[str]:
+    """Every component's name (each names its manifest, /etc/kubernetes/manifests/NAME.yaml)
+    and every user and group kubeadm gives a client."""
+    from reconciler.core import kubeadm
+
+    names = {component.name for layout in AUTHORITIES.values()
+             for component in (*layout.components, *layout.node_services)}
+    return names | {kubeadm.ADMIN.user, *kubeadm.ADMIN.groups, kubeadm.CLUSTER_ADMINS_GROUP,
+                    kubeadm.SYSTEM_MASTERS_GROUP, "kube-apiserver", "etcd"}
+
+
 @pytest.mark.parametrize("module", EXECUTION)
 def test_nothing_that_carries_out_a_plan_names_an_authority(module):
     """Adding an authority adds layout values and site kinds, not branches: the modules
-    that carry out a plan name no authority, no layout and no kubeadm path, and tell no
-    site by the shape of its id."""
+    that carry out a plan name no authority, no layout, no kubeadm path, no component's
+    manifest and no kubeadm identity, and tell no site by the shape of its id."""
     tree = ast.parse((ROOT / "reconciler/shell" / module).read_text())
     authority_names = set(AUTHORITIES) | {"clusterCA", "etcdCA", "frontProxyCA"}
+    kubeadm_constants = _kubeadm_constants()
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             assert node.value not in authority_names, f"{module}:{node.lineno} names {node.value}"
             assert "/etc/kubernetes" not in node.value and not node.value.endswith((".crt", ".key", ".conf")), \
                 f"{module}:{node.lineno} names a file: {node.value!r}"
+            assert node.value not in kubeadm_constants, f"{module}:{node.lineno} names {node.value!r} (kubeadm's)"
         if isinstance(node, ast.Name):
-            assert node.id not in ("CLUSTER_CA", "AUTHORITIES"), f"{module}:{node.lineno} names {node.id}"
+            assert node.id not in ("CLUSTER_CA", "AUTHORITIES", *KUBEADM_NAMES), f"{module}:{node.lineno} names {node.id}"
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in KUBEADM_NAMES, f"{module}:{node.lineno} names {ast.unparse(node)}"
         if isinstance(node, ast.alias):
-            assert node.name not in ("CLUSTER_CA", "AUTHORITIES", "kubeadm.CLUSTER_CA_CERT"), \
+            assert node.name not in ("CLUSTER_CA", "AUTHORITIES", "kubeadm.CLUSTER_CA_CERT", *KUBEADM_NAMES), \
                 f"{module} imports {node.name}"
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("startswith", "endswith", "split",
                                                                                "partition"):
@@ -153,7 +174,7 @@ def test_a_consistently_edited_action_is_not_the_one_planned_now():
     actions = rotation_plan().actions
     assert _first_difference(actions, actions) is None
     bundle = next(a for a in actions if a.kind == "update-bundle" and a.site.kind == "node-file")
-    hostile_path = "/../../../root/.ssh/authorized_keys"
+    hostile_path = "/root/.ssh/authorized_keys"
     data = _dumped(bundle)
     data["site"]["path"] = hostile_path
     data["target"] = bundle.target.replace(bundle.site.path, hostile_path)
@@ -181,3 +202,60 @@ def test_a_restart_of_one_component_cannot_name_another():
     data["id"] = check.id.replace(check.target, data["target"])
     with pytest.raises(ValidationError, match="checks phase"):
         Action.model_validate(data)
+
+
+# --- names and paths validated where a plan file enters ------------------------------------
+
+def _saved_rotation(tmp_path: Path) -> dict:
+    from reconciler.core import render
+    from tests.unit.test_render import document
+
+    return json.loads(render.as_json(document(rotation_plan())))
+
+
+def _site(document: dict, kind: str) -> dict:
+    return next(a["site"] for c in document["clusters"] for a in c["actions"] if a["site"]["kind"] == kind)
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda d: _site(d, "api-field").update(namespace="../../../api/v1/namespaces/kube-system/secrets"), "namespace"),
+    (lambda d: _site(d, "api-field").update(name="cluster-info/../../secrets/careconcile-state"), "name"),
+    (lambda d: _site(d, "node-file").update(node="../cp1"), "node"),
+    (lambda d: _site(d, "node-file").update(path="/etc/kubernetes/../../root/.ssh/authorized_keys"), "path"),
+    (lambda d: _site(d, "node-file").update(path="etc/kubernetes/pki/ca.crt"), "path"),
+    (lambda d: _site(d, "node-signer").update(node="cp1/../../x"), "node"),
+    (lambda d: _site(d, "component").update(name="../../../tmp/x"), "name"),
+    (lambda d: d["clusters"][0].update(cluster="../../tmp/x"), "cluster"),
+    (lambda d: d["clusters"][0].update(cluster="Prod EU"), "cluster"),
+], ids=["api-namespace", "api-name", "node", "dotdot-path", "relative-path", "signer-node", "component",
+        "cluster-path", "cluster-not-dns"])
+def test_a_plan_file_with_a_name_that_is_not_a_dns_name_or_a_path_that_leaves_is_refused(tmp_path, edit, where):
+    """Names go into API paths, file names and workspace directories: a plan file carrying
+    "../x" in one is refused when it is read, naming the field, never quoting the value."""
+    from reconciler.errors import PlanFileError
+    from reconciler.shell.session import load_plan
+
+    document = _saved_rotation(tmp_path)
+    edit(document)
+    saved = tmp_path / "edited.plan.json"
+    saved.write_text(json.dumps(document))
+    with pytest.raises(PlanFileError) as caught:
+        load_plan(saved)
+    message = str(caught.value)
+    assert str(saved) in message and where in message, message
+    assert "../" not in message.replace(str(saved), "") and "Prod EU" not in message, message  # not quoted
+
+
+def test_sites_made_anywhere_take_only_dns_names():
+    for make in (lambda: ManagementSecret(namespace="cluster_user1", name="user1-ca", holds="authority"),
+                 lambda: ManagementSecret(namespace="ns", name="../user1-ca", holds="authority"),
+                 lambda: Workload(namespace="app", workload="Deployment", name="web/../x"),
+                 lambda: Workload(namespace="App", workload="Deployment", name="web"),
+                 lambda: Workload(namespace="app", workload="CronJob", name="web"),
+                 lambda: ApiField(resource="configmap", namespace="kube-system", name="a" * 254, field="k", form="pem"),
+                 lambda: NodeFile(node="cp1", path="/a/../b", form="pem")):
+        with pytest.raises(ValidationError):
+            make()
+    # what kubeadm and the API have stays valid: subdomains with dots, caBundle fields
+    assert ApiField(resource="apiservice", name="v1beta1.wardle.example.com", field="", form="ca-bundle")
+    assert NodeFile(node="node-1.example.com", path="/etc/kubernetes/pki/ca.crt", form="pem")

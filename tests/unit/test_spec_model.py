@@ -230,3 +230,17 @@ def test_the_state_store_is_a_secret_in_kube_system_unless_stated():
     for choice in ({}, {"workspace": {}, "secret": {}}):
         with pytest.raises(ValidationError, match="set exactly one state store"):
             SpecDocument.model_validate(_with(cluster_extra={"stateStore": choice}))
+
+
+def test_the_state_stores_keys_are_a_secret_of_their_own_named_like_the_state():
+    _, cluster = _document_and_cluster(_valid())
+    assert (cluster.state_store.secret.name, cluster.state_store.secret.keys_name) == (
+        "careconcile-state", "careconcile-keys")
+    _, cluster = _document_and_cluster(_with(cluster_extra={"stateStore": {"secret": {
+        "namespace": "ops", "name": "ca-state", "keysName": "ca-keys"}}}))
+    assert cluster.state_store.secret == spec.SecretStateStore(namespace="ops", name="ca-state", keys_name="ca-keys")
+    for store in ({"name": "careconcile-keys"}, {"name": "x", "keysName": "x"}):
+        with pytest.raises(ValidationError, match="the keys must be in a Secret of their own"):
+            SpecDocument.model_validate(_with(cluster_extra={"stateStore": {"secret": store}}))
+    with pytest.raises(ValidationError, match="keysName"):
+        SpecDocument.model_validate(_with(cluster_extra={"stateStore": {"secret": {"keysName": "Not_A_Name"}}}))

@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Test processes: the integration tests mostly wait on control planes, so two keep 2 cores busy.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install binaries extension-apiserver sshd demo test unit integration schemas clean
+.PHONY: install binaries extension-apiserver sshd haproxy demo test unit integration schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,16 +28,21 @@ extension-apiserver:
 sshd:
 	hack/install-sshd.sh
 
+# Debian's haproxy, unpacked into a cache: the load balancer in front of the apiservers of a
+# sandbox with 2 or more control planes.
+haproxy:
+	hack/install-haproxy.sh
+
 demo: install binaries
 	PATH="$(abspath $(BIN)):$$PATH" hack/demo.sh
 
-test: install binaries extension-apiserver sshd
+test: install binaries extension-apiserver sshd haproxy
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install binaries extension-apiserver sshd
+integration: install binaries extension-apiserver sshd haproxy
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/integration $(PYTEST_ARGS)
 
 clean:

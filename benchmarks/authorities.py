@@ -44,23 +44,18 @@ log lines around it, and the other cases still run. ``--logs DIR`` keeps every
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime as dt
-import http.client
 import json
 import os
 import re
 import shutil
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import _script  # benchmarks/_script.py, beside this script
 from reconciler import sandbox
@@ -71,7 +66,7 @@ from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries, re
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.integration.rotation import Poller, set_rotation  # noqa: E402  (the tests' client, and counter edit)
+from tests.integration.rotation import EtcdSampler, Poller, set_rotation  # noqa: E402  (the tests' clients, and counter edit)
 
 AUTHORITIES = ("clusterCA", "etcdCA", "frontProxyCA")
 FLUNDERS = extension.flunders_path("default")
@@ -165,75 +160,6 @@ class RecordingPoller(Poller):
             if run:
                 windows.append((server or None, run[0].start, max(r.end for r in run), len(run)))
         return sorted(windows, key=lambda window: window[1])
-
-
-class EtcdSampler:
-    """Every ``interval`` seconds, every member's /health at once, with the first control
-    plane's healthcheck-client pair and trusting its etcd/ca.crt, read afresh each sample."""
-
-    def __init__(self, urls: list[str], pki: Path, interval: float = ETCD_INTERVAL) -> None:
-        self.urls, self.pki, self.interval = urls, pki, interval
-        self.samples: list[tuple[float, int]] = []  # (time.time(), members answering health true)
-        self.unreadable = 0
-        self.errors: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(urls))
-
-    @property
-    def quorum(self) -> int:
-        return len(self.urls) // 2 + 1
-
-    def without_quorum(self) -> list[float]:
-        return [when for when, healthy in self.samples if healthy < self.quorum]
-
-    def __enter__(self) -> "EtcdSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self._pool.shutdown(wait=True)
-
-    def _context(self) -> ssl.SSLContext | None:
-        """The client's TLS context from the files as they are now; None if they do not make
-        one three times in a row (a certificate replaced, its key not yet)."""
-        for _ in range(3):
-            try:
-                context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-                context.load_cert_chain(self.pki / "healthcheck-client.crt", self.pki / "healthcheck-client.key")
-                return context
-            except (OSError, ssl.SSLError):
-                time.sleep(0.05)
-        return None
-
-    def _healthy(self, url: str, context: ssl.SSLContext) -> bool:
-        parts = urlsplit(url)
-        connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=1.0)
-        try:
-            connection.request("GET", "/health")
-            response = connection.getresponse()
-            body = json.loads(response.read() or b"null")
-            return response.status == 200 and isinstance(body, dict) and body.get("health") == "true"
-        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as exc:
-            key = type(exc).__name__
-            self.errors[key] = self.errors.get(key, 0) + 1
-            return False
-        finally:
-            connection.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            context = self._context()
-            if context is None:
-                self.unreadable += 1
-            else:
-                when = time.time()
-                answers = list(self._pool.map(lambda url: self._healthy(url, context), self.urls))
-                self.samples.append((when, sum(answers)))
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
 # --- the apply log and the plan ------------------------------------------------------------

@@ -33,12 +33,12 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
     SHARED_CLUSTER: 175,  # 166 + 9 s of test_drift.py's drift as its ServiceAccount during a rotation
-    "tests/integration/test_authorities.py": 225,
-    "tests/integration/test_rotation_resume.py": 133,
+    "tests/integration/test_authorities.py": 330,
+    "tests/integration/test_ha.py": 200,
     "tests/integration/test_workloads.py": 119,
     "tests/integration/test_fleet.py": 95,
     "tests/integration/test_admin_mode.py": 92,
-    "tests/integration/test_rotation.py": 81,
+    "tests/integration/test_rotation.py": 50,
     "tests/integration/test_plan_safety.py": 66,
     "tests/integration/test_update_credentials.py": 117,
     "tests/integration/test_cli_sandbox.py": 41,

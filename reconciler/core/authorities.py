@@ -177,7 +177,7 @@ CLUSTER_CA = AuthorityLayout(
         # An aggregated apiserver that reads its kubeconfig at start (the sandbox's, with
         # --extension-apiserver); a node without its manifest has none.
         StaticPodComponent(extension_apiserver.COMPONENT, (extension_apiserver.KUBECONFIG,), "apiserver-readyz",
-                           probe_trust=extension_apiserver.SERVING_CA_CERT,
+                           probe_trust=extension_apiserver.SERVING_CA_CERT, one_at_a_time=True,
                            outage_when_alone="the only aggregated apiserver: its API is unavailable until it runs "
                                              "again"),
     ),

@@ -114,6 +114,12 @@ def etcd_manifest(ports: Ports) -> dict[str, Any]:
     ])
 
 
+# Its terminationGracePeriodSeconds. Told to stop, sample-apiserver stops listening at once,
+# ends its other requests, then waits for its open watches until its request timeout (60 s):
+# a kubelet would kill it after 30 s, the sandbox after 3.
+STOP_SECONDS = 3
+
+
 def manifest(ports: Ports) -> dict[str, Any]:
     return static_pod(COMPONENT, [
         BINARY,
@@ -128,7 +134,7 @@ def manifest(ports: Ports) -> dict[str, Any]:
         # No --requestheader-client-ca-file and no --authentication-skip-lookup: the
         # front-proxy CA, the allowed names and the headers come from (and follow) the
         # ConfigMap kube-system/extension-apiserver-authentication.
-    ])
+    ], grace_seconds=STOP_SECONDS)
 
 
 def rbac_objects() -> list[tuple[str, dict[str, Any]]]:
@@ -186,7 +192,8 @@ def service() -> dict[str, Any]:
     }
 
 
-def apiservice(ports: Ports, serving_ca_pem: bytes) -> dict[str, Any]:
+def apiservice(port: int, serving_ca_pem: bytes) -> dict[str, Any]:
+    """``port``: where the Service leads, the extension apiserver's own or a load balancer's."""
     return {
         "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
         "metadata": {"name": APISERVICE},
@@ -195,7 +202,7 @@ def apiservice(ports: Ports, serving_ca_pem: bytes) -> dict[str, Any]:
             "version": VERSION,
             "groupPriorityMinimum": 1000,
             "versionPriority": 15,
-            "service": {"namespace": SERVICE_NAMESPACE, "name": SERVICE_NAME, "port": ports.secure},
+            "service": {"namespace": SERVICE_NAMESPACE, "name": SERVICE_NAME, "port": port},
             "caBundle": base64.b64encode(serving_ca_pem).decode(),
         },
     }

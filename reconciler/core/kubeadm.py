@@ -266,9 +266,11 @@ def kwok_kubeconfig(
 
 # --- static-pod manifests -------------------------------------------------------------
 
-def static_pod(component: str, command: list[str]) -> dict[str, Any]:
-    """A static-pod manifest as kubeadm writes one; the sandbox supervisor runs its command."""
-    return {
+def static_pod(component: str, command: list[str], *, env: dict[str, str] | None = None,
+               grace_seconds: int | None = None) -> dict[str, Any]:
+    """A static-pod manifest as kubeadm writes one; the sandbox supervisor runs its command,
+    with ``env``, and gives it ``grace_seconds`` (terminationGracePeriodSeconds) to stop."""
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -282,6 +284,11 @@ def static_pod(component: str, command: list[str]) -> dict[str, Any]:
             "containers": [{"name": component, "command": command}],
         },
     }
+    if env:
+        pod["spec"]["containers"][0]["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    if grace_seconds is not None:
+        pod["spec"]["terminationGracePeriodSeconds"] = grace_seconds
+    return pod
 
 
 def etcd_initial_cluster(members: dict[str, EtcdPorts]) -> str:
@@ -321,9 +328,25 @@ def etcd_manifest(node_name: str, ports: EtcdPorts, members: dict[str, EtcdPorts
     ])
 
 
-def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, Any]:
+# How long a stopping sandbox apiserver may take past its shutdown delay before SIGKILL (a
+# kubelet's default terminationGracePeriodSeconds is 30 s). It stops listening at once and
+# its other requests end within a second, but it then waits for watches proxied to an
+# aggregated apiserver (the controller-manager's on flunders), which it does not end itself:
+# 11-15 s, measured on v1.37.2. Past 2 s only such watches are left, and their clients
+# watch again.
+APISERVER_STOP_SECONDS = 2
+
+
+def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts, *, shutdown_delay_seconds: int = 0,
+                       other_etcd: tuple[EtcdPorts, ...] = ()) -> dict[str, Any]:
     """``etcd`` is the node's own, stacked etcd member: kubeadm points each apiserver at its
-    local member only (`--etcd-servers=https://127.0.0.1:2379`)."""
+    local member only (`--etcd-servers=https://127.0.0.1:2379`). ``other_etcd``: the other
+    members too, after it, as kubeadm's external-etcd topology lists every member; then a
+    restarting member's apiserver goes on with another one rather than failing requests
+    until its /readyz takes it out of the load balancer. ``shutdown_delay_seconds``
+    (behind a load balancer): on SIGTERM the apiserver fails /readyz but keeps serving that
+    long, so that the load balancer's health check takes it out before it stops listening."""
+    delay = [f"--shutdown-delay-duration={shutdown_delay_seconds}s"] if shutdown_delay_seconds else []
     return static_pod("kube-apiserver", [
         "kube-apiserver",
         f"--advertise-address={LOOPBACK}",
@@ -337,7 +360,7 @@ def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, A
         f"--etcd-cafile={PKI_DIR}/etcd/ca.crt",
         f"--etcd-certfile={PKI_DIR}/apiserver-etcd-client.crt",
         f"--etcd-keyfile={PKI_DIR}/apiserver-etcd-client.key",
-        f"--etcd-servers={_url(etcd.client)}",
+        f"--etcd-servers={','.join(_url(member.client) for member in (etcd, *other_etcd))}",
         f"--kubelet-client-certificate={PKI_DIR}/apiserver-kubelet-client.crt",
         f"--kubelet-client-key={PKI_DIR}/apiserver-kubelet-client.key",
         "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
@@ -357,7 +380,8 @@ def apiserver_manifest(ports: ControlPlanePorts, etcd: EtcdPorts) -> dict[str, A
         # Every sandbox apiserver advertises 127.0.0.1 on its own port and there is no pod
         # network, so there is nothing the `kubernetes` Service's endpoints could route to.
         "--endpoint-reconciler-type=none",
-    ])
+        *delay,
+    ], grace_seconds=shutdown_delay_seconds + APISERVER_STOP_SECONDS)
 
 
 # An alpha gate (Kubernetes 1.36+, off by default): a stopping controller-manager gives up

@@ -20,11 +20,12 @@ from reconciler._files import atomic_write, atomic_write_json
 from reconciler._process import process_alive
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import kubeadm
+from reconciler.core import loadbalancer
 from reconciler.core.kubeconfig import dump
 from reconciler.core.kubeadm import ClusterAuthorities, ControlPlanePorts, EtcdPorts, NodeFile
 from reconciler.core.pki import KeySpec
 from reconciler.errors import CareconcileError, ClusterUnreachableError, SandboxError, SandboxNotFoundError
-from reconciler.sandbox import _admin, _api, _ports, _specfile, _workloads, binaries, sshd
+from reconciler.sandbox import _admin, _api, _ports, _specfile, _workloads, binaries, haproxy, sshd
 from reconciler.sandbox._paths import SandboxPaths, node_path, sandboxes_root
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries, require_extension_apiserver
 
@@ -75,6 +76,9 @@ class SandboxInfo:
     # The client URL of each control plane's etcd member, in the order of the nodes
     # (empty in records from before etcd was stacked on every control plane).
     etcd: list[str] = field(default_factory=list)
+    # With 2 or more control planes: the URL of the load balancer in front of the apiservers
+    # (HAProxy, reconciler/core/loadbalancer.py); the kubelets and the extension apiserver use it.
+    load_balancer: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,22 +112,39 @@ def _lay_out(
     paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
     ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None, lease_handover: str = "fast",
     workloads: int = 0, extension_apiserver: bool = False, extra_bin_dirs: tuple[Path, ...] = (),
+    balancer: haproxy.Install | None = None,
 ) -> SandboxInfo:
     """Write every node directory, the kubeconfig, the spec and the sandbox record. With
     ``extension_apiserver``, also the extension apiserver's files and its etcd's manifest;
-    its own manifest waits for its RBAC objects (`_start_extension_apiserver`)."""
+    its own manifest waits for its RBAC objects (`_start_extension_apiserver`). With
+    ``balancer``, a load balancer in front of the apiservers, on the first control-plane
+    node, which the kubelets and the extension apiserver reach them through."""
     now = dt.datetime.now(dt.timezone.utc)
     cp_names = [f"{name}-control-plane-{i + 1}" for i in range(control_planes)]
     worker_names = [f"{name}-worker-{i + 1}" for i in range(workers)]
+    # With a balancer and the extension apiserver, two instances of it (on the first two
+    # control planes) behind the balancer: a port for the second and one for the balancer.
+    ext_count = 0 if not extension_apiserver else 5 if balancer and control_planes > 1 else 3
     # Reserved for this sandbox until `down` (or its directory is gone): another sandbox
     # starting at the same moment gets others (_ports.py).
-    ports = _ports.reserve(5 * control_planes + (3 if extension_apiserver else 0), paths.directory)
+    ports = _ports.reserve(5 * control_planes + ext_count + (1 if balancer else 0), paths.directory)
+    balancer_port = ports.pop() if balancer else None
+    ext_instances: dict[str, extension.Ports] = {}
+    ext_service_port = None
     if extension_apiserver:
-        ext_ports, ports = extension.Ports(*ports[-3:]), ports[:-3]
+        ext, ports = ports[5 * control_planes:], ports[:5 * control_planes]
+        ext_instances[cp_names[0]] = extension.Ports(*ext[:3])
+        ext_service_port = ext[0]
+        if ext_count == 5:
+            ext_instances[cp_names[1]] = extension.Ports(ext[3], ext[1], ext[2])
+            ext_service_port = ext[4]
     cp_ports = [ControlPlanePorts(*ports[5 * i:5 * i + 3]) for i in range(control_planes)]
     # Stacked etcd, as kubeadm lays out an HA cluster: a member on every control-plane node.
     etcd_members = {node: EtcdPorts(*ports[5 * i + 3:5 * i + 5]) for i, node in enumerate(cp_names)}
     apiserver_ports = [p.apiserver for p in cp_ports]
+    # Where the kubelets and the extension apiserver reach an apiserver: the load balancer,
+    # as kubeadm's controlPlaneEndpoint, or the only apiserver.
+    endpoint_port = balancer_port or apiserver_ports[0]
     authorities: ClusterAuthorities = kubeadm.new_authorities(now=now, key=key)
 
     def node_files(node: str) -> list[NodeFile]:
@@ -134,7 +155,7 @@ def _lay_out(
                 all_apiserver_ports=apiserver_ports, now=now, key=key,
             )
         return kubeadm.worker_files(
-            authorities, node_name=node, cluster_name=name, server_port=apiserver_ports[0], now=now, key=key,
+            authorities, node_name=node, cluster_name=name, server_port=endpoint_port, now=now, key=key,
         )
 
     # Key generation dominates lay-out time; OpenSSL releases the GIL while it searches primes.
@@ -147,12 +168,14 @@ def _lay_out(
     for node, cp in zip(cp_names, cp_ports):
         root = paths.node_root(node)
         _write_manifest(root, kubeadm.etcd_manifest(node, etcd_members[node], etcd_members))
-        _write_manifest(root, kubeadm.apiserver_manifest(cp, etcd_members[node]))
+        _write_manifest(root, kubeadm.apiserver_manifest(
+            cp, etcd_members[node], shutdown_delay_seconds=loadbalancer.SHUTDOWN_DELAY_SECONDS if balancer else 0,
+            other_etcd=tuple(ports for member, ports in etcd_members.items() if member != node) if balancer else ()))
         _write_manifest(root, kubeadm.controller_manager_manifest(
             name, cp, release_leader_lease=handover.release_leader_lease))
         _write_manifest(root, kubeadm.scheduler_manifest(cp))
     if workers:
-        kwok_conf = kubeadm.kwok_kubeconfig(authorities, cluster_name=name, server_port=apiserver_ports[0],
+        kwok_conf = kubeadm.kwok_kubeconfig(authorities, cluster_name=name, server_port=endpoint_port,
                                             now=now, key=key)
         stages = NodeFile(kubeadm.KWOK_STAGES, (bin_dir / binaries.KWOK_STAGES).read_bytes())
         _write_node_files(first, [kwok_conf, stages])
@@ -160,16 +183,27 @@ def _lay_out(
     ext_info = None
     if extension_apiserver:
         ext_files, _serving_ca = extension.node_files(authorities, cluster_name=name,
-                                                      apiserver_port=apiserver_ports[0], now=now, key=key)
-        _write_node_files(first, ext_files)
+                                                      apiserver_port=endpoint_port, now=now, key=key)
+        for node in ext_instances:  # the same files: both instances serve one Service
+            _write_node_files(paths.node_root(node), ext_files)
+        ext_ports = ext_instances[cp_names[0]]
         _write_manifest(first, extension.etcd_manifest(ext_ports))
         ext_info = {
             "apiservice": extension.APISERVICE, "group": extension.GROUP, "version": extension.VERSION,
-            "node": cp_names[0], "port": ext_ports.secure, "etcd": f"http://{kubeadm.LOOPBACK}:{ext_ports.etcd_client}",
+            "node": cp_names[0], "port": ext_service_port, "etcd": f"http://{kubeadm.LOOPBACK}:{ext_ports.etcd_client}",
             "etcd_peer_port": ext_ports.etcd_peer, "kubeconfig": extension.KUBECONFIG,
             "serving_ca": extension.SERVING_CA_CERT,
+            # Where each instance serves, by node; the APIService's port is "port".
+            "instances": {node: ports.secure for node, ports in ext_instances.items()},
         }
 
+    if balancer:
+        services = [loadbalancer.Balanced("apiserver", balancer_port, tuple(apiserver_ports))]
+        if len(ext_instances) > 1:
+            services.append(loadbalancer.Balanced(extension.COMPONENT, ext_service_port,
+                                                  tuple(p.secure for p in ext_instances.values())))
+        _write_node_files(first, [NodeFile(loadbalancer.CONFIG_PATH, loadbalancer.config(services).encode())])
+        _write_manifest(first, loadbalancer.manifest(library_path=balancer.library_path))
     # The user's kubeconfig: an admin kubeconfig of its own, one context per apiserver.
     atomic_write(paths.kubeconfig, kubeadm.admin_kubeconfig(
         authorities, cluster_name=name, server_ports=apiserver_ports, now=now, key=key), 0o600)
@@ -182,6 +216,7 @@ def _lay_out(
         etcd=[f"https://{kubeadm.LOOPBACK}:{p.client}" for p in etcd_members.values()],
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
         ssh=ssh, admin=admin, lease_handover=lease_handover, workloads=workloads, extension_apiserver=ext_info,
+        load_balancer=f"https://{kubeadm.LOOPBACK}:{balancer_port}" if balancer else None,
     )
     atomic_write(paths.spec, _specfile.render(info).encode())
     _save_record(paths, info, bin_dir=bin_dir, extra_bin_dirs=extra_bin_dirs)
@@ -195,9 +230,12 @@ def _save_record(paths: SandboxPaths, info: SandboxInfo, *, bin_dir: Path, extra
     atomic_write_json(paths.record, record)
 
 
-def _ext_ports(info: SandboxInfo) -> extension.Ports:
+def _ext_instances(info: SandboxInfo) -> dict[str, extension.Ports]:
+    """Each instance's ports, by node (records from before there were two: the one on "node")."""
     ext = info.extension_apiserver or {}
-    return extension.Ports(ext["port"], int(ext["etcd"].rsplit(":", 1)[1]), ext["etcd_peer_port"])
+    etcd_client = int(ext["etcd"].rsplit(":", 1)[1])
+    secure = ext.get("instances") or {ext["node"]: ext["port"]}
+    return {node: extension.Ports(port, etcd_client, ext["etcd_peer_port"]) for node, port in secure.items()}
 
 
 def _start_extension_apiserver(client: _api.Client, info: SandboxInfo, paths: SandboxPaths) -> None:
@@ -211,8 +249,10 @@ def _start_extension_apiserver(client: _api.Client, info: SandboxInfo, paths: Sa
     first = Path(info.nodes[0].root)
     serving_ca = node_path(first, extension.SERVING_CA_CERT).read_bytes()
     client.create(f"APIService {extension.APISERVICE}", "/apis/apiregistration.k8s.io/v1/apiservices",
-                  extension.apiservice(_ext_ports(info), serving_ca))
-    _write_manifest(first, extension.manifest(_ext_ports(info)))
+                  extension.apiservice(info.extension_apiserver["port"], serving_ca))
+    roots = {node.name: Path(node.root) for node in info.nodes}
+    for node, ports in _ext_instances(info).items():
+        _write_manifest(roots[node], extension.manifest(ports))
 
 
 def extension_apiserver_available(client: _api.Client) -> bool:
@@ -355,6 +395,9 @@ def up(
     paths = SandboxPaths.named(name)
     bin_dir = require_binaries()
     extra_bin_dirs = (require_extension_apiserver().parent,) if extension_apiserver else ()
+    balancer = haproxy.require_install() if control_planes > 1 else None
+    if balancer:
+        extra_bin_dirs += (balancer.bin_dir,)
     if ssh:
         sshd.require_install()  # before anything is made: the error names hack/install-sshd.sh
     management = _admin.management_of(admin, name) if admin is not None else None
@@ -377,7 +420,8 @@ def up(
         info = _lay_out(paths, name=name, control_planes=control_planes, workers=workers,
                         key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management,
                         lease_handover=lease_handover, workloads=workloads,
-                        extension_apiserver=extension_apiserver, extra_bin_dirs=extra_bin_dirs)
+                        extension_apiserver=extension_apiserver, extra_bin_dirs=extra_bin_dirs,
+                        balancer=balancer)
     except BaseException:
         _stop(paths)  # the sshd, if it started
         _ports.release(paths.directory)
@@ -396,6 +440,9 @@ def up(
         ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
         for server in info.apiservers:
             _wait_for(f"{server}/readyz", lambda s=server: _api.readyz(s, ca_path), paths, deadline)
+        if info.load_balancer:
+            _wait_for(f"the load balancer's {info.load_balancer}/readyz",
+                      lambda: _api.readyz(info.load_balancer, ca_path), paths, deadline)
         timings["apiservers_ready"] = time.monotonic() - started
         progress("apiservers ready; creating kubeadm's bootstrap objects and the worker nodes")
         super_admin = node_path(Path(info.nodes[0].root), f"{kubeadm.KUBERNETES_DIR}/super-admin.conf")

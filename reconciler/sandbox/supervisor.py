@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,11 @@ BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)
 # Lower stops first: what depends on the apiserver goes before it, etcd goes last.
 # The extension apiserver (`up --extension-apiserver`) goes after the controller-manager:
 # the controller-manager's garbage collector watches flunders through the aggregator, and
-# sample-apiserver's shutdown waits for open watches until its request timeout (60 s; 15 s
-# here, then SIGKILL). Its own etcd goes last, with the cluster's.
+# sample-apiserver's shutdown waits for open watches until its request timeout (60 s; its
+# manifest's grace period here, then SIGKILL). Its own etcd goes last, with the cluster's.
+# The load balancer in front of the apiservers (`haproxy`, HA sandboxes) goes just before them.
 _STOP_ORDER = {"kwok": 0, "kube-scheduler": 1, "kube-controller-manager": 1, "extension-apiserver": 1.5,
-               "kube-apiserver": 2, "etcd": 3, "extension-apiserver-etcd": 3}
+               "haproxy": 1.8, "kube-apiserver": 2, "etcd": 3, "extension-apiserver-etcd": 3}
 # Components of one kind stop together, on every node at once, except these, one after the
 # other: etcd members stopped together hand the leadership back and forth (a stopping leader
 # transfers it to a peer, which is stopping too), and the last leader gives up only after
@@ -80,6 +81,8 @@ class ComponentState:
 class _Running:
     state: ComponentState
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    grace_seconds: float = STOP_GRACE_SECONDS
     process: subprocess.Popen | None = None
     next_start: float = 0.0
     crash_streak: int = 0
@@ -90,19 +93,37 @@ class ManifestError(Exception):
     pass
 
 
-def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
-                          extra_bin_dirs: tuple[Path, ...] = ()) -> list[str]:
-    """The argv a manifest asks for, with the node's absolute paths mapped under its root,
-    as a container's hostPath mounts map them on a real node. A command without a path is
-    looked up in ``bin_dir``, then in ``extra_bin_dirs`` (the extension apiserver's)."""
+@dataclass(frozen=True)
+class Launch:
+    """What a manifest asks to run, as a kubelet reads it: the argv, the container's
+    environment, and how long a stop waits after SIGTERM before SIGKILL
+    (`terminationGracePeriodSeconds`; the supervisor's own default when unset)."""
+
+    command: list[str]
+    env: dict[str, str]
+    grace_seconds: float
+
+
+def launch_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
+                         extra_bin_dirs: tuple[Path, ...] = ()) -> Launch:
+    """The argv a manifest asks for, with the node's absolute paths (flag values and
+    arguments of their own) mapped under its root, as a container's hostPath mounts map
+    them on a real node. A command without a path is looked up in ``bin_dir``, then in
+    ``extra_bin_dirs`` (the extension apiserver's, the load balancer's)."""
     try:
         pod = YAML(typ="safe", pure=True).load(text)
         container = pod["spec"]["containers"][0]
         argv = list(container.get("command") or []) + list(container.get("args") or [])
-    except (YAMLError, KeyError, IndexError, TypeError) as exc:
+        env = {item["name"]: item["value"] for item in container.get("env") or []}
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+    except (YAMLError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ManifestError(f"not a static-pod manifest with a container command: {exc}") from exc
     if not argv or not all(isinstance(arg, str) for arg in argv):
         raise ManifestError("the first container has no command")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ManifestError("the first container's env must map names to string values")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 0):
+        raise ManifestError(f"terminationGracePeriodSeconds must be a whole number of seconds, not {grace!r}")
     if os.path.isabs(argv[0]):
         binary = argv[0]
     else:
@@ -113,8 +134,15 @@ def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
         flag, sep, value = arg.partition("=")
         if sep and value.startswith("/"):
             arg = f"{flag}={node_path(node_root, value)}"
+        elif arg.startswith("/"):
+            arg = str(node_path(node_root, arg))
         mapped.append(arg)
-    return mapped
+    return Launch(mapped, env, STOP_GRACE_SECONDS if grace is None else float(grace))
+
+
+def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
+                          extra_bin_dirs: tuple[Path, ...] = ()) -> list[str]:
+    return launch_from_manifest(text, node_root=node_root, bin_dir=bin_dir, extra_bin_dirs=extra_bin_dirs).command
 
 
 class Supervisor:
@@ -166,8 +194,8 @@ class Supervisor:
         running.state.manifest_digest = digest
         self.dirty = True
         try:
-            command = command_from_manifest(text, node_root=root, bin_dir=self.bin_dir,
-                                            extra_bin_dirs=self.extra_bin_dirs)
+            launch = launch_from_manifest(text, node_root=root, bin_dir=self.bin_dir,
+                                          extra_bin_dirs=self.extra_bin_dirs)
         except ManifestError as exc:
             # Keep what runs: a half-edited manifest must not take the component down.
             running.state.message = f"{path}: {exc}"
@@ -176,11 +204,11 @@ class Supervisor:
             return
         running.state.message = None
         if not running.command:  # first valid manifest for this component
-            running.command = command
+            running.command, running.env, running.grace_seconds = launch.command, launch.env, launch.grace_seconds
             self._start(running, reason=None)
             return
-        self._stop(running, "manifest changed")
-        running.command = command
+        self._stop(running, "manifest changed")  # with the grace period of the manifest it ran from
+        running.command, running.env, running.grace_seconds = launch.command, launch.env, launch.grace_seconds
         running.crash_streak = 0
         running.state.restarts += 1
         self._start(running, reason="manifest changed")
@@ -204,7 +232,7 @@ class Supervisor:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.nodes[state.node],
-                    env=self.env,
+                    env=self.env | running.env,
                     preexec_fn=_die_with_supervisor,
                 )
             except OSError as exc:
@@ -222,8 +250,8 @@ class Supervisor:
 
     def _stop_together(self, group: list[_Running], reason: str) -> None:
         """SIGTERM to every process of ``group`` at once, then wait for them all (SIGKILL
-        after the grace period): the apiservers of an HA sandbox, say, stop in the time of
-        the slowest rather than of all of them in turn."""
+        after each one's grace period): the apiservers of an HA sandbox, say, stop in the
+        time of the slowest rather than of all of them in turn."""
         stopping = []
         for running in group:
             process = running.process
@@ -234,10 +262,10 @@ class Supervisor:
                 log.write(f"=== {_now()} supervisor: stopping {running.state.component} ({reason})\n".encode())
             process.terminate()
             stopping.append((running, process))
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        signalled = time.monotonic()
         for running, process in stopping:
             try:
-                process.wait(max(0.0, deadline - time.monotonic()))
+                process.wait(max(0.0, signalled + running.grace_seconds - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -33,6 +33,8 @@ LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 # How long a node's restart command (systemctl restart kubelet) may take.
 RESTART_COMMAND_TIMEOUT = 120.0
 # Prometheus' process collector: when the process serving /metrics started (Unix seconds).
+# How often a restart asks whether an instance runs (again): its /readyz, /health or Lease.
+POLL_SECONDS = 0.25
 _PROCESS_START = re.compile(r"^process_start_time_seconds\s+(\S+)$", re.M)
 # etcd: one line per peer it is connected to; the members of its cluster (gRPC gateway).
 _ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re.M)
@@ -99,7 +101,7 @@ class ComponentRestarts:
             if time.monotonic() > deadline:
                 raise RotationError(f"{node}:{component.name} did not {what} within {self.timeout:.0f}s: {problem}",
                                     hint="nothing after this restart ran; fix the cause and run apply again to resume")
-            time.sleep(1.0)
+            time.sleep(POLL_SECONDS)
 
     def _client(self, component: StaticPodComponent, node: str) -> KubeClient | None:
         """A client of this node's instance, as its health checks ask it; None when its

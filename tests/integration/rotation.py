@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import contextlib
 import datetime as dt
+import http.client
 import io
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,13 +19,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.authorities import CLUSTER_CA
 from reconciler.shell import probes
-from reconciler.shell.kube import KubeClient, kubeconfig_target, load_kubeconfig
+from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target, load_kubeconfig
 
 PRIVATE_KEY_HEADER = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,3 +245,172 @@ def plan_json(spec: Path, workspace: Path, *, in_process: bool = False) -> dict:
     result = run("plan", str(spec), "--format", "json", workspace=workspace)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+# --- what a user's cluster has beside careconcile's sites ------------------------------------
+
+def add_foreign_cluster(kubeconfig_path: Path) -> dict:
+    """A user's kubeconfig often reaches other clusters too; a rotation must leave them be."""
+    document = kubeconfig.parse(kubeconfig_path.read_text(), source=str(kubeconfig_path))
+    other = pki.new_ca("other-cluster", now=dt.datetime.now(dt.timezone.utc), key=pki.KeySpec("ECDSA", 256))
+    client = pki.issue_leaf(other, pki.LeafRequest("me", client=True, key=pki.KeySpec("ECDSA", 256)),
+                            now=dt.datetime.now(dt.timezone.utc))
+    foreign = kubeconfig.build(endpoints=[kubeconfig.Endpoint("elsewhere", "https://127.0.0.1:1")],
+                               ca_pem=other.cert_pem, user="me-elsewhere",
+                               credentials=kubeconfig.ClientCredentials(cert_pem=client.cert_pem,
+                                                                        key_pem=client.key_pem))
+    for key in ("clusters", "users", "contexts"):
+        document[key] = document[key] + foreign[key]
+    kubeconfig_path.write_text(kubeconfig.dump(document))
+    return {key: foreign[key] for key in ("clusters", "users", "contexts")}
+
+
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+
+
+def add_webhook_trusting(info, ca: pki.KeyPair) -> pki.KeyPair:
+    """A webhook whose caBundle holds the cluster CA beside its own CA, as tools that copy
+    the cluster CA into webhooks leave it. Its rules match nothing, so it is never called."""
+    own = pki.new_ca("webhook-ca", now=dt.datetime.now(dt.timezone.utc), key=pki.KeySpec("ECDSA", 256))
+    bundle = base64.b64encode(ca.cert_pem + own.cert_pem).decode()
+    with KubeconfigClient(Path(info.kubeconfig)) as client:
+        client.create(WEBHOOKS, {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "rotation-test"},
+            "webhooks": [{
+                "name": "widgets.careconcile.test", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "clientConfig": {"url": "https://127.0.0.1:1/validate", "caBundle": bundle},
+                "rules": [{"apiGroups": ["careconcile.test"], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["widgets"]}],
+            }],
+        })
+    return own
+
+
+def webhook_bundle(info) -> list[str]:
+    with KubeconfigClient(Path(info.kubeconfig)) as client:
+        hook = client.get(f"{WEBHOOKS}/rotation-test")["webhooks"][0]
+    pem = base64.b64decode(hook["clientConfig"]["caBundle"])
+    return [pki.fingerprint(cert) for cert in pki.load_certificates(pem, source="caBundle")]
+
+
+@dataclass
+class Rotated:
+    info: object
+    workspace: Path
+    poller: Poller
+    old: pki.KeyPair
+    new: pki.KeyPair
+    foreign: dict
+    webhook_ca: pki.KeyPair
+
+
+def prepare_user_objects(info) -> tuple[dict, pki.KeyPair, pki.KeyPair]:
+    """What a user's cluster has beside careconcile's sites: another cluster in the same
+    kubeconfig and a webhook that trusts the cluster CA."""
+    foreign = add_foreign_cluster(Path(info.kubeconfig))
+    old = record_ca(info)
+    return foreign, old, add_webhook_trusting(info, old)
+
+
+def assert_polled_without_failure(poller: Poller, servers: int) -> None:
+    """No request failed, requests came often, and they went to ``servers`` servers."""
+    assert poller.failures == [], "\n".join(poller.failures[:10])
+    assert poller.requests > 100
+    assert poller.longest_gap() < POLL_GAP_SECONDS, f"no request for {poller.longest_gap():.1f}s"
+    assert len(poller.per_server) == servers  # the client really went to every one
+
+
+def assert_rotated(rotated: Rotated) -> None:
+    """Only the new CA is trusted anywhere; the old CA's clients are rejected; the other
+    cluster and the webhook's own CA are untouched; nothing is left to do."""
+    info, workspace, old, new = rotated.info, rotated.workspace, rotated.old, rotated.new
+    after = kubeconfig.parse(Path(info.kubeconfig).read_text(), source=info.kubeconfig)
+    for key, entries in rotated.foreign.items():
+        assert all(entry in after[key] for entry in entries), f"the other cluster's {key} changed"
+    assert pki.fingerprint(new.cert) != pki.fingerprint(old.cert)
+    workspace_kubeconfig = workspace / info.name / f"{info.name}-kubeconfig"
+    assert workspace_kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert_cluster_trusts_only(info, new.cert, workspace_kubeconfig)
+    assert webhook_bundle(info) == [pki.fingerprint(new.cert), pki.fingerprint(rotated.webhook_ca.cert)]
+    assert rejects_client_of(info, old, trust=new.cert), "a client certificate from the old CA is still accepted"
+    assert not rejects_client_of(info, new, trust=new.cert)
+
+    again = careconcile("plan", info.spec, "--detailed-exitcode", workspace=workspace)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "No changes." in again.stdout
+    logs = list((workspace / info.name / "log").glob("apply-*/apply.log"))
+    assert logs and "finished" in logs[0].read_text()
+    assert_no_private_key_in_files(workspace)
+
+
+# --- etcd's health, sampled ------------------------------------------------------------------
+
+class EtcdSampler:
+    """Every ``interval`` seconds, every member's /health at once, with the first control
+    plane's healthcheck-client pair and trusting its etcd/ca.crt, read afresh each sample."""
+
+    def __init__(self, urls: list[str], pki: Path, interval: float = 0.5) -> None:
+        self.urls, self.pki, self.interval = urls, pki, interval
+        self.samples: list[tuple[float, int]] = []  # (time.time(), members answering health true)
+        self.unreadable = 0
+        self.errors: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(urls))
+
+    @property
+    def quorum(self) -> int:
+        return len(self.urls) // 2 + 1
+
+    def without_quorum(self) -> list[float]:
+        return [when for when, healthy in self.samples if healthy < self.quorum]
+
+    def __enter__(self) -> "EtcdSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._pool.shutdown(wait=True)
+
+    def _context(self) -> ssl.SSLContext | None:
+        """The client's TLS context from the files as they are now; None if they do not make
+        one three times in a row (a certificate replaced, its key not yet)."""
+        for _ in range(3):
+            try:
+                context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+                context.load_cert_chain(self.pki / "healthcheck-client.crt", self.pki / "healthcheck-client.key")
+                return context
+            except (OSError, ssl.SSLError):
+                time.sleep(0.05)
+        return None
+
+    def _healthy(self, url: str, context: ssl.SSLContext) -> bool:
+        parts = urlsplit(url)
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=1.0)
+        try:
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            body = json.loads(response.read() or b"null")
+            return response.status == 200 and isinstance(body, dict) and body.get("health") == "true"
+        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as exc:
+            key = type(exc).__name__
+            self.errors[key] = self.errors.get(key, 0) + 1
+            return False
+        finally:
+            connection.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            context = self._context()
+            if context is None:
+                self.unreadable += 1
+            else:
+                when = time.time()
+                answers = list(self._pool.map(lambda url: self._healthy(url, context), self.urls))
+                self.samples.append((when, sum(answers)))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))

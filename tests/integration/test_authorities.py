@@ -1,7 +1,7 @@
 """The etcd and front-proxy CAs, rotated on a real control plane with an aggregated apiserver
 (k8s.io/sample-apiserver behind the aggregation layer): each alone, with clients polling the
 API and the aggregated API throughout, then a rollback of each before it distrusts its old CA,
-and a front-proxy rotation killed at every action boundary.
+and a rotation of all three CAs killed at every action boundary.
 
 One sandbox ("auth", 1 control plane, 2 workers, --extension-apiserver). On one control
 plane an etcd rotation restarts the only etcd member and the only apiserver: the plan says
@@ -16,12 +16,15 @@ import pytest
 
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import pki
-from reconciler.core.authorities import ETCD_CA, FRONT_PROXY_CA, REQUESTHEADER_SITE
+from reconciler.core.authorities import AUTHORITIES, ETCD_CA, FRONT_PROXY_CA, REQUESTHEADER_SITE
 from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeconfigClient
 
 from .helpers import require_extension_apiserver
-from .rotation import Poller, assert_no_private_key_in_files, careconcile, plan_json, set_rotation
+from .rotation import (
+    Poller, assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, record_ca,
+    rejects_client_of, set_rotation,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -164,32 +167,50 @@ def test_a_rotation_rolled_back_before_it_distrusts_returns_to_the_old_ca(auth, 
     _steady(info, tmp_path)
 
 
-def _remaining(spec: Path, workspace: Path, authority: str) -> list[str]:
+def _remaining(spec: Path, workspace: Path) -> list[str]:
+    """The ids of every action a plan made now holds, authority after authority."""
     document = plan_json(spec, workspace, in_process=True)
-    return [action["id"] for cluster in document["clusters"] if cluster["authority"] == authority
-            for action in cluster["actions"]]
+    return [action["id"] for cluster in document["clusters"] for action in cluster["actions"]]
 
 
-def test_a_front_proxy_rotation_killed_at_every_action_boundary_resumes_to_the_same_end_state(auth, tmp_path):
+def test_all_three_cas_killed_at_every_action_boundary_resume_to_the_same_end_state(auth, tmp_path):
+    """One apply of all three CAs, killed with SIGKILL (lock held) after every single action:
+    each time, planning again yields exactly the actions that were left, whatever moment the
+    run died at; the last run reaches the end state of an uninterrupted rotation. The
+    authorities run one after the other, so this kills each of them at each of its boundaries
+    too: the cluster CA's (its workload restarts one at a time, so that each run completes
+    exactly one action), the etcd CA's (restarts of etcd and the apiserver included) and the
+    front proxy's."""
     info = auth
     spec = Path(info.spec)
-    ca_file = _pki(info) / "front-proxy-ca.crt"
-    old = _certs(ca_file)[0]
-    set_rotation(spec, 3, "frontProxyCA")
-    remaining = _remaining(spec, tmp_path, "frontProxyCA")
+    files = {name: _node_path(info, layout.record_cert) for name, layout in AUTHORITIES.items()}
+    old = {name: _certs(path)[0] for name, path in files.items()}
+    old_cluster = record_ca(info)
+    set_rotation(spec, 1, "clusterCA")
+    set_rotation(spec, 3, "etcdCA", "frontProxyCA")  # 1 and 2 were the tests' above
+    with spec.open("a") as handle:
+        handle.write("    workloads:\n      maxConcurrent: 1\n")
+    remaining = _remaining(spec, tmp_path)
     planned = len(remaining)
-    assert planned > 8 and all(action_id.startswith(f"{NAME}/frontProxyCA/") for action_id in remaining)
+    # The cluster CA's ids name no authority (they kept their shape); the others' do.
+    counts = {name: sum(f"{NAME}/{name}/" in action_id for action_id in remaining) for name in ("etcdCA", "frontProxyCA")}
+    counts["clusterCA"] = planned - sum(counts.values())
+    assert counts["clusterCA"] > 40 and counts["etcdCA"] > 10 and counts["frontProxyCA"] > 8, counts
     kills = 0
     while remaining:
         result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path, env={CRASH_AFTER_ENV: "1"})
         assert result.returncode == -9, f"run {kills + 1} was not killed: {result.stdout[-2000:]}{result.stderr}"
         kills += 1
-        now = _remaining(spec, tmp_path, "frontProxyCA")
-        # Planning again yields exactly the actions that were left, whatever moment the run died at.
+        now = _remaining(spec, tmp_path)
         assert now == remaining[1:], f"after kill {kills} ({remaining[0]}): plan differs"
         remaining = now
     assert kills == planned
-    assert _certs(ca_file)[0] != old
-    _leaves_verify_against_only(info, FRONT_PROXY_CA, ca_file)
+    for name, path in files.items():
+        assert pki.fingerprint(_certs(path)[0]) != pki.fingerprint(old[name]), name
+    _leaves_verify_against_only(info, ETCD_CA, files["etcdCA"])
+    _leaves_verify_against_only(info, FRONT_PROXY_CA, files["frontProxyCA"])
+    new_cluster = record_ca(info)
+    assert_cluster_trusts_only(info, new_cluster.cert, tmp_path / info.name / f"{info.name}-kubeconfig")
+    assert rejects_client_of(info, old_cluster, trust=new_cluster.cert)
     _steady(info, tmp_path)
     assert_no_private_key_in_files(tmp_path)

@@ -3,6 +3,7 @@ and kwok processes, checked through the Kubernetes Python client and raw TLS."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.client
 import json
@@ -21,7 +22,7 @@ from reconciler.errors import APIError
 from reconciler.sandbox import _workloads
 from reconciler.sandbox._api import Client
 from reconciler.sandbox._paths import SandboxPaths
-from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.kube import KubeClient, KubeconfigClient, load_kubeconfig
 
 from .helpers import (client_cert, cluster_ca, core_api, is_listening, listening_ports, node_file,
                       process_alive, request_as, supervisor_state, wait_until)
@@ -192,13 +193,23 @@ def test_ha_sandbox_has_an_apiserver_and_a_stacked_etcd_member_per_control_plane
     manifests = {n.name: sorted(p.stem for p in (Path(n.root) / "etc/kubernetes/manifests").glob("*.yaml"))
                  for n in control_planes}
     stack = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-    assert manifests == {"ha-control-plane-1": stack + ["kwok"], "ha-control-plane-2": stack,
+    assert manifests == {"ha-control-plane-1": sorted(stack + ["haproxy", "kwok"]), "ha-control-plane-2": stack,
                          "ha-control-plane-3": stack}
+    # The load balancer in front of the three apiservers answers as one (its /readyz is an
+    # apiserver's), and the workers' kubelet reaches the apiservers through it.
+    assert info.load_balancer and info.load_balancer not in info.apiservers
+    with KubeClient(load_kubeconfig(Path(info.kubeconfig))) as admin:
+        target = dataclasses.replace(admin.target, server=info.load_balancer)
+    with KubeClient(target) as client:
+        assert client.get_text("/readyz") == "ok"
+    kubelet = (Path(info.nodes[-1].root) / "etc/kubernetes/kubelet.conf").read_text()
+    assert f"server: {info.load_balancer}" in kubelet
 
-    # The etcd cluster: each node's apiserver uses the member on its node, every member is
-    # healthy (which needs quorum), and all three are members of one cluster, peer URLs over TLS.
+    # The etcd cluster: each node's apiserver uses every member, its own first; every member
+    # is healthy (which needs quorum), and all three are members of one cluster, peer URLs over TLS.
     for node, url in zip(control_planes, info.etcd):
-        assert _manifest_flags(node.root, "kube-apiserver")["--etcd-servers"] == url
+        servers = _manifest_flags(node.root, "kube-apiserver")["--etcd-servers"].split(",")
+        assert servers[0] == url and sorted(servers) == sorted(info.etcd)
         assert _manifest_flags(node.root, "etcd")["--advertise-client-urls"] == url
         status, body = _etcd_call(url, node.root, "GET", "/health")
         assert (status, json.loads(body)["health"]) == (200, "true"), (node.name, body)

@@ -99,7 +99,7 @@ def test_the_apiservice_routes_to_an_external_name_service_on_loopback_with_the_
     _, serving_ca = laid_out
     service = extension.service()
     assert service["spec"] == {"type": "ExternalName", "externalName": "127.0.0.1"}
-    body = extension.apiservice(PORTS, serving_ca.cert_pem)
+    body = extension.apiservice(PORTS.secure, serving_ca.cert_pem)
     assert body["metadata"]["name"] == "v1alpha1.wardle.example.com"
     spec = body["spec"]
     assert (spec["group"], spec["version"]) == ("wardle.example.com", "v1alpha1")

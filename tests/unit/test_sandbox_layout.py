@@ -53,3 +53,44 @@ def test_three_control_planes_each_run_an_etcd_member_that_their_apiserver_uses(
     del record["etcd"]
     paths.record.write_text(json.dumps(record))
     assert SandboxInfo.load(paths).etcd == []
+
+
+def test_with_a_balancer_the_apiservers_stand_behind_haproxy_and_use_every_etcd_member(tmp_path):
+    """Several control planes (`up` passes the cached haproxy): its config goes round the
+    three apiservers and asks their /readyz, each apiserver lists every member (its own
+    first) and fails /readyz before it stops, and the workers' kubelets and the extension
+    apiserver reach the apiservers through the balancer; its two instances stand behind it too."""
+    from reconciler.core import extension_apiserver as extension
+    from reconciler.core import loadbalancer
+    from reconciler.sandbox.haproxy import Install
+
+    paths = SandboxPaths(tmp_path / "lb")
+    paths.directory.mkdir()
+    (tmp_path / "kwok-stages.yaml").write_text("{}")  # kwok's stages, from the binaries cache
+    info = _lay_out(paths, name="lb", control_planes=3, workers=1, key=KeySpec("ECDSA", 256), bin_dir=tmp_path,
+                    extension_apiserver=True, balancer=Install(tmp_path / "haproxy", "/lib/a:/lib/b"))
+    roots = {node.name: Path(node.root) for node in info.nodes}
+    first, second, _third, worker = roots.values()
+    port = int(info.load_balancer.rsplit(":", 1)[1])
+    config = node_path(first, loadbalancer.CONFIG_PATH).read_text()
+    assert f"bind 127.0.0.1:{port}" in config and "balance roundrobin" in config
+    assert "http-check send meth GET uri /readyz" in config and "option redispatch" in config
+    for i, server in enumerate(info.apiservers):
+        assert f"server apiserver-{i + 1} 127.0.0.1:{server.rsplit(':', 1)[1]}" in config
+    pod = YAML(typ="safe").load(node_path(first, f"{kubeadm.MANIFESTS_DIR}/haproxy.yaml").read_text())
+    assert pod["spec"]["containers"][0]["env"] == [{"name": "LD_LIBRARY_PATH", "value": "/lib/a:/lib/b"}]
+    for node, root in list(roots.items())[:3]:
+        flags = _flags(root, "kube-apiserver")
+        servers = flags["--etcd-servers"].split(",")
+        assert servers[0] == _flags(root, "etcd")["--advertise-client-urls"] and sorted(servers) == sorted(info.etcd)
+        assert flags["--shutdown-delay-duration"] == f"{loadbalancer.SHUTDOWN_DELAY_SECONDS}s"
+    assert f"server: {info.load_balancer}" in node_path(worker, "/etc/kubernetes/kubelet.conf").read_text()
+    assert f"server: {info.load_balancer}" in node_path(first, kubeadm.KWOK_KUBECONFIG).read_text()
+    assert f"server: {info.load_balancer}" in node_path(first, extension.KUBECONFIG).read_text()
+    # two aggregated apiservers, on the first two nodes, behind the balancer's second frontend
+    instances = info.extension_apiserver["instances"]
+    assert list(instances) == ["lb-control-plane-1", "lb-control-plane-2"]
+    assert f"bind 127.0.0.1:{info.extension_apiserver['port']}" in config
+    for i, secure in enumerate(instances.values()):
+        assert f"server extension-apiserver-{i + 1} 127.0.0.1:{secure}" in config
+    assert node_path(second, extension.SERVING_CERT).read_bytes() == node_path(first, extension.SERVING_CERT).read_bytes()

@@ -1,0 +1,82 @@
+"""The load balancer in front of the apiservers of a sandbox with 2 or more control planes.
+
+HAProxy, as kubeadm's HA guide ("Options for Software Load Balancing") runs it: a static
+pod on a control-plane node, in TCP mode, so that TLS goes through to the apiservers and
+each client verifies an apiserver's own certificate. With ``--extension-apiserver`` it also
+balances the two aggregated apiservers, which the APIService's Service leads to, as a
+Service leads to the pods of a Deployment with two replicas. It goes round the apiservers
+(``balance roundrobin``) and asks each one's /readyz every CHECK_INTERVAL_MS over TLS;
+one that fails a check gets no new connection until it passes two. A connection that an
+apiserver refuses is retried on another one (``option redispatch``). Each apiserver runs
+with a shutdown delay longer than a check (``SHUTDOWN_DELAY_SECONDS``): told to stop, it
+fails /readyz but serves on, so the load balancer has taken it out before it stops
+listening. Every connection is logged, with the apiserver it went to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.core.kubeadm import LOOPBACK, static_pod
+
+COMPONENT = "haproxy"
+CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
+CHECK_INTERVAL_MS = 250
+# Fall 1 at a 0.25 s interval: taken out within about 0.25 s (plus a check's own time) of
+# failing /readyz; 2 s leaves room for checks slowed down by a busy machine.
+SHUTDOWN_DELAY_SECONDS = 2
+
+
+@dataclass(frozen=True)
+class Balanced:
+    """One balanced service: where the load balancer listens, and the servers behind it."""
+
+    name: str  # "apiserver", or "extension-apiserver" for the aggregated apiservers
+    port: int
+    server_ports: tuple[int, ...]
+
+
+def server_name(service: str, index: int) -> str:
+    return f"{service}-{index + 1}"
+
+
+def config(services: list[Balanced]) -> str:
+    sections = []
+    for service in services:
+        servers = "\n".join(f"  server {server_name(service.name, i)} {LOOPBACK}:{port}"
+                            for i, port in enumerate(service.server_ports))
+        sections.append(f"""frontend {service.name}
+  bind {LOOPBACK}:{service.port}
+  default_backend {service.name}
+
+backend {service.name}
+  balance roundrobin
+  option httpchk
+  http-check send meth GET uri /readyz
+  http-check expect status 200
+  default-server inter {CHECK_INTERVAL_MS} fall 1 rise 2 check check-ssl verify none
+{servers}
+""")
+    return """# careconcile sandbox: the load balancer (reconciler/core/loadbalancer.py)
+global
+  log stdout format raw local0
+  maxconn 2000
+
+defaults
+  mode tcp
+  log global
+  option tcplog
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+  retries 3
+  option redispatch
+
+""" + "\n".join(sections)
+
+
+def manifest(*, library_path: str) -> dict[str, Any]:
+    """``library_path``: where the unpacked package's libraries are (LD_LIBRARY_PATH)."""
+    env = {"LD_LIBRARY_PATH": library_path} if library_path else None
+    return static_pod(COMPONENT, [COMPONENT, "-db", "-f", CONFIG_PATH], env=env, grace_seconds=5)

@@ -1,0 +1,148 @@
+"""All three CAs (cluster, etcd, front proxy) rotated in one apply on 3 control planes with an
+aggregated apiserver, while clients go round the three apiservers and the aggregated API.
+
+One sandbox ("ha3": 3 control planes, each with a stacked etcd member and an apiserver; 1
+kwok worker; `--extension-apiserver`, which on several control planes runs two instances of
+k8s.io/sample-apiserver). As kubeadm's HA guide lays it out, HAProxy balances the apiservers
+(and here the two aggregated apiservers, as a Service balances two pods), going round them
+and asking each one's /readyz. The clients go through it:
+
+- one reads ``kube-system`` through the load balancer, which goes round the three
+  apiservers; its log shows every apiserver served;
+- one reads flunders through the aggregation layer, which the apiservers proxy to the two
+  aggregated apiservers through the load balancer;
+- a sampler asks every etcd member's /health twice a second.
+
+No request may fail and etcd may not lose quorum in any sample. At the end every leaf of
+every authority, on every node, verifies with `openssl verify` against a CA file holding the
+new CA alone, and a new plan has no changes. The rotation keeps its state in the workspace."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.core import extension_apiserver as extension
+from reconciler.core import kubeconfig, loadbalancer, pki
+from reconciler.core.authorities import AUTHORITIES
+
+from .helpers import require_extension_apiserver
+from .rotation import (
+    EtcdSampler, Poller, Rotated, assert_no_private_key_in_files, assert_polled_without_failure, assert_rotated,
+    careconcile, prepare_user_objects, record_ca, set_rotation,
+)
+
+pytestmark = pytest.mark.integration
+
+NAME = "ha3"
+FLUNDERS = extension.flunders_path("default")
+# haproxy's tcplog line: "<client> [<date>] <frontend> <backend>/<server> ..."
+SERVED = re.compile(r"^\S+ \[[^]]+\] \S+ (\S+)/(\S+) ", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def ha3(start_sandbox):
+    require_extension_apiserver()
+    return start_sandbox(NAME, control_planes=3, workers=1, extension_apiserver=True)
+
+
+def _through_the_load_balancer(info):
+    """The sandbox's kubeconfig, read afresh, with every apiserver replaced by the load balancer."""
+    def read() -> str:
+        text = Path(info.kubeconfig).read_text()
+        for server in info.apiservers:
+            text = text.replace(server, info.load_balancer)
+        return text
+    return read
+
+
+def _leaf_certificates(root: Path, leaf) -> list[tuple[str, bytes]]:
+    """(where, certificate PEM) of a leaf on one node; none where the node has no such file."""
+    path = root / leaf.path.lstrip("/")
+    if leaf.form == "pair":
+        path = path.with_name(path.name + ".crt")
+    if not path.is_file():
+        return []
+    if leaf.form == "kubeconfig":
+        document = kubeconfig.parse(path.read_text(), source=str(path))
+        return [(f"{path} user {user}", cert) for user, cert, _ in kubeconfig.embedded_credentials(document)]
+    return [(str(path), path.read_bytes())]
+
+
+def _verify_every_leaf_against_the_new_ca_alone(info, tmp_path: Path) -> dict[str, int]:
+    """For each authority, its CA file holds one CA (the new one), and every leaf on every
+    node verifies against it with openssl; returns the leaves verified per authority."""
+    verified: dict[str, int] = {}
+    first = Path(info.nodes[0].root)
+    for name, layout in AUTHORITIES.items():
+        ca_file = first / layout.record_cert.lstrip("/")
+        assert len(pki.load_certificates(ca_file.read_bytes(), source=str(ca_file))) == 1, f"{ca_file}: not one CA"
+        for node in info.nodes:
+            for leaf in layout.leaves:
+                for where, pem in _leaf_certificates(Path(node.root), leaf):
+                    cert = tmp_path / "leaf.crt"
+                    cert.write_bytes(pem)
+                    result = subprocess.run(["openssl", "verify", "-CAfile", str(ca_file), str(cert)],
+                                            capture_output=True, text=True)
+                    assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), \
+                        f"{name}: {where}: {result.stdout}{result.stderr}"
+                    verified[name] = verified.get(name, 0) + 1
+    return verified
+
+
+def test_all_three_cas_rotate_on_three_control_planes_without_a_failed_request_or_a_lost_quorum(ha3, tmp_path):
+    info = ha3
+    assert info.load_balancer and len(info.apiservers) == 3 and len(info.extension_apiserver["instances"]) == 2
+    spec = Path(info.spec)
+    spec.write_text(spec.read_text().replace("    authorities:\n", "    stateStore: {workspace: {}}\n    authorities:\n"))
+    foreign, old, webhook_ca = prepare_user_objects(info)
+    before = {name: pki.load_certificates((Path(info.nodes[0].root) / layout.record_cert.lstrip("/")).read_bytes(),
+                                          source=name)[0] for name, layout in AUTHORITIES.items()}
+    set_rotation(spec, 1, *AUTHORITIES)
+    workspace = tmp_path / "workspace"
+    planned = careconcile("plan", str(spec), workspace=workspace)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    # Three of each: a restart never leaves the cluster without an etcd member or an
+    # apiserver, and two aggregated apiservers never both stop, so no outage is announced.
+    assert "outage:" not in planned.stdout
+    members = ", ".join(n.name for n in info.nodes if n.role == "control-plane")
+    assert (f"Restarts: etcd 2 times on each of {members}; kube-apiserver 2 times on each of {members}"
+            in planned.stdout.split("(etcdCA)")[1])
+
+    haproxy_log = Path(info.directory) / "logs" / info.nodes[0].name / f"{loadbalancer.COMPONENT}.log"
+    logged_before = haproxy_log.stat().st_size
+    read = _through_the_load_balancer(info)
+    api = Poller(Path(info.kubeconfig), {info.load_balancer}, read=read)
+    aggregated = Poller(Path(info.kubeconfig), {info.load_balancer}, read=read, path=FLUNDERS)
+    etcd = EtcdSampler(info.etcd, Path(info.nodes[0].root) / "etc/kubernetes/pki/etcd")
+    with api, aggregated, etcd:
+        applied = careconcile("apply", str(spec), "--auto-approve", workspace=workspace)
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
+    healthy = [count for _, count in etcd.samples]
+    print(f"\n{info.name}: API {api.requests} requests, {len(api.failures)} failed; aggregated API "
+          f"{aggregated.requests} requests, {len(aggregated.failures)} failed, longest gap "
+          f"{aggregated.longest_gap():.2f}s; etcd {len(healthy)} samples, fewest healthy members "
+          f"{min(healthy, default=0)}, {etcd.unreadable} unreadable")
+
+    assert_polled_without_failure(api, servers=1)
+    assert_polled_without_failure(aggregated, servers=1)
+    served = {}
+    for backend, server in SERVED.findall(haproxy_log.read_text()[logged_before:]):
+        served.setdefault(backend, set()).add(server)
+    assert served.get("apiserver") == {loadbalancer.server_name("apiserver", i) for i in range(3)}, served
+    assert served.get(extension.COMPONENT) == {loadbalancer.server_name(extension.COMPONENT, i) for i in range(2)}
+    # Quorum in every sample, and the sampler did see members restart.
+    assert len(healthy) > 50 and not etcd.without_quorum(), etcd.without_quorum()[:5]
+    assert min(healthy) == 2
+
+    verified = _verify_every_leaf_against_the_new_ca_alone(info, tmp_path)
+    assert set(verified) == set(AUTHORITIES) and verified["etcdCA"] == 12, verified
+    for name, layout in AUTHORITIES.items():
+        now = pki.load_certificates((Path(info.nodes[0].root) / layout.record_cert.lstrip("/")).read_bytes(),
+                                    source=name)[0]
+        assert pki.fingerprint(now) != pki.fingerprint(before[name]), name
+    assert_rotated(Rotated(info, workspace, api, old, record_ca(info), foreign, webhook_ca))
+    assert_no_private_key_in_files(workspace / info.name / "log")

@@ -13,7 +13,9 @@ it runs, in this process:
 
 - an **API poller**: two clients, each reading the sandbox's kubeconfig afresh for every
   request and going round-robin over its contexts, one per apiserver (the integration
-  tests' ``Poller``), reading ``/api/v1/namespaces/kube-system``;
+  tests' ``Poller``), reading ``/api/v1/namespaces/kube-system``; with several control
+  planes they go through the sandbox's load balancer instead (HAProxy, which goes round
+  the apiservers and takes a stopping one out), as an HA cluster's clients do;
 - an **aggregated API poller**, the same reading
   ``/apis/wardle.example.com/v1alpha1/namespaces/default/flunders`` through the
   aggregation layer;
@@ -66,7 +68,9 @@ from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries, re
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.integration.rotation import EtcdSampler, Poller, set_rotation  # noqa: E402  (the tests' clients, and counter edit)
+from tests.integration.rotation import (  # noqa: E402  (the tests' clients, and counter edit)
+    EtcdSampler, Poller, set_rotation, through_load_balancer,
+)
 
 AUTHORITIES = ("clusterCA", "etcdCA", "frontProxyCA")
 FLUNDERS = extension.flunders_path("default")
@@ -322,10 +326,12 @@ def rotate(info, rotation: int, workspace: Path, scratch: Path, keep: Path | Non
     plan = announced(json.loads(plan_file.read_text()))
     log_root = workspace / cluster / "log"
     before = set(log_root.glob("apply-*")) if log_root.is_dir() else set()
-    servers = set(info.apiservers)
     kubeconfig = Path(info.kubeconfig)
-    api = RecordingPoller(kubeconfig, servers)
-    aggregated = RecordingPoller(kubeconfig, servers, path=FLUNDERS)
+    # Several control planes: through the load balancer, as an HA cluster's clients go.
+    servers, read = ({info.load_balancer}, through_load_balancer(info)) if info.load_balancer else \
+        (set(info.apiservers), None)
+    api = RecordingPoller(kubeconfig, servers, read=read)
+    aggregated = RecordingPoller(kubeconfig, servers, read=read, path=FLUNDERS)
     etcd = EtcdSampler(info.etcd, Path(info.nodes[0].root) / "etc/kubernetes/pki/etcd")
     with api, aggregated, etcd:
         time.sleep(1.0)  # a second of the cluster at rest before, to see the pollers work

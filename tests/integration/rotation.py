@@ -172,6 +172,17 @@ class Poller:
             self._stop.wait(self.interval)
 
 
+def through_load_balancer(info) -> Callable[[], str]:
+    """A Poller's ``read``: the sandbox's kubeconfig, read afresh, with every apiserver
+    replaced by the load balancer in front of them (sandboxes with several control planes)."""
+    def read() -> str:
+        text = Path(info.kubeconfig).read_text()
+        for server in info.apiservers:
+            text = text.replace(server, info.load_balancer)
+        return text
+    return read
+
+
 def bundle_fingerprints(pem: bytes, source: str) -> list[str]:
     return [pki.fingerprint(cert) for cert in pki.load_certificates(pem, source=source)]
 

@@ -32,7 +32,7 @@ from reconciler.core.authorities import AUTHORITIES
 from .helpers import require_extension_apiserver
 from .rotation import (
     EtcdSampler, Poller, Rotated, assert_no_private_key_in_files, assert_polled_without_failure, assert_rotated,
-    careconcile, prepare_user_objects, record_ca, set_rotation,
+    careconcile, prepare_user_objects, record_ca, set_rotation, through_load_balancer,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,16 +47,6 @@ SERVED = re.compile(r"^\S+ \[[^]]+\] \S+ (\S+)/(\S+) ", re.MULTILINE)
 def ha3(start_sandbox):
     require_extension_apiserver()
     return start_sandbox(NAME, control_planes=3, workers=1, extension_apiserver=True)
-
-
-def _through_the_load_balancer(info):
-    """The sandbox's kubeconfig, read afresh, with every apiserver replaced by the load balancer."""
-    def read() -> str:
-        text = Path(info.kubeconfig).read_text()
-        for server in info.apiservers:
-            text = text.replace(server, info.load_balancer)
-        return text
-    return read
 
 
 def _leaf_certificates(root: Path, leaf) -> list[tuple[str, bytes]]:
@@ -114,7 +104,7 @@ def test_all_three_cas_rotate_on_three_control_planes_without_a_failed_request_o
 
     haproxy_log = Path(info.directory) / "logs" / info.nodes[0].name / f"{loadbalancer.COMPONENT}.log"
     logged_before = haproxy_log.stat().st_size
-    read = _through_the_load_balancer(info)
+    read = through_load_balancer(info)
     api = Poller(Path(info.kubeconfig), {info.load_balancer}, read=read)
     aggregated = Poller(Path(info.kubeconfig), {info.load_balancer}, read=read, path=FLUNDERS)
     etcd = EtcdSampler(info.etcd, Path(info.nodes[0].root) / "etc/kubernetes/pki/etcd")

@@ -38,6 +38,27 @@ _ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re
 ETCD_MEMBER_LIST = "/v3/cluster/member/list"
 
 
+# The start times process_start_time_seconds may say: after 1970, before the year 10000
+# (what a datetime can show). Anything else, NaN and infinities included, is not a time.
+_LATEST_START = 253402300799.0
+
+
+def process_start(metrics: str) -> float | None:
+    """When the process that serves ``metrics`` started (Unix seconds), None when the text
+    does not say; ValueError (its message quoting nothing) when it says something that is
+    not a time."""
+    found = _PROCESS_START.search(metrics)
+    if found is None:
+        return None
+    try:
+        started = float(found.group(1))
+    except ValueError:
+        started = -1.0
+    if not 0 < started < _LATEST_START:  # False for NaN too
+        raise ValueError("its /metrics has a process_start_time_seconds that is not a time")
+    return started
+
+
 class ComponentRestarts:
     def __init__(self, access: ClusterAccess, *, heartbeat: Callable[[], None] = lambda: None,
                  timeout: float = 300.0) -> None:
@@ -123,8 +144,7 @@ class ComponentRestarts:
             if client is None:
                 return None
             with client:
-                found = _PROCESS_START.search(client.get_text("/metrics"))
-            return float(found.group(1)) if found else None
+                return process_start(client.get_text("/metrics"))
         except (ClusterUnreachableError, APIError, ValueError):
             return None
 
@@ -138,8 +158,7 @@ class ComponentRestarts:
                 return f"{self.access.nodes[node].describe()}: its {component.name} manifest names no server"
             with client:
                 metrics = client.get_text("/metrics")
-                found = _PROCESS_START.search(metrics)
-                started = float(found.group(1)) if found else None
+                started = process_start(metrics)
                 if started is None:
                     return "no process_start_time_seconds in its /metrics"
                 if (before is not None and started <= before) or (since is not None and started < since.timestamp()):
@@ -149,6 +168,8 @@ class ComponentRestarts:
                         return "its /health does not answer true (no leader)"
                     # /health is true with quorum even while a link to a peer is refused.
                     members = client.request("POST", ETCD_MEMBER_LIST, {}).get("members") or []
+                    if not isinstance(members, list):
+                        return f"its {ETCD_MEMBER_LIST} answer holds no list of members"
                     linked = len(_ACTIVE_PEER.findall(metrics))
                     if linked < len(members) - 1:
                         return f"linked to {linked} of its {len(members) - 1} peers (etcd_network_active_peers)"
@@ -179,7 +200,7 @@ class ComponentRestarts:
             lease = self.access.client.get(f"{NODE_LEASES}/{node}")
         except (APIError, ClusterUnreachableError):
             return None
-        return parse_time((lease.get("spec") or {}).get("renewTime"))
+        return parse_time(_spec(lease).get("renewTime"))
 
     # --- running again -------------------------------------------------------------------
 
@@ -202,16 +223,15 @@ class ComponentRestarts:
                 problems += [f"{c.id}: {problem}" for c in instances
                              if (problem := self._instance_problem(layouts[name], c.node, since=c.restarted_at))]
             elif layouts[name].readiness == "leader-lease":
-                lease = client.get(f"{LEADER_LEASES}/{name}")
-                spec = lease.get("spec") or {}
+                spec = _spec(client.get(f"{LEADER_LEASES}/{name}"))
                 acquired, renewed = parse_time(spec.get("acquireTime")), parse_time(spec.get("renewTime"))
-                duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
+                duration = _lease_duration(spec, 15)
                 if not spec.get("holderIdentity") or acquired is None or acquired < restarted or \
                         renewed is None or now - renewed > duration * 2:
                     problems.append(f"{name} has not taken its leader lease since its restart at {restarted:%H:%M:%S}")
             else:
-                stale = [lease["metadata"]["name"] for lease in client.list(NODE_LEASES)
-                         if (parse_time((lease.get("spec") or {}).get("renewTime")) or restarted) <= restarted]
+                stale = [_name(lease) for lease in client.list(NODE_LEASES)
+                         if (parse_time(_spec(lease).get("renewTime")) or restarted) <= restarted]
                 if stale:
                     problems.append(f"{name} has not renewed the leases of {len(stale)} node(s) since its restart "
                                     f"({', '.join(stale[:3])})")
@@ -223,7 +243,7 @@ class ComponentRestarts:
         of the restart) and lately."""
         if not restarted:
             return []
-        leases = {lease["metadata"]["name"]: lease.get("spec") or {} for lease in self.access.client.list(NODE_LEASES)}
+        leases = {_name(lease): _spec(lease) for lease in self.access.client.list(NODE_LEASES)}
         now = utcnow()
         problems = []
         for component in restarted:
@@ -234,8 +254,27 @@ class ComponentRestarts:
                 continue
             renewed = parse_time(spec.get("renewTime"))
             after = component.lease_renewed_at_restart or component.restarted_at
-            duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 40))
+            duration = _lease_duration(spec, 40)
             if renewed is None or renewed <= after or now - renewed > duration * 2:
                 problems.append(f"{component.id}: the node's Lease has not been renewed since the restart at "
                                 f"{component.restarted_at:%H:%M:%S}")
         return problems
+
+
+# --- Leases as the API answers them, read as untrusted -------------------------------------
+
+def _spec(lease: dict) -> dict:
+    spec = lease.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _name(lease: dict) -> str:
+    metadata = lease.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else "(unnamed)"
+
+
+def _lease_duration(spec: dict, default: int) -> dt.timedelta:
+    """leaseDurationSeconds, or ``default`` when it is missing or not a sane number of seconds."""
+    seconds = spec.get("leaseDurationSeconds")
+    return dt.timedelta(seconds=seconds if type(seconds) is int and 0 < seconds <= 86400 else default)

@@ -26,7 +26,7 @@ from reconciler.core.sites import (
     ApiField, Component, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, PhaseCheck, Site, StateRecord,
     AtSite, Workload,
 )
-from reconciler.core.spec import PRIMARY_AUTHORITY, ResolvedWorkloads
+from reconciler.core.spec import DNS_LABEL, PRIMARY_AUTHORITY, ResolvedWorkloads
 from reconciler.core.workloads import reason as workload_reason
 from reconciler.errors import RollbackRefusedError
 
@@ -169,7 +169,7 @@ class Action(AtSite, _Model):
 
 
 class ClusterPlan(_Model):
-    cluster: str
+    cluster: str = Field(pattern=DNS_LABEL, max_length=63)  # it goes into API paths and workspace paths
     authority: Literal["clusterCA", "etcdCA", "frontProxyCA"]
     operation: Operation
     old_ca: str | None = None
@@ -185,7 +185,7 @@ class PlanDocument(_Model):
     careconcile_version: str
     created: str
     operation: Literal["apply", "rollback"]
-    spec_path: str
+    spec_path: str = Field(pattern=r"^[^\x00-\x1f\x7f]+$")  # a path: no NUL, no line break, no escape
     spec_digest: str
     clusters: list[ClusterPlan]
     summary: dict[str, int] = Field(description="Actions per kind, as the summary line counts them.")

@@ -110,6 +110,17 @@ def test_read_limited_refuses_a_file_that_grew_past_the_limit_after_fstat(tmp_pa
         read_limited(path, 9)
 
 
+def test_more_values_than_the_limit_are_refused_at_the_one_that_goes_over():
+    # 4 MiB of "[{},{},...]" are 2 million values at about 30 us each: the count, not the
+    # size in bytes, bounds the time.
+    limits = yamldoc.Limits("spec", max_bytes=1024, max_depth=8, aliases=0, max_nodes=100)
+    with pytest.raises(yamldoc.DocumentError) as error:
+        yamldoc.load("a: [" + ", ".join(["{}"] * 100) + "]\n", limits)
+    assert str(error.value) == "line 1, column 393: more than 100 values; a spec need not hold so many"
+    assert yamldoc.load("a: [" + ", ".join(["{}"] * 97) + "]\n", limits).data["a"] == [{}] * 97  # 100 values
+    assert yamldoc.SPEC.max_nodes == 100_000
+
+
 # Linear time in the comments is a speed goal: benchmarks/yaml_loading.py shows it (docs/
 # performance.md), not a timed test, which a busy 2-core machine makes flaky.
 
@@ -311,13 +322,17 @@ def _plan_with(tmp_path, **changes):
 
 
 def test_show_escapes_terminal_control_sequences_from_a_plan_file(tmp_path, capsys):
-    path = _plan_with(tmp_path, top={"spec_path": "/s\x1b]0;owned\x07.yaml"}, reason="\x1b[2J\x9b31m\u202eevil")
+    path = _plan_with(tmp_path, reason="\x1b[2J\x9b31m\u202eevil")
     code, out, _ = _run(capsys, "show", path)
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out and "\u202e" not in out
-    assert "/s\\x1b]0;owned\\x07.yaml" in out and "\\x1b[2J\\x9b31m\\u202eevil" in out
+    assert "\\x1b[2J\\x9b31m\\u202eevil" in out
     code, out, _ = _run(capsys, "show", path, "--format", "markdown")
     assert "\x1b" not in out and "\u202e" not in out
+    # A path holds no control character at all: such a spec_path is refused, not shown.
+    path = _plan_with(tmp_path, top={"spec_path": "/s\x1b]0;owned\x07.yaml"})
+    code, _, err = _run(capsys, "show", path)
+    assert code == 1 and f"{path}: not a valid plan at spec_path: fails the schema's 'pattern' rule" in err
 
 
 def test_an_error_message_reaches_the_terminal_without_control_characters(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The etcd and front-proxy CAs, rotated on a real control plane with an aggregated apiserver
 (k8s.io/sample-apiserver behind the aggregation layer): each alone, with clients polling the
 API and the aggregated API throughout, then a rollback of each before it distrusts its old CA,
-and a front-proxy rotation killed at every action boundary.
+and a front-proxy rotation terminated (SIGTERM) at every action boundary.
 
 One sandbox ("auth", 1 control plane, 2 workers, --extension-apiserver). On one control
 plane an etcd rotation restarts the only etcd member and the only apiserver: the plan says
@@ -17,11 +17,12 @@ import pytest
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import pki
 from reconciler.core.authorities import ETCD_CA, FRONT_PROXY_CA, REQUESTHEADER_SITE
-from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.lock import LEASE_NAME, LEASES
 
 from .helpers import require_extension_apiserver
-from .rotation import Poller, assert_no_private_key_in_files, careconcile, plan_json, set_rotation
+from .rotation import (Poller, assert_no_private_key_in_files, careconcile, plan_json, set_rotation,
+                       stop_at_every_action_boundary)
 
 pytestmark = pytest.mark.integration
 
@@ -166,25 +167,40 @@ def _remaining(spec: Path, workspace: Path, authority: str) -> list[str]:
             for action in cluster["actions"]]
 
 
-def test_a_front_proxy_rotation_killed_at_every_action_boundary_resumes_to_the_same_end_state(auth, tmp_path):
+def _temp_files(*directories: Path) -> list[Path]:
+    """What careconcile's writes leave while they are under way: a local write's
+    ``.NAME.XXXX.tmp`` beside its file, an SFTP write's ``.NAME.careconcile-XXXX.tmp``
+    (etcd's own ``wal/0.tmp`` is not one)."""
+    return [path for directory in directories for path in directory.rglob(".*.tmp")]
+
+
+def test_a_front_proxy_rotation_terminated_at_every_action_boundary_cleans_up_and_resumes_at_once(auth, tmp_path):
+    """SIGTERM, as CI runners and Kubernetes stop a job, after every action in turn: each run
+    exits 143 having removed its temp files and released its Lease, so the next run starts
+    at once (no stale lock to take over), and planning again yields exactly the actions that
+    were left. (SIGKILL at every boundary, which leaves the lock for the next run to take
+    over, is test_rotation_resume.py's, on the cluster CA; both stop a run at the same point,
+    right after an action is done.)"""
     info = auth
     spec = Path(info.spec)
     ca_file = _pki(info) / "front-proxy-ca.crt"
     old = _certs(ca_file)[0]
     set_rotation(spec, 3, "frontProxyCA")
-    remaining = _remaining(spec, tmp_path, "frontProxyCA")
-    planned = len(remaining)
-    assert planned > 8 and all(action_id.startswith(f"{NAME}/frontProxyCA/") for action_id in remaining)
-    kills = 0
-    while remaining:
-        result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path, env={CRASH_AFTER_ENV: "1"})
-        assert result.returncode == -9, f"run {kills + 1} was not killed: {result.stdout[-2000:]}{result.stderr}"
-        kills += 1
-        now = _remaining(spec, tmp_path, "frontProxyCA")
-        # Planning again yields exactly the actions that were left, whatever moment the run died at.
-        assert now == remaining[1:], f"after kill {kills} ({remaining[0]}): plan differs"
-        remaining = now
-    assert kills == planned
+    planned = _remaining(spec, tmp_path, "frontProxyCA")
+    assert len(planned) > 8 and all(action_id.startswith(f"{NAME}/frontProxyCA/") for action_id in planned)
+    roots = [Path(node.root) / "etc" for node in info.nodes]
+
+    def cleaned_up(result, action_id: str) -> None:
+        assert result.stderr.rstrip().endswith("careconcile: terminated (SIGTERM)"), result.stderr[-2000:]
+        assert "took over the stale lock" not in result.stderr, f"the run before {action_id} left its lock"
+        assert _temp_files(*roots, tmp_path) == [], f"temp files left after {action_id}"
+        with KubeconfigClient(Path(info.kubeconfig)) as client:
+            leases = client.list(LEASES)
+        assert [lease["metadata"]["name"] for lease in leases if lease["metadata"]["name"] == LEASE_NAME] == [], \
+            f"the Lease {LEASE_NAME} is still held after {action_id}"
+
+    stop_at_every_action_boundary(spec, tmp_path, planned, lambda: _remaining(spec, tmp_path, "frontProxyCA"),
+                                  signal_name="SIGTERM", after_each=cleaned_up)
     assert _certs(ca_file)[0] != old
     _leaves_verify_against_only(info, FRONT_PROXY_CA, ca_file)
     _steady(info, tmp_path)

@@ -365,3 +365,72 @@ def _wait_for_logins(server, count: int) -> None:
     deadline = time.monotonic() + 5
     while server.accepted_logins() < count and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# Holds the "lock" while it writes a big file over SFTP, as a run of apply would, in the
+# CLI's own main (its SIGTERM handling is what is tested).
+_TERMINATED_WRITER = '''
+import json, sys
+from pathlib import Path
+from reconciler import cli
+from reconciler.core.spec import NodeSpec
+from reconciler.shell import session
+from reconciler.shell.nodes import node_files
+
+access, spec, work = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+files = node_files(NodeSpec.model_validate({"name": "n1", "role": "worker", "access": {"ssh": access}}))
+
+
+class Lock:
+    def acquire(self):
+        (work / "lease").write_text("held")
+        return type("Info", (), {"took_over_from": None})()
+
+    def release(self):
+        (work / "lease").unlink()
+
+
+class Access:
+    def lock(self, operation):
+        return Lock()
+
+
+def make_plan(*args, **kwargs):
+    files.write("/etc/kubernetes/pki/ca.crt", b"x" * (128 * 1024 * 1024), 0o644)  # long enough to be stopped
+
+
+session.open_clusters = lambda *args, **kwargs: {"n1": Access()}
+session.make_plan = make_plan
+sys.exit(cli.main(["apply", spec, "--auto-approve"]))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_during_an_sftp_write_removes_the_temp_file_on_the_node_and_releases_the_lock(server, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    root = _node_root(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: careconcile.dev/v1alpha1\nkind: CASpec\nmetadata: {name: t}\nspec:\n  clusters:\n"
+                    "    - {name: n1, kubeconfig: k, nodes: [{name: n1, role: worker, access: {local: {root: /}}}]}\n")
+    process = subprocess.Popen([sys.executable, "-c", _TERMINATED_WRITER, json.dumps(ssh_access(server, root)),
+                                str(spec), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pki_dir = root / "etc/kubernetes/pki"
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.name.endswith(".tmp") and path.stat().st_size > 0 for path in pki_dir.iterdir()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        assert (tmp_path / "lease").exists()
+        process.send_signal(signal.SIGTERM)  # mid-write: the temp file holds part of the new content
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert stderr.strip().endswith("careconcile: terminated (SIGTERM)") and "Traceback" not in stderr, stderr
+    assert sorted(path.name for path in pki_dir.iterdir()) == ["ca.crt"]  # the temp file is gone from the node
+    assert (pki_dir / "ca.crt").read_bytes() == b"old certificate\n"
+    assert not (tmp_path / "lease").exists()  # released

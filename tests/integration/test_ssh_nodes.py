@@ -17,7 +17,7 @@ from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodeUnreachableError
 from reconciler.shell.nodes import node_files, open_nodes
 
-from .rotation import careconcile
+from .rotation import ROOT, careconcile
 from .sshd import UNPRIVILEGED, closed_port, other_host_key, running_sshd, ssh_access
 
 pytestmark = pytest.mark.integration
@@ -367,41 +367,26 @@ def _wait_for_logins(server, count: int) -> None:
         time.sleep(0.05)
 
 
-# Holds the "lock" while it writes a big file over SFTP, as a run of apply would, in the
-# CLI's own main (its SIGTERM handling is what is tested).
+# A run of apply, in the CLI's own main (its SIGTERM handling is what is tested), that
+# writes a big file over SFTP while it holds a stand-in lock.
 _TERMINATED_WRITER = '''
 import json, sys
 from pathlib import Path
-from reconciler import cli
+
+root, access, spec, work = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+sys.path.insert(0, root)
 from reconciler.core.spec import NodeSpec
-from reconciler.shell import session
 from reconciler.shell.nodes import node_files
+from tests.standin_lock import apply_holding_the_lock
 
-access, spec, work = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 files = node_files(NodeSpec.model_validate({"name": "n1", "role": "worker", "access": {"ssh": access}}))
-
-
-class Lock:
-    def acquire(self):
-        (work / "lease").write_text("held")
-        return type("Info", (), {"took_over_from": None})()
-
-    def release(self):
-        (work / "lease").unlink()
-
-
-class Access:
-    def lock(self, operation):
-        return Lock()
 
 
 def make_plan(*args, **kwargs):
     files.write("/etc/kubernetes/pki/ca.crt", b"x" * (128 * 1024 * 1024), 0o644)  # long enough to be stopped
 
 
-session.open_clusters = lambda *args, **kwargs: {"n1": Access()}
-session.make_plan = make_plan
-sys.exit(cli.main(["apply", spec, "--auto-approve"]))
+sys.exit(apply_holding_the_lock(work, spec, make_plan))
 '''
 
 
@@ -416,8 +401,9 @@ def test_sigterm_during_an_sftp_write_removes_the_temp_file_on_the_node_and_rele
     spec = tmp_path / "spec.yaml"
     spec.write_text("apiVersion: careconcile.dev/v1alpha1\nkind: CASpec\nmetadata: {name: t}\nspec:\n  clusters:\n"
                     "    - {name: n1, kubeconfig: k, nodes: [{name: n1, role: worker, access: {local: {root: /}}}]}\n")
-    process = subprocess.Popen([sys.executable, "-c", _TERMINATED_WRITER, json.dumps(ssh_access(server, root)),
-                                str(spec), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", _TERMINATED_WRITER, str(ROOT),
+                                json.dumps(ssh_access(server, root)), str(spec), str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pki_dir = root / "etc/kubernetes/pki"
     try:
         deadline = time.monotonic() + 60

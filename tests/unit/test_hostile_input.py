@@ -16,7 +16,7 @@ from reconciler.errors import ClusterUnreachableError, PKIError, SpecError
 from reconciler.shell.kube import load_kubeconfig
 from reconciler.shell.specfile import load_spec
 
-from .test_spec_loader import VALID, problems_of, write
+from .test_spec_loader import ROOT, VALID, problems_of, write
 
 # Nine levels of nine aliases: 9**9 strings from 404 bytes.
 ALIAS_BOMB = "\n".join(['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
@@ -386,25 +386,11 @@ def test_update_credentials_refuses_a_path_as_a_cluster_name_when_called_directl
 _HOLDER = '''
 import shutil, sys, time
 from pathlib import Path
-from reconciler import cli
 from reconciler._files import atomic_write
-from reconciler.shell import session
 
-work, spec = Path(sys.argv[1]), sys.argv[2]
-
-
-class Lock:  # stands in for the cluster's Lease; session.locked takes and releases it
-    def acquire(self):
-        (work / "lease").write_text("held")
-        return type("Info", (), {"took_over_from": None})()
-
-    def release(self):
-        (work / "lease").unlink()
-
-
-class Access:
-    def lock(self, operation):
-        return Lock()
+root, work, spec = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, root)
+from tests.standin_lock import apply_holding_the_lock
 
 
 def make_plan(*args, **kwargs):  # holds the lock and a 0600 key file, as update credentials does
@@ -418,9 +404,7 @@ def make_plan(*args, **kwargs):  # holds the lock and a 0600 key file, as update
         shutil.rmtree(run)
 
 
-session.open_clusters = lambda *args, **kwargs: {"one": Access()}
-session.make_plan = make_plan
-sys.exit(cli.main(["apply", spec, "--auto-approve"]))
+sys.exit(apply_holding_the_lock(work, spec, make_plan))
 '''
 
 
@@ -432,7 +416,7 @@ def test_sigterm_removes_the_key_file_and_releases_the_lock_as_ctrl_c_does(tmp_p
     import sys
 
     spec = write(tmp_path, VALID)
-    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), str(spec)],
+    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ROOT), str(tmp_path), str(spec)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

@@ -10,6 +10,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2  # reserved for `plan --detailed-exitcode` and `drift`
 EXIT_USAGE = 64
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
+EXIT_TERMINATED = 143  # SIGTERM, what CI runners and Kubernetes send to stop a job
 
 
 class CareconcileError(Exception):
@@ -64,6 +66,11 @@ class SandboxNotFoundError(SandboxError):
 
 class ClusterUnreachableError(CareconcileError):
     """A cluster's API could not be reached or did not answer as expected."""
+
+
+class UntrustedServerError(ClusterUnreachableError):
+    """A server answered, but its serving certificate does not verify against the CA it must
+    chain to (an aggregated apiserver and its APIService's caBundle, say)."""
 
 
 class NodeUnreachableError(CareconcileError):
@@ -151,6 +158,6 @@ def exit_code_for(error: BaseException) -> int:
     """The process exit code for an error that reached the CLI."""
     if isinstance(error, CareconcileError):
         return error.exit_code
-    if isinstance(error, KeyboardInterrupt):
-        return 130
+    if isinstance(error, KeyboardInterrupt):  # 128 + the signal: 130 for SIGINT, 143 for SIGTERM
+        return getattr(error, "exit_code", EXIT_INTERRUPTED)
     return EXIT_ERROR

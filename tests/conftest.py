@@ -45,7 +45,7 @@ ESTIMATED_SECONDS = {
     "tests/integration/test_markdown_plan.py": 22,
     "tests/integration/test_extension_apiserver.py": 20,
     "tests/integration/test_kube_client.py": 16,
-    "tests/integration/test_ssh_nodes.py": 6,
+    "tests/integration/test_ssh_nodes.py": 8,
     "tests/integration/test_sandbox_failures.py": 6,
     "tests/integration/test_node_links.py": 3,
 }

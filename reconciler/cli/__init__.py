@@ -22,7 +22,7 @@ from reconciler.cli import unlock as unlock_command
 from reconciler.cli import update as update_command
 from reconciler.cli import validate as validate_command
 from reconciler.core.render import printable
-from reconciler.errors import EXIT_USAGE, CareconcileError, exit_code_for
+from reconciler.errors import EXIT_TERMINATED, EXIT_USAGE, CareconcileError, exit_code_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, which CI runners and Kubernetes send to stop a job: handled as Ctrl-C is, so
-    the same cleanup runs (temp files removed, locks released) and the exit code is 130."""
+    the same cleanup runs (temp files removed, locks released); the exit code is 143, as a
+    process killed by SIGTERM reports it."""
+
+    exit_code = EXIT_TERMINATED
 
 
 def _terminated(signum: int, frame: object) -> None:

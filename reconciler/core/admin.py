@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, m
 from ruamel.yaml import YAML
 
 from reconciler.core import yamldoc
-from reconciler.core.spec import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, AbsolutePath, Command, LocalAccess,
-                                  NodeAccess, NodeSpec)
+from reconciler.core.spec import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, AbsolutePath, Command, HOST, HostKeyLine,
+                                  LocalAccess, NodeAccess, NodeSpec)
 from reconciler.errors import AdminClusterError
 
 CAPI_SECRET_TYPE = "cluster.x-k8s.io/secret"
@@ -109,8 +109,8 @@ class InventorySSH(_Strict):
 
     user: str = Field(default="root", min_length=1, pattern=r"^[^\s@:]+$", description="The user to log in as.")
     port: StrictInt = Field(default=22, ge=1, le=65535, description="The SSH port.")
-    host_key: str | None = Field(default=None, alias="hostKey",
-                                 description="The node's public host key, as a known_hosts line has it.")
+    host_key: HostKeyLine | None = Field(default=None, alias="hostKey",
+                                         description="The node's public host key, as a known_hosts line has it.")
     root: AbsolutePath = Field(default="/", description="Absolute directory on the node that stands for its '/'.")
     kubelet_restart: Command | None = Field(
         default=None, alias="kubeletRestart",
@@ -133,7 +133,7 @@ class InventoryNode(_Strict):
 
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="The node's name.")
     role: Literal["control-plane", "worker"] = Field(description="'control-plane' or 'worker'.")
-    address: str | None = Field(default=None, min_length=1, pattern=r"^[^\s@/\[\]]+$",
+    address: str | None = Field(default=None, min_length=1, max_length=253, pattern=HOST,
                                 description="The node's host name or IP address.")
     ssh: InventorySSH | None = Field(default=None, description="SSH login; user root, port 22 if unset.")
     local: InventoryLocal | None = Field(default=None, description="Local files (the sandbox's node directories).")

@@ -24,13 +24,28 @@ DEFAULT_NODE_LEASE_SECONDS = 40  # the kubelet's nodeLeaseDurationSeconds
 NOT_RENEWED = "has not been renewed since the restart"
 
 
+def lease_spec(lease: Any) -> dict[str, Any]:
+    """A Lease's spec as the API answered it, read as untrusted: {} when it is not an object."""
+    spec = lease.get("spec") if isinstance(lease, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def lease_duration(spec: dict[str, Any], default: int) -> dt.timedelta:
+    """leaseDurationSeconds, or ``default`` when it is missing or not a sane number of seconds."""
+    seconds = spec.get("leaseDurationSeconds")
+    return dt.timedelta(seconds=seconds if type(seconds) is int and 0 < seconds <= 86400 else default)
+
+
 def renewal_stored_at(lease: dict[str, Any]) -> dt.datetime | None:
     """When the API server stored the Lease's latest renewTime, by its clock: the time of the
     managedFields entry that owns ``spec.renewTime``; None when no entry says."""
-    for entry in (lease.get("metadata") or {}).get("managedFields") or []:
+    metadata = lease.get("metadata") if isinstance(lease, dict) else None
+    fields = metadata.get("managedFields") if isinstance(metadata, dict) else None
+    for entry in fields if isinstance(fields, list) else []:
         if not isinstance(entry, dict):
             continue
-        spec = ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        fields_v1 = entry.get("fieldsV1")
+        spec = fields_v1.get("f:spec") if isinstance(fields_v1, dict) else None
         if isinstance(spec, dict) and "f:renewTime" in spec:
             return parse_time(entry.get("time"))
     return None
@@ -42,13 +57,10 @@ def kubelet_lease_problem(lease: dict[str, Any], *, renewed_at_restart: dt.datet
     when it does. ``renewed_at_restart``: the Lease's renewTime read just after the restart
     (the node's clock); ``server_at_restart`` and ``server_now``: the API server's clock just
     after the restart and now."""
-    spec = lease.get("spec") or {}
+    spec = lease_spec(lease)
     renewed = parse_time(spec.get("renewTime"))
     stored = renewal_stored_at(lease)
-    try:
-        duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or DEFAULT_NODE_LEASE_SECONDS))
-    except (TypeError, ValueError):
-        duration = dt.timedelta(seconds=DEFAULT_NODE_LEASE_SECONDS)
+    duration = lease_duration(spec, DEFAULT_NODE_LEASE_SECONDS)
     if renewed is None:
         return NOT_RENEWED
     if renewed_at_restart is not None:

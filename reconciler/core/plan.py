@@ -185,7 +185,7 @@ class PlanDocument(_Model):
     careconcile_version: str
     created: str
     operation: Literal["apply", "rollback"]
-    spec_path: str
+    spec_path: str = Field(pattern=r"^[^\x00-\x1f\x7f]+$")  # a path: no NUL, no line break, no escape
     spec_digest: str
     clusters: list[ClusterPlan]
     summary: dict[str, int] = Field(description="Actions per kind, as the summary line counts them.")

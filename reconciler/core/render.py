@@ -54,8 +54,15 @@ def _describe(cluster: ClusterPlan) -> str:
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+# A PEM private key, to its END line (or to the end of the text, when it has none).
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
+
+
 def printable(text: str) -> str:
-    """``text`` with every control character written as an escape (ESC as ``\\x1b``)."""
+    """``text`` with every control character written as an escape (ESC as ``\\x1b``), and
+    any PEM private key in it left out: whatever a plan file or an object says, careconcile
+    never prints a key."""
+    text = _PRIVATE_KEY.sub("(a private key, not shown)", text)
     return _UNPRINTABLE.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
 
 

@@ -58,6 +58,7 @@ DURATION = r"^0*[1-9][0-9]*[hd]$"
 KEY_SIZES: dict[str, tuple[int, ...]] = {"RSA": (2048, 3072, 4096), "ECDSA": (256, 384)}
 
 _DURATION_UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1)}
+_LONGEST = dt.timedelta(days=36500)
 
 
 def parse_duration(value: Any) -> dt.timedelta:
@@ -67,12 +68,17 @@ def parse_duration(value: Any) -> dt.timedelta:
         if value <= dt.timedelta(0) or value % _DURATION_UNITS["h"]:
             raise ValueError(f"must be a positive whole number of hours; got {value}")
         return value
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+[hd]", value):
-        raise ValueError(f"must be a whole number of hours or days, such as '87600h' or '3650d'; got {value!r}")
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,7}[hd]", value):
+        shown = repr(value) if isinstance(value, str) and len(value) <= 20 else "another value"
+        raise ValueError(f"must be a whole number of hours or days, such as '87600h' or '3650d', of at most 7 "
+                         f"digits; got {shown}")
     amount = int(value[:-1])
     if amount == 0:
         raise ValueError(f"must be longer than zero; got {value!r}")
-    return amount * _DURATION_UNITS[value[-1]]
+    duration = amount * _DURATION_UNITS[value[-1]]
+    if duration > _LONGEST:  # a certificate's notAfter must stay a date (before the year 10000)
+        raise ValueError(f"must be at most {_LONGEST.days}d (100 years); got {value!r}")
+    return duration
 
 
 def format_duration(value: dt.timedelta) -> str:
@@ -93,14 +99,24 @@ def _repeated(names: list[str]) -> str:
     return ", ".join(sorted({name for name in names if names.count(name) > 1}))
 
 
+def _path_text(value: str) -> str:
+    """A path holds no NUL (no file system takes one; Python raises ValueError) and no other
+    control character (a path with one is a mistake or a trick on a terminal)."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7f for char in value):
+        raise ValueError("a path with a control character (NUL, a line break, an escape) in it")
+    return value
+
+
 def _absolute_path(value: str) -> str:
-    if not posixpath.isabs(value):
+    if not posixpath.isabs(_path_text(value)):
         raise ValueError("must be an absolute path")
     return value
 
 
 # A directory on a node that stands for its '/'.
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+# A file on the machine careconcile runs on (a kubeconfig, a key, a known_hosts file).
+FilePath = Annotated[str, Field(min_length=1), AfterValidator(_path_text)]
 
 
 class _Strict(BaseModel):
@@ -137,7 +153,9 @@ def _argument_list(value: Any) -> Any:
     return value
 
 
-Command = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], BeforeValidator(_argument_list)]
+# A restart command is a few words; the limits keep a spec of a million arguments out.
+Command = Annotated[tuple[Annotated[str, Field(min_length=1, max_length=4096)], ...], Field(max_length=64),
+                    BeforeValidator(_argument_list)]
 _KUBELET_RESTART_HELP = (
     "The command that restarts the node's kubelet, as a list of arguments, each passed to the program as written "
     "(no shell syntax); it must return once the old kubelet has stopped. careconcile runs it after each phase of a "
@@ -159,6 +177,7 @@ class LocalAccess(_Strict):
 
 # The public key types OpenSSH offers as host keys, as a known_hosts line names them.
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_OTHER_KEY_TYPES = ("ssh-dss", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 HOST_KEY = r"^(" + "|".join(HOST_KEY_TYPES) + r") [A-Za-z0-9+/]+={0,2}( .*)?$"
 
 
@@ -176,8 +195,18 @@ def _host_key_line(value: str) -> str:
     except (ValueError, UnicodeDecodeError):
         raise ValueError("the key after the type is not valid base64") from None
     if named != parts[0]:
-        raise ValueError(f"the key is a {named or 'malformed'} key, not {parts[0]}")
+        # The bytes are named only when they are a key type: whatever else they decode to
+        # (a pasted private key, say) is not for an error message.
+        shown = named if named in HOST_KEY_TYPES + _OTHER_KEY_TYPES else "malformed"
+        raise ValueError(f"the key is a {shown} key, not {parts[0]}")
     return " ".join(parts[:2])
+
+
+# A host name or IP address to connect to: no space, user, path or brackets, and no leading
+# dash (which a tool given the name as an argument would take for an option).
+HOST = r"^[^\s@/\[\]-][^\s@/\[\]]*$"
+# A host key as a known_hosts line has it, checked as the spec's hostKey is.
+HostKeyLine = Annotated[str, AfterValidator(_host_key_line)]
 
 
 class SSHAccess(_Strict):
@@ -189,7 +218,7 @@ class SSHAccess(_Strict):
         {"required": ["knownHostsFile"], "not": {"required": ["hostKey"]}},
     ]})
 
-    host: str = Field(min_length=1, pattern=r"^[^\s@/\[\]]+$", description="The node's host name or IP address.")
+    host: str = Field(min_length=1, max_length=253, pattern=HOST, description="The node's host name or IP address.")
     port: StrictInt = Field(default=22, ge=1, le=65535, description="The SSH port.")
     user: str = Field(min_length=1, pattern=r"^[^\s@:]+$",
                       description="The user to log in as; it must be able to write the node's CA files (root on a "
@@ -197,7 +226,7 @@ class SSHAccess(_Strict):
     # The private key's source. keyFile is the only one today; a key in a Secret
     # (keySecret, for the admin-cluster mode) becomes its alternative, chosen like the
     # host-key policy below.
-    key_file: str = Field(
+    key_file: FilePath = Field(
         alias="keyFile", min_length=1,
         description="Path to the private key to log in with (OpenSSH or PEM format, unencrypted); a relative path "
                     "is relative to the spec file's directory, '~' expands.")
@@ -206,7 +235,7 @@ class SSHAccess(_Strict):
         default=None, alias="hostKey", json_schema_extra={"pattern": HOST_KEY},  # the validator's message is clearer
         description="Pins the node's public host key, as a known_hosts line has it: 'ssh-ed25519 AAAA...'. "
                     "Exactly one of hostKey and knownHostsFile.")
-    known_hosts_file: str | None = Field(
+    known_hosts_file: FilePath | None = Field(
         default=None, alias="knownHostsFile", min_length=1,
         description="Path to a known_hosts file that holds the node's host key, under 'host' or '[host]:port' "
                     "(hashed entries work); relative to the spec file's directory, '~' expands. Exactly one of "
@@ -337,6 +366,7 @@ class AuthoritySpec(AuthoritySettings):
     rotation: StrictInt = Field(
         default=0,
         ge=0,
+        le=2**31 - 1,  # kept in annotations and JSON that other tools read: an int32
         description="Raise above the value last applied to force a rotation of this authority.",
     )
     fingerprint: str | None = Field(
@@ -524,7 +554,7 @@ class ManagementSpec(_Strict):
     of record in the Secret ``<name>-ca``, its kubeconfig in the Secret ``<name>-kubeconfig``,
     and careconcile's rotation state and lock, all in one namespace there."""
 
-    kubeconfig: str = Field(
+    kubeconfig: FilePath = Field(
         description="Path to a kubeconfig of the management cluster, with rights on Secrets and Leases in the "
                     "namespace; a relative path is relative to the spec file's directory, '~' expands.")
     context: str | None = Field(default=None, description="Context in that kubeconfig; its current one if unset.")
@@ -550,7 +580,7 @@ class ClusterSpec(_Strict):
         description="A management cluster that holds this cluster's CA of record (Secret <name>-ca), its "
                     "kubeconfig (Secret <name>-kubeconfig) and careconcile's state and lock, as Cluster API "
                     "keeps a cluster. The cluster's name is its name there.")
-    kubeconfig: str | None = Field(
+    kubeconfig: FilePath | None = Field(
         default=None, validate_default=True,
         description="Path to a kubeconfig with admin rights on the cluster; a relative path is relative to "
                     "the spec file's directory, '~' expands. Required unless inCluster is true or a management "

@@ -46,9 +46,13 @@ class Limits:
     max_bytes: int
     max_depth: int
     aliases: int
+    # Scalars, mappings and lists in all: the parser takes about 30 us of CPU for each, so
+    # this, not the size in bytes, bounds the time (4 MiB of "[{},{},...]" are 2 million).
+    max_nodes: int = 100_000
 
 
-# A spec of a hundred clusters with fifty nodes each is about 1 MiB of YAML.
+# A spec of a hundred clusters with fifty nodes each is about 1 MiB of YAML, and 80,000
+# YAML nodes (with SSH access).
 SPEC = Limits("spec", max_bytes=4 * MiB, max_depth=32, aliases=10_000)
 # kubeadm's kubeconfigs are 5-6 KiB; one user's kubeconfig of many clusters stays far below
 # this. Neither kubeadm nor kubectl write aliases, so a kubeconfig may hold none.
@@ -62,6 +66,13 @@ _MERGE = _STANDARD + "merge"
 _SCALARS = {_STANDARD + kind for kind in ("null", "bool", "int", "float", "str")}
 # What an explicit tag on a collection may say.
 _COLLECTIONS = {MappingStartEvent: (None, "!", _STANDARD + "map"), SequenceStartEvent: (None, "!", _STANDARD + "seq")}
+
+
+def _tag(event: Any) -> str | None:
+    """An event's tag as text. ruamel's Tag cannot be compared with None (its __eq__ reads
+    ``other.trval``), so a tag on a key or a collection, tested with ``in (None, ...)``,
+    raised AttributeError instead of the error that names the place."""
+    return None if event.ctag is None else str(event.ctag)
 
 
 class DocumentError(ValueError):
@@ -193,6 +204,7 @@ class _Builder:
         self.anchors: dict[str, tuple[Any, int] | None] = {}  # None: its collection is still open
         self.stack: list[_Collection] = []
         self.repeated = 0  # nodes repeated by aliases so far
+        self.nodes = 0  # nodes written out so far
         self.documents = 0
         self.root: Any = None
 
@@ -203,10 +215,15 @@ class _Builder:
                 if self.documents > 1:
                     raise DocumentError(_mark(event.start_mark),
                                         f"a second YAML document (after ---); a {self.limits.what} is one document")
-            elif isinstance(event, ScalarEvent):
-                self._scalar(event)
-            elif isinstance(event, CollectionStartEvent):
-                self._start(event)
+            elif isinstance(event, (ScalarEvent, CollectionStartEvent)):
+                self.nodes += 1
+                if self.nodes > self.limits.max_nodes:
+                    raise DocumentError(_mark(event.start_mark), f"more than {self.limits.max_nodes:,} values; a "
+                                                                 f"{self.limits.what} need not hold so many")
+                if isinstance(event, ScalarEvent):
+                    self._scalar(event)
+                else:
+                    self._start(event)
             elif isinstance(event, (MappingEndEvent, SequenceEndEvent)):
                 self._end()
             elif isinstance(event, AliasEvent):
@@ -240,9 +257,9 @@ class _Builder:
         parent.key = None
 
     def _key(self, parent: _Collection, event: ScalarEvent, position: Position) -> None:
-        if event.ctag not in (None, "!", _STANDARD + "str"):
+        if _tag(event) not in (None, "!", _STANDARD + "str"):
             raise DocumentError(position, "a key with a tag; keys are plain text")
-        is_merge = event.ctag is None and event.value == "<<" and event.style is None
+        is_merge = _tag(event) is None and event.value == "<<" and event.style is None
         if is_merge and not self.limits.aliases:
             raise DocumentError(position, f"a merge key (<<); a {self.limits.what} may hold none")
         if not is_merge and event.value in parent.value:
@@ -267,7 +284,7 @@ class _Builder:
         if parent is not None:
             self._key(parent, event, position)
             return
-        tag = event.ctag
+        tag = _tag(event)
         if tag is None or tag == "!":
             tag = self.yaml.resolver.resolve(ScalarNode, event.value, event.implicit)
             if str(tag) not in _SCALARS:  # YAML 1.1's timestamps and "=": text, as in YAML 1.2
@@ -289,7 +306,7 @@ class _Builder:
         position = _mark(event.start_mark)
         if self._wants_key() is not None:
             raise DocumentError(position, "a mapping or list used as a key; keys are plain text")
-        if event.ctag not in _COLLECTIONS[type(event)]:
+        if _tag(event) not in _COLLECTIONS[type(event)]:
             raise DocumentError(position, "a mapping or list with an unsupported tag; write plain YAML")
         if len(self.stack) >= self.limits.max_depth:
             raise DocumentError(position, f"nested more than {self.limits.max_depth} levels deep; "

@@ -17,7 +17,7 @@ from typing import Callable
 from reconciler._time import parse_time, utcnow
 from reconciler.core import kubeadm
 from reconciler.core.authorities import NodeServiceComponent, StaticPodComponent, manifest_path
-from reconciler.core.leases import NOT_RENEWED, kubelet_lease_problem, renewal_stored_at
+from reconciler.core.leases import NOT_RENEWED, kubelet_lease_problem, lease_duration, lease_spec, renewal_stored_at
 from reconciler.core.observed import ObservedComponent
 from reconciler.core.plan import Action, RestartParams
 from reconciler.core.sites import pair_files
@@ -39,6 +39,27 @@ _PROCESS_START = re.compile(r"^process_start_time_seconds\s+(\S+)$", re.M)
 # etcd: one line per peer it is connected to; the members of its cluster (gRPC gateway).
 _ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re.M)
 ETCD_MEMBER_LIST = "/v3/cluster/member/list"
+
+
+# The start times process_start_time_seconds may say: after 1970, before the year 10000
+# (what a datetime can show). Anything else, NaN and infinities included, is not a time.
+_LATEST_START = 253402300799.0
+
+
+def process_start(metrics: str) -> float | None:
+    """When the process that serves ``metrics`` started (Unix seconds), None when the text
+    does not say; ValueError (its message quoting nothing) when it says something that is
+    not a time."""
+    found = _PROCESS_START.search(metrics)
+    if found is None:
+        return None
+    try:
+        started = float(found.group(1))
+    except ValueError:
+        started = -1.0
+    if not 0 < started < _LATEST_START:  # False for NaN too
+        raise ValueError("its /metrics has a process_start_time_seconds that is not a time")
+    return started
 
 
 class ComponentRestarts:
@@ -127,8 +148,7 @@ class ComponentRestarts:
             if client is None:
                 return None
             with client:
-                found = _PROCESS_START.search(client.get_text("/metrics"))
-            return float(found.group(1)) if found else None
+                return process_start(client.get_text("/metrics"))
         except (ClusterUnreachableError, APIError, ValueError):
             return None
 
@@ -142,8 +162,7 @@ class ComponentRestarts:
                 return f"{self.access.nodes[node].describe()}: its {component.name} manifest names no server"
             with client:
                 metrics = client.get_text("/metrics")
-                found = _PROCESS_START.search(metrics)
-                started = float(found.group(1)) if found else None
+                started = process_start(metrics)
                 if started is None:
                     return "no process_start_time_seconds in its /metrics"
                 if (before is not None and started <= before) or (since is not None and started < since.timestamp()):
@@ -153,6 +172,8 @@ class ComponentRestarts:
                         return "its /health does not answer true (no leader)"
                     # /health is true with quorum even while a link to a peer is refused.
                     members = client.request("POST", ETCD_MEMBER_LIST, {}).get("members") or []
+                    if not isinstance(members, list):
+                        return f"its {ETCD_MEMBER_LIST} answer holds no list of members"
                     linked = len(_ACTIVE_PEER.findall(metrics))
                     if linked < len(members) - 1:
                         return f"linked to {linked} of its {len(members) - 1} peers (etcd_network_active_peers)"
@@ -186,7 +207,7 @@ class ComponentRestarts:
             lease = self.access.client.get(f"{NODE_LEASES}/{node}")
         except (APIError, ClusterUnreachableError):
             return None
-        return parse_time((lease.get("spec") or {}).get("renewTime"))
+        return parse_time(lease_spec(lease).get("renewTime"))
 
     # --- running again -------------------------------------------------------------------
 
@@ -212,9 +233,9 @@ class ComponentRestarts:
             elif layouts[name].readiness == "leader-lease":
                 lease = client.get(f"{LEADER_LEASES}/{name}")
                 server_now = client.server_now()  # the clock of the GET just answered
-                spec = lease.get("spec") or {}
+                spec = lease_spec(lease)
                 acquired, renewed = parse_time(spec.get("acquireTime")), parse_time(spec.get("renewTime"))
-                duration = dt.timedelta(seconds=int(spec.get("leaseDurationSeconds") or 15))
+                duration = lease_duration(spec, 15)
                 # Renewed lately: when the API server stored the renewal, by its own clock (the
                 # renewTime is the leader's clock, careconcile's machine a third one).
                 stored = renewal_stored_at(lease)
@@ -222,8 +243,8 @@ class ComponentRestarts:
                         or (stored is not None and server_now is not None and server_now - stored > duration * 2):
                     problems.append(f"{name} has not taken its leader lease since its restart at {restarted:%H:%M:%S}")
             else:
-                stale = [lease["metadata"]["name"] for lease in client.list(NODE_LEASES)
-                         if (parse_time((lease.get("spec") or {}).get("renewTime")) or restarted) <= restarted]
+                stale = [_name(lease) for lease in client.list(NODE_LEASES)
+                         if (parse_time(lease_spec(lease).get("renewTime")) or restarted) <= restarted]
                 if stale:
                     problems.append(f"{name} has not renewed the leases of {len(stale)} node(s) since its restart "
                                     f"({', '.join(stale[:3])})")
@@ -235,7 +256,7 @@ class ComponentRestarts:
         if not restarted:
             return []
         client = self.access.client
-        leases = {lease["metadata"]["name"]: lease for lease in client.list(NODE_LEASES)}
+        leases = {_name(lease): lease for lease in client.list(NODE_LEASES)}
         server_now = client.server_now()  # the clock of the list just answered
         problems = []
         for component in restarted:
@@ -251,3 +272,13 @@ class ComponentRestarts:
             elif problem is not None:
                 problems.append(f"{component.id}: the node's Lease {problem}")
         return problems
+
+
+# --- Leases as the API answers them, read as untrusted -------------------------------------
+
+def _name(lease: dict) -> str:
+    metadata = lease.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else "(unnamed)"
+
+

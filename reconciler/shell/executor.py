@@ -32,9 +32,11 @@ from reconciler.shell.restarts import Stopped, WorkloadRestarter, seconds_until
 from reconciler.shell.verification import Verifier
 from reconciler.shell.writers import SiteWriters
 
-# Test hook: SIGKILL this process after it completes this many actions. Unset, nothing
-# differs; the crash-and-resume tests set it to kill a run at every action boundary.
+# Test hook: SIGKILL this process after it completes this many actions (or send it the
+# signal CRASH_SIGNAL_ENV names, such as SIGTERM). Unset, nothing differs; the
+# crash-and-resume tests set it to stop a run at every action boundary.
 CRASH_AFTER_ENV = "CARECONCILE_TEST_CRASH_AFTER_ACTIONS"
+CRASH_SIGNAL_ENV = "CARECONCILE_TEST_CRASH_SIGNAL"
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Executor:
         self.phase_timeout = phase_timeout
         crash_after = os.environ.get(CRASH_AFTER_ENV)
         self._crash_after = int(crash_after) if crash_after else None
+        self._crash_signal = signal.Signals[os.environ.get(CRASH_SIGNAL_ENV) or "SIGKILL"]
         self._completed = 0
         # Workload restarts run in threads: their events and lock renewals are serialised.
         self._events = threading.RLock()
@@ -136,7 +139,7 @@ class Executor:
             self._completed += 1
             self.on_event("done", action, {"seconds": seconds})
             if self._crash_after is not None and self._completed >= self._crash_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), self._crash_signal)
 
     # --- workloads -----------------------------------------------------------------------
 

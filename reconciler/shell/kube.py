@@ -19,6 +19,7 @@ import http
 import http.client
 import json
 import os
+import re
 import select
 import ssl
 import threading
@@ -173,6 +174,32 @@ def _data_or_file(section: dict[str, Any], key: str, base: Path | None, where: s
     return None
 
 
+# RFC 6750's b64token: what a bearer token may hold. A token with a line break would add a
+# header to every request (http.client refuses it, quoting the token in its error).
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def _check_server(server: str, where: str) -> None:
+    """An https:// URL with a host and a valid port, and no user name or password in it:
+    everything the transport needs to be able to use it, checked where the kubeconfig is
+    read, so that the error names the kubeconfig. The URL is not quoted: it may hold a
+    password."""
+    try:
+        url = urlsplit(server)
+        port = url.port
+    except ValueError:  # a bad IPv6 literal, a port out of range or not a number (its message quotes it)
+        raise ClusterUnreachableError(f"{where}: the server is not a URL careconcile can use (a malformed host "
+                                      "or port)") from None
+    if url.username is not None or url.password is not None:
+        raise ClusterUnreachableError(f"{where}: the server URL holds a user name or password; careconcile does "
+                                      "not use them (authenticate with a client certificate or a token)")
+    if url.scheme != "https" or not url.hostname or port == 0:
+        raise ClusterUnreachableError(f"{where}: the server must be an https:// URL with a host; careconcile "
+                                      "talks to https:// servers only")
+    if any(ord(char) < 0x21 or ord(char) == 0x7f for char in server):
+        raise ClusterUnreachableError(f"{where}: the server URL holds a space or a control character")
+
+
 def load_kubeconfig(path: Path, context: str | None = None) -> KubeTarget:
     """The server and credentials of ``context`` (default: current-context) in ``path``."""
     path = Path(path)
@@ -204,6 +231,7 @@ def kubeconfig_target(text: str | bytes, *, source: str, context: str | None = N
     server = cluster.get("server")
     if not server:
         raise ClusterUnreachableError(f"{where}: cluster {cluster_entry['name']!r} has no server")
+    _check_server(server, f"{where}: cluster {cluster_entry['name']!r}")
     ca_pem = _data_or_file(cluster, "certificate-authority", base, where)
     if ca_pem is None:
         raise PKIError(f"{where}: cluster {cluster_entry['name']!r} has no certificate-authority(-data); "
@@ -224,6 +252,9 @@ def kubeconfig_target(text: str | bytes, *, source: str, context: str | None = N
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise PKIError(f"{where}: cannot read tokenFile {token_path}: {reason}") from exc
+    if token and not _TOKEN.fullmatch(token):  # it goes into a header: never quoted, never sent
+        raise PKIError(f"{where}: the user's token holds characters a bearer token cannot have (only letters, "
+                       "digits and -._~+/=); check the kubeconfig")
     return KubeTarget(
         name=where,
         server=server,
@@ -406,12 +437,22 @@ class KubeClient:
         if field_selector:
             query["fieldSelector"] = field_selector
         items: list[dict[str, Any]] = []
+        seen: set[str] = set()
         while True:
             page = self.request("GET", _with_query(path, query))
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
+            found, metadata = page.get("items") or [], page.get("metadata") or {}
+            if not isinstance(found, list) or not all(isinstance(item, dict) for item in found) \
+                    or not isinstance(metadata, dict):
+                raise ClusterUnreachableError(f"GET {path} on {self.target.describe()}: the answer is not a list "
+                                              "of objects")
+            items.extend(found)
+            token = metadata.get("continue")
             if not token:
                 return items
+            if not isinstance(token, str) or token in seen:  # a server that pages forever
+                raise ClusterUnreachableError(f"GET {path} on {self.target.describe()}: the answer's continue "
+                                              "token is not text, or came before")
+            seen.add(token)
             query["continue"] = token
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

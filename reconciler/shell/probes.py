@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from reconciler.errors import APIUnauthorizedError, ClusterUnreachableError
+from reconciler.errors import APIUnauthorizedError, ClusterUnreachableError, UntrustedServerError
 from reconciler.shell.kube import KubeClient, KubeTarget, tls_context
 
 SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+# An HTTP status line is short; a server that sends an endless one is not read to its end.
+_STATUS_LINE_MAX = 4096
 
 
 def _address(server: str) -> tuple[str, int]:
@@ -92,16 +94,20 @@ def authenticates_front_proxy(host: str, port: int, *, server_name: str, ca_pem:
     authenticated user without the right). Its serving certificate is verified against
     ``ca_pem`` (the APIService's caBundle) for ``server_name`` (the Service's DNS name),
     whatever address it is reached at."""
+    where = f"aggregated apiserver {server_name} at {host}:{port}"
     context = tls_context(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
         with context.wrap_socket(sock, server_hostname=server_name) as tls:
             tls.sendall((f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nX-Remote-User: {user}\r\n"
                          "Accept: application/json\r\nConnection: close\r\n\r\n").encode())
-            status_line = tls.makefile("rb").readline().decode("latin-1")
+            status_line = tls.makefile("rb").readline(_STATUS_LINE_MAX).decode("latin-1")
+    except ssl.SSLCertVerificationError as exc:
+        raise UntrustedServerError(f"{where}: its serving certificate does not verify against the caBundle "
+                                   f"for {server_name} ({exc.verify_message})") from exc
     except OSError as exc:
-        raise ClusterUnreachableError(f"aggregated apiserver {server_name} at {host}:{port}: {exc}") from exc
+        raise ClusterUnreachableError(f"{where}: {exc}") from exc
     parts = status_line.split()
     if len(parts) < 2 or not parts[1].isdigit():
-        raise ClusterUnreachableError(f"aggregated apiserver {server_name} at {host}:{port}: no HTTP answer")
+        raise ClusterUnreachableError(f"{where}: no HTTP answer")
     return int(parts[1]) != 401

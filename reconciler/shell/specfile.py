@@ -132,8 +132,13 @@ def _dotted(loc: Loc) -> str:
 
 
 def _shown(value: Any) -> str:
+    """A wrong value, quoted when it is short and one line. A long one, or one that looks
+    like a PEM block, is not: a key or token pasted into the wrong field must not be
+    printed, not even its first characters."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) > 40 or "\\n" in text or "-----" in text:
+        return f"a value of {len(str(value))} characters, not shown"
+    return text
 
 
 def _message(error: ErrorDetails) -> str:

@@ -27,6 +27,7 @@ import atexit
 import base64
 import contextlib
 import errno
+import hmac
 import posixpath
 import secrets
 import shlex
@@ -201,8 +202,11 @@ class SSHNodeFiles:
             entries = known_hosts_entries(raw)
         except ValueError as exc:
             raise self._fail(f"the known_hosts file {self.known_hosts_file}: {exc}") from None
+        # Only this node's keys: a file of thousands of hosts costs no more than one (paramiko's
+        # add scans every entry), and a malformed hashed name never reaches paramiko's lookup.
+        name = self._host_key_name()
         for entry in entries:
-            for name in entry.hostnames:  # a hashed name (|1|salt|hash) matches as OpenSSH's does
+            if any(_names(written, name) for written in entry.hostnames):
                 keys.add(name, entry.key.get_name(), entry.key)
         return f"the known_hosts file {self.known_hosts_file}"
 
@@ -448,6 +452,17 @@ class SSHNodeFiles:
 # OpenSSH's known_hosts for thousands of hosts stays far below this; an RSA 16384 key is 13 KiB.
 KNOWN_HOSTS_MAX_BYTES = 4 * 1024 * 1024
 KEY_FILE_MAX_BYTES = 64 * 1024
+
+
+def _names(written: str, host: str) -> bool:
+    """Whether a known_hosts host name stands for ``host``: the same, or hashed (|1|salt|hash)
+    from it, as OpenSSH matches it."""
+    if not written.startswith("|1|"):
+        return written == host
+    try:
+        return hmac.compare_digest(paramiko.HostKeys.hash_host(host, written), written)
+    except (AssertionError, ValueError, TypeError):  # a salt that is not 20 bytes of base64
+        return False
 
 
 def known_hosts_entries(raw: bytes) -> list[HostKeyEntry]:

@@ -4,19 +4,19 @@ work, and that every restarted component runs again."""
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Callable
 
 from cryptography import x509
 
 from reconciler._time import utcnow
-from reconciler.core import kubeadm, phases, pki
+from reconciler.core import aggregated, kubeadm, phases, pki
 from reconciler.core.observed import ClusterObservation, fp
 from reconciler.core.pki import KeyPair, LeafRequest
 from reconciler.core.plan import PHASES, Action, CheckParams
 from reconciler.core.workloads import trusted_since
-from reconciler.errors import APIError, APINotFoundError, CareconcileError, ClusterUnreachableError, RotationError
+from reconciler.errors import (APIError, APINotFoundError, CareconcileError, ClusterUnreachableError, PKIError,
+                               RotationError, UntrustedServerError)
 from reconciler.shell import probes
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
@@ -97,8 +97,7 @@ class Verifier:
         if layout.client_probe == "requestheader" and phase in (2, 5):
             # The aggregated apiservers read the front-proxy CAs from a ConfigMap they watch,
             # at their own pace: ask them, before a certificate from the new CA is presented.
-            problems += [f"{name} does not yet accept front-proxy certificates from the new CA"
-                         for name in self._aggregated_not_accepting(self.custody.pair(fp(new)))]
+            problems += self._aggregated_not_accepting(self.custody.pair(fp(new)))
         if layout.client_probe is not None and phase >= 4 and old_fp != fp(new):
             problems += [f"apiserver {server} still accepts {self._as()} certificates from the old CA {old_fp}"
                          for server in self.accepting([old_fp])]
@@ -139,32 +138,49 @@ class Verifier:
             front_proxy_user=PROBE_USER if self.access.layout.client_probe == "requestheader" else None) is not None
 
     def _aggregated_not_accepting(self, ca: KeyPair) -> list[str]:
-        """The aggregated apiservers (APIServices with a Service) that do not authenticate a
-        front-proxy certificate from ``ca``. One whose Service cannot be reached from here (a
-        ClusterIP from outside the cluster) cannot be asked and is passed over."""
-        client = self.access.client
+        """What keeps the aggregated apiservers (APIServices with a Service) from being known
+        to authenticate a front-proxy certificate from ``ca``: one that answers 401, one whose
+        serving certificate does not verify against its APIService's caBundle, one whose
+        APIService or Service careconcile cannot make sense of. One whose Service cannot be
+        reached from here (a ClusterIP from outside the cluster) cannot be asked and is passed
+        over."""
         probe = probe_certificate(ca, front_proxy=True)
-        refusing = []
-        for item in client.list(APISERVICES):
-            spec = item.get("spec") or {}
-            service = spec.get("service") or {}
-            if not service.get("name") or not spec.get("caBundle"):
-                continue  # served by kube-apiserver itself
+        problems = []
+        for item in self.access.client.list(APISERVICES):
+            name = aggregated.name_of(item)
             try:
-                found = client.get(f"/api/v1/namespaces/{service.get('namespace')}/services/{service['name']}")
-                target = found.get("spec") or {}
-                host = target.get("externalName") if target.get("type") == "ExternalName" else target.get("clusterIP")
-                if not host or host == "None":
-                    continue
-                accepted = probes.authenticates_front_proxy(
-                    host, int(service.get("port") or 443), server_name=f"{service['name']}.{service.get('namespace')}.svc",
-                    ca_pem=base64.b64decode(spec["caBundle"]), cert_pem=probe.cert_pem, key_pem=probe.key_pem,
-                    user=PROBE_USER, path=f"/apis/{spec.get('group')}/{spec.get('version')}")
-            except (ClusterUnreachableError, APINotFoundError, ValueError):
-                continue
-            if not accepted:
-                refusing.append(f"aggregated apiserver {item['metadata']['name']}")
-        return refusing
+                problem = self._ask_aggregated(name, item, probe)
+            except ValueError as exc:  # a field that is not what the API would hold
+                problem = f"APIService {name}: {exc}"
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    def _ask_aggregated(self, name: str, item: dict, probe: KeyPair) -> str | None:
+        """The problem with one APIService's server, None when it authenticates the probe or
+        cannot be asked from here (or is served by kube-apiserver itself)."""
+        endpoint = aggregated.endpoint(item)
+        if endpoint is None:
+            return None
+        try:
+            found = self.access.client.get(endpoint.service_path)
+        except APINotFoundError:
+            return None
+        host = aggregated.host_of(found)
+        if host is None:
+            return None
+        try:
+            accepted = probes.authenticates_front_proxy(
+                host, endpoint.port, server_name=endpoint.server_name, ca_pem=endpoint.ca_pem,
+                cert_pem=probe.cert_pem, key_pem=probe.key_pem, user=PROBE_USER, path=endpoint.path)
+        except UntrustedServerError as exc:
+            return f"APIService {name}: {exc.message}"
+        except PKIError:
+            return f"APIService {name}: its caBundle holds no usable PEM certificate"
+        except ClusterUnreachableError:
+            return None
+        return None if accepted else f"aggregated apiserver {name} does not yet accept front-proxy certificates " \
+                                     "from the new CA"
 
     def _not_accepting(self, fingerprint: str) -> list[str]:
         ca = self.custody.pair(fingerprint)

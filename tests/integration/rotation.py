@@ -425,3 +425,35 @@ class EtcdSampler:
                 answers = list(self._pool.map(lambda url: self._healthy(url, context), self.urls))
                 self.samples.append((when, sum(answers)))
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+# --- stopping a rotation after every action ---------------------------------------------------
+
+def stop_at_every_action_boundary(spec: Path, workspace: Path, planned: list[str],
+                                  remaining: Callable[[], list[str]], *, signal_name: str = "SIGKILL",
+                                  after_each: Callable[[CLIResult, str], None] | None = None) -> int:
+    """Run ``apply SPEC`` again and again, each run stopped by ``signal_name`` right after its
+    first action (the executor's test hook sends it), until none of the ``planned`` action
+    ids remains: after each stop, planning again (``remaining``, the ids of the actions
+    left) yields exactly the actions that were left. A SIGKILLed run leaves its lock for the next run to take over;
+    a SIGTERMed one exits 143 after its cleanup. ``after_each`` looks at each stopped run
+    (and the action it did) before the next one starts. Returns the number of runs, which
+    is the number of actions first planned."""
+    from reconciler.shell.executor import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
+
+    expected = {"SIGKILL": -9, "SIGTERM": 143}[signal_name]
+    left, runs = list(planned), 0
+    while left:
+        result = careconcile("apply", str(spec), "--auto-approve", workspace=workspace,
+                             env={CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: signal_name})
+        assert result.returncode == expected, \
+            f"run {runs + 1} did not end by {signal_name}: {result.returncode}\n{result.stdout[-2000:]}{result.stderr}"
+        runs += 1
+        if after_each is not None:
+            after_each(result, left[0])
+        now = remaining()
+        # Planning again yields exactly the actions that were left, whatever moment the run stopped at.
+        assert now == left[1:], f"after run {runs} ({left[0]}): plan differs"
+        left = now
+    assert runs == len(planned)
+    return runs

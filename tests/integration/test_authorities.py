@@ -1,7 +1,8 @@
 """The etcd and front-proxy CAs, rotated on a real control plane with an aggregated apiserver
 (k8s.io/sample-apiserver behind the aggregation layer): each alone, with clients polling the
 API and the aggregated API throughout, then a rollback of each before it distrusts its old CA,
-and a rotation of all three CAs killed at every action boundary.
+and a front-proxy rotation stopped by SIGTERM at every action boundary, and a rotation of all
+three CAs killed (SIGKILL) at every action boundary.
 
 One sandbox ("auth", 1 control plane, 2 workers, --extension-apiserver). On one control
 plane an etcd rotation restarts the only etcd member and the only apiserver: the plan says
@@ -17,13 +18,13 @@ import pytest
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import pki
 from reconciler.core.authorities import AUTHORITIES, ETCD_CA, FRONT_PROXY_CA, REQUESTHEADER_SITE
-from reconciler.shell.executor import CRASH_AFTER_ENV
 from reconciler.shell.kube import KubeconfigClient
+from reconciler.shell.lock import LEASE_NAME, LEASES
 
 from .helpers import require_extension_apiserver
 from .rotation import (
     Poller, assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, record_ca,
-    rejects_client_of, set_rotation,
+    rejects_client_of, set_rotation, stop_at_every_action_boundary,
 )
 
 pytestmark = pytest.mark.integration
@@ -167,10 +168,51 @@ def test_a_rotation_rolled_back_before_it_distrusts_returns_to_the_old_ca(auth, 
     _steady(info, tmp_path)
 
 
-def _remaining(spec: Path, workspace: Path) -> list[str]:
-    """The ids of every action a plan made now holds, authority after authority."""
+def _remaining(spec: Path, workspace: Path, authority: str | None = None) -> list[str]:
+    """The ids of every action a plan made now holds (of ``authority``'s alone if given),
+    authority after authority."""
     document = plan_json(spec, workspace, in_process=True)
-    return [action["id"] for cluster in document["clusters"] for action in cluster["actions"]]
+    return [action["id"] for cluster in document["clusters"] if authority in (None, cluster["authority"])
+            for action in cluster["actions"]]
+
+
+def _temp_files(*directories: Path) -> list[Path]:
+    """What careconcile's writes leave while they are under way: a local write's
+    ``.NAME.XXXX.tmp`` beside its file, an SFTP write's ``.NAME.careconcile-XXXX.tmp``
+    (etcd's own ``wal/0.tmp`` is not one)."""
+    return [path for directory in directories for path in directory.rglob(".*.tmp")]
+
+
+def test_a_front_proxy_rotation_terminated_at_every_action_boundary_cleans_up_and_resumes_at_once(auth, tmp_path):
+    """SIGTERM, as CI runners and Kubernetes stop a job, after every action in turn: each run
+    exits 143 having removed its temp files and released its Lease, so the next run starts
+    at once (no stale lock to take over), and planning again yields exactly the actions that
+    were left. (SIGKILL at every boundary, which leaves the lock for the next run to take
+    over, is the test below's, on all three CAs; both stop a run at the same point, right
+    after an action is done.)"""
+    info = auth
+    spec = Path(info.spec)
+    ca_file = _pki(info) / "front-proxy-ca.crt"
+    old = _certs(ca_file)[0]
+    set_rotation(spec, 3, "frontProxyCA")
+    planned = _remaining(spec, tmp_path, "frontProxyCA")
+    assert len(planned) > 8 and all(action_id.startswith(f"{NAME}/frontProxyCA/") for action_id in planned)
+    roots = [Path(node.root) / "etc" for node in info.nodes]
+
+    def cleaned_up(result, action_id: str) -> None:
+        assert result.stderr.rstrip().endswith("careconcile: terminated (SIGTERM)"), result.stderr[-2000:]
+        assert "took over the stale lock" not in result.stderr, f"the run before {action_id} left its lock"
+        assert _temp_files(*roots, tmp_path) == [], f"temp files left after {action_id}"
+        with KubeconfigClient(Path(info.kubeconfig)) as client:
+            leases = client.list(LEASES)
+        assert [lease["metadata"]["name"] for lease in leases if lease["metadata"]["name"] == LEASE_NAME] == [], \
+            f"the Lease {LEASE_NAME} is still held after {action_id}"
+
+    stop_at_every_action_boundary(spec, tmp_path, planned, lambda: _remaining(spec, tmp_path, "frontProxyCA"),
+                                  signal_name="SIGTERM", after_each=cleaned_up)
+    assert _certs(ca_file)[0] != old
+    _leaves_verify_against_only(info, FRONT_PROXY_CA, ca_file)
+    _steady(info, tmp_path)
 
 
 def test_all_three_cas_killed_at_every_action_boundary_resume_to_the_same_end_state(auth, tmp_path):
@@ -187,7 +229,8 @@ def test_all_three_cas_killed_at_every_action_boundary_resume_to_the_same_end_st
     old = {name: _certs(path)[0] for name, path in files.items()}
     old_cluster = record_ca(info)
     set_rotation(spec, 1, "clusterCA")
-    set_rotation(spec, 3, "etcdCA", "frontProxyCA")  # 1 and 2 were the tests' above
+    set_rotation(spec, 3, "etcdCA")  # 1 and 2 were the tests' above
+    set_rotation(spec, 4, "frontProxyCA")  # and 3 the SIGTERM test's
     with spec.open("a") as handle:
         handle.write("    workloads:\n      maxConcurrent: 1\n")
     remaining = _remaining(spec, tmp_path)
@@ -196,15 +239,7 @@ def test_all_three_cas_killed_at_every_action_boundary_resume_to_the_same_end_st
     counts = {name: sum(f"{NAME}/{name}/" in action_id for action_id in remaining) for name in ("etcdCA", "frontProxyCA")}
     counts["clusterCA"] = planned - sum(counts.values())
     assert counts["clusterCA"] > 40 and counts["etcdCA"] > 10 and counts["frontProxyCA"] > 8, counts
-    kills = 0
-    while remaining:
-        result = careconcile("apply", str(spec), "--auto-approve", workspace=tmp_path, env={CRASH_AFTER_ENV: "1"})
-        assert result.returncode == -9, f"run {kills + 1} was not killed: {result.stdout[-2000:]}{result.stderr}"
-        kills += 1
-        now = _remaining(spec, tmp_path)
-        assert now == remaining[1:], f"after kill {kills} ({remaining[0]}): plan differs"
-        remaining = now
-    assert kills == planned
+    stop_at_every_action_boundary(spec, tmp_path, remaining, lambda: _remaining(spec, tmp_path))
     for name, path in files.items():
         assert pki.fingerprint(_certs(path)[0]) != pki.fingerprint(old[name]), name
     _leaves_verify_against_only(info, ETCD_CA, files["etcdCA"])

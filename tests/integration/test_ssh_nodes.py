@@ -17,7 +17,7 @@ from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodeUnreachableError
 from reconciler.shell.nodes import node_files, open_nodes
 
-from .rotation import careconcile
+from .rotation import ROOT, careconcile
 from .sshd import UNPRIVILEGED, closed_port, other_host_key, running_sshd, ssh_access
 
 pytestmark = pytest.mark.integration
@@ -365,3 +365,58 @@ def _wait_for_logins(server, count: int) -> None:
     deadline = time.monotonic() + 5
     while server.accepted_logins() < count and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# A run of apply, in the CLI's own main (its SIGTERM handling is what is tested), that
+# writes a big file over SFTP while it holds a stand-in lock.
+_TERMINATED_WRITER = '''
+import json, sys
+from pathlib import Path
+
+root, access, spec, work = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+sys.path.insert(0, root)
+from reconciler.core.spec import NodeSpec
+from reconciler.shell.nodes import node_files
+from tests.standin_lock import apply_holding_the_lock
+
+files = node_files(NodeSpec.model_validate({"name": "n1", "role": "worker", "access": {"ssh": access}}))
+
+
+def make_plan(*args, **kwargs):
+    files.write("/etc/kubernetes/pki/ca.crt", b"x" * (128 * 1024 * 1024), 0o644)  # long enough to be stopped
+
+
+sys.exit(apply_holding_the_lock(work, spec, make_plan))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_during_an_sftp_write_removes_the_temp_file_on_the_node_and_releases_the_lock(server, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    root = _node_root(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: careconcile.dev/v1alpha1\nkind: CASpec\nmetadata: {name: t}\nspec:\n  clusters:\n"
+                    "    - {name: n1, kubeconfig: k, nodes: [{name: n1, role: worker, access: {local: {root: /}}}]}\n")
+    process = subprocess.Popen([sys.executable, "-c", _TERMINATED_WRITER, str(ROOT),
+                                json.dumps(ssh_access(server, root)), str(spec), str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pki_dir = root / "etc/kubernetes/pki"
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.name.endswith(".tmp") and path.stat().st_size > 0 for path in pki_dir.iterdir()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        assert (tmp_path / "lease").exists()
+        process.send_signal(signal.SIGTERM)  # mid-write: the temp file holds part of the new content
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert stderr.strip().endswith("careconcile: terminated (SIGTERM)") and "Traceback" not in stderr, stderr
+    assert sorted(path.name for path in pki_dir.iterdir()) == ["ca.crt"]  # the temp file is gone from the node
+    assert (pki_dir / "ca.crt").read_bytes() == b"old certificate\n"
+    assert not (tmp_path / "lease").exists()  # released

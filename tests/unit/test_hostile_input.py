@@ -16,7 +16,7 @@ from reconciler.errors import ClusterUnreachableError, PKIError, SpecError
 from reconciler.shell.kube import load_kubeconfig
 from reconciler.shell.specfile import load_spec
 
-from .test_spec_loader import VALID, problems_of, write
+from .test_spec_loader import ROOT, VALID, problems_of, write
 
 # Nine levels of nine aliases: 9**9 strings from 404 bytes.
 ALIAS_BOMB = "\n".join(['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
@@ -108,6 +108,17 @@ def test_read_limited_refuses_a_file_that_grew_past_the_limit_after_fstat(tmp_pa
     monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 0, *real_fstat(fd)[7:])))
     with pytest.raises(FileRefused, match="more than 9 bytes"):
         read_limited(path, 9)
+
+
+def test_more_values_than_the_limit_are_refused_at_the_one_that_goes_over():
+    # 4 MiB of "[{},{},...]" are 2 million values at about 30 us each: the count, not the
+    # size in bytes, bounds the time.
+    limits = yamldoc.Limits("spec", max_bytes=1024, max_depth=8, aliases=0, max_nodes=100)
+    with pytest.raises(yamldoc.DocumentError) as error:
+        yamldoc.load("a: [" + ", ".join(["{}"] * 100) + "]\n", limits)
+    assert str(error.value) == "line 1, column 393: more than 100 values; a spec need not hold so many"
+    assert yamldoc.load("a: [" + ", ".join(["{}"] * 97) + "]\n", limits).data["a"] == [{}] * 97  # 100 values
+    assert yamldoc.SPEC.max_nodes == 100_000
 
 
 # Linear time in the comments is a speed goal: benchmarks/yaml_loading.py shows it (docs/
@@ -311,13 +322,17 @@ def _plan_with(tmp_path, **changes):
 
 
 def test_show_escapes_terminal_control_sequences_from_a_plan_file(tmp_path, capsys):
-    path = _plan_with(tmp_path, top={"spec_path": "/s\x1b]0;owned\x07.yaml"}, reason="\x1b[2J\x9b31m\u202eevil")
+    path = _plan_with(tmp_path, reason="\x1b[2J\x9b31m\u202eevil")
     code, out, _ = _run(capsys, "show", path)
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out and "\u202e" not in out
-    assert "/s\\x1b]0;owned\\x07.yaml" in out and "\\x1b[2J\\x9b31m\\u202eevil" in out
+    assert "\\x1b[2J\\x9b31m\\u202eevil" in out
     code, out, _ = _run(capsys, "show", path, "--format", "markdown")
     assert "\x1b" not in out and "\u202e" not in out
+    # A path holds no control character at all: such a spec_path is refused, not shown.
+    path = _plan_with(tmp_path, top={"spec_path": "/s\x1b]0;owned\x07.yaml"})
+    code, _, err = _run(capsys, "show", path)
+    assert code == 1 and f"{path}: not a valid plan at spec_path: fails the schema's 'pattern' rule" in err
 
 
 def test_an_error_message_reaches_the_terminal_without_control_characters(tmp_path, capsys):
@@ -371,25 +386,11 @@ def test_update_credentials_refuses_a_path_as_a_cluster_name_when_called_directl
 _HOLDER = '''
 import shutil, sys, time
 from pathlib import Path
-from reconciler import cli
 from reconciler._files import atomic_write
-from reconciler.shell import session
 
-work, spec = Path(sys.argv[1]), sys.argv[2]
-
-
-class Lock:  # stands in for the cluster's Lease; session.locked takes and releases it
-    def acquire(self):
-        (work / "lease").write_text("held")
-        return type("Info", (), {"took_over_from": None})()
-
-    def release(self):
-        (work / "lease").unlink()
-
-
-class Access:
-    def lock(self, operation):
-        return Lock()
+root, work, spec = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, root)
+from tests.standin_lock import apply_holding_the_lock
 
 
 def make_plan(*args, **kwargs):  # holds the lock and a 0600 key file, as update credentials does
@@ -403,9 +404,7 @@ def make_plan(*args, **kwargs):  # holds the lock and a 0600 key file, as update
         shutil.rmtree(run)
 
 
-session.open_clusters = lambda *args, **kwargs: {"one": Access()}
-session.make_plan = make_plan
-sys.exit(cli.main(["apply", spec, "--auto-approve"]))
+sys.exit(apply_holding_the_lock(work, spec, make_plan))
 '''
 
 
@@ -417,7 +416,7 @@ def test_sigterm_removes_the_key_file_and_releases_the_lock_as_ctrl_c_does(tmp_p
     import sys
 
     spec = write(tmp_path, VALID)
-    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), str(spec)],
+    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ROOT), str(tmp_path), str(spec)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -429,7 +428,7 @@ def test_sigterm_removes_the_key_file_and_releases_the_lock_as_ctrl_c_does(tmp_p
         _, stderr = process.communicate(timeout=20)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr
+    assert process.returncode == (143 if signum == "SIGTERM" else 130), stderr
     assert "Traceback" not in stderr
     assert stderr.strip().endswith("terminated (SIGTERM)" if signum == "SIGTERM" else "interrupted")
     assert not (tmp_path / "lease").exists()  # released

@@ -9,7 +9,7 @@ of the module that started it. An idle control plane still costs CPU (leader ele
 node Leases, controllers' resyncs), and on 2 cores a dozen idle ones slow every test
 after them. Their files (and logs) stay in the session's temporary directory.
 
-Under pytest-xdist (``make test`` runs two workers) each worker has its own sandbox root;
+Under pytest-xdist (``make test`` runs three workers) each worker has its own sandbox root;
 ``pytest_xdist_make_scheduler`` below splits whole files between the workers by their
 measured cost, and keeps the files that share ``cluster`` on one worker so that it is
 started once."""
@@ -33,9 +33,9 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
     SHARED_CLUSTER: 175,  # 166 + 9 s of test_drift.py's drift as its ServiceAccount during a rotation
-    "tests/integration/test_authorities.py": 330,
-    "tests/integration/test_ha.py": 200,
-    "tests/integration/test_workloads.py": 119,
+    "tests/integration/test_authorities.py": 430,
+    "tests/integration/test_ha.py": 175,
+    "tests/integration/test_workloads.py": 190,
     "tests/integration/test_fleet.py": 95,
     "tests/integration/test_admin_mode.py": 92,
     "tests/integration/test_rotation.py": 50,

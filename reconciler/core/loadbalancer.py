@@ -6,7 +6,7 @@ each client verifies an apiserver's own certificate. With ``--extension-apiserve
 balances the two aggregated apiservers, which the APIService's Service leads to, as a
 Service leads to the pods of a Deployment with two replicas. It goes round the apiservers
 (``balance roundrobin``) and asks each one's /readyz every CHECK_INTERVAL_MS over TLS;
-one that fails a check gets no new connection until it passes two. A connection that an
+one that fails a check gets no new connection until it passes one again. A connection that an
 apiserver refuses is retried on another one (``option redispatch``). Each apiserver runs
 with a shutdown delay longer than a check (``SHUTDOWN_DELAY_SECONDS``): told to stop, it
 fails /readyz but serves on, so the load balancer has taken it out before it stops
@@ -55,7 +55,7 @@ backend {service.name}
   option httpchk
   http-check send meth GET uri /readyz
   http-check expect status 200
-  default-server inter {CHECK_INTERVAL_MS} fall 1 rise 2 check check-ssl verify none
+  default-server inter {CHECK_INTERVAL_MS} fall 1 rise 1 check check-ssl verify none
 {servers}
 """)
     return """# careconcile sandbox: the load balancer (reconciler/core/loadbalancer.py)

@@ -32,9 +32,16 @@ NODE_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 LEADER_LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 # How long a node's restart command (systemctl restart kubelet) may take.
 RESTART_COMMAND_TIMEOUT = 120.0
-# Prometheus' process collector: when the process serving /metrics started (Unix seconds).
 # How often a restart asks whether an instance runs (again): its /readyz, /health or Lease.
 POLL_SECONDS = 0.25
+# How long the other instances must have answered without a break before one of them is
+# restarted: what sees an instance answer first (careconcile) is not what routes clients to
+# it (a load balancer's health check, a Service's endpoints), which follows a moment later.
+# Without this, a restarted instance answered, the next one stopped at once, and a load
+# balancer that had not yet put the first back had none to send requests to (seen with two
+# aggregated apiservers behind HAProxy, which checks every 0.25 s).
+SETTLE_SECONDS = 1.0
+# Prometheus' process collector: when the process serving /metrics started (Unix seconds).
 _PROCESS_START = re.compile(r"^process_start_time_seconds\s+(\S+)$", re.M)
 # etcd: one line per peer it is connected to; the members of its cluster (gRPC gateway).
 _ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re.M)
@@ -90,7 +97,7 @@ class ComponentRestarts:
             # run must not take a second member of quorum (or a second apiserver) down.
             for other in self._instances(component.name):
                 if other != action.node:
-                    self._wait(component, other, None, "run")
+                    self._wait(component, other, None, "run", settle=SETTLE_SECONDS)
             before = self._start_time(component, action.node)
         # The API server's clock, which the phase check compares with times of the cluster's
         # (a process's start, a leader Lease's acquireTime); never this machine's.
@@ -110,17 +117,26 @@ class ComponentRestarts:
     def _instances(self, name: str) -> list[str]:
         return [node for node in self.access.control_planes() if load_manifest(self.access.nodes[node], name)]
 
-    def _wait(self, component: StaticPodComponent, node: str, before: float | None, what: str) -> None:
+    def _wait(self, component: StaticPodComponent, node: str, before: float | None, what: str, *,
+              settle: float = 0.0) -> None:
         """Wait until this node's instance answers (and, with ``before``, runs a process that
-        started after that start time) before anything else restarts."""
+        started after that start time) before anything else restarts; with ``settle``, until
+        it has answered for that many seconds without a break."""
         deadline = time.monotonic() + self.timeout
+        answering_since: float | None = None
         while True:
             self.heartbeat()
             problem = self._instance_problem(component, node, before=before)
+            now = time.monotonic()
             if problem is None:
-                return
-            if time.monotonic() > deadline:
-                raise RotationError(f"{node}:{component.name} did not {what} within {self.timeout:.0f}s: {problem}",
+                answering_since = now if answering_since is None else answering_since
+                if now - answering_since >= settle:
+                    return
+            else:
+                answering_since = None
+            if now > deadline:
+                raise RotationError(f"{node}:{component.name} did not {what} within {self.timeout:.0f}s: "
+                                    f"{problem or f'it did not answer for {settle:.0f}s without a break'}",
                                     hint="nothing after this restart ran; fix the cause and run apply again to resume")
             time.sleep(POLL_SECONDS)
 

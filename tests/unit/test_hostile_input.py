@@ -416,8 +416,11 @@ def test_sigterm_removes_the_key_file_and_releases_the_lock_as_ctrl_c_does(tmp_p
     import sys
 
     spec = write(tmp_path, VALID)
+    # As a terminal's Ctrl-C finds it: SIGINT not ignored. (An xdist worker ignores SIGINT, and
+    # a child started with SIGINT ignored keeps ignoring it: Python then installs no handler.)
     process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ROOT), str(tmp_path), str(spec)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "ready").exists():

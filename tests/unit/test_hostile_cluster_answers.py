@@ -104,7 +104,7 @@ FRESH = (NOW + dt.timedelta(seconds=1)).isoformat()
     ({"metadata": {"name": "cp1"}, "spec": {"leaseDurationSeconds": 10 ** 30, "renewTime": FRESH}}, None),
     ({"metadata": 5, "spec": []},
      "cp1:kubelet: node cp1 has no Lease in kube-node-lease; its kubelet has not registered the node"),
-])
+], ids=["spec-not-an-object", "duration-not-a-number", "duration-out-of-range", "metadata-not-an-object"])
 def test_malformed_node_leases_are_read_as_untrusted(lease, problem):
     restarts = ComponentRestarts(types.SimpleNamespace(client=_client((200, {"items": [lease]}))))
     kubelet = ObservedComponent(id="cp1:kubelet", node="cp1", name="kubelet", inputs=(), inputs_digest="d",

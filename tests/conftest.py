@@ -33,9 +33,9 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
     SHARED_CLUSTER: 175,  # 166 + 9 s of test_drift.py's drift as its ServiceAccount during a rotation
-    "tests/integration/test_authorities.py": 430,
-    "tests/integration/test_ha.py": 175,
-    "tests/integration/test_workloads.py": 190,
+    "tests/integration/test_authorities.py": 560,
+    "tests/integration/test_ha.py": 235,
+    "tests/integration/test_workloads.py": 200,
     "tests/integration/test_fleet.py": 95,
     "tests/integration/test_admin_mode.py": 92,
     "tests/integration/test_rotation.py": 50,

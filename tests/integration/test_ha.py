@@ -40,6 +40,8 @@ pytestmark = pytest.mark.integration
 NAME = "ha3"
 FLUNDERS = extension.flunders_path("default")
 # haproxy's tcplog line: "<client> [<date>] <frontend> <backend>/<server> ..."
+# The longest time in which no request may end: see below.
+SLOW_REQUEST_SECONDS = 10.0
 SERVED = re.compile(r"^\S+ \[[^]]+\] \S+ (\S+)/(\S+) ", re.MULTILINE)
 
 
@@ -112,13 +114,17 @@ def test_all_three_cas_rotate_on_three_control_planes_without_a_failed_request_o
         applied = careconcile("apply", str(spec), "--auto-approve", workspace=workspace)
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
     healthy = [count for _, count in etcd.samples]
-    print(f"\n{info.name}: API {api.requests} requests, {len(api.failures)} failed; aggregated API "
+    print(f"\n{info.name}: API {api.requests} requests, {len(api.failures)} failed, longest gap "
+          f"{api.longest_gap():.2f}s; aggregated API "
           f"{aggregated.requests} requests, {len(aggregated.failures)} failed, longest gap "
           f"{aggregated.longest_gap():.2f}s; etcd {len(healthy)} samples, fewest healthy members "
           f"{min(healthy, default=0)}, {etcd.unreadable} unreadable")
 
-    assert_polled_without_failure(api, servers=1)
-    assert_polled_without_failure(aggregated, servers=1)
+    # Slow is not failed: a request may wait a few seconds while its apiserver's etcd member
+    # restarts (its client moves to another member) or the 2 cores are busy with the other
+    # test workers (3.2 s seen once in a clean-clone run).
+    assert_polled_without_failure(api, servers=1, max_gap=SLOW_REQUEST_SECONDS)
+    assert_polled_without_failure(aggregated, servers=1, max_gap=SLOW_REQUEST_SECONDS)
     served = {}
     for backend, server in SERVED.findall(haproxy_log.read_text()[logged_before:]):
         served.setdefault(backend, set()).add(server)

@@ -29,14 +29,15 @@ lib_path() {  # the unpacked tree's library directories, as LD_LIBRARY_PATH
   (IFS=:; echo "${dirs[*]:-}")
 }
 
-usable() {  # usable DIR: every program is there and ldd finds every library
-  local dir="$1" program paths=()
+usable() {  # usable DIR: every program is there, ldd reads each and finds every library
+  local dir="$1" program paths=() out
   [[ -f "$dir/lib-path" ]] || return 1
   for program in "${programs[@]}"; do
     [[ -x "$dir/root/$program" ]] || return 1
     paths+=("$dir/root/$program")
   done
-  ! LD_LIBRARY_PATH="$(lib_path "$dir/root")" ldd "${paths[@]}" 2>&1 | grep -q "not found"
+  out=$(LD_LIBRARY_PATH="$(lib_path "$dir/root")" ldd "${paths[@]}" 2>&1) || return 1
+  ! grep -q "not found" <<<"$out"
 }
 
 started=$(date +%s%N)

@@ -70,7 +70,8 @@ def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None
     paths with its root and transport; without it, the spec is read from the plan's
     ``spec_path`` if it is still the one the plan was made from."""
     if output_format == "json":
-        sys.stdout.write(render.as_json(plan))
+        # JSON escapes control characters itself; a key in a plan file's text is left out here too.
+        sys.stdout.write(render.printable(render.as_json(plan)))
     else:
         places = places_of(loaded.document, workspace) if loaded is not None else _places_of_saved(plan)
         if output_format == "markdown":

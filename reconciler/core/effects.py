@@ -27,7 +27,7 @@ from reconciler.core.spec import SpecDocument
 Verb = Literal["writes", "removes", "runs", "replaces", "patches", "evicts"]
 # Where it happens: a node's files or commands, a file on this machine, the cluster's API,
 # the management cluster, the state store.
-Scope = Literal["node", "local", "api", "management", "state"]
+Scope = Literal["node", "local", "api", "management", "state", "keys"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class Places:
     or changed): effects are then shown as node paths."""
 
     nodes: dict[tuple[str, str], NodePlace] = field(default_factory=dict)  # (cluster, node) -> place
-    state: dict[str, str] = field(default_factory=dict)  # cluster -> its state store, in words
+    state: dict[str, str] = field(default_factory=dict)  # cluster -> its state store's public record, in words
+    keys: dict[str, str] = field(default_factory=dict)  # cluster -> where its state store keeps the CA keys
 
 
 def places_of(document: SpecDocument, workspace: str | None = None) -> Places:
@@ -66,6 +67,7 @@ def places_of(document: SpecDocument, workspace: str | None = None) -> Places:
     from an admin cluster's inventory are not in the spec, and so not in the places."""
     nodes: dict[tuple[str, str], NodePlace] = {}
     state: dict[str, str] = {}
+    keys: dict[str, str] = {}
     for cluster in document.spec.clusters:
         for node in cluster.nodes:
             local, ssh = node.access.local, node.access.ssh
@@ -74,14 +76,18 @@ def places_of(document: SpecDocument, workspace: str | None = None) -> Places:
             elif ssh is not None:
                 nodes[(cluster.name, node.name)] = NodePlace(f"ssh {ssh.user}@{ssh.host}:{ssh.port}", ssh.root)
         if cluster.state_store.workspace is not None:
-            state[cluster.name] = (f"the workspace state file {cluster.name}/state/state.json"
-                                   + (f" in {workspace}" if workspace else ""))
+            where = f" in {workspace}" if workspace else ""
+            state[cluster.name] = f"the workspace state file {cluster.name}/state/state.json{where}"
+            keys[cluster.name] = f"the workspace keys file {cluster.name}/state/keys.json{where}"
         elif cluster.management is not None:
             names = ManagementNames(cluster.name, cluster.management_namespace or "")
             state[cluster.name] = f"Secret {names.namespace}/{names.state_secret} in the management cluster"
+            keys[cluster.name] = f"Secret {names.namespace}/{names.keys_secret} in the management cluster"
         elif cluster.state_store.secret is not None:
-            state[cluster.name] = f"Secret {cluster.state_store.secret.namespace}/{cluster.state_store.secret.name}"
-    return Places(nodes=nodes, state=state)
+            secret = cluster.state_store.secret
+            state[cluster.name] = f"Secret {secret.namespace}/{secret.name}"
+            keys[cluster.name] = f"Secret {secret.namespace}/{secret.keys_name}"
+    return Places(nodes=nodes, state=state, keys=keys)
 
 
 def effects(action: Action, authority: str) -> tuple[Effect, ...]:
@@ -90,8 +96,14 @@ def effects(action: Action, authority: str) -> tuple[Effect, ...]:
     site = action.site
     layout = AUTHORITIES[authority]
     if isinstance(site, StateRecord):
-        return (Effect("writes", "state", "rotation state" + (" and the new CA's key" if action.kind == "create-ca"
-                                                              else "")),)
+        # The public record, and the keys in their own object (create-ca stores the new CA's
+        # key before the record names it; finalize drops both keys after recording the end).
+        record = Effect("writes", "state", "rotation state (no key)")
+        if action.kind == "create-ca":
+            return (Effect("writes", "keys", "the new CA's key"), record)
+        if action.kind == "finalize":
+            return (record, Effect("removes", "keys", "the old and the new CA's keys"))
+        return (record,)
     if isinstance(site, NodeFile):
         files = site.files
         if site.form == "pair":  # the key before the certificate, as the writer does
@@ -145,6 +157,8 @@ def where(effect: Effect, cluster: str, places: Places) -> str:
         return "in the management cluster"
     if effect.scope == "state":
         return "to " + places.state.get(cluster, "the cluster's state store")
+    if effect.scope == "keys":
+        return ("from " if effect.verb == "removes" else "to ") + places.keys.get(cluster, "the state store's keys")
     return "through the cluster's API"
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import random
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -81,8 +82,27 @@ def _held(content: bytes, owner: str) -> bool:
     return held_by != owner and Path(held_by).is_dir()
 
 
+def _own_directory(directory: Path) -> Path:
+    """Make ``directory`` (0700) or take the existing one only if it is a real directory of
+    this user that nobody else may write: the default lies in the shared temp dir under a
+    name anyone can guess, and another user's directory (or link) there could lead the
+    writes below onto files of theirs choosing."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise SandboxError(f"{directory} (where sandboxes reserve their ports) is not a directory of this user "
+                           "that only it may write", hint=f"remove it, or set {RESERVATIONS_ENV} to another directory")
+    return directory
+
+
 def _try(directory: Path, port: int, owner: str) -> bool:
-    fd = os.open(directory / str(port), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # O_NOFOLLOW: a link planted in place of a reservation file is refused, not written through.
+    try:
+        fd = os.open(directory / str(port), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False  # not ours to write: another port
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
         if _held(os.pread(fd, 4096, 0), owner) or not _bindable(port):
@@ -98,8 +118,7 @@ def _try(directory: Path, port: int, owner: str) -> bool:
 def reserve(count: int, owner: Path, *, rng: random.Random | None = None) -> list[int]:
     """``count`` distinct ports, reserved for ``owner`` (a directory that exists while the
     ports are in use) until :func:`release` or until ``owner`` is gone."""
-    directory = reservations_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = _own_directory(reservations_dir())
     owner_name = str(owner.absolute())
     pool = candidates()
     (rng or random.Random()).shuffle(pool)  # seeded from os.urandom: each process its own order
@@ -129,9 +148,9 @@ def release(owner: Path, ports: list[int] | None = None) -> None:
             return
     for name in (str(port) for port in ports):
         try:
-            fd = os.open(directory / name, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(directory / name, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EISDIR):
+            if exc.errno in (errno.ENOENT, errno.EISDIR, errno.ELOOP):
                 continue
             raise
         try:

@@ -63,7 +63,9 @@ class Executor:
         self.phase_timeout = phase_timeout
         crash_after = os.environ.get(CRASH_AFTER_ENV)
         self._crash_after = int(crash_after) if crash_after else None
-        self._crash_signal = signal.Signals[os.environ.get(CRASH_SIGNAL_ENV) or "SIGKILL"]
+        # Read only with the hook on: a stray value must not break every apply.
+        self._crash_signal = signal.Signals[os.environ.get(CRASH_SIGNAL_ENV) or "SIGKILL"] if crash_after \
+            else signal.SIGKILL
         self._completed = 0
         # Workload restarts run in threads: their events and lock renewals are serialised.
         self._events = threading.RLock()

@@ -139,18 +139,35 @@ def state_from(authority: str, public: Files, *, source: str) -> StoredState:
     recorded = document.get("keysStored")
     stored_roles = {role for role in ROLES if (role in recorded if isinstance(recorded, list)
                                                else _legacy_key(authority, role) in public)}
+
+    def whole(field: str, *, optional: bool = False) -> int | None:
+        """A counter of the record: a whole number (0 or None when absent), else an error
+        naming the field, never quoting it (the record comes from the cluster)."""
+        value = document.get(field)
+        if value is None:
+            return None if optional else 0
+        if type(value) is not int or value < 0:
+            raise PKIError(f"{source}: {authority}.json: {field} is not a whole number")
+        return value
+
+    retired = document.get("retired") or []
+    if not isinstance(retired, list) or not all(isinstance(value, str) for value in retired):
+        raise PKIError(f"{source}: {authority}.json: retired is not a list of fingerprints")
+    started = document.get("started")
+    if started is not None and not isinstance(started, str):
+        raise PKIError(f"{source}: {authority}.json: started is not a time")
     return StoredState(
-        applied_rotation=int(document.get("appliedRotation") or 0),
-        rotation=document.get("rotation"),
+        applied_rotation=whole("appliedRotation"),
+        rotation=whole("rotation", optional=True),
         target=target,
         previous=previous,
         has_target_key=target is not None and "target" in stored_roles,
         has_previous_key=previous is not None and "previous" in stored_roles,
-        verified_phase=int(document.get("verifiedPhase") or 0),
-        rolling_back=bool(document.get("rollingBack")),
-        rolled_back_rotation=document.get("rolledBackRotation"),
-        started=document.get("started"),
-        retired=tuple(str(value) for value in document.get("retired") or ()),
+        verified_phase=whole("verifiedPhase"),
+        rolling_back=document.get("rollingBack") is True,
+        rolled_back_rotation=whole("rolledBackRotation", optional=True),
+        started=started,
+        retired=tuple(retired),
         workloads_trusted_since=parse_time(document.get("workloadsTrustedSince")),
         workloads_trusted_alone=alone if isinstance(alone := document.get("workloadsTrustedAlone"), str) and alone
         else None,
@@ -267,11 +284,18 @@ class SecretStateStore(_SplitStore):
             secret = self.client.get(self._path(name))
         except APINotFoundError:
             return {}, None
+        data = secret.get("data") if isinstance(secret, dict) else None
+        if not isinstance(data or {}, dict):
+            raise PKIError(f"{source}: its data is not an object")
         try:
-            files = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+            files = {key: base64.b64decode(value) for key, value in (data or {}).items()}
         except (TypeError, ValueError) as exc:
-            raise PKIError(f"{source}: a data value is not base64 ({exc})") from exc
-        return files, secret["metadata"]["resourceVersion"]
+            raise PKIError(f"{source}: a data value is not base64") from exc
+        version = (secret.get("metadata") or {}).get("resourceVersion") if isinstance(secret.get("metadata"), dict) \
+            else None
+        if not isinstance(version, str):
+            raise PKIError(f"{source}: the answer has no metadata.resourceVersion")
+        return files, version
 
     def _write(self, name: str, files: Files, version: str | None) -> str:
         body: dict[str, Any] = {

@@ -39,9 +39,9 @@ pytestmark = pytest.mark.integration
 
 NAME = "ha3"
 FLUNDERS = extension.flunders_path("default")
-# haproxy's tcplog line: "<client> [<date>] <frontend> <backend>/<server> ..."
 # The longest time in which no request may end: see below.
 SLOW_REQUEST_SECONDS = 10.0
+# haproxy's tcplog line: "<client> [<date>] <frontend> <backend>/<server> ..."
 SERVED = re.compile(r"^\S+ \[[^]]+\] \S+ (\S+)/(\S+) ", re.MULTILINE)
 
 
@@ -89,7 +89,9 @@ def test_all_three_cas_rotate_on_three_control_planes_without_a_failed_request_o
     info = ha3
     assert info.load_balancer and len(info.apiservers) == 3 and len(info.extension_apiserver["instances"]) == 2
     spec = Path(info.spec)
-    spec.write_text(spec.read_text().replace("    authorities:\n", "    stateStore: {workspace: {}}\n    authorities:\n"))
+    text = spec.read_text()
+    assert text.count("    authorities:\n") == 1
+    spec.write_text(text.replace("    authorities:\n", "    stateStore: {workspace: {}}\n    authorities:\n"))
     foreign, old, webhook_ca = prepare_user_objects(info)
     before = {name: pki.load_certificates((Path(info.nodes[0].root) / layout.record_cert.lstrip("/")).read_bytes(),
                                           source=name)[0] for name, layout in AUTHORITIES.items()}

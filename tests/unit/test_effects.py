@@ -19,7 +19,8 @@ from tests.unit.test_render import document, rotation
 
 PLACES = Places(nodes={("c1", "cp1"): NodePlace("local", "/srv/nodes/cp1", runs_here=True),
                        ("c1", "w1"): NodePlace("ssh deploy@10.0.12.9:2222", "/srv/w1")},
-                state={"c1": "Secret kube-system/careconcile-state"})
+                state={"c1": "Secret kube-system/careconcile-state"},
+                keys={"c1": "Secret kube-system/careconcile-keys"})
 
 
 def _action(plan, kind: str, target: str) -> Action:
@@ -72,7 +73,9 @@ def test_with_the_specs_places_paths_carry_the_node_root_and_transport():
     assert ("writes on cp1 (local): /srv/nodes/cp1/etc/kubernetes/pki/apiserver.key, "
             "/srv/nodes/cp1/etc/kubernetes/pki/apiserver.crt") in out
     assert "writes on w1 (ssh deploy@10.0.12.9:2222): /srv/w1/etc/kubernetes/pki/ca.crt" in out
-    assert "writes to Secret kube-system/careconcile-state: rotation state and the new CA's key" in out
+    # the new CA's key goes to the keys Secret, not to the public record drift may read
+    assert "writes to Secret kube-system/careconcile-keys: the new CA's key" in out
+    assert "writes to Secret kube-system/careconcile-state: rotation state (no key)" in out
     assert ("replaces through the cluster's API: /api/v1/namespaces/kube-system/configmaps/"
             "extension-apiserver-authentication (client-ca-file)") in out
     assert "writes on this machine: /workspace/c1/c1-kubeconfig" in out

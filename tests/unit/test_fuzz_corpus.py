@@ -234,6 +234,7 @@ def test_every_case_of_the_corpus_fails_cleanly_within_its_limits(tmp_path):
         sock.close()
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = json.loads(finished.stdout)
+    assert len(results) == len(jobs), f"the runner answered {len(results)} of {len(jobs)} runs"
     failures = []
     for job, result in zip(jobs, results):
         out, err, code = result["stdout"], result["stderr"], result["code"]

@@ -99,3 +99,37 @@ def test_candidates_leave_out_the_ephemeral_range(tmp_path):
     low, high = _ports.ephemeral_range()
     pool = _ports.candidates()
     assert pool and not any(low <= port <= high for port in pool) and min(pool) >= _ports.LOWEST
+
+
+def test_a_reservations_directory_that_others_may_write_is_refused(tmp_path, monkeypatch):
+    """The default directory has a name anyone can guess in the shared temp dir: one that
+    another user made (here: writable by others) is refused, not written in."""
+    from reconciler.errors import SandboxError
+    from reconciler.sandbox import _ports
+
+    shared = tmp_path / "ports"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(_ports.RESERVATIONS_ENV, str(shared))
+    owner = tmp_path / "owner"
+    owner.mkdir()
+    with pytest.raises(SandboxError, match="only it may write"):
+        _ports.reserve(1, owner)
+
+
+def test_a_link_planted_as_a_reservation_file_is_not_written_through(tmp_path, monkeypatch):
+    from reconciler.sandbox import _ports
+
+    directory = tmp_path / "ports"
+    directory.mkdir(mode=0o700)
+    monkeypatch.setenv(_ports.RESERVATIONS_ENV, str(directory))
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    low = [port for port in _ports.candidates()][:1][0]
+    (directory / str(low)).symlink_to(victim)
+    monkeypatch.setattr(_ports, "candidates", lambda: [low, low + 1])
+    owner = tmp_path / "owner"
+    owner.mkdir()
+    assert _ports.reserve(1, owner) == [low + 1]
+    assert victim.read_text() == "keep me"
+    _ports.release(owner)

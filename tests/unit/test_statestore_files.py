@@ -400,3 +400,18 @@ def test_a_workspace_store_written_before_the_split_is_split_on_its_next_save(tm
     assert not holds_a_key(decoded(store.path))
     assert stat.S_IMODE(store.keys_path.stat().st_mode) == 0o600
     assert same(store.load(AUTHORITY), with_state(rotating(), verified_phase=3))
+
+
+@pytest.mark.parametrize("record", [{"appliedRotation": "x"}, {"rotation": True}, {"verifiedPhase": [1]},
+                                    {"rolledBackRotation": -1}, {"retired": 5}, {"retired": [1]}, {"started": 3}],
+                         ids=["applied-a-string", "rotation-a-bool", "phase-a-list", "rolled-back-negative",
+                              "retired-a-number", "retired-not-strings", "started-a-number"])
+def test_a_record_of_the_wrong_types_is_an_error_naming_the_field(record):
+    """The record comes from a Secret anyone with its RBAC can write: a wrong type is an
+    error naming the field (before, int() and tuple() raised ValueError and TypeError)."""
+    from reconciler.errors import PKIError
+    from reconciler.shell.statestore import state_from
+
+    field = next(iter(record))
+    with pytest.raises(PKIError, match=rf"Secret s: clusterCA.json: {field} is not"):
+        state_from("clusterCA", {"clusterCA.json": json.dumps(record).encode()}, source="Secret s")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import SandboxError
+from reconciler.sandbox import _unpacked
 
 CACHE_ENV = "CARECONCILE_HAPROXY_CACHE"
 INSTALL_HINT = "run `hack/install-haproxy.sh` (`make test` and `make integration` run it too)"
@@ -18,7 +19,7 @@ INSTALL_HINT = "run `hack/install-haproxy.sh` (`make test` and `make integration
 
 def cache_dir() -> Path:
     """``$CARECONCILE_HAPROXY_CACHE``, by default ~/.cache/careconcile/haproxy."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "careconcile" / "haproxy")
+    return _unpacked.cache_dir(CACHE_ENV, "haproxy")
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,4 @@ def require_install() -> Install:
     if not os.access(binary, os.X_OK):
         raise SandboxError(f"no HAProxy cached in {cache_dir()} (missing {binary}); a sandbox with "
                            f"2 or more control planes puts it in front of the apiservers", hint=INSTALL_HINT)
-    try:
-        relative = (cache_dir() / "lib-path").read_text().split()
-    except OSError:
-        relative = []
-    return Install(binary.parent, ":".join(str(root / part) for part in relative))
+    return Install(binary.parent, _unpacked.library_path(cache_dir()))

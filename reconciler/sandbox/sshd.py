@@ -23,7 +23,7 @@ from pathlib import Path
 
 from reconciler._process import process_alive
 from reconciler.errors import SandboxError
-from reconciler.sandbox import _ports
+from reconciler.sandbox import _ports, _unpacked
 
 CACHE_ENV = "CARECONCILE_SSHD_CACHE"
 LOOPBACK = "127.0.0.1"
@@ -35,7 +35,7 @@ _started: list[subprocess.Popen] = []  # servers this process started, reaped by
 
 def cache_dir() -> Path:
     """``$CARECONCILE_SSHD_CACHE``, by default ~/.cache/careconcile/sshd."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "careconcile" / "sshd")
+    return _unpacked.cache_dir(CACHE_ENV, "sshd")
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,7 @@ def require_install() -> Install:
         if problems:
             raise SandboxError(f"sshd runs as root here and needs its privilege-separation user and directory: "
                                f"{'; '.join(problems)}", hint=INSTALL_HINT)
-    try:
-        relative = (cache_dir() / "lib-path").read_text().split()
-    except OSError:
-        relative = []
-    return Install(sshd, sftp_server, ":".join(str(root / part) for part in relative))
+    return Install(sshd, sftp_server, _unpacked.library_path(cache_dir()))
 
 
 def login_user() -> str:

@@ -124,7 +124,7 @@ def _lay_out(
     worker_names = [f"{name}-worker-{i + 1}" for i in range(workers)]
     # With a balancer and the extension apiserver, two instances of it (on the first two
     # control planes) behind the balancer: a port for the second and one for the balancer.
-    ext_count = 0 if not extension_apiserver else 5 if balancer and control_planes > 1 else 3
+    ext_count = 0 if not extension_apiserver else 5 if balancer else 3
     # Reserved for this sandbox until `down` (or its directory is gone): another sandbox
     # starting at the same moment gets others (_ports.py).
     ports = _ports.reserve(5 * control_planes + ext_count + (1 if balancer else 0), paths.directory)
@@ -135,7 +135,7 @@ def _lay_out(
         ext, ports = ports[5 * control_planes:], ports[:5 * control_planes]
         ext_instances[cp_names[0]] = extension.Ports(*ext[:3])
         ext_service_port = ext[0]
-        if ext_count == 5:
+        if balancer:
             ext_instances[cp_names[1]] = extension.Ports(ext[3], ext[1], ext[2])
             ext_service_port = ext[4]
     cp_ports = [ControlPlanePorts(*ports[5 * i:5 * i + 3]) for i in range(control_planes)]
@@ -199,7 +199,7 @@ def _lay_out(
 
     if balancer:
         services = [loadbalancer.Balanced("apiserver", balancer_port, tuple(apiserver_ports))]
-        if len(ext_instances) > 1:
+        if extension_apiserver:
             services.append(loadbalancer.Balanced(extension.COMPONENT, ext_service_port,
                                                   tuple(p.secure for p in ext_instances.values())))
         _write_node_files(first, [NodeFile(loadbalancer.CONFIG_PATH, loadbalancer.config(services).encode())])

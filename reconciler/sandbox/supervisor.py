@@ -140,11 +140,6 @@ def launch_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
     return Launch(mapped, env, STOP_GRACE_SECONDS if grace is None else float(grace))
 
 
-def command_from_manifest(text: str, *, node_root: Path, bin_dir: Path,
-                          extra_bin_dirs: tuple[Path, ...] = ()) -> list[str]:
-    return launch_from_manifest(text, node_root=node_root, bin_dir=bin_dir, extra_bin_dirs=extra_bin_dirs).command
-
-
 class Supervisor:
     def __init__(self, paths: SandboxPaths) -> None:
         record = json.loads(paths.record.read_text())

@@ -14,7 +14,7 @@ from reconciler.core import extension_apiserver as extension
 from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.kubeconfig import dump
 from reconciler.core.pki import KeySpec
-from reconciler.sandbox.supervisor import command_from_manifest
+from reconciler.sandbox.supervisor import launch_from_manifest
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 KEY = KeySpec("ECDSA", 256)
@@ -69,8 +69,7 @@ def test_the_serving_certificate_is_from_its_own_ca_for_the_name_the_aggregator_
 
 
 def test_the_manifest_reads_the_front_proxy_ca_from_the_cluster_and_uses_its_own_etcd():
-    argv = command_from_manifest(dump(extension.manifest(PORTS)), node_root=Path("/n"), bin_dir=Path("/b"),
-                                 extra_bin_dirs=())
+    argv = launch_from_manifest(dump(extension.manifest(PORTS)), node_root=Path("/n"), bin_dir=Path("/b")).command
     assert argv[0] == "/b/sample-apiserver"
     flags = dict(arg.split("=", 1) for arg in argv[1:])
     for flag in ("--kubeconfig", "--authentication-kubeconfig", "--authorization-kubeconfig"):

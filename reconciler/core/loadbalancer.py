@@ -24,8 +24,13 @@ COMPONENT = "haproxy"
 CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
 CHECK_INTERVAL_MS = 250
 # Fall 1 at a 0.25 s interval: taken out within about 0.25 s (plus a check's own time) of
-# failing /readyz; 2 s leaves room for checks slowed down by a busy machine.
-SHUTDOWN_DELAY_SECONDS = 2
+# failing /readyz; 3 s leaves room for checks slowed down by a busy machine.
+SHUTDOWN_DELAY_SECONDS = 3
+# How long one check may take. Without it HAProxy allows a check only CHECK_INTERVAL_MS, and
+# on a busy machine a TLS handshake takes longer: with fall 1, slow checks took every
+# apiserver out at once, and HAProxy closed new connections (the client saw an EOF in its
+# TLS handshake). A stopping apiserver fails its check at once, so this does not delay that.
+CHECK_TIMEOUT_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ backend {service.name}
   default-server inter {CHECK_INTERVAL_MS} fall 1 rise 1 check check-ssl verify none
 {servers}
 """)
-    return """# careconcile sandbox: the load balancer (reconciler/core/loadbalancer.py)
+    return f"""# careconcile sandbox: the load balancer (reconciler/core/loadbalancer.py)
 global
   log stdout format raw local0
   maxconn 2000
@@ -68,6 +73,7 @@ defaults
   log global
   option tcplog
   timeout connect 2s
+  timeout check {CHECK_TIMEOUT_SECONDS}s
   timeout client 1h
   timeout server 1h
   retries 3

@@ -25,10 +25,10 @@ from reconciler.core.workloads import (
     RESTARTED_AT, RESTARTED_FOR, ObservedWorkload, PodTrust, rollout_complete,
 )
 from reconciler.errors import APIError, APINotFoundError, ClusterUnreachableError, RotationError
+from reconciler.shell import polling
 from reconciler.shell.kube import KubeClient
 from reconciler.shell.workloads import APPS, observe_workloads
 
-POLL_SECONDS = 1.0
 EVICTION_RETRY_SECONDS = 2.0
 
 
@@ -70,7 +70,7 @@ class WorkloadRestarter:
     def _deadline(self) -> float:
         return time.monotonic() + self.settings.timeout.total_seconds()
 
-    def _pause(self, seconds: float = POLL_SECONDS) -> None:
+    def _pause(self, seconds: float) -> None:
         self.heartbeat()
         if self.stop.wait(seconds):
             raise Stopped("stopped: another workload restart of this run failed")
@@ -93,6 +93,7 @@ class WorkloadRestarter:
             self.client.patch(path, {"spec": {"template": {"metadata": {"annotations": {
                 RESTARTED_AT: rfc3339(utcnow()), RESTARTED_FOR: self.rotation}}}}})
         deadline = self._deadline()
+        pauses = polling.intervals()
         while True:
             try:
                 done = rollout_complete(kind, self.client.get(path)) and not self.stale(self.current(action))
@@ -105,11 +106,12 @@ class WorkloadRestarter:
                 raise self._timeout(action, f"did not finish rolling out ({len(left)} pod(s) from before the "
                                             f"bundles trusted both CAs left: "
                                             f"{', '.join(pod.name for pod in left[:3]) or 'none'})")
-            self._pause()
+            self._pause(next(pauses))
 
     def _evict_all(self, action: Action) -> None:
         """Evict the pods from before one at a time; an owner brings each back before the next."""
         deadline = self._deadline()
+        pauses = polling.intervals()
         while True:
             workload = self.current(action)
             stale = [pod for pod in self.stale(workload) if not pod.terminating]
@@ -118,7 +120,7 @@ class WorkloadRestarter:
                     return
                 if time.monotonic() > deadline:
                     raise self._timeout(action, "did not finish evicting its pods")
-                self._pause()  # the last one is still terminating
+                self._pause(next(pauses))  # the last one is still terminating
                 continue
             running = sum(1 for pod in workload.pods if not pod.terminating and pod.started)
             pod = stale[0]
@@ -146,6 +148,7 @@ class WorkloadRestarter:
             self._pause(EVICTION_RETRY_SECONDS)
 
     def _wait_gone(self, action: Action, namespace: str, name: str, uid: str, deadline: float) -> None:
+        pauses = polling.intervals()
         while True:
             try:
                 pod = self.client.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
@@ -155,10 +158,11 @@ class WorkloadRestarter:
                 return
             if time.monotonic() > deadline:
                 raise self._timeout(action, f"evicted pod {namespace}/{name} did not go away")
-            self._pause()
+            self._pause(next(pauses))
 
     def _wait_replaced(self, action: Action, running: int, deadline: float) -> None:
         """Until the owner runs as many pods as before the eviction, all started."""
+        pauses = polling.intervals()
         while True:
             workload = self.current(action)
             up = [] if workload is None else [p for p in workload.pods if not p.terminating and p.started]
@@ -166,14 +170,15 @@ class WorkloadRestarter:
                 return
             if time.monotonic() > deadline:
                 raise self._timeout(action, f"its owner did not bring back its pods ({len(up)} of {running} running)")
-            self._pause()
+            self._pause(next(pauses))
 
     def _wait_for_job(self, action: Action) -> None:
         deadline = self._deadline()
+        pauses = polling.intervals()
         while self.stale(self.current(action)):
             if time.monotonic() > deadline:
                 raise self._timeout(action, "is still running; a Job is not restarted, and it did not finish")
-            self._pause()
+            self._pause(next(pauses))
 
 
 def seconds_until(since: dt.datetime | None, now: dt.datetime | None = None) -> float:

@@ -17,7 +17,7 @@ from reconciler.core.plan import PHASES, Action, CheckParams
 from reconciler.core.workloads import trusted_since
 from reconciler.errors import (APIError, APINotFoundError, CareconcileError, ClusterUnreachableError, PKIError,
                                RotationError, UntrustedServerError)
-from reconciler.shell import probes
+from reconciler.shell import polling, probes
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
 from reconciler.shell.kube import KubeClient, load_kubeconfig
@@ -43,6 +43,7 @@ class Verifier:
         new = self.custody.cert(action.params.expect)
         old_fp = action.params.old
         deadline = time.monotonic() + self.phase_timeout
+        pauses = polling.intervals()
         while True:
             self.heartbeat()
             try:
@@ -57,7 +58,7 @@ class Verifier:
                     f"cluster {self.access.name}: phase {phase} ({PHASES[phase]}) did not show on the live cluster "
                     f"within {self.phase_timeout:.0f}s:\n  {shown}",
                     hint="nothing was rolled back; fix the cause and run apply again to resume")
-            time.sleep(1.0)
+            time.sleep(next(pauses))
         stored = self.custody.stored()
         if stored.state.in_progress and phase == 2 and stored.state.workloads_trusted_since is None:
             # Every kube-root-ca.crt held both CAs when this check read them, before now: a pod

@@ -27,6 +27,7 @@ from reconciler.core.plan import Action
 from reconciler.core.sites import ApiField, LocalKubeconfig, ManagementSecret, NodeFile, NodeSigner, pair_files
 from reconciler.core.spec import ResolvedAuthority
 from reconciler.errors import APIConflictError, RotationError
+from reconciler.shell import polling
 from reconciler.shell.custody import Custody
 from reconciler.shell.formats import ca_bundle_fields, set_ca_bundle
 from reconciler.shell.management import SecretKubeconfigClient
@@ -111,6 +112,7 @@ class SiteWriters:
         if not dropped:
             return
         deadline = time.monotonic() + self.phase_timeout
+        pauses = polling.intervals()
         while True:
             self.heartbeat()
             accepting = self.accepting(dropped)
@@ -119,7 +121,7 @@ class SiteWriters:
             if time.monotonic() > deadline:
                 raise RotationError(f"apiservers {', '.join(accepting)} still accept client certificates from "
                                     f"{', '.join(dropped)} after {self.phase_timeout:.0f}s")
-            time.sleep(1.0)
+            time.sleep(next(pauses))
 
     def _update_ca_bundle(self, site: ApiField, certs: list[x509.Certificate], action: Action) -> None:
         """Replace the authority's certificates in one caBundle field, keeping the others."""

@@ -15,11 +15,19 @@ and asking each one's /readyz. The clients go through it:
 
 No request may fail and etcd may not lose quorum in any sample. At the end every leaf of
 every authority, on every node, verifies with `openssl verify` against a CA file holding the
-new CA alone, and a new plan has no changes. The rotation keeps its state in the workspace."""
+new CA alone, and a new plan has no changes. The rotation keeps its state in the workspace.
+
+Before it, the first test checks the sandbox's layout (apiservers, stacked etcd members,
+load balancer): it has no sandbox of its own, since an HA sandbox costs about 25 s."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import http.client
+import json
 import re
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -28,8 +36,9 @@ import pytest
 from reconciler.core import extension_apiserver as extension
 from reconciler.core import kubeconfig, loadbalancer, pki
 from reconciler.core.authorities import AUTHORITIES
+from reconciler.shell.kube import KubeClient, load_kubeconfig
 
-from .helpers import require_extension_apiserver
+from .helpers import client_cert, cluster_ca, core_api, request_as, require_extension_apiserver
 from .rotation import (
     EtcdSampler, Poller, Rotated, assert_no_private_key_in_files, assert_polled_without_failure, assert_rotated,
     careconcile, prepare_user_objects, record_ca, set_rotation, through_load_balancer,
@@ -49,6 +58,98 @@ SERVED = re.compile(r"^\S+ \[[^]]+\] \S+ (\S+)/(\S+) ", re.MULTILINE)
 def ha3(start_sandbox):
     require_extension_apiserver()
     return start_sandbox(NAME, control_planes=3, workers=1, extension_apiserver=True)
+
+
+def _etcd_call(url: str, node_root: str, method: str, path: str) -> tuple[int, bytes]:
+    """One call to an etcd member's client URL with the node's kubeadm healthcheck-client
+    certificate, trusting the node's etcd CA."""
+    etcd_pki = Path(node_root) / "etc/kubernetes/pki/etcd"
+    context = ssl.create_default_context(cafile=str(etcd_pki / "ca.crt"))
+    context.load_cert_chain(etcd_pki / "healthcheck-client.crt", etcd_pki / "healthcheck-client.key")
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=5)
+    try:
+        connection.request(method, path, body=b"{}" if method == "POST" else None)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _manifest_flags(root: str, component: str) -> dict[str, str]:
+    text = (Path(root) / f"etc/kubernetes/manifests/{component}.yaml").read_text()
+    return dict(line.strip().removeprefix("- ").split("=", 1) for line in text.splitlines()
+                if line.strip().startswith("- --") and "=" in line)
+
+
+def test_the_sandbox_has_an_apiserver_and_a_stacked_etcd_member_per_control_plane(ha3):
+    """Before the rotation (tests run in file order): the HA sandbox as kubeadm lays it out."""
+    info = ha3
+    control_planes = [n for n in info.nodes if n.role == "control-plane"]
+    assert len(info.apiservers) == len(info.etcd) == len(control_planes) == 3
+    ca = cluster_ca(info).cert
+    served = []
+    for index, server in enumerate(info.apiservers):
+        cert = pki.load_certificates(ssl.get_server_certificate(
+            ("127.0.0.1", int(server.rsplit(":", 1)[1]))).encode(), source=server)[0]
+        assert pki.is_signed_by(cert, ca)
+        served.append(pki.fingerprint(cert))
+        # Every apiserver answers through the same kubeconfig, one context each, each from its own etcd member.
+        context = f"kubernetes-admin@{NAME}" if index == 0 else f"kubernetes-admin@{NAME}-apiserver-{index + 1}"
+        assert [n.metadata.name for n in core_api(info.kubeconfig, context).list_node().items] == [f"{NAME}-worker-1"]
+    assert len(set(served)) == 3, "each apiserver has its own serving certificate"
+    manifests = {n.name: sorted(p.stem for p in (Path(n.root) / "etc/kubernetes/manifests").glob("*.yaml"))
+                 for n in control_planes}
+    stack = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    # The two aggregated apiservers run on control planes 1 and 2, as two pods of a Deployment
+    # might, with their own etcd on control plane 1.
+    assert manifests == {f"{NAME}-control-plane-1": sorted(stack + ["extension-apiserver", "extension-apiserver-etcd",
+                                                                     "haproxy", "kwok"]),
+                         f"{NAME}-control-plane-2": sorted(stack + ["extension-apiserver"]),
+                         f"{NAME}-control-plane-3": stack}
+    # The load balancer in front of the three apiservers answers as one (its /readyz is an
+    # apiserver's), and the workers' kubelet reaches the apiservers through it.
+    assert info.load_balancer and info.load_balancer not in info.apiservers
+    with KubeClient(load_kubeconfig(Path(info.kubeconfig))) as admin:
+        target = dataclasses.replace(admin.target, server=info.load_balancer)
+    with KubeClient(target) as client:
+        assert client.get_text("/readyz") == "ok"
+    kubelet = (Path(info.nodes[-1].root) / "etc/kubernetes/kubelet.conf").read_text()
+    assert f"server: {info.load_balancer}" in kubelet
+
+    # The etcd cluster: each node's apiserver uses every member, its own first; every member
+    # is healthy (which needs quorum), and all three are members of one cluster, peer URLs over TLS.
+    for node, url in zip(control_planes, info.etcd):
+        servers = _manifest_flags(node.root, "kube-apiserver")["--etcd-servers"].split(",")
+        assert servers[0] == url and sorted(servers) == sorted(info.etcd)
+        assert _manifest_flags(node.root, "etcd")["--advertise-client-urls"] == url
+        status, body = _etcd_call(url, node.root, "GET", "/health")
+        assert (status, json.loads(body)["health"]) == (200, "true"), (node.name, body)
+    ids = {}
+    for node, url in zip(control_planes, info.etcd):
+        status, body = _etcd_call(url, node.root, "POST", "/v3/cluster/member/list")
+        assert status == 200, body
+        members = json.loads(body)["members"]
+        assert sorted(m["name"] for m in members) == [n.name for n in control_planes], members
+        peers = {m["name"]: m["peerURLs"] for m in members}
+        assert peers == {n.name: [_manifest_flags(n.root, "etcd")["--initial-advertise-peer-urls"]]
+                         for n in control_planes}
+        assert all(u.startswith("https://127.0.0.1:") for urls in peers.values() for u in urls)
+        assert len({u for urls in peers.values() for u in urls}) == 3
+        ids = {m["name"]: format(int(m["ID"]), "x") for m in members}
+    # Quorum alone could hide a broken link between two members: every member is connected to
+    # both others (etcd_network_active_peers is 1 per connected peer).
+    for node, url in zip(control_planes, info.etcd):
+        status, body = _etcd_call(url, node.root, "GET", "/metrics")
+        active = {line.split("Remote=\"")[1].split("\"")[0]: float(line.rsplit(" ", 1)[1])
+                  for line in body.decode().splitlines() if line.startswith("etcd_network_active_peers{")}
+        assert active == {ids[n.name]: 1.0 for n in control_planes if n.name != node.name}, (node.name, active)
+    # A client certificate of the same subject from another CA is refused: the members check them.
+    stranger = client_cert(pki.new_ca("etcd-ca", now=dt.datetime.now(dt.timezone.utc), key=pki.KeySpec("ECDSA", 256)),
+                           "kube-etcd-healthcheck-client")
+    etcd_ca = Path(control_planes[0].root) / "etc/kubernetes/pki/etcd/ca.crt"
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request_as(info.etcd[0], etcd_ca, stranger, "GET", "/health")
 
 
 def _leaf_certificates(root: Path, leaf) -> list[tuple[str, bytes]]:

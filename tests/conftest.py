@@ -32,9 +32,9 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 # UNLISTED_SECONDS.
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
-    SHARED_CLUSTER: 175,  # 166 + 9 s of test_drift.py's drift as its ServiceAccount during a rotation
+    SHARED_CLUSTER: 150,  # test_drift.py, test_sandbox.py (its HA sandbox now test_ha.py's) and the others
     "tests/integration/test_authorities.py": 560,
-    "tests/integration/test_ha.py": 235,
+    "tests/integration/test_ha.py": 225,
     "tests/integration/test_workloads.py": 200,
     "tests/integration/test_fleet.py": 95,
     "tests/integration/test_admin_mode.py": 92,

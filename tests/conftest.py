@@ -33,7 +33,7 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
     SHARED_CLUSTER: 150,  # test_drift.py, test_sandbox.py (its HA sandbox now test_ha.py's) and the others
-    "tests/integration/test_authorities.py": 560,
+    "tests/integration/test_authorities.py": 400,
     "tests/integration/test_ha.py": 225,
     "tests/integration/test_workloads.py": 200,
     "tests/integration/test_fleet.py": 95,

@@ -463,6 +463,9 @@ def _fleet_failure(outcome: FleetOutcome, clusters: int) -> CareconcileError:
     return error
 
 
+PLANNED_PREFIX = "planned: "
+
+
 def log_header(operation: str, cluster: ClusterPlan, until: int | None) -> str:
     """The first line an authority's run writes to the log: the cluster, the authority (one
     log holds every authority of a run), how many actions, from which CA to which."""
@@ -482,6 +485,9 @@ def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, a
     desired = resolve_authority(loaded.document, access.cluster, access.layout.name)
     log = open_log(access, plan.operation)
     log.write(log_header(plan.operation, cluster, until))
+    # What this run re-derived and set out to do, in order: a run that dies leaves a record
+    # of what it meant to do after its last "done" line.
+    log.write(f"{PLANNED_PREFIX}{json.dumps([action.id for action in cluster.actions])}")
 
     def on_event(kind: str, action: Action, details: dict) -> None:
         if kind == "start":

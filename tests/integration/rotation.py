@@ -27,6 +27,7 @@ from reconciler.core import kubeadm, kubeconfig, pki
 from reconciler.core.authorities import CLUSTER_CA
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target, load_kubeconfig
+from reconciler.shell.session import PLANNED_PREFIX
 
 PRIVATE_KEY_HEADER = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 ROOT = Path(__file__).resolve().parents[2]
@@ -435,26 +436,39 @@ def stop_at_every_action_boundary(spec: Path, workspace: Path, planned: list[str
                                   after_each: Callable[[CLIResult, str], None] | None = None) -> int:
     """Run ``apply SPEC`` again and again, each run stopped by ``signal_name`` right after its
     first action (the executor's test hook sends it), until none of the ``planned`` action
-    ids remains: after each stop, planning again (``remaining``, the ids of the actions
-    left) yields exactly the actions that were left. A SIGKILLed run leaves its lock for the next run to take over;
-    a SIGTERMed one exits 143 after its cleanup. ``after_each`` looks at each stopped run
-    (and the action it did) before the next one starts. Returns the number of runs, which
-    is the number of actions first planned."""
+    ids remains: each run re-derives its plan from the spec and the live cluster, and that
+    plan is exactly the actions that were left, whatever moment the run before stopped at.
+    Each run's log records the ids it planned for the authority it worked on, and its
+    progress the number of actions planned for all of them; once all are done, planning
+    again (``remaining``, the ids of the actions left) yields none. A SIGKILLed run leaves
+    its lock for the next run to take over; a SIGTERMed one exits 143 after its cleanup.
+    ``after_each`` looks at each stopped run (and the action it did) before the next one
+    starts. Returns the number of runs, which is the number of actions first planned."""
     from reconciler.shell.executor import CRASH_AFTER_ENV, CRASH_SIGNAL_ENV
 
     expected = {"SIGKILL": -9, "SIGTERM": 143}[signal_name]
     left, runs = list(planned), 0
     while left:
+        logs_before = set(workspace.glob("*/log/*/*.log"))
         result = careconcile("apply", str(spec), "--auto-approve", workspace=workspace,
                              env={CRASH_AFTER_ENV: "1", CRASH_SIGNAL_ENV: signal_name})
         assert result.returncode == expected, \
             f"run {runs + 1} did not end by {signal_name}: {result.returncode}\n{result.stdout[-2000:]}{result.stderr}"
         runs += 1
+        # The run's plan is exactly the actions that were left: its first authority's ids
+        # (its log), and as many actions in all (its progress counts them).
+        logs = sorted(set(workspace.glob("*/log/*/*.log")) - logs_before)
+        assert len(logs) == 1, f"run {runs}: expected the log of one authority's run, found {logs}"
+        lines = [line.split(PLANNED_PREFIX, 1)[1] for line in logs[0].read_text().splitlines()
+                 if PLANNED_PREFIX in line]
+        assert len(lines) == 1, f"run {runs}: {logs[0]} records no plan"
+        ids = json.loads(lines[0])
+        assert ids == left[:len(ids)], f"run {runs} ({left[0]}): its plan differs from the actions left"
+        assert f"[1/{len(left)}] " in result.stdout, \
+            f"run {runs} ({left[0]}): it did not plan {len(left)} actions in all:\n{result.stdout[-2000:]}"
         if after_each is not None:
             after_each(result, left[0])
-        now = remaining()
-        # Planning again yields exactly the actions that were left, whatever moment the run stopped at.
-        assert now == left[1:], f"after run {runs} ({left[0]}): plan differs"
-        left = now
+        left = left[1:]
+    assert remaining() == [], "after the last run, planning again still finds actions"
     assert runs == len(planned)
     return runs

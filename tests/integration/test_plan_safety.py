@@ -1,4 +1,9 @@
-"""Saved plans that went stale, concurrent applies, --until and rollback, on one sandbox."""
+"""Saved plans that went stale, concurrent applies, --until and rollback, on one sandbox.
+
+careconcile reaches it as most managed clusters are reached: through an exec credential
+plugin (a real script), which hands out the client certificate of the control plane's
+admin.conf, so that when a rotation reissues that certificate the plugin gives the new one
+(after a 401, careconcile runs it again)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from reconciler.core.plan import FORMAT_VERSION
 from reconciler.shell.kube import KubeconfigClient
 from reconciler.shell.lock import ClusterLock
 
+from . import exec_plugin
 from .rotation import (
     assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, record_ca, rejects_client_of,
     set_rotation,
@@ -22,7 +28,17 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def undo(start_sandbox):
     info = start_sandbox("undo", control_planes=1, workers=2)
+    spec = Path(info.spec)
+    through_plugin = exec_plugin.plugin_kubeconfig(
+        Path(info.kubeconfig), Path(info.nodes[0].root) / "etc/kubernetes/admin.conf", spec.parent)
+    text = spec.read_text()
+    assert f"kubeconfig: {info.kubeconfig}\n" in text
+    spec.write_text(text.replace(f"kubeconfig: {info.kubeconfig}\n", f"kubeconfig: {through_plugin}\n"))
     return info, record_ca(info)
+
+
+def plugin_runs(info) -> int:
+    return exec_plugin.runs(Path(info.spec).parent / "exec-kubeconfig")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +85,16 @@ def test_a_second_apply_is_refused_by_the_lock(undo, workspace):
 def test_rollback_after_phase_3_returns_the_cluster_to_the_old_ca(undo, workspace):
     info, old = undo
     spec = Path(info.spec)
+    before = plugin_runs(info)
     reissued = careconcile("apply", str(spec), "--auto-approve", "--until", "reissue", workspace=workspace)
     assert reissued.returncode == 0, reissued.stdout[-2000:] + reissued.stderr
     new = record_ca(info)
     assert new.cert != old.cert  # phase 3 done: the cluster signs with the new CA
+    # Through the plugin: it ran (its stderr is in the apply's log or on stderr, never stdout).
+    assert plugin_runs(info) > before
+    assert "sandbox-plugin" not in reissued.stdout
+    logs = sorted(workspace.glob(f"{info.name}/log/apply-*/apply.log"))
+    assert "sandbox-plugin: handing out" in reissued.stderr + logs[-1].read_text()
 
     rolled = careconcile("rollback", str(spec), "--auto-approve", workspace=workspace)
     assert rolled.returncode == 0, rolled.stdout[-2000:] + rolled.stderr
@@ -83,7 +105,22 @@ def test_rollback_after_phase_3_returns_the_cluster_to_the_old_ca(undo, workspac
     # The rolled-back rotation counts as consumed: the spec's rotation 1 asks for nothing more.
     again = careconcile("plan", str(spec), "--detailed-exitcode", workspace=workspace)
     assert again.returncode == 0, again.stdout + again.stderr
+    drift = careconcile("drift", str(spec), workspace=workspace)  # drift, too, through the plugin
+    assert drift.returncode == 0, drift.stdout + drift.stderr
     assert_no_private_key_in_files(workspace)
+
+
+def test_a_plugin_that_fails_is_an_error_naming_it_and_its_install_hint(undo, tmp_path):
+    info, _ = undo
+    failing = exec_plugin.plugin_kubeconfig(Path(info.kubeconfig), Path(info.kubeconfig), tmp_path, fail=True)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(Path(info.spec).read_text().replace(str(Path(info.spec).parent / "exec-kubeconfig"), str(failing)))
+    planned = careconcile("plan", str(spec), workspace=tmp_path / "ws")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert f"exec credential plugin '{tmp_path / 'exec-kubeconfig-plugin'}'" in planned.stderr
+    assert "exited with status 1" in planned.stderr and "no credential for you" in planned.stderr
+    assert f"hint: {exec_plugin.INSTALL_HINT}" in planned.stderr
+    assert "Traceback" not in planned.stderr and "no credential for you" not in planned.stdout
 
 
 def test_rollback_without_a_rotation_in_progress_is_refused(undo, workspace):

@@ -108,6 +108,11 @@ def test_a_rewrite_goes_to_the_one_file_that_holds_the_entry_and_is_refused_when
     assert merged.file_of("users", "u") == str(first)
     with pytest.raises(PKIError, match=rf"cluster 'a' is in 2 files \({first}, {second}\)"):
         merged.file_of("clusters", "a")
+    # A spec names one file: the one that holds a context with its cluster and user, if there is one.
+    assert merged.home_of("x") == str(first)
+    spread = _kubeconfig.read_files([write(tmp_path / "users", config([], [("v", {})], [("y", {"cluster": "b",
+                                                                                            "user": "v"})])), second])
+    assert spread.home_of("y") is None
 
 
 def test_the_hostile_input_limits_hold_for_each_file_of_the_list(tmp_path):

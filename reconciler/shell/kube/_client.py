@@ -370,10 +370,12 @@ class KubeconfigClient(KubeClient):
                  log: Log | None = None) -> None:
         paths = [Path(p) for p in path] if isinstance(path, list) else kubeconfig_paths(
             Path(path) if path is not None else None)
-        self.path = paths[0]
         self.paths = paths
         credentials = KubeconfigCredentials(paths, context)
         self.context = credentials.context  # pinned
+        # The one file that holds the context, its cluster and its user; None when KUBECONFIG's
+        # files spread them over several (a spec names one kubeconfig file).
+        self.path = credentials.home
         super().__init__(credentials, timeout=timeout, log=log)
 
 

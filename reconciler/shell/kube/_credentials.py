@@ -234,8 +234,12 @@ class KubeconfigCredentials:
         self.paths = [Path(p) for p in paths]
         self.name = describe_paths(self.paths)
         self._signatures = self._stat()
-        self._inner = TargetCredentials(target_of(read_files(self.paths), context))
+        merged = read_files(self.paths)
+        self._inner = TargetCredentials(target_of(merged, context))
         self.context = self._inner.target.context
+        # The one file that holds the context, its cluster and its user (None: spread over several).
+        home = merged.home_of(self.context) if self.context else None
+        self.home = Path(home) if home is not None else None
         self._lock = threading.Lock()
 
     def _stat(self) -> list[tuple[int, int] | None]:

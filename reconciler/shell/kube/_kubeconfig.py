@@ -162,6 +162,20 @@ class Merged:
         return holders[0]
 
 
+    def home_of(self, context: str) -> str | None:
+        """The one file that holds ``context`` and its cluster and user entries, or None when
+        they are spread over several files: a spec that names one kubeconfig file can name
+        that one alone."""
+        found = self.entries["contexts"].get(context)
+        if found is None:
+            return None
+        details, home, _ = found
+        for section, name in (("clusters", details.get("cluster")), ("users", details.get("user"))):
+            if name and (self.entries[section].get(name) or (None, None, None))[1] != home:
+                return None
+        return home
+
+
 _SECTIONS = {"clusters": "cluster", "users": "user", "contexts": "context"}
 
 

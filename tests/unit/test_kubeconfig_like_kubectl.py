@@ -371,6 +371,15 @@ def test_5xx_is_sent_again_for_a_get_only_with_jittered_exponential_waits():
     assert slept == [] and len(transport.sent) == 1
 
 
+def test_a_probe_without_backoff_budget_sees_the_first_answer():
+    transport = FakeTransport((503, {}))
+    probe = KubeClient(kube.KubeTarget(name="k", server="https://127.0.0.1:1", ca_pem=CA), transport=transport,
+                       backoff_budget=0, sleep=lambda seconds: pytest.fail("a probe waited"))
+    with pytest.raises(APIError, match="503") as error:
+        probe.get("/readyz")
+    assert error.value.hint is None and len(transport.sent) == 1
+
+
 def test_backoff_stops_at_its_budget_with_a_hint():
     client, transport, slept, _ = busy_client(*[(429, {"retry-after": "20"})] * 3)
     with pytest.raises(APIError) as error:

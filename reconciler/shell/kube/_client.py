@@ -97,10 +97,13 @@ class KubeClient:
 
     def __init__(self, credentials: KubeTarget | Credentials, *, timeout: float = 10.0,
                  transport: Transport | None = None, log: Log | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 backoff_budget: float = BACKOFF_BUDGET_SECONDS) -> None:
         self.credentials: Credentials = TargetCredentials(credentials) if isinstance(credentials, KubeTarget) \
             else credentials
         self.timeout = timeout
+        # 0 for a probe of one instance, which asks again on its own schedule.
+        self.backoff_budget = backoff_budget
         self.log: Log = log or _stderr_log
         self._sleep = sleep
         self._guard = threading.RLock()
@@ -274,13 +277,13 @@ class KubeClient:
                 if self._refreshed(target):
                     continue
             retry = retry_wait(method, status, answer_headers.get("retry-after"), attempt)
-            if retry is None:
+            if retry is None or self.backoff_budget <= 0:
                 raise _api_error(what, status, data)
             wait, why = retry
-            if waited + wait > BACKOFF_BUDGET_SECONDS:
+            if waited + wait > self.backoff_budget:
                 error = _api_error(what, status, data)
                 error.hint = (f"the server was still busy after {attempt} attempts and {waited:.1f} s of waiting "
-                              f"(at most {BACKOFF_BUDGET_SECONDS:g} s per request)")
+                              f"(at most {self.backoff_budget:g} s per request)")
                 raise error
             self.log(f"{what}: {status} {_reason(status)}; waiting {wait:.2f} s ({why}) before attempt "
                      f"{attempt + 1}")

@@ -32,10 +32,11 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
 
 
 def plugin_kubeconfig(kubeconfig_path: Path, credentials_from: Path, directory: Path, *, fail: bool = False,
-                      name: str = "exec-kubeconfig") -> Path:
+                      name: str = "exec-kubeconfig", user_fields: dict | None = None) -> Path:
     """A copy of ``kubeconfig_path`` (its clusters, contexts and CA data) whose users run a
-    plugin in ``directory`` that hands out the credentials ``credentials_from`` embeds.
-    Each run appends a line to ``directory / (name + '.runs')``."""
+    plugin in ``directory`` that hands out the credentials ``credentials_from`` embeds (and
+    hold ``user_fields`` besides, e.g. ``as``). Each run appends a line to
+    ``directory / (name + '.runs')``."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / f"{name}-plugin"
     runs = directory / f"{name}.runs"
@@ -44,7 +45,8 @@ def plugin_kubeconfig(kubeconfig_path: Path, credentials_from: Path, directory: 
     document = kubeconfig.parse(kubeconfig_path.read_bytes(), source=str(kubeconfig_path))
     exec_spec = {"apiVersion": "client.authentication.k8s.io/v1", "command": f"./{script.name}",
                  "interactiveMode": "Never", "installHint": INSTALL_HINT}
-    document["users"] = [{"name": entry["name"], "user": {"exec": exec_spec}} for entry in document["users"]]
+    document["users"] = [{"name": entry["name"], "user": {"exec": exec_spec, **(user_fields or {})}}
+                         for entry in document["users"]]
     path = directory / name
     path.write_text(json.dumps(document))
     path.chmod(0o600)

@@ -23,9 +23,9 @@ from reconciler.shell.kube._client import InClusterClient, KubeClient, Kubeconfi
 from reconciler.shell.kube._credentials import (SERVICEACCOUNT_DIR_ENV, CredentialPluginError, load_in_cluster,
                                                 serviceaccount_dir)
 from reconciler.shell.kube._kubeconfig import KubeTarget, kubeconfig_paths, kubeconfig_target, load_kubeconfig
-from reconciler.shell.kube._tls import _load_client_chain, tls_context
+from reconciler.shell.kube._tls import tls_context
 from reconciler.shell.kube._transport import HTTPSTransport, Transport
 
 __all__ = ["CredentialPluginError", "HTTPSTransport", "InClusterClient", "KubeClient", "KubeTarget",
            "KubeconfigClient", "SERVICEACCOUNT_DIR_ENV", "Transport", "kubeconfig_paths", "kubeconfig_target",
-           "load_in_cluster", "load_kubeconfig", "serviceaccount_dir", "tls_context", "_load_client_chain"]
+           "load_in_cluster", "load_kubeconfig", "serviceaccount_dir", "tls_context"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from reconciler._time import parse_time, utcnow
-from reconciler.errors import CareconcileError, ClusterUnreachableError
+from reconciler.errors import ClusterUnreachableError, CredentialPluginError
 from reconciler.shell.kube._kubeconfig import (ExecConfig, KubeTarget, check_token, describe_paths, read_files,
                                                read_token_file, target_of)
 
@@ -39,10 +39,6 @@ class Credentials(Protocol):
     def current(self, log: Log) -> KubeTarget: ...
 
     def refresh(self, log: Log) -> KubeTarget: ...
-
-
-class CredentialPluginError(CareconcileError):
-    """An exec credential plugin that could not be run or gave no usable credential."""
 
 
 # --- exec credential plugins --------------------------------------------------------------

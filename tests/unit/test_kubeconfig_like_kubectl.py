@@ -5,6 +5,7 @@ client's backoff on a busy server (a fake transport: the rule, not the network).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -271,6 +272,9 @@ def test_an_expired_credential_runs_the_plugin_again_and_a_401_once(tmp_path, mo
     with pytest.raises(APIUnauthorizedError):
         client.get("/api")  # 401, plugin again, 401 again: final
     assert runs(tmp_path) == before + 3
+    # What the client uses is static: a copy of it (a probe's target) does not run the plugin again.
+    KubeClient(dataclasses.replace(client.target, name="probe"), transport=FakeTransport((200, {}))).get("/api")
+    assert runs(tmp_path) == before + 3 and client.target.exec is None
 
 
 @pytest.mark.parametrize("setting, message", [

@@ -171,11 +171,12 @@ class TargetCredentials:
         token, cert, key, expiry = run_plugin(self.target.exec, log)  # type: ignore[arg-type]
         self._expiry = expiry
         # A plugin's certificate replaces the kubeconfig's; its token is sent with it, as kubectl does.
+        # The result is static (no exec): a copy of it (a probe's target) does not run the plugin again.
         resolved = KubeTarget(
             name=self.target.name, server=self.target.server, context=self.target.context,
             ca_pem=self.target.ca_pem, cert_pem=cert or self.target.cert_pem,
             key_pem=key if cert else self.target.key_pem, token=token or self.target.token,
-            headers=self.target.headers, token_file=self.target.token_file, exec=self.target.exec)
+            headers=self.target.headers)
         log(f"{self.target.exec.describe()}: gave a " + ("client certificate" if cert else "token")  # type: ignore[union-attr]
             + (f", valid until {expiry.isoformat()}" if expiry else ""))
         return resolved

@@ -398,3 +398,17 @@ def test_retry_wait_rules():
     assert _client.retry_wait("DELETE", 429, " 3 ", 1) == (3.0, "Retry-After")
     assert _client.retry_wait("GET", 504, "Wed, 21 Oct 2015 07:28:00 GMT", 2, rng=lambda: 1.0) == (1.0, "backoff")
     assert _client.retry_wait("GET", 503, None, 10, rng=lambda: 0.0) == (_client.BACKOFF_MAX_SECONDS / 2, "backoff")
+
+
+# --- update credentials without --kubeconfig ----------------------------------------------
+
+def test_update_credentials_without_kubeconfig_reads_kubeconfig_like_kubectl(tmp_path, monkeypatch, capsys):
+    from reconciler.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'gone'}:{tmp_path / 'also-gone'}")
+    code = main(["update", "credentials", "--cluster-ca", "--cluster-name", "u1", "--workspace", str(tmp_path)])
+    assert code == 1 and "KUBECONFIG names no kubeconfig file that exists" in capsys.readouterr().err
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path / "nobody"))
+    code = main(["update", "credentials", "--cluster-ca", "--cluster-name", "u1", "--workspace", str(tmp_path)])
+    assert code == 1 and f"{tmp_path / 'nobody' / '.kube' / 'config'} does not exist" in capsys.readouterr().err

@@ -1,10 +1,13 @@
 """An API server that is too busy for one user, by its own API Priority and Fairness: a
 PriorityLevelConfiguration of type Limited with no seats (nominalConcurrencyShares 0, nothing
-borrowed) that rejects, and a FlowSchema that sends that user's requests to it. Each of
-them gets 429 with Retry-After until the FlowSchema is deleted."""
+borrowed) that rejects, a FlowSchema that sends that user's requests to it, and load from the
+same user. A level lets one request through when nothing else of it executes (checked on
+kube-apiserver v1.37.2: without load, no request got 429), so the load keeps it busy: a
+request that arrives meanwhile gets 429, until the FlowSchema is deleted."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from reconciler.shell.kube import KubeClient, load_kubeconfig
 FLOWCONTROL = "/apis/flowcontrol.apiserver.k8s.io/v1"
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 NAME = "careconcile-busy"
+LOAD_THREADS = 3
 
 
 def grant_cluster_admin(kubeconfig: Path, user: str) -> None:
@@ -66,10 +70,29 @@ class Rejecting:
             return
         self.client.create(f"{FLOWCONTROL}/flowschemas", _flow_schema(self.user))
         began = time.monotonic()
-        while not self._stop.is_set() and not self.done() and time.monotonic() - began < self.longest:
-            time.sleep(0.05)
-        self._remove_flow_schema()
-        self.rejected_for = time.monotonic() - began
+        loaded = threading.Event()
+        load = [threading.Thread(target=self._load, args=(loaded,), daemon=True) for _ in range(LOAD_THREADS)]
+        for thread in load:
+            thread.start()
+        try:
+            while not self._stop.is_set() and not self.done() and time.monotonic() - began < self.longest:
+                time.sleep(0.05)
+        finally:
+            self._remove_flow_schema()
+            self.rejected_for = time.monotonic() - began
+            loaded.set()
+            for thread in load:
+                thread.join()
+
+    def _load(self, stop: threading.Event) -> None:
+        """The same user's requests, back to back, each answer ignored (most are 429s)."""
+        target = dataclasses.replace(self.client.target, headers=(("Impersonate-User", self.user),))
+        with KubeClient(target, backoff_budget=0) as client:
+            while not stop.is_set():
+                try:
+                    client.list("/api/v1/namespaces/kube-system/configmaps")
+                except Exception:  # noqa: BLE001 (a 429, or anything else: load only)
+                    pass
 
     def _remove_flow_schema(self) -> None:
         try:

@@ -56,7 +56,7 @@ from reconciler.core import kubeadm, pki  # noqa: E402
 from reconciler.core.pki import KeyPair, KeySpec, LeafRequest  # noqa: E402
 from reconciler.sandbox import _api  # noqa: E402
 from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths, node_path  # noqa: E402
-from reconciler.shell.kube import _load_client_chain, tls_context  # noqa: E402
+from reconciler.shell.kube._tls import _load_client_chain, tls_context  # noqa: E402
 
 NAME = "fpfacts"
 KEY = KeySpec("ECDSA", 256)

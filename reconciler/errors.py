@@ -73,6 +73,11 @@ class UntrustedServerError(ClusterUnreachableError):
     chain to (an aggregated apiserver and its APIService's caBundle, say)."""
 
 
+class CredentialPluginError(CareconcileError):
+    """A kubeconfig's exec credential plugin could not be run or gave no usable credential;
+    the message names the command, the hint is the kubeconfig's installHint."""
+
+
 class NodeUnreachableError(CareconcileError):
     """A node's files could not be reached (missing root directory, SSH failure)."""
 

@@ -42,7 +42,8 @@ def _add_target_options(parser: Any, *cluster_flags: str, default: Any = None) -
     parser.add_argument(*cluster_flags, dest="cluster_name", metavar="NAME", type=dns_label_argument("cluster name"),
                         default=default, help="the user cluster, as registered")
     parser.add_argument("--kubeconfig", type=Path, metavar="ADMIN_KUBECONFIG", default=default,
-                        help="kubeconfig of the admin (management) cluster")
+                        help="kubeconfig of the admin (management) cluster (default, as kubectl: the files "
+                             "KUBECONFIG lists, merged, else ~/.kube/config)")
     parser.add_argument("--context", metavar="CONTEXT", default=default,
                         help="context in ADMIN_KUBECONFIG (default: its current one)")
     parser.add_argument("--namespace", metavar="NS", type=dns_label_argument("namespace"), default=default,
@@ -59,10 +60,8 @@ def _update_credentials(args: argparse.Namespace) -> int:
     if args.authorities is not None and args.cluster_ca:
         raise UsageError("--cluster-ca rotates the cluster CA alone, certificate-authorities rotate all three: "
                          "give one of them")
-    missing = [flag for flag, value in (("--cluster-name", args.cluster_name), ("--kubeconfig", args.kubeconfig))
-               if value is None]
-    if missing:
-        raise UsageError(f"update credentials needs {' and '.join(missing)}")
+    if args.cluster_name is None:
+        raise UsageError("update credentials needs --cluster-name")
     outcome = credentials.update_cluster_ca(
         args.kubeconfig, args.cluster_name, context=args.context, namespace=args.namespace,
         workspace=session.workspace_root(args.workspace), phase_timeout=args.phase_timeout,

@@ -133,8 +133,9 @@ def _check_shape(document: dict[str, Any], source: str) -> None:
                                    f"it is {_kind(body[name])}")
 
 
-def _decode(data: Any, where: str) -> bytes:
-    """Base64 data of a kubeconfig; the error names where it is, never what it holds."""
+def decode_data(data: Any, where: str) -> bytes:
+    """Base64 data of a kubeconfig (``*-data``), line-wrapped or not: the one decoder of
+    kubeconfig data. The error names where it is, never what it holds."""
     try:
         return base64.b64decode("".join(str(data).split()), validate=True)  # wrapped lines are fine
     except (binascii.Error, ValueError) as exc:
@@ -148,7 +149,7 @@ def cluster_ca_pem(document: dict[str, Any], cluster: str, *, source: str) -> by
             data = (entry.get("cluster") or {}).get("certificate-authority-data")
             if not data:
                 raise PKIError(f"{source}: cluster {cluster!r} has no certificate-authority-data")
-            return _decode(data, f"{source}: cluster {cluster!r} certificate-authority-data")
+            return decode_data(data, f"{source}: cluster {cluster!r} certificate-authority-data")
     raise PKIError(f"{source}: no cluster named {cluster!r}")
 
 
@@ -191,7 +192,7 @@ def ca_certificates(document: dict[str, Any], *, source: str, scope: Scope = EVE
             continue
         data = (entry.get("cluster") or {}).get("certificate-authority-data")
         if data:
-            pem = _decode(data, f"{source}: cluster {entry.get('name', '')!r} certificate-authority-data")
+            pem = decode_data(data, f"{source}: cluster {entry.get('name', '')!r} certificate-authority-data")
             if pem not in seen:
                 seen.append(pem)
     if not seen:
@@ -220,9 +221,9 @@ def embedded_credentials(document: dict[str, Any], scope: Scope = EVERYTHING, *,
         if user.get("client-certificate-data") and _in_scope(entry.get("name", ""), scope.users):
             key = user.get("client-key-data")
             where = f"{source}: user {entry.get('name', '')!r}"
-            found.append((entry.get("name", ""), _decode(user["client-certificate-data"],
+            found.append((entry.get("name", ""), decode_data(user["client-certificate-data"],
                                                          f"{where} client-certificate-data"),
-                          _decode(key, f"{where} client-key-data") if key else None))
+                          decode_data(key, f"{where} client-key-data") if key else None))
     return found
 
 

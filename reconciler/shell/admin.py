@@ -359,8 +359,12 @@ def cluster_from_admin(admin_client: KubeconfigClient, name: str, namespace: str
                                     "cluster", hint=f"register the cluster: careconcile register {name} ...") from None
     path, context = getattr(admin_client, "path", None), getattr(admin_client, "context", None)
     if path is None:
+        files = getattr(admin_client, "paths", None)
         raise AdminClusterError("cluster_from_admin needs a client made from a kubeconfig file; the spec names the "
-                                "management cluster by its kubeconfig")
+                                "management cluster by its kubeconfig" + (
+                                    f", and the context {context!r} with its cluster and user is not in one of "
+                                    f"{', '.join(map(str, files))}" if files else ""),
+                                hint="give --kubeconfig with the file that holds the context" if files else None)
     try:
         return ClusterSpec.model_validate({
             "name": name,

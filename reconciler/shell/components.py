@@ -154,7 +154,7 @@ class ComponentRestarts:
             trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
             target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
                                          server=server or "", ca_pem=trust)
-        return KubeClient(target, timeout=5) if server else None
+        return KubeClient(target, timeout=5, backoff_budget=0) if server else None
 
     def _start_time(self, component: StaticPodComponent, node: str) -> float | None:
         """When the instance's process started (Unix seconds, its node's clock); None when it

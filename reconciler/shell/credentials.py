@@ -79,7 +79,7 @@ def _ssh_key(admin: KubeconfigClient, names: ManagementNames, directory: Path) -
     return path
 
 
-def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None, namespace: str | None,
+def update_cluster_ca(admin_kubeconfig: Path | None, name: str, *, context: str | None, namespace: str | None,
                       workspace: Path, phase_timeout: float, stream: TextIO = sys.stdout,
                       say: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
                       authorities: tuple[str, ...] = ("clusterCA",)) -> Outcome:
@@ -91,7 +91,7 @@ def update_cluster_ca(admin_kubeconfig: Path, name: str, *, context: str | None,
             raise UsageError(str(exc)) from None
     names = ManagementNames(name, namespace or default_namespace(name))
     workspace = workspace.resolve()  # the generated spec names files in it by absolute paths
-    admin = KubeconfigClient(admin_kubeconfig, context)
+    admin = KubeconfigClient(admin_kubeconfig, context)  # None: KUBECONFIG's files, merged, or ~/.kube/config
     accesses: dict[str, ClusterAccess] = {}
     key_file = None
     try:

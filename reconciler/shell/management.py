@@ -9,7 +9,6 @@ one back as a spec cluster is :mod:`reconciler.shell.admin`.
 from __future__ import annotations
 
 import base64
-import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,9 +20,9 @@ from reconciler.core.admin import (
 )
 from reconciler.core.pki import KeyPair
 from reconciler.errors import (
-    AdminClusterError, APIConflictError, APINotFoundError, APIUnauthorizedError, ClusterUnreachableError, PKIError,
+    AdminClusterError, APIConflictError, APINotFoundError, PKIError,
 )
-from reconciler.shell.kube import HTTPSTransport, KubeClient, KubeTarget, kubeconfig_target, tls_context
+from reconciler.shell.kube import KubeClient, KubeTarget, kubeconfig_target
 
 _ATTEMPTS = 5  # a Secret another writer changes in between is read and changed again
 
@@ -139,38 +138,31 @@ class ManagementAccess:
         self.client.close()
 
 
+class _SecretCredentials:
+    """The user cluster's credentials from the kubeconfig Secret: read when the client starts,
+    and again on a refresh (after a 401, a failed certificate check, or a rewrite of
+    careconcile's own)."""
+
+    def __init__(self, management: ManagementAccess) -> None:
+        self.management = management
+        self.target = management.user_target()
+        self.name = self.target.name
+
+    def current(self, log: Callable[[str], None]) -> KubeTarget:
+        return self.target
+
+    def refresh(self, log: Callable[[str], None]) -> KubeTarget:
+        self.target = self.management.user_target()
+        return self.target
+
+
 class SecretKubeconfigClient(KubeClient):
     """A client of the user cluster that authenticates with the kubeconfig in the Secret
     ``<name>-kubeconfig`` of the management cluster. A rotation rewrites that Secret:
     careconcile calls :meth:`reload` after each write of its own, and a request that fails
     on TLS verification or with 401 reloads the Secret once and is sent again (neither
-    reached the server's handlers, so sending again is safe)."""
+    reached the server's handlers, so sending again is safe; :class:`KubeClient` does it)."""
 
     def __init__(self, management: ManagementAccess, *, timeout: float = 10.0) -> None:
         self.management = management
-        super().__init__(management.user_target(), timeout=timeout)
-
-    def reload(self) -> None:
-        reloaded = self.management.user_target()
-        if reloaded.server != self.target.server:
-            raise ClusterUnreachableError(
-                f"{reloaded.name}: the server changed from {self.target.server} to {reloaded.server} "
-                "while careconcile was using it; not following it to another cluster")
-        self.close()
-        self.target = reloaded
-        context = tls_context(ca_pem=reloaded.ca_pem, cert_pem=reloaded.cert_pem, key_pem=reloaded.key_pem)
-        self.transport = HTTPSTransport(reloaded.server, context, timeout=self.timeout)
-
-    def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
-                content_type: str = "application/json") -> dict[str, Any]:
-        try:
-            return super().request(method, path, body, content_type)
-        except APIUnauthorizedError:
-            pass
-        except ClusterUnreachableError as exc:
-            # Only a failed certificate check says the request never reached a handler; an
-            # SSL error while reading the answer could follow a write that was carried out.
-            if not isinstance(exc.__cause__, ssl.SSLCertVerificationError):
-                raise
-        self.reload()
-        return super().request(method, path, body, content_type)
+        super().__init__(_SecretCredentials(management), timeout=timeout)

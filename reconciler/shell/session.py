@@ -508,10 +508,20 @@ def _run_cluster(plan: PlanDocument, cluster: ClusterPlan, loaded: LoadedSpec, a
         renew()
 
     executor = Executor(access, desired, on_event=on_event, phase_timeout=phase_timeout, heartbeat=heartbeat)
+    # What the API clients have to say (a busy server's backoff, an exec plugin's stderr)
+    # goes to this run's log while it runs.
+    clients = {id(c): c for c in (access.client, access.lock_client,
+                                  access.management.client if access.management is not None else None)
+               if isinstance(c, KubeClient)}
+    before = {key: client.log for key, client in clients.items()}
+    for client in clients.values():
+        client.log = lambda message: log.write(f"api: {message}")
     try:
         report = executor.run(cluster, until=until)
         log.write("stopped after phase %d" % until if report.stopped_after_phase else "finished")
     finally:
+        for key, client in clients.items():
+            client.log = before[key]
         log.close()
     return report
 

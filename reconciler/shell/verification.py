@@ -106,14 +106,14 @@ class Verifier:
             if layout.local_kubeconfigs and self.access.workspace_kubeconfig.is_file():
                 target = load_kubeconfig(self.access.workspace_kubeconfig)
                 try:
-                    with KubeClient(target, timeout=5) as client:
+                    with KubeClient(target, timeout=5, backoff_budget=0) as client:
                         client.get("/api")
                 except CareconcileError as exc:
                     problems.append(f"the new kubeconfig {self.access.workspace_kubeconfig} does not work: {exc}")
             management = self.access.management
             if management is not None and self.access.layout.management_kubeconfig:
                 try:
-                    with KubeClient(management.user_target(), timeout=5) as client:
+                    with KubeClient(management.user_target(), timeout=5, backoff_budget=0) as client:
                         client.get("/api")
                 except CareconcileError as exc:
                     problems.append(f"the kubeconfig in {management.kubeconfig_source} does not work: {exc}")

@@ -157,7 +157,8 @@ class Poller:
                 turn += 1
                 target = kubeconfig_target(text, source=str(self.kubeconfig), context=context,
                                            base=self.kubeconfig.parent)
-                with KubeClient(target, timeout=10) as client:
+                # No backoff: the poller measures what the API answers, a 503 included.
+                with KubeClient(target, timeout=10, backoff_budget=0) as client:
                     client.get(self.path)
                 server = target.server
             except Exception as exc:  # every failure counts, whatever its kind

@@ -1,4 +1,11 @@
-"""Saved plans that went stale, concurrent applies, --until and rollback, on one sandbox."""
+"""Saved plans that went stale, concurrent applies, --until and rollback, on one sandbox.
+
+careconcile reaches it as most managed clusters are reached: through an exec credential
+plugin (a real script), which hands out the client certificate of the control plane's
+admin.conf, so that when a rotation reissues that certificate the plugin gives the new one
+(after a 401, careconcile runs it again). It acts as the user careconcile-busy
+(impersonation, `as:`), for whom the API server's priority and fairness can be made to
+answer 429."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from reconciler.core.plan import FORMAT_VERSION
 from reconciler.shell.kube import KubeconfigClient
 from reconciler.shell.lock import ClusterLock
 
+from . import busy_apiserver, exec_plugin
 from .rotation import (
     assert_cluster_trusts_only, assert_no_private_key_in_files, careconcile, plan_json, record_ca, rejects_client_of,
     set_rotation,
@@ -18,11 +26,25 @@ from .rotation import (
 
 pytestmark = pytest.mark.integration
 
+BUSY_USER = "careconcile-busy"
+
 
 @pytest.fixture(scope="module")
 def undo(start_sandbox):
     info = start_sandbox("undo", control_planes=1, workers=2)
+    spec = Path(info.spec)
+    busy_apiserver.grant_cluster_admin(Path(info.kubeconfig), BUSY_USER)
+    through_plugin = exec_plugin.plugin_kubeconfig(
+        Path(info.kubeconfig), Path(info.nodes[0].root) / "etc/kubernetes/admin.conf", spec.parent,
+        user_fields={"as": BUSY_USER})
+    text = spec.read_text()
+    assert f"kubeconfig: {info.kubeconfig}\n" in text
+    spec.write_text(text.replace(f"kubeconfig: {info.kubeconfig}\n", f"kubeconfig: {through_plugin}\n"))
     return info, record_ca(info)
+
+
+def plugin_runs(info) -> int:
+    return exec_plugin.runs(Path(info.spec).parent / "exec-kubeconfig")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +91,30 @@ def test_a_second_apply_is_refused_by_the_lock(undo, workspace):
 def test_rollback_after_phase_3_returns_the_cluster_to_the_old_ca(undo, workspace):
     info, old = undo
     spec = Path(info.spec)
-    reissued = careconcile("apply", str(spec), "--auto-approve", "--until", "reissue", workspace=workspace)
+    before = plugin_runs(info)
+    earlier = set(workspace.glob(f"{info.name}/log/apply-*/apply.log"))
+
+    def run_log() -> str:
+        new_logs = set(workspace.glob(f"{info.name}/log/apply-*/apply.log")) - earlier
+        return next(iter(new_logs)).read_text() if new_logs else ""
+
+    # Once the run has begun its actions, the API server answers every request of careconcile's
+    # user with 429 (its priority level has no seats) until the log shows careconcile waiting.
+    with busy_apiserver.Rejecting(Path(info.kubeconfig), BUSY_USER, start=lambda: " start " in run_log(),
+                                  done=lambda: "429 TooManyRequests; waiting" in run_log()) as busy:
+        reissued = careconcile("apply", str(spec), "--auto-approve", "--until", "reissue", workspace=workspace)
     assert reissued.returncode == 0, reissued.stdout[-2000:] + reissued.stderr
+    waits = [line for line in run_log().splitlines() if "429 TooManyRequests; waiting" in line]
+    assert waits and "(Retry-After)" in waits[0] and busy.rejected_for is not None and busy.rejected_for < 20, \
+        run_log()[-3000:]
+    print(f"\n429s for {busy.rejected_for:.1f} s; careconcile waited {len(waits)} times, e.g. {waits[0]}")
     new = record_ca(info)
     assert new.cert != old.cert  # phase 3 done: the cluster signs with the new CA
+    # Through the plugin: it ran (its stderr is in the apply's log or on stderr, never stdout).
+    assert plugin_runs(info) > before
+    assert "sandbox-plugin" not in reissued.stdout
+    logs = sorted(workspace.glob(f"{info.name}/log/apply-*/apply.log"))
+    assert "sandbox-plugin: handing out" in reissued.stderr + logs[-1].read_text()
 
     rolled = careconcile("rollback", str(spec), "--auto-approve", workspace=workspace)
     assert rolled.returncode == 0, rolled.stdout[-2000:] + rolled.stderr
@@ -83,7 +125,22 @@ def test_rollback_after_phase_3_returns_the_cluster_to_the_old_ca(undo, workspac
     # The rolled-back rotation counts as consumed: the spec's rotation 1 asks for nothing more.
     again = careconcile("plan", str(spec), "--detailed-exitcode", workspace=workspace)
     assert again.returncode == 0, again.stdout + again.stderr
+    drift = careconcile("drift", str(spec), workspace=workspace)  # drift, too, through the plugin
+    assert drift.returncode == 0, drift.stdout + drift.stderr
     assert_no_private_key_in_files(workspace)
+
+
+def test_a_plugin_that_fails_is_an_error_naming_it_and_its_install_hint(undo, tmp_path):
+    info, _ = undo
+    failing = exec_plugin.plugin_kubeconfig(Path(info.kubeconfig), Path(info.kubeconfig), tmp_path, fail=True)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(Path(info.spec).read_text().replace(str(Path(info.spec).parent / "exec-kubeconfig"), str(failing)))
+    planned = careconcile("plan", str(spec), workspace=tmp_path / "ws")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    assert f"exec credential plugin '{tmp_path / 'exec-kubeconfig-plugin'}'" in planned.stderr
+    assert "exited with status 1" in planned.stderr and "no credential for you" in planned.stderr
+    assert f"hint: {exec_plugin.INSTALL_HINT}" in planned.stderr
+    assert "Traceback" not in planned.stderr and "no credential for you" not in planned.stdout
 
 
 def test_rollback_without_a_rotation_in_progress_is_refused(undo, workspace):

@@ -9,7 +9,6 @@ import base64
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_targe
 from reconciler.shell.lock import current_lock
 from reconciler.shell.specfile import load_spec
 
+from . import exec_plugin
 from .helpers import wait_until
 from .rotation import (
     POLL_GAP_SECONDS, Poller, assert_no_private_key, assert_no_private_key_in_files, assert_nodes_trust_only,
@@ -55,10 +55,11 @@ def user(start_sandbox, admin):
 
 @pytest.fixture
 def newcomer(admin, tmp_path) -> Path:
-    """A fresh directory with nothing but a copy of the admin kubeconfig."""
+    """A fresh directory with nothing but the admin kubeconfig, whose user authenticates as
+    most admin clusters' users do: through an exec credential plugin (a real script beside
+    it, which hands out the admin sandbox's client certificate)."""
     directory = tmp_path / "operator"
-    directory.mkdir()
-    shutil.copy(admin.kubeconfig, directory / "admin-kubeconfig")
+    exec_plugin.plugin_kubeconfig(Path(admin.kubeconfig), Path(admin.kubeconfig), directory, name="admin-kubeconfig")
     return directory
 
 
@@ -66,14 +67,15 @@ CLUSTER_CA_ONLY = ("--cluster-ca", "--cluster-name", USER)
 ALL_THREE = ("certificate-authorities", "rotate", "--cluster", USER)
 
 
-def update_credentials(directory: Path, form: tuple[str, ...] = CLUSTER_CA_ONLY, **popen) -> subprocess.Popen:
+def update_credentials(directory: Path, form: tuple[str, ...] = CLUSTER_CA_ONLY, *,
+                       kubeconfig: tuple[str, ...] = ("--kubeconfig", "admin-kubeconfig"), **popen) -> subprocess.Popen:
     """The command exactly as the docs give it (``form``: the cluster CA alone, or
     certificate-authorities rotate), run in ``directory``, with no CARECONCILE_WORKSPACE:
     the workspace is ./careconcile-workspace there."""
-    env = {key: value for key, value in os.environ.items() if key != "CARECONCILE_WORKSPACE"}
+    env = {key: value for key, value in os.environ.items() if key not in ("CARECONCILE_WORKSPACE", "KUBECONFIG")}
     env.update(popen.pop("env", {}))
     return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "update", "credentials", *form, "--kubeconfig", "admin-kubeconfig"],
+        [sys.executable, "-m", "reconciler", "update", "credentials", *form, *kubeconfig],
         cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -201,7 +203,10 @@ def test_update_credentials_killed_then_certificate_authorities_rotate_finishes_
             assert "[25/" in killed_stdout and "[26/" not in killed_stdout
             assert locks_held_by(admin, killed.pid), "the killed run left its lock behind"
 
-            rerun = update_credentials(newcomer, ALL_THREE)
+            # The second run without --kubeconfig: as kubectl, it reads the files KUBECONFIG lists
+            # (empty and missing entries skipped).
+            rerun = update_credentials(newcomer, ALL_THREE, kubeconfig=(),
+                                       env={"KUBECONFIG": f"{newcomer / 'absent'}::admin-kubeconfig"})
             # Once the second run holds both Leases of the lock, a change to that cluster by
             # another careconcile command is refused, naming the rotation. The second run is
             # paused meanwhile (its lock held), so that it cannot finish before they are asked.
@@ -219,6 +224,9 @@ def test_update_credentials_killed_then_certificate_authorities_rotate_finishes_
             returncode, stdout, stderr = finish(rerun)
     assert returncode == 0, stdout + stderr
     assert "Finishing the interrupted rotation of the CAs (clusterCA, etcdCA, frontProxyCA)" in stdout
+    # Both runs reached the admin cluster through the plugin, whose stderr is never on stdout.
+    assert exec_plugin.runs(newcomer / "admin-kubeconfig") >= 2
+    assert "sandbox-plugin: handing out" in killed_stderr and "sandbox-plugin" not in killed_stdout + stdout
     assert "took over the stale lock" in stderr
     for refused in (competing, plain):
         assert refused.returncode == 1, refused.stdout + refused.stderr

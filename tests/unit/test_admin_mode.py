@@ -309,9 +309,8 @@ def transports(monkeypatch):
         opened.append(material["cert_pem"])
         return None
 
-    for module in (kube, management):
-        monkeypatch.setattr(module, "HTTPSTransport", transport)
-        monkeypatch.setattr(module, "tls_context", context)
+    monkeypatch.setattr(kube._client, "HTTPSTransport", transport)  # where the one client opens connections
+    monkeypatch.setattr(kube._client, "tls_context", context)
     return queue, opened
 
 

@@ -205,7 +205,7 @@ def test_an_unchanged_directory_is_not_read_again(mounted, monkeypatch):
     client = InClusterClient()
     client.transport = Recording()
     reads = []
-    monkeypatch.setattr(kube, "load_in_cluster", lambda directory=None: reads.append(directory))
+    monkeypatch.setattr(kube._credentials, "load_in_cluster", lambda directory=None: reads.append(directory))
     client.get("/api")
     client.get("/api")
     assert reads == []
@@ -223,7 +223,7 @@ def test_a_new_ca_gets_a_new_connection_that_trusts_it(mounted, cas, monkeypatch
             opened.append(self)
             self.server, self.context = server, context
 
-    monkeypatch.setattr(kube, "HTTPSTransport", Opened)
+    monkeypatch.setattr(kube._client, "HTTPSTransport", Opened)
     mounted.write(token="token-1", ca_pem=pki.bundle_pem([cas[0].cert, cas[1].cert]))  # kube-root-ca.crt moved on
     client.get("/api")
     (new,) = opened

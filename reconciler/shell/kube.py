@@ -34,6 +34,7 @@ from reconciler._time import monotonic, parse_http_date
 from reconciler.core import kubeconfig, yamldoc
 from reconciler.errors import (APIConflictError, APIError, APIForbiddenError, APINotFoundError,
                                APIUnauthorizedError, ClusterUnreachableError, PKIError)
+from reconciler.shell import proxy
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -141,6 +142,9 @@ class KubeTarget:
     token: str | None = field(default=None, repr=False)
     # Sent with every request: a front proxy's X-Remote-User, for one.
     headers: tuple[tuple[str, str], ...] = ()
+    # The cluster's tls-server-name and proxy-url (reconciler.shell.proxy); a proxy URL may hold a password.
+    tls_server_name: str | None = None
+    proxy_url: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         return f"{self.name} ({self.server})"
@@ -177,6 +181,8 @@ def _data_or_file(section: dict[str, Any], key: str, base: Path | None, where: s
 # RFC 6750's b64token: what a bearer token may hold. A token with a line break would add a
 # header to every request (http.client refuses it, quoting the token in its error).
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+# A kubeconfig's tls-server-name: a DNS name or an IP address, as TLS's SNI and certificate check take it.
+_SERVER_NAME = re.compile(r"[A-Za-z0-9.:_-]+")
 
 
 def _check_server(server: str, where: str) -> None:
@@ -232,6 +238,10 @@ def kubeconfig_target(text: str | bytes, *, source: str, context: str | None = N
     if not server:
         raise ClusterUnreachableError(f"{where}: cluster {cluster_entry['name']!r} has no server")
     _check_server(server, f"{where}: cluster {cluster_entry['name']!r}")
+    tls_server_name, proxy_url = cluster.get("tls-server-name") or None, cluster.get("proxy-url") or None
+    if tls_server_name is not None and not _SERVER_NAME.fullmatch(tls_server_name):
+        raise ClusterUnreachableError(f"{where}: cluster {cluster_entry['name']!r}: tls-server-name is not a host name")
+    proxy.choose(server, proxy_url, f"{where}: cluster {cluster_entry['name']!r}")  # refuses what is unusable
     ca_pem = _data_or_file(cluster, "certificate-authority", base, where)
     if ca_pem is None:
         raise PKIError(f"{where}: cluster {cluster_entry['name']!r} has no certificate-authority(-data); "
@@ -263,6 +273,8 @@ def kubeconfig_target(text: str | bytes, *, source: str, context: str | None = N
         cert_pem=_data_or_file(user, "client-certificate", base, where),
         key_pem=_data_or_file(user, "client-key", base, where),
         token=token or None,
+        tls_server_name=tls_server_name,
+        proxy_url=proxy_url,
     )
 
 
@@ -288,7 +300,8 @@ class HTTPSTransport:
     sending, and after the request was sent only for a GET, since anything else may have
     reached the server and been carried out."""
 
-    def __init__(self, server: str, context: ssl.SSLContext, *, timeout: float) -> None:
+    def __init__(self, server: str, context: ssl.SSLContext, *, timeout: float, server_name: str | None = None,
+                 proxy_url: str | None = None) -> None:
         url = urlsplit(server)
         if url.scheme != "https" or not url.hostname:
             raise ClusterUnreachableError(f"server {server!r}: careconcile talks to https:// servers only")
@@ -297,6 +310,8 @@ class HTTPSTransport:
         self.base_path = url.path.rstrip("/")
         self.context = context
         self.timeout = timeout
+        self.server_name = server_name
+        self.proxy = proxy.choose(server, proxy_url, "the cluster's kubeconfig")
         self._local = threading.local()
         self._connections: set[http.client.HTTPSConnection] = set()
         self._guard = threading.Lock()
@@ -320,7 +335,8 @@ class HTTPSTransport:
             self._drop()
         if self._connection is not None:
             return self._connection, True
-        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
+        connection = proxy.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout,
+                                           server_name=self.server_name, proxy=self.proxy)
         self._local.connection = connection
         with self._guard:
             self._connections.add(connection)
@@ -371,6 +387,13 @@ class HTTPSTransport:
         self._local = threading.local()
 
 
+def https_transport(target: KubeTarget, *, timeout: float) -> HTTPSTransport:
+    """The transport to ``target``: its CA and client certificate, tls-server-name and proxy."""
+    context = tls_context(ca_pem=target.ca_pem, cert_pem=target.cert_pem, key_pem=target.key_pem)
+    return HTTPSTransport(target.server, context, timeout=timeout, server_name=target.tls_server_name,
+                          proxy_url=target.proxy_url)
+
+
 # --- the client --------------------------------------------------------------------------
 
 class KubeClient:
@@ -384,10 +407,7 @@ class KubeClient:
         self.timeout = timeout
         # The Date of the server's last answer that had one, and when it arrived (monotonic).
         self._server_date: tuple[dt.datetime, float] | None = None
-        if transport is None:
-            context = tls_context(ca_pem=target.ca_pem, cert_pem=target.cert_pem, key_pem=target.key_pem)
-            transport = HTTPSTransport(target.server, context, timeout=timeout)
-        self.transport = transport
+        self.transport = transport or https_transport(target, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"KubeClient({self.target.describe()})"
@@ -552,6 +572,8 @@ def _api_error(what: str, status: int, data: bytes) -> APIError:
 
 
 def _connection_failure(exc: BaseException) -> str:
+    if isinstance(exc, proxy.ProxyError):
+        return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS verification failed: {exc.verify_message or exc}"
     if isinstance(exc, ssl.SSLError):
@@ -596,8 +618,7 @@ class KubeconfigClient(KubeClient):
                     f"{reloaded.name}: the server changed from {self.target.server} to {reloaded.server} "
                     "while careconcile was using it; not following it to another cluster")
             self.target = reloaded
-            context = tls_context(ca_pem=self.target.ca_pem, cert_pem=self.target.cert_pem, key_pem=self.target.key_pem)
-            self.transport = HTTPSTransport(self.target.server, context, timeout=self.timeout)
+            self.transport = https_transport(self.target, timeout=self.timeout)
         return super().request(method, path, body, content_type)
 
 
@@ -671,8 +692,7 @@ class InClusterClient(KubeClient):
             reloaded = load_in_cluster(self.directory)
             if reloaded.ca_pem != self.target.ca_pem:
                 self.close()
-                context = tls_context(ca_pem=reloaded.ca_pem)
-                self.transport = HTTPSTransport(reloaded.server, context, timeout=self.timeout)
+                self.transport = https_transport(reloaded, timeout=self.timeout)
             self.target = reloaded
             self._signatures = signatures
         return super().request(method, path, body, content_type)

@@ -23,7 +23,7 @@ from reconciler.core.pki import KeyPair
 from reconciler.errors import (
     AdminClusterError, APIConflictError, APINotFoundError, APIUnauthorizedError, ClusterUnreachableError, PKIError,
 )
-from reconciler.shell.kube import HTTPSTransport, KubeClient, KubeTarget, kubeconfig_target, tls_context
+from reconciler.shell.kube import KubeClient, KubeTarget, https_transport, kubeconfig_target
 
 _ATTEMPTS = 5  # a Secret another writer changes in between is read and changed again
 
@@ -158,8 +158,7 @@ class SecretKubeconfigClient(KubeClient):
                 "while careconcile was using it; not following it to another cluster")
         self.close()
         self.target = reloaded
-        context = tls_context(ca_pem=reloaded.ca_pem, cert_pem=reloaded.cert_pem, key_pem=reloaded.key_pem)
-        self.transport = HTTPSTransport(reloaded.server, context, timeout=self.timeout)
+        self.transport = https_transport(reloaded, timeout=self.timeout)
 
     def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
                 content_type: str = "application/json") -> dict[str, Any]:

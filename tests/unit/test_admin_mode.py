@@ -302,16 +302,16 @@ def transports(monkeypatch):
     queue: list[FakeTransport] = []
     opened: list[KubeTarget] = []
 
-    def transport(server, context, *, timeout):
+    def transport(server, context, *, timeout, **reach):
         return queue.pop(0)
 
     def context(**material):
         opened.append(material["cert_pem"])
         return None
 
-    for module in (kube, management):
-        monkeypatch.setattr(module, "HTTPSTransport", transport)
-        monkeypatch.setattr(module, "tls_context", context)
+    # management builds its transports with kube.https_transport
+    monkeypatch.setattr(kube, "HTTPSTransport", transport)
+    monkeypatch.setattr(kube, "tls_context", context)
     return queue, opened
 
 

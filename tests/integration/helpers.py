@@ -133,3 +133,21 @@ def sandbox_processes(directory: str | Path) -> list[int]:
     """Live processes started from a sandbox: named in their command line or running in it."""
     return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
             if _runs_from(pid, Path(directory)) and process_alive(pid)]
+
+
+def merged_kubeconfig(paths: list[Path]) -> str:
+    """A stand-in for KUBECONFIG=a:b:c until careconcile reads it itself: the files merged by
+    kubectl's rules (clientcmd's loading rules), the first file that names a cluster, user or
+    context wins it, and the first that sets current-context wins that. Relative file
+    references are not resolved: the files must embed what they use."""
+    from reconciler.core import kubeconfig
+
+    merged: dict = {"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}
+    for path in paths:
+        document = kubeconfig.parse(path.read_text(), source=str(path))
+        for section in ("clusters", "users", "contexts"):
+            known = {entry["name"] for entry in merged[section]}
+            merged[section] += [entry for entry in document.get(section) or [] if entry["name"] not in known]
+        if document.get("current-context") and not merged.get("current-context"):
+            merged["current-context"] = document["current-context"]
+    return kubeconfig.dump(merged)

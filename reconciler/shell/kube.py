@@ -407,7 +407,7 @@ class KubeClient:
         self.timeout = timeout
         # The Date of the server's last answer that had one, and when it arrived (monotonic).
         self._server_date: tuple[dt.datetime, float] | None = None
-        self.transport = transport or https_transport(target, timeout=timeout)
+        self.transport = transport if transport is not None else https_transport(target, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"KubeClient({self.target.describe()})"

@@ -2,7 +2,8 @@
 ``golang.org/x/net/http/httpproxy`` (what net/http's ``ProxyFromEnvironment`` and so
 client-go apply) reads it. Pure: the caller passes the variables' values.
 
-The rules, as ``httpproxy.config.useProxy`` and ``init`` have them (golang.org/x/net v0.57.0, and as vendored in Go 1.26.8):
+The rules, as ``httpproxy.config.useProxy`` and ``init`` have them (golang.org/x/net v0.57.0,
+and as vendored in Go 1.26.8):
 
 - ``localhost`` and every loopback address (127.0.0.0/8, ::1) never go through the proxy
   of the environment, whatever ``NO_PROXY`` says. (A kubeconfig's ``proxy-url`` is not

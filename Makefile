@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # with two, the 2 cores sat idle 38% of a run (vmstat, docs/development.md), so three.
 PYTEST_WORKERS ?= 3
 
-.PHONY: install bytecode binaries extension-apiserver sshd haproxy demo test unit integration schemas clean
+.PHONY: install bytecode binaries extension-apiserver sshd haproxy tinyproxy demo test unit integration schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,16 +41,21 @@ sshd:
 haproxy:
 	hack/install-haproxy.sh
 
+# Debian's tinyproxy, unpacked into a cache: the HTTP proxy the tests send API traffic through
+# (a kubeconfig's proxy-url, docs/proxies.md).
+tinyproxy:
+	hack/install-tinyproxy.sh
+
 demo: install bytecode binaries
 	PATH="$(abspath $(BIN)):$$PATH" hack/demo.sh
 
-test: install bytecode binaries extension-apiserver sshd haproxy
+test: install bytecode binaries extension-apiserver sshd haproxy tinyproxy
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install bytecode binaries extension-apiserver sshd haproxy
+integration: install bytecode binaries extension-apiserver sshd haproxy tinyproxy
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/integration $(PYTEST_ARGS)
 
 clean:

@@ -46,6 +46,9 @@ def register(commands: Any) -> None:
                     help="also run k8s.io/sample-apiserver as an aggregated apiserver (APIService "
                          "v1alpha1.wardle.example.com) on the first control-plane node, with an etcd of its own; "
                          "built by hack/build-extension-apiserver.sh (docs/sandbox.md)")
+    up.add_argument("--no-loopback-san", dest="loopback_san", action="store_false",
+                    help="leave 127.0.0.1 out of the apiservers' serving certificates: every kubeconfig of the "
+                         "sandbox reaches them with tls-server-name: kubernetes (docs/sandbox.md)")
     up.add_argument("--output", choices=("text", "json"), default="text")
     up.set_defaults(handler=_up)
 
@@ -69,7 +72,7 @@ def _progress(message: str) -> None:
 def _up(args: argparse.Namespace) -> int:
     info = sandbox.up(args.name, control_planes=args.control_planes, workers=args.workers, progress=_progress,
                       ssh=args.ssh, admin=args.admin, lease_handover=args.lease_handover, workloads=args.workloads,
-                      extension_apiserver=args.extension_apiserver)
+                      extension_apiserver=args.extension_apiserver, loopback_san=args.loopback_san)
     if args.output == "json":
         print(json.dumps(info.to_json(), indent=2))
         return EXIT_OK

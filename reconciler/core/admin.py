@@ -319,9 +319,11 @@ def secret_body(names: ManagementNames, name: str, data: dict[str, str], *,
 
 
 def capi_kubeconfig(cluster: str, server: str, ca_pem: bytes, *, cert_pem: bytes | None = None,
-                    key_pem: bytes | None = None, token: str | None = None) -> dict[str, Any]:
+                    key_pem: bytes | None = None, token: str | None = None, tls_server_name: str | None = None,
+                    proxy_url: str | None = None) -> dict[str, Any]:
     """An admin kubeconfig as Cluster API writes ``<name>-kubeconfig``: one cluster named
-    after the cluster, one user ``<name>-admin``, one context, every certificate embedded."""
+    after the cluster, one user ``<name>-admin``, one context, every certificate embedded;
+    the cluster keeps the tls-server-name and proxy-url it was reached with."""
     user: dict[str, str] = {}
     if cert_pem is not None and key_pem is not None:
         user = {"client-certificate-data": _b64(cert_pem), "client-key-data": _b64(key_pem)}
@@ -330,7 +332,10 @@ def capi_kubeconfig(cluster: str, server: str, ca_pem: bytes, *, cert_pem: bytes
     user_name, context = f"{cluster}-admin", f"{cluster}-admin@{cluster}"
     return {
         "apiVersion": "v1", "kind": "Config", "preferences": {},
-        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
+        "clusters": [{"name": cluster, "cluster": {
+            "server": server, "certificate-authority-data": _b64(ca_pem),
+            **({"tls-server-name": tls_server_name} if tls_server_name else {}),
+            **({"proxy-url": proxy_url} if proxy_url else {})}}],
         "users": [{"name": user_name, "user": user}],
         "contexts": [{"name": context, "context": {"cluster": cluster, "user": user_name}}],
         "current-context": context,

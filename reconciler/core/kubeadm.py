@@ -57,6 +57,9 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/12"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOOPBACK = "127.0.0.1"
+# A sandbox whose apiserver certificates leave out 127.0.0.1 (`sandbox up --no-loopback-san`):
+# its kubeconfigs reach https://127.0.0.1:PORT with this tls-server-name, a SAN the certificate has.
+APISERVER_SERVER_NAME = "kubernetes"
 
 PRIVATE = 0o600
 PUBLIC = 0o644
@@ -114,15 +117,20 @@ def _url(port: int) -> str:
     return f"https://{LOOPBACK}:{port}"
 
 
+def _endpoint(name: str, port: int, server_name: str | None) -> kubeconfig.Endpoint:
+    """A kubeconfig's apiserver on 127.0.0.1; ``server_name`` its tls-server-name, if any."""
+    return kubeconfig.Endpoint(name, _url(port), tls_server_name=server_name)
+
+
 def _admin_kubeconfig(
     authorities: ClusterAuthorities, *, cluster_name: str, server_ports: list[int], cn: str, group: str,
-    now: dt.datetime, key: KeySpec,
+    now: dt.datetime, key: KeySpec, server_name: str | None = None,
 ) -> bytes:
     client = pki.issue_leaf(
         authorities.cluster, LeafRequest(cn, organizations=(group,), client=True, key=key), now=now
     )
     endpoints = [
-        kubeconfig.Endpoint(cluster_name if i == 0 else f"{cluster_name}-apiserver-{i + 1}", _url(port))
+        _endpoint(cluster_name if i == 0 else f"{cluster_name}-apiserver-{i + 1}", port, server_name)
         for i, port in enumerate(server_ports)
     ]
     document = kubeconfig.build(
@@ -136,24 +144,24 @@ def _admin_kubeconfig(
 
 def admin_kubeconfig(
     authorities: ClusterAuthorities, *, cluster_name: str, server_ports: list[int], now: dt.datetime,
-    key: KeySpec,
+    key: KeySpec, server_name: str | None = None,
 ) -> bytes:
     """An admin kubeconfig (kubeadm 1.29+: group kubeadm:cluster-admins), one context per apiserver."""
     return _admin_kubeconfig(
         authorities, cluster_name=cluster_name, server_ports=server_ports, cn=ADMIN.user,
-        group=ADMIN.groups[0], now=now, key=key,
+        group=ADMIN.groups[0], now=now, key=key, server_name=server_name,
     )
 
 
 def _component_kubeconfig(
     authorities: ClusterAuthorities, *, cluster_name: str, port: int, cn: str, organizations: tuple[str, ...],
-    now: dt.datetime, key: KeySpec,
+    now: dt.datetime, key: KeySpec, server_name: str | None = None,
 ) -> bytes:
     client = pki.issue_leaf(
         authorities.cluster, LeafRequest(cn, organizations=organizations, client=True, key=key), now=now
     )
     document = kubeconfig.build(
-        endpoints=[kubeconfig.Endpoint(cluster_name, _url(port))],
+        endpoints=[_endpoint(cluster_name, port, server_name)],
         ca_pem=authorities.cluster.cert_pem,
         user=cn,
         credentials=kubeconfig.ClientCredentials(cert_pem=client.cert_pem, key_pem=client.key_pem),
@@ -163,7 +171,7 @@ def _component_kubeconfig(
 
 def kubelet_files(
     authorities: ClusterAuthorities, *, node_name: str, cluster_name: str, server_port: int,
-    now: dt.datetime, key: KeySpec,
+    now: dt.datetime, key: KeySpec, server_name: str | None = None,
 ) -> list[NodeFile]:
     """kubelet.conf as kubeadm leaves it after TLS bootstrap: the CA embedded, the client
     certificate and key in one rotating PEM file under /var/lib/kubelet/pki."""
@@ -173,7 +181,7 @@ def kubelet_files(
         now=now,
     )
     document = kubeconfig.build(
-        endpoints=[kubeconfig.Endpoint(cluster_name, _url(server_port))],
+        endpoints=[_endpoint(cluster_name, server_port, server_name)],
         ca_pem=authorities.cluster.cert_pem,
         user=f"system:node:{node_name}",
         credentials=kubeconfig.ClientCredentials(cert_path=KUBELET_CLIENT_CERT, key_path=KUBELET_CLIENT_CERT),
@@ -186,22 +194,25 @@ def kubelet_files(
 
 def worker_files(
     authorities: ClusterAuthorities, *, node_name: str, cluster_name: str, server_port: int,
-    now: dt.datetime, key: KeySpec,
+    now: dt.datetime, key: KeySpec, server_name: str | None = None,
 ) -> list[NodeFile]:
     """What `kubeadm join` leaves on a worker: the cluster CA and the kubelet's credentials."""
     return [NodeFile(CLUSTER_CA_CERT, authorities.cluster.cert_pem)] + kubelet_files(
-        authorities, node_name=node_name, cluster_name=cluster_name, server_port=server_port, now=now, key=key
+        authorities, node_name=node_name, cluster_name=cluster_name, server_port=server_port, now=now, key=key,
+        server_name=server_name,
     )
 
 
 def control_plane_files(
     authorities: ClusterAuthorities, *, node_name: str, cluster_name: str, ports: ControlPlanePorts,
-    all_apiserver_ports: list[int], now: dt.datetime, key: KeySpec,
+    all_apiserver_ports: list[int], now: dt.datetime, key: KeySpec, server_name: str | None = None,
 ) -> list[NodeFile]:
     """The full kubeadm PKI directory and kubeconfigs of one control-plane node.
 
     Components on the node talk to their local apiserver, as kubeadm configures them;
-    admin.conf lists every apiserver, the local one first.
+    admin.conf lists every apiserver, the local one first. With ``server_name``
+    (:data:`APISERVER_SERVER_NAME`) the apiserver's certificate leaves out 127.0.0.1 and
+    every kubeconfig names the apiserver by that tls-server-name.
     """
     def leaf(ca: KeyPair, request: LeafRequest) -> KeyPair:
         return pki.issue_leaf(ca, request, now=now)
@@ -220,7 +231,7 @@ def control_plane_files(
         "kube-apiserver", server=True, key=key,
         dns_names=("kubernetes", "kubernetes.default", "kubernetes.default.svc",
                    "kubernetes.default.svc.cluster.local", *local_names),
-        ip_addresses=("10.96.0.1", LOOPBACK),
+        ip_addresses=("10.96.0.1",) if server_name else ("10.96.0.1", LOOPBACK),
     )))
     files += _pair(f"{PKI_DIR}/apiserver-kubelet-client", leaf(cluster_ca, LeafRequest(
         "kube-apiserver-kubelet-client", organizations=(CLUSTER_ADMINS_GROUP,), client=True, key=key)))
@@ -237,7 +248,7 @@ def control_plane_files(
 
     others = [p for p in all_apiserver_ports if p != ports.apiserver]
     admin_ports = [ports.apiserver, *others]
-    common = dict(cluster_name=cluster_name, now=now, key=key)
+    common = dict(cluster_name=cluster_name, now=now, key=key, server_name=server_name)
     files.append(NodeFile(f"{KUBERNETES_DIR}/admin.conf", admin_kubeconfig(
         authorities, server_ports=admin_ports, **common), PRIVATE))
     files.append(NodeFile(f"{KUBERNETES_DIR}/super-admin.conf", _admin_kubeconfig(
@@ -253,13 +264,14 @@ def control_plane_files(
 
 
 def kwok_kubeconfig(
-    authorities: ClusterAuthorities, *, cluster_name: str, server_port: int, now: dt.datetime, key: KeySpec
+    authorities: ClusterAuthorities, *, cluster_name: str, server_port: int, now: dt.datetime, key: KeySpec,
+    server_name: str | None = None,
 ) -> NodeFile:
     """kwok updates the status of every fake node, more than the Node authorizer lets one
     kubelet do, so it authenticates as a cluster admin."""
     content = _component_kubeconfig(
         authorities, port=server_port, cn="kwok-controller", organizations=(CLUSTER_ADMINS_GROUP,),
-        cluster_name=cluster_name, now=now, key=key,
+        cluster_name=cluster_name, now=now, key=key, server_name=server_name,
     )
     return NodeFile(KWOK_KUBECONFIG, content, PRIVATE)
 

@@ -30,6 +30,18 @@ class Endpoint:
 
     name: str
     server: str
+    # The cluster entry's tls-server-name and proxy-url, kept when careconcile writes a kubeconfig anew.
+    tls_server_name: str | None = None
+    proxy_url: str | None = None
+
+    def cluster(self, ca_data: str) -> dict[str, str]:
+        """The cluster entry's fields: the server, the CA and what else this endpoint has."""
+        entry = {"certificate-authority-data": ca_data, "server": self.server}
+        if self.tls_server_name:
+            entry["tls-server-name"] = self.tls_server_name
+        if self.proxy_url:
+            entry["proxy-url"] = self.proxy_url
+        return entry
 
 
 def build(
@@ -57,7 +69,7 @@ def build(
         "kind": "Config",
         "preferences": {},
         "clusters": [
-            {"name": ep.name, "cluster": {"certificate-authority-data": ca_data, "server": ep.server}}
+            {"name": ep.name, "cluster": ep.cluster(ca_data)}
             for ep in endpoints
         ],
         "users": [{"name": user, "user": user_entry}],
@@ -93,7 +105,8 @@ def parse(text: str | bytes, *, source: str) -> dict[str, Any]:
 
 # The entries of each list, and their fields careconcile reads, which must be text.
 _SECTIONS = {
-    "clusters": ("cluster", ("server", "certificate-authority", "certificate-authority-data")),
+    "clusters": ("cluster", ("server", "certificate-authority", "certificate-authority-data", "tls-server-name",
+                             "proxy-url")),
     "contexts": ("context", ("cluster", "user", "namespace")),
     "users": ("user", ("client-certificate", "client-certificate-data", "client-key", "client-key-data",
                        "token", "tokenFile")),
@@ -257,5 +270,6 @@ def with_credentials(document: dict[str, Any], user: str, cert_pem: bytes, key_p
 
 
 def servers(document: dict[str, Any]) -> list[Endpoint]:
-    return [Endpoint(entry.get("name", ""), (entry.get("cluster") or {}).get("server", ""))
-            for entry in document.get("clusters") or []]
+    return [Endpoint(entry.get("name", ""), cluster.get("server", ""), cluster.get("tls-server-name") or None,
+                     cluster.get("proxy-url") or None)
+            for entry in document.get("clusters") or [] for cluster in [entry.get("cluster") or {}]]

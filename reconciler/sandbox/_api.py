@@ -15,16 +15,18 @@ from reconciler.errors import (
 )
 from reconciler.sandbox._paths import node_path
 from reconciler.shell.kube import KubeClient, load_kubeconfig
+from reconciler.shell.proxy import HTTPSConnection
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 
 
-def readyz(server: str, ca_file: Path, *, timeout: float = 2.0) -> bool:
-    """Whether ``server``/readyz answers ok; /readyz is open to unauthenticated clients."""
+def readyz(server: str, ca_file: Path, *, timeout: float = 2.0, server_name: str | None = None) -> bool:
+    """Whether ``server``/readyz answers ok; /readyz is open to unauthenticated clients.
+    ``server_name``: the name its certificate is checked for, when not the URL's host."""
     url = urlsplit(server)
     try:
         context = ssl.create_default_context(cafile=str(ca_file))
-        connection = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=timeout)
+        connection = HTTPSConnection(url.hostname, url.port, context=context, timeout=timeout, server_name=server_name)
         try:
             connection.request("GET", "/readyz")
             response = connection.getresponse()

@@ -79,6 +79,9 @@ class SandboxInfo:
     # With 2 or more control planes: the URL of the load balancer in front of the apiservers
     # (HAProxy, reconciler/core/loadbalancer.py); the kubelets and the extension apiserver use it.
     load_balancer: str | None = None
+    # With `up --no-loopback-san`: the apiservers' certificates leave out 127.0.0.1 and every
+    # kubeconfig of the sandbox names them by this tls-server-name (a SAN they have).
+    tls_server_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +115,7 @@ def _lay_out(
     paths: SandboxPaths, *, name: str, control_planes: int, workers: int, key: KeySpec, bin_dir: Path,
     ssh: dict[str, Any] | None = None, admin: dict[str, Any] | None = None, lease_handover: str = "fast",
     workloads: int = 0, extension_apiserver: bool = False, extra_bin_dirs: tuple[Path, ...] = (),
-    balancer: haproxy.Install | None = None,
+    balancer: haproxy.Install | None = None, loopback_san: bool = True,
 ) -> SandboxInfo:
     """Write every node directory, the kubeconfig, the spec and the sandbox record. With
     ``extension_apiserver``, also the extension apiserver's files and its etcd's manifest;
@@ -146,16 +149,18 @@ def _lay_out(
     # as kubeadm's controlPlaneEndpoint, or the only apiserver.
     endpoint_port = balancer_port or apiserver_ports[0]
     authorities: ClusterAuthorities = kubeadm.new_authorities(now=now, key=key)
+    server_name = None if loopback_san else kubeadm.APISERVER_SERVER_NAME
 
     def node_files(node: str) -> list[NodeFile]:
         if node in cp_names:
             index = cp_names.index(node)
             return kubeadm.control_plane_files(
                 authorities, node_name=node, cluster_name=name, ports=cp_ports[index],
-                all_apiserver_ports=apiserver_ports, now=now, key=key,
+                all_apiserver_ports=apiserver_ports, now=now, key=key, server_name=server_name,
             )
         return kubeadm.worker_files(
             authorities, node_name=node, cluster_name=name, server_port=endpoint_port, now=now, key=key,
+            server_name=server_name,
         )
 
     # Key generation dominates lay-out time; OpenSSL releases the GIL while it searches primes.
@@ -176,7 +181,7 @@ def _lay_out(
         _write_manifest(root, kubeadm.scheduler_manifest(cp))
     if workers:
         kwok_conf = kubeadm.kwok_kubeconfig(authorities, cluster_name=name, server_port=endpoint_port,
-                                            now=now, key=key)
+                                            now=now, key=key, server_name=server_name)
         stages = NodeFile(kubeadm.KWOK_STAGES, (bin_dir / binaries.KWOK_STAGES).read_bytes())
         _write_node_files(first, [kwok_conf, stages])
         _write_manifest(first, kubeadm.kwok_manifest(node_lease_seconds=handover.node_lease_seconds))
@@ -206,7 +211,8 @@ def _lay_out(
         _write_manifest(first, loadbalancer.manifest(library_path=balancer.library_path))
     # The user's kubeconfig: an admin kubeconfig of its own, one context per apiserver.
     atomic_write(paths.kubeconfig, kubeadm.admin_kubeconfig(
-        authorities, cluster_name=name, server_ports=apiserver_ports, now=now, key=key), 0o600)
+        authorities, cluster_name=name, server_ports=apiserver_ports, now=now, key=key, server_name=server_name),
+        0o600)
 
     nodes = [NodeInfo(n, "control-plane", str(paths.node_root(n))) for n in cp_names]
     nodes += [NodeInfo(n, "worker", str(paths.node_root(n))) for n in worker_names]
@@ -217,6 +223,7 @@ def _lay_out(
         kubernetes_version=KUBERNETES_VERSION, control_planes=control_planes, workers=workers, nodes=nodes,
         ssh=ssh, admin=admin, lease_handover=lease_handover, workloads=workloads, extension_apiserver=ext_info,
         load_balancer=f"https://{kubeadm.LOOPBACK}:{balancer_port}" if balancer else None,
+        tls_server_name=server_name,
     )
     atomic_write(paths.spec, _specfile.render(info).encode())
     _save_record(paths, info, bin_dir=bin_dir, extra_bin_dirs=extra_bin_dirs)
@@ -372,7 +379,7 @@ def up(
     name: str = "sandbox", *, control_planes: int = 1, workers: int = 3,
     key: KeySpec | None = None, progress: Callable[[str], None] = lambda message: None, ssh: bool = False,
     admin: str | None = None, lease_handover: str = "fast", workloads: int = 0,
-    extension_apiserver: bool = False,
+    extension_apiserver: bool = False, loopback_san: bool = True,
 ) -> SandboxInfo:
     """Start a sandbox and return when it is ready: every etcd member healthy and listing
     all of them, every apiserver's /readyz ok, every
@@ -383,13 +390,18 @@ def up(
     management cluster, and its spec reaches it in admin mode. With ``extension_apiserver``,
     k8s.io/sample-apiserver runs as an aggregated apiserver (APIService
     v1alpha1.wardle.example.com) with an etcd of its own, and `up` waits until the APIService
-    is Available and a request through the aggregator answers."""
+    is Available and a request through the aggregator answers. Without ``loopback_san``, the
+    apiservers' certificates leave out 127.0.0.1 and every kubeconfig carries
+    ``tls-server-name: kubernetes`` (:data:`kubeadm.APISERVER_SERVER_NAME`)."""
     if control_planes < 1:
         raise SandboxError("a sandbox needs at least one control plane (--control-planes >= 1)")
     if workers < 0:
         raise SandboxError("--workers cannot be negative")
     if workloads < 0:
         raise SandboxError("--workloads cannot be negative")
+    if not loopback_san and extension_apiserver:
+        raise SandboxError("--no-loopback-san and --extension-apiserver cannot be combined: the extension "
+                           "apiserver's kubeconfig names the apiserver by 127.0.0.1")
     if lease_handover not in LEASE_HANDOVERS:
         raise SandboxError(f"--lease-handover must be one of {', '.join(LEASE_HANDOVERS)}, not {lease_handover!r}")
     paths = SandboxPaths.named(name)
@@ -421,7 +433,7 @@ def up(
                         key=key or KeySpec(), bin_dir=bin_dir, ssh=ssh_info, admin=management,
                         lease_handover=lease_handover, workloads=workloads,
                         extension_apiserver=extension_apiserver, extra_bin_dirs=extra_bin_dirs,
-                        balancer=balancer)
+                        balancer=balancer, loopback_san=loopback_san)
     except BaseException:
         _stop(paths)  # the sshd, if it started
         _ports.release(paths.directory)
@@ -439,10 +451,12 @@ def up(
         timings["etcd_ready"] = time.monotonic() - started
         ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
         for server in info.apiservers:
-            _wait_for(f"{server}/readyz", lambda s=server: _api.readyz(s, ca_path), paths, deadline)
+            _wait_for(f"{server}/readyz", lambda s=server: _api.readyz(s, ca_path, server_name=info.tls_server_name),
+                      paths, deadline)
         if info.load_balancer:
             _wait_for(f"the load balancer's {info.load_balancer}/readyz",
-                      lambda: _api.readyz(info.load_balancer, ca_path), paths, deadline)
+                      lambda: _api.readyz(info.load_balancer, ca_path, server_name=info.tls_server_name),
+                      paths, deadline)
         timings["apiservers_ready"] = time.monotonic() - started
         progress("apiservers ready; creating kubeadm's bootstrap objects and the worker nodes")
         super_admin = node_path(Path(info.nodes[0].root), f"{kubeadm.KUBERNETES_DIR}/super-admin.conf")
@@ -544,7 +558,8 @@ def status(paths: SandboxPaths) -> dict[str, Any]:
         elif component.get("message"):
             problems.append(f"{key} runs its previous manifest: {component['message']}")
     ca_path = node_path(Path(info.nodes[0].root), kubeadm.CLUSTER_CA_CERT)
-    apiservers = {server: supervisor and _api.readyz(server, ca_path, timeout=3) for server in info.apiservers}
+    apiservers = {server: supervisor and _api.readyz(server, ca_path, timeout=3, server_name=info.tls_server_name)
+                  for server in info.apiservers}
     problems += [f"{server} not ready" for server, ok in apiservers.items() if not ok]
     ssh_running = None
     if info.ssh is not None:

@@ -119,7 +119,8 @@ def capi_kubeconfig_from(cluster: str, target: KubeTarget, ca: KeyPair) -> dict[
     elif not target.token:
         raise AdminClusterError(f"{target.name}: no client certificate or token to authenticate with")
     return capi_kubeconfig(cluster, target.server, target.ca_pem, cert_pem=target.cert_pem,
-                           key_pem=target.key_pem, token=target.token)
+                           key_pem=target.key_pem, token=target.token, tls_server_name=target.tls_server_name,
+                           proxy_url=target.proxy_url)
 
 
 def registration_from_files(cluster: str, namespace: str | None, *, kubeconfig_path: Path, context: str | None,

@@ -27,11 +27,11 @@ def _address(server: str) -> tuple[str, int]:
     return url.hostname, url.port or 443
 
 
-def _handshake(server: str, context: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:
+def _handshake(server: str, context: ssl.SSLContext, timeout: float, server_name: str | None = None) -> ssl.SSLSocket:
     host, port = _address(server)
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        return context.wrap_socket(sock, server_hostname=host)
+        return context.wrap_socket(sock, server_hostname=server_name or host)
     except BaseException:
         sock.close()
         raise
@@ -49,13 +49,14 @@ def presented_certificate(server: str, *, timeout: float = 5.0) -> x509.Certific
     return x509.load_der_x509_certificate(der)
 
 
-def serves_chain_to(server: str, ca_pem: bytes, *, timeout: float = 5.0) -> bool:
+def serves_chain_to(server: str, ca_pem: bytes, *, timeout: float = 5.0, server_name: str | None = None) -> bool:
     """Whether ``server``'s certificate verifies against exactly ``ca_pem``, host name
-    included (the sandbox's servers are https://127.0.0.1:PORT with an IP SAN).
+    included (the sandbox's servers are https://127.0.0.1:PORT with an IP SAN), or
+    ``server_name`` (a kubeconfig's tls-server-name) when given.
 
     False only for a verification failure; a server that cannot be reached raises."""
     try:
-        with _handshake(server, tls_context(ca_pem=ca_pem), timeout):
+        with _handshake(server, tls_context(ca_pem=ca_pem), timeout, server_name):
             return True
     except ssl.SSLCertVerificationError:
         return False
@@ -65,16 +66,18 @@ def serves_chain_to(server: str, ca_pem: bytes, *, timeout: float = 5.0) -> bool
 
 def accepts_client_certificate(
     server: str, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, timeout: float = 5.0,
-    front_proxy_user: str | None = None,
+    front_proxy_user: str | None = None, server_name: str | None = None, proxy_url: str | None = None,
 ) -> str | None:
     """The user name the API server sees for this client certificate, or None when it
     answers 401 (the certificate is not accepted). A SelfSubjectReview needs no RBAC
     grant beyond being authenticated. With ``front_proxy_user`` the certificate is shown
     as the front proxy's, asserting that user (X-Remote-User): the apiserver accepts it
-    only when its requestheader CA trusts the certificate."""
+    only when its requestheader CA trusts the certificate. ``server_name`` and ``proxy_url``:
+    the cluster kubeconfig's tls-server-name and proxy-url, which reach every apiserver of it."""
     headers = (("X-Remote-User", front_proxy_user),) if front_proxy_user else ()
     target = KubeTarget(name=f"client certificate probe of {server}", server=server,
-                        ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, headers=headers)
+                        ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, headers=headers,
+                        tls_server_name=server_name, proxy_url=proxy_url)
     review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     with KubeClient(target, timeout=timeout, backoff_budget=0) as client:
         try:

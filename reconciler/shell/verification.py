@@ -134,8 +134,10 @@ class Verifier:
 
     def _accepts(self, server: str, ca: KeyPair) -> bool:
         probe = probe_certificate(ca, front_proxy=self.access.layout.client_probe == "requestheader")
+        target = self.access.client.target  # its tls-server-name and proxy reach every apiserver
         return probes.accepts_client_certificate(
             server, ca_pem=self._server_trust(), cert_pem=probe.cert_pem, key_pem=probe.key_pem,
+            server_name=target.tls_server_name, proxy_url=target.proxy_url,
             front_proxy_user=PROBE_USER if self.access.layout.client_probe == "requestheader" else None) is not None
 
     def _aggregated_not_accepting(self, ca: KeyPair) -> list[str]:

@@ -232,7 +232,8 @@ class SiteWriters:
                                                client=True, key=self.desired.key,
                                                validity=self.desired.leaf_validity), now=utcnow())
         if self.access.kubeconfig_path is None:  # inCluster: true; the server careconcile reached it by
-            endpoints = [kubeconfig.Endpoint(self.access.name, self.access.client.target.server)]
+            target = self.access.client.target
+            endpoints = [kubeconfig.Endpoint(self.access.name, target.server, target.tls_server_name, target.proxy_url)]
         else:
             source = kubeconfig.parse(self.access.kubeconfig_path.read_text(), source=str(self.access.kubeconfig_path))
             scope = self._local_scope()

@@ -174,6 +174,17 @@ class Poller:
             self._stop.wait(self.interval)
 
 
+def without_proxy(path: Path) -> Callable[[], str]:
+    """A Poller's ``read``: the kubeconfig, read afresh, without its clusters' proxy-url, so
+    that what a proxy logs is careconcile's traffic alone."""
+    def read() -> str:
+        document = kubeconfig.parse(path.read_text(), source=str(path))
+        for entry in document["clusters"]:
+            entry["cluster"].pop("proxy-url", None)
+        return kubeconfig.dump(document)
+    return read
+
+
 def through_load_balancer(info) -> Callable[[], str]:
     """A Poller's ``read``: the sandbox's kubeconfig, read afresh, with every apiserver
     replaced by the load balancer in front of them (sandboxes with several control planes)."""
@@ -207,7 +218,8 @@ def assert_nodes_trust_only(info, ca: x509.Certificate) -> None:
         pem = root / kubeadm.KUBELET_CLIENT_CERT.lstrip("/")
         assert pki.is_signed_by(pki.load_certificates(pem.read_bytes(), source=str(pem))[0], ca), str(pem)
     for server in info.apiservers:
-        assert probes.serves_chain_to(server, pki.cert_pem(ca)), f"{server} does not present a chain to the CA"
+        assert probes.serves_chain_to(server, pki.cert_pem(ca), server_name=info.tls_server_name), \
+            f"{server} does not present a chain to the CA"
 
 
 def assert_cluster_trusts_only(info, ca: x509.Certificate, workspace_kubeconfig: Path | None = None) -> None:
@@ -237,7 +249,8 @@ def rejects_client_of(info, ca: pki.KeyPair, trust: x509.Certificate) -> bool:
     probe = pki.issue_leaf(ca, pki.LeafRequest("rotation-test", client=True, key=pki.KeySpec("ECDSA", 256)),
                            now=dt.datetime.now(dt.timezone.utc))
     return all(probes.accepts_client_certificate(server, ca_pem=pki.cert_pem(trust), cert_pem=probe.cert_pem,
-                                                 key_pem=probe.key_pem) is None for server in info.apiservers)
+                                                 key_pem=probe.key_pem, server_name=info.tls_server_name) is None
+               for server in info.apiservers)
 
 
 def careconcile_in_process(*args: str, workspace: Path) -> CLIResult:

@@ -1,7 +1,12 @@
 """A full cluster-CA rotation on a real control plane, with a client polling the API throughout:
 1 control plane with 3 workers reached over SSH, from a saved plan (the tests of that
 rotation each look at one side of it). The rotation on several control planes, of all three
-CAs, is test_ha.py's."""
+CAs, is test_ha.py's.
+
+The way careconcile reaches the API is not the plain one either: the apiserver's certificate
+leaves out 127.0.0.1 (`sandbox up --no-loopback-san`), so the kubeconfig names it by
+tls-server-name, and careconcile's traffic goes through a real HTTP proxy (tinyproxy, with
+Basic authentication) by the kubeconfig's proxy-url."""
 
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from reconciler.shell.kube import KubeconfigClient
+from reconciler.core import kubeconfig
+from reconciler.shell.kube import KubeClient, KubeconfigClient, load_kubeconfig
 
 from .rotation import (
     Poller, Rotated, assert_polled_without_failure, assert_rotated, careconcile, prepare_user_objects, record_ca,
-    set_rotation,
+    set_rotation, without_proxy,
 )
 from .sshd import require_sshd
+from .tinyproxy import running_tinyproxy
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +50,35 @@ def _kubelet_restart_logs(info) -> dict[str, Path]:
     return {node.name: Path(node.root) / "var/lib/kubelet/restarts" for node in info.nodes if node.role == "worker"}
 
 
+def _apiserver_sans(info) -> list[str]:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((Path(info.nodes[0].root) / "etc/kubernetes/pki/apiserver.crt").read_bytes())
+    return [str(name.value) for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value]
+
+
+def _set_proxy_url(path: Path, servers: list[str], url: str) -> None:
+    """Give the kubeconfig's clusters that reach ``servers`` this proxy-url."""
+    document = kubeconfig.parse(path.read_text(), source=str(path))
+    for entry in document["clusters"]:
+        if entry["cluster"]["server"] in servers:
+            entry["cluster"]["proxy-url"] = url
+    path.write_text(kubeconfig.dump(document))
+
+
 @pytest.fixture(scope="module")
-def over_ssh(start_sandbox, tmp_path_factory):
+def proxy():
+    with running_tinyproxy() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def over_ssh(start_sandbox, tmp_path_factory, proxy):
     """The sandbox's spec as `sandbox up --ssh` writes it, with a stand-in kubelet restart
-    command on each worker, a plan saved with `plan --out` and that plan applied."""
+    command on each worker, a plan saved with `plan --out` and that plan applied. The
+    apiserver's certificate has no 127.0.0.1 and careconcile goes through ``proxy``."""
     require_sshd()
-    info = start_sandbox("rot1", control_planes=1, workers=3, ssh=True)
+    info = start_sandbox("rot1", control_planes=1, workers=3, ssh=True, loopback_san=False)
     workspace = tmp_path_factory.mktemp("rot1-workspace")
     spec = Path(info.spec)
     text = spec.read_text()
@@ -62,23 +92,29 @@ def over_ssh(start_sandbox, tmp_path_factory):
                                 for name, path in _kubelet_restart_logs(info).items()})
     foreign, old, webhook_ca = prepare_user_objects(info)
     set_rotation(spec, 1)
+    sans = _apiserver_sans(info)
+    _set_proxy_url(Path(info.kubeconfig), info.apiservers, proxy.url)
     plan_file = workspace / "rotate.plan.json"
     planned = careconcile("plan", str(spec), "--out", str(plan_file), workspace=workspace)
     assert planned.returncode == 0, planned.stdout + planned.stderr
+    connects = {"plan": len(proxy.connects())}
 
     started = time.monotonic()
-    with Poller(Path(info.kubeconfig), set(info.apiservers)) as poller:
+    # The poller goes straight to the apiserver: what the proxy logs meanwhile is careconcile's.
+    with Poller(Path(info.kubeconfig), set(info.apiservers), read=without_proxy(Path(info.kubeconfig))) as poller:
         result = careconcile("apply", str(plan_file), workspace=workspace)
+    connects["apply"] = len(proxy.connects()) - connects["plan"]
     print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
-          f"during it, {len(poller.failures)} failed, longest gap {poller.longest_gap():.2f}s")
+          f"during it, {len(poller.failures)} failed, longest gap {poller.longest_gap():.2f}s; CONNECTs through "
+          f"the proxy: {connects['plan']} for the plan, {connects['apply']} for the apply")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Apply complete!" in result.stdout
     rotated = Rotated(info, workspace, poller, old, record_ca(info), foreign, webhook_ca)
-    return rotated, planned, json.loads(plan_file.read_text())
+    return rotated, planned, json.loads(plan_file.read_text()), {"sans": sans, "connects": connects}
 
 
 def test_a_rotation_over_ssh_fails_no_request_and_leaves_only_the_new_ca(over_ssh):
-    rotated, _, _ = over_ssh
+    rotated, _, _, _ = over_ssh
     assert_polled_without_failure(rotated.poller, servers=1)
     assert_rotated(rotated)
     # the state went to the Secret, and finalize left no key there and no file here
@@ -90,7 +126,7 @@ def test_a_rotation_over_ssh_fails_no_request_and_leaves_only_the_new_ca(over_ss
 
 
 def test_kubelets_are_restarted_by_command_once_per_phase_that_changed_their_files(over_ssh):
-    rotated, planned, plan = over_ssh
+    rotated, planned, plan, _ = over_ssh
     restarts = _kubelet_restart_logs(rotated.info)
     actions = plan["clusters"][0]["actions"]
     kubelet_restarts = sorted((a["phase"], a["target"]) for a in actions
@@ -113,7 +149,7 @@ def test_kubelets_are_restarted_by_command_once_per_phase_that_changed_their_fil
 
 
 def test_every_write_went_over_ssh_and_left_no_temp_file(over_ssh):
-    rotated, _, _ = over_ssh
+    rotated, _, _, _ = over_ssh
     # nothing half-written anywhere: no temp file of careconcile's is left on any node
     for node in rotated.info.nodes:
         leftovers = [str(path) for path in Path(node.root).rglob(".*.tmp")]
@@ -121,3 +157,38 @@ def test_every_write_went_over_ssh_and_left_no_temp_file(over_ssh):
     # every file careconcile wrote went over SSH: the sshd logged the logins of the runs
     log = Path(rotated.info.ssh["directory"]) / "sshd.log"
     assert "Accepted publickey for " in log.read_text()
+
+
+def test_the_rotation_went_through_the_proxy_by_tls_server_name_and_kept_both(over_ssh, proxy, tmp_path):
+    rotated, _, _, reach = over_ssh
+    info = rotated.info
+    apiserver = info.apiservers[0].removeprefix("https://")
+    # careconcile alone talked to the proxy (the poller went straight), and only to the apiserver
+    assert reach["connects"]["plan"] > 0 and reach["connects"]["apply"] > 0, reach["connects"]
+    assert set(proxy.connects()) == {apiserver}
+    # the apiserver's certificate was reissued with the same names: still no 127.0.0.1
+    assert _apiserver_sans(info) == reach["sans"]
+    assert "kubernetes" in reach["sans"] and "127.0.0.1" not in reach["sans"]
+    # the kubeconfigs careconcile rewrote, and the one it wrote anew, keep tls-server-name and proxy-url
+    workspace_kubeconfig = rotated.workspace / info.name / f"{info.name}-kubeconfig"
+    for path in (Path(info.kubeconfig), workspace_kubeconfig):
+        clusters = [entry["cluster"] for entry in kubeconfig.parse(path.read_text(), source=str(path))["clusters"]
+                    if entry["cluster"]["server"] in info.apiservers]
+        assert clusters and all(c["tls-server-name"] == "kubernetes" and c["proxy-url"] == proxy.url
+                                for c in clusters), path
+    # KUBECONFIG of three files, as kubectl merges it: the cluster, the user, the context
+    document = kubeconfig.parse(Path(info.kubeconfig).read_text(), source=info.kubeconfig)
+    context = next(c for c in document["contexts"] if c["name"] == f"kubernetes-admin@{info.name}")
+    parts = {"cluster": {"clusters": [c for c in document["clusters"] if c["name"] == context["context"]["cluster"]]},
+             "user": {"users": [u for u in document["users"] if u["name"] == context["context"]["user"]]},
+             "context": {"contexts": [context], "current-context": context["name"]}}
+    files = []
+    for name, part in parts.items():
+        files.append(tmp_path / f"{name}.kubeconfig")
+        files[-1].write_text(kubeconfig.dump({"apiVersion": "v1", "kind": "Config", **part}))
+    before = len(proxy.connects())
+    target = load_kubeconfig(files)  # merged as KUBECONFIG=cluster:user:context is
+    assert (target.tls_server_name, target.proxy_url) == ("kubernetes", proxy.url)
+    with KubeClient(target) as client:
+        assert client.get("/api")["kind"] == "APIVersions"
+    assert len(proxy.connects()) == before + 1

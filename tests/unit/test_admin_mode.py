@@ -173,6 +173,11 @@ def test_the_capi_kubeconfig_names_the_cluster_and_its_admin():
     assert [c["name"] for c in document["clusters"]] == ["c1"]
     assert document["users"][0]["name"] == "c1-admin" and document["current-context"] == "c1-admin@c1"
     assert set(document["users"][0]["user"]) == {"client-certificate-data", "client-key-data"}
+    assert set(document["clusters"][0]["cluster"]) == {"server", "certificate-authority-data"}
+    # registered from a kubeconfig that reaches the cluster by tls-server-name through a proxy: both kept
+    kept = admin.capi_kubeconfig("c1", "https://127.0.0.1:6443", b"CA", token="t", tls_server_name="kubernetes",
+                                 proxy_url="http://127.0.0.1:3128")["clusters"][0]["cluster"]
+    assert (kept["tls-server-name"], kept["proxy-url"]) == ("kubernetes", "http://127.0.0.1:3128")
 
 
 # --- observed Secrets in diff and plan -------------------------------------------------------
@@ -302,7 +307,7 @@ def transports(monkeypatch):
     queue: list[FakeTransport] = []
     opened: list[KubeTarget] = []
 
-    def transport(server, context, *, timeout):
+    def transport(server, context, *, timeout, **reach):
         return queue.pop(0)
 
     def context(**material):

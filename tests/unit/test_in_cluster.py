@@ -218,7 +218,7 @@ def test_a_new_ca_gets_a_new_connection_that_trusts_it(mounted, cas, monkeypatch
     opened = []
 
     class Opened(Recording):
-        def __init__(self, server, context, *, timeout):
+        def __init__(self, server, context, *, timeout, server_name=None, proxy_url=None):
             super().__init__()
             opened.append(self)
             self.server, self.context = server, context

@@ -135,8 +135,6 @@ def test_the_hostile_input_limits_hold_for_each_file_of_the_list(tmp_path):
     ("user", "username", "admin", "username is not supported"),
     ("user", "password", "pw", "password is not supported"),
     ("user", "client-certficate", "typo", "client-certficate is not supported"),
-    ("cluster", "proxy-url", "http://127.0.0.1:3128", "proxy-url is not supported"),
-    ("cluster", "tls-server-name", "kubernetes", "tls-server-name is not supported"),
     ("cluster", "insecure-skip-tls-verify", True, "insecure-skip-tls-verify: true with a certificate-authority"),
 ])
 def test_unsupported_fields_are_refused_by_name_with_file_and_entry(tmp_path, where, field, value, message):
@@ -147,6 +145,21 @@ def test_unsupported_fields_are_refused_by_name_with_file_and_entry(tmp_path, wh
     text = str(error.value)
     assert message in text and str(path) in text and (f"{where} 'u'" in text or f"{where} 'c'" in text)
     assert "http://127.0.0.1:3128" not in text and "'pw'" not in text  # names, never values
+
+
+def test_tls_server_name_and_proxy_url_are_read_and_a_bad_one_is_refused_naming_file_and_entry(tmp_path):
+    path = one(tmp_path, {"token": "t"}, cluster_fields={"tls-server-name": "kubernetes",
+                                                          "proxy-url": "http://user:pw@127.0.0.1:3128"})
+    target = load_kubeconfig(path)
+    assert (target.tls_server_name, target.proxy_url) == ("kubernetes", "http://user:pw@127.0.0.1:3128")
+    assert "pw" not in repr(target)
+    for fields, message in (({"tls-server-name": "kube rnetes"}, "tls-server-name is not a host name"),
+                            ({"proxy-url": "socks5://user:pw@127.0.0.1:1080"}, "socks5:// proxies are not supported")):
+        path = one(tmp_path, {"token": "t"}, cluster_fields=fields)
+        with pytest.raises(ClusterUnreachableError) as error:
+            load_kubeconfig(path)
+        text = str(error.value)
+        assert message in text and str(path) in text and "cluster 'c'" in text and "pw" not in text
 
 
 def test_fields_of_entries_careconcile_does_not_use_are_left_alone(tmp_path):
@@ -336,7 +349,7 @@ def test_a_kubeconfig_held_in_a_secret_may_not_run_a_command(tmp_path):
 def test_the_kubeconfig_client_runs_the_plugin_of_a_merged_kubeconfig(tmp_path, monkeypatch):
     path = plugin(tmp_path, relative=False)
     monkeypatch.setenv("KUBECONFIG", f"{path}:{tmp_path / 'absent'}")
-    monkeypatch.setattr(_client, "HTTPSTransport", lambda server, context, *, timeout: FakeTransport((200, {})))
+    monkeypatch.setattr(_client, "HTTPSTransport", lambda server, context, **options: FakeTransport((200, {})))
     monkeypatch.setattr(_client, "tls_context", lambda **material: None)
     client = KubeconfigClient(None, log=lambda line: None)
     client.get("/api")

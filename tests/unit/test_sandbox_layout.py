@@ -94,3 +94,35 @@ def test_with_a_balancer_the_apiservers_stand_behind_haproxy_and_use_every_etcd_
     for i, secure in enumerate(instances.values()):
         assert f"server extension-apiserver-{i + 1} 127.0.0.1:{secure}" in config
     assert node_path(second, extension.SERVING_CERT).read_bytes() == node_path(first, extension.SERVING_CERT).read_bytes()
+
+
+def test_without_the_loopback_san_every_kubeconfig_names_the_apiserver_by_a_san_it_has(tmp_path, monkeypatch):
+    """`up --no-loopback-san`: the apiserver's certificate leaves out 127.0.0.1, and every
+    kubeconfig the sandbox writes (the user's, the control plane's, the kubelets', kwok's)
+    reaches https://127.0.0.1:PORT with tls-server-name: kubernetes, which the certificate has."""
+    from cryptography import x509
+
+    from reconciler.sandbox import binaries
+
+    monkeypatch.setenv(_ports.RESERVATIONS_ENV, str(tmp_path / "reservations"))
+    (tmp_path / binaries.KWOK_STAGES).write_text("")
+    paths = SandboxPaths(tmp_path / "nosan")
+    paths.directory.mkdir()
+    info = _lay_out(paths, name="nosan", control_planes=1, workers=1, key=KeySpec("ECDSA", 256), bin_dir=tmp_path,
+                    loopback_san=False)
+    assert info.tls_server_name == kubeadm.APISERVER_SERVER_NAME == "kubernetes"
+    assert SandboxInfo.load(paths).tls_server_name == "kubernetes"
+    cp, worker = (Path(node.root) for node in info.nodes)
+    cert = x509.load_pem_x509_certificate(node_path(cp, f"{kubeadm.PKI_DIR}/apiserver.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kubernetes" in sans.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.96.0.1"]
+    kubeconfigs = [paths.kubeconfig, node_path(worker, f"{kubeadm.KUBERNETES_DIR}/kubelet.conf"),
+                   node_path(cp, kubeadm.KWOK_KUBECONFIG)]
+    kubeconfigs += [node_path(cp, f"{kubeadm.KUBERNETES_DIR}/{name}.conf")
+                    for name in ("admin", "super-admin", "controller-manager", "scheduler", "kubelet")]
+    for path in kubeconfigs:
+        clusters = YAML(typ="safe").load(path.read_text())["clusters"]
+        assert [c["cluster"]["tls-server-name"] for c in clusters] == ["kubernetes"], path
+        assert all(c["cluster"]["server"].startswith("https://127.0.0.1:") for c in clusters), path
+    _ports.release(paths.directory)

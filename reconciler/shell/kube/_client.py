@@ -29,6 +29,7 @@ from reconciler import __version__
 from reconciler._time import monotonic, parse_http_date
 from reconciler.errors import (APIConflictError, APIError, APIForbiddenError, APINotFoundError,
                                APIUnauthorizedError, ClusterUnreachableError)
+from reconciler.shell import proxy
 from reconciler.shell.kube._credentials import (Credentials, InClusterCredentials, KubeconfigCredentials, Log,
                                                 TargetCredentials)
 from reconciler.shell.kube._kubeconfig import KubeTarget, kubeconfig_paths
@@ -137,8 +138,9 @@ class KubeClient:
                 raise ClusterUnreachableError(
                     f"{target.name}: the server changed from {self.target.server} to {target.server} "
                     "while careconcile was using it; not following it to another cluster")
-            if (target.ca_pem, target.cert_pem, target.key_pem) != \
-                    (self.target.ca_pem, self.target.cert_pem, self.target.key_pem):
+            if (target.ca_pem, target.cert_pem, target.key_pem, target.tls_server_name, target.proxy_url) != \
+                    (self.target.ca_pem, self.target.cert_pem, self.target.key_pem, self.target.tls_server_name,
+                     self.target.proxy_url):
                 old = self.transport
                 self.transport = self._open_for(target)
                 close = getattr(old, "close", None)
@@ -148,7 +150,8 @@ class KubeClient:
 
     def _open_for(self, target: KubeTarget) -> Transport:
         context = tls_context(ca_pem=target.ca_pem, cert_pem=target.cert_pem, key_pem=target.key_pem)
-        return HTTPSTransport(target.server, context, timeout=self.timeout)
+        return HTTPSTransport(target.server, context, timeout=self.timeout, server_name=target.tls_server_name,
+                              proxy_url=target.proxy_url)
 
     def reload(self) -> None:
         """Read the credentials again now (after careconcile rewrote where they come from)."""
@@ -350,6 +353,8 @@ def _api_error(what: str, status: int, data: bytes) -> APIError:
 
 
 def _connection_failure(exc: BaseException) -> str:
+    if isinstance(exc, proxy.ProxyError):
+        return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS verification failed: {exc.verify_message or exc}"
     if isinstance(exc, ssl.SSLError):

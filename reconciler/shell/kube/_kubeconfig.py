@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 from reconciler._files import read_limited
 from reconciler.core import kubeconfig, yamldoc
 from reconciler.errors import ClusterUnreachableError, PKIError
+from reconciler.shell import proxy
 
 # A certificate, key or token file a kubeconfig names: a PEM bundle of many CAs fits.
 REFERENCED_FILE_MAX_BYTES = 1024 * 1024
@@ -37,15 +38,13 @@ INTERACTIVE_MODES = ("Never", "IfAvailable", "Always")
 
 # The fields of each entry careconcile reads; ``extensions`` is data for other tools.
 _CLUSTER_FIELDS = {"server", "certificate-authority", "certificate-authority-data", "insecure-skip-tls-verify",
-                   "disable-compression", "extensions"}
+                   "tls-server-name", "proxy-url", "disable-compression", "extensions"}
 _USER_FIELDS = {"client-certificate", "client-certificate-data", "client-key", "client-key-data", "token",
                 "tokenFile", "as", "as-uid", "as-groups", "as-user-extra", "exec", "extensions"}
 _CONTEXT_FIELDS = {"cluster", "user", "namespace", "extensions"}
 _EXEC_FIELDS = {"command", "args", "env", "apiVersion", "installHint", "provideClusterInfo", "interactiveMode"}
 # Fields kubectl knows and careconcile does not use, with why.
 _REFUSED = {
-    "proxy-url": "careconcile does not go through a proxy yet; reach the server directly",
-    "tls-server-name": "careconcile checks the server's certificate against the server URL's host only, for now",
     "auth-provider": "auth-provider plugins were removed from kubectl in 1.26; use an exec plugin (kubelogin, "
                      "gke-gcloud-auth-plugin and the like)",
     "username": "basic authentication: API servers no longer accept it (since Kubernetes 1.19)",
@@ -92,6 +91,9 @@ class KubeTarget:
     headers: tuple[tuple[str, str], ...] = ()
     token_file: Path | None = None
     exec: ExecConfig | None = None
+    # The cluster's tls-server-name and proxy-url (reconciler.shell.proxy); a proxy URL may hold a password.
+    tls_server_name: str | None = None
+    proxy_url: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         return f"{self.name} ({self.server})"
@@ -338,7 +340,7 @@ def _exec_config(spec: Any, cluster: dict[str, Any], server: str, ca_pem: bytes,
     info = None
     if spec.get("provideClusterInfo"):
         info = {"server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}
-        for name in ("insecure-skip-tls-verify", "disable-compression"):
+        for name in ("tls-server-name", "proxy-url", "insecure-skip-tls-verify", "disable-compression"):
             if cluster.get(name) is not None:
                 info[name] = cluster[name]
         extension = next((e.get("extension") for e in cluster.get("extensions") or []
@@ -372,6 +374,12 @@ def target_of(merged: Merged, context: str | None = None) -> KubeTarget:
     if not server:
         raise ClusterUnreachableError(f"{cluster_where} has no server")
     check_server(server, cluster_where)
+    tls_server_name = _text(cluster["tls-server-name"], "tls-server-name", cluster_where) \
+        if cluster.get("tls-server-name") else None
+    if tls_server_name is not None and not _SERVER_NAME.fullmatch(tls_server_name):
+        raise ClusterUnreachableError(f"{cluster_where}: tls-server-name is not a host name")
+    proxy_url = _text(cluster["proxy-url"], "proxy-url", cluster_where) if cluster.get("proxy-url") else None
+    proxy.choose(server, proxy_url, cluster_where)  # refuses what is unusable
     ca_pem = _data_or_file(cluster, "certificate-authority", cluster_base, cluster_where)
     insecure = cluster.get("insecure-skip-tls-verify")
     if insecure not in (None, False):
@@ -415,6 +423,8 @@ def target_of(merged: Merged, context: str | None = None) -> KubeTarget:
         headers=_impersonation(user, user_where),
         token_file=token_file,
         exec=exec_config,
+        tls_server_name=tls_server_name,
+        proxy_url=proxy_url,
     )
 
 
@@ -427,6 +437,8 @@ def read_token_file(path: Path, where: str) -> str:
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+# A kubeconfig's tls-server-name: a DNS name or an IP address, as TLS's SNI and certificate check take it.
+_SERVER_NAME = re.compile(r"[A-Za-z0-9.:_-]+")
 
 
 def check_token(token: str, where: str) -> None:

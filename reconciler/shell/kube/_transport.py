@@ -17,6 +17,7 @@ from typing import Iterable, Protocol
 from urllib.parse import urlsplit
 
 from reconciler.errors import ClusterUnreachableError
+from reconciler.shell import proxy
 
 # A kept-alive connection the server closed while idle fails with one of these before any
 # response byte arrives; that alone is what a reconnect may paper over.
@@ -61,7 +62,8 @@ class HTTPSTransport:
     sending, and after the request was sent only for a GET, since anything else may have
     reached the server and been carried out."""
 
-    def __init__(self, server: str, context: ssl.SSLContext, *, timeout: float) -> None:
+    def __init__(self, server: str, context: ssl.SSLContext, *, timeout: float, server_name: str | None = None,
+                 proxy_url: str | None = None) -> None:
         url = urlsplit(server)
         if url.scheme != "https" or not url.hostname:
             raise ClusterUnreachableError(f"server {server!r}: careconcile talks to https:// servers only")
@@ -70,6 +72,8 @@ class HTTPSTransport:
         self.base_path = url.path.rstrip("/")
         self.context = context
         self.timeout = timeout
+        self.server_name = server_name  # a kubeconfig's tls-server-name: what the certificate must name
+        self.proxy = proxy.choose(server, proxy_url, "the cluster's kubeconfig")
         self._local = threading.local()
         self._connections: set[http.client.HTTPSConnection] = set()
         self._guard = threading.Lock()
@@ -88,10 +92,10 @@ class HTTPSTransport:
                 self._connections.discard(connection)
 
     def _connect(self) -> http.client.HTTPSConnection:
-        """A new (not yet opened) connection to the server. The seam for a proxy tunnel
-        (connect to the proxy, ``set_tunnel(self.host, self.port)``) and for
-        ``tls-server-name`` (the name ``wrap_socket`` checks the certificate against)."""
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
+        """A new (not yet opened) connection to the server: direct or through the proxy's
+        CONNECT tunnel, its certificate checked against ``tls-server-name`` when given."""
+        return proxy.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout,
+                                     server_name=self.server_name, proxy=self.proxy)
 
     def _open(self) -> tuple[http.client.HTTPSConnection, bool]:
         """The connection and whether it served a request before (so may have gone stale)."""

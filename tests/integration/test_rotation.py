@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -43,6 +45,34 @@ def _kubelet_restart_logs(info) -> dict[str, Path]:
     return {node.name: Path(node.root) / "var/lib/kubelet/restarts" for node in info.nodes if node.role == "worker"}
 
 
+def _spec_repository(spec: Path, info, root: Path) -> tuple[Path, Path]:
+    """A git repository holding the spec at specs/spec.yaml, every path in it relative to
+    specs/ (the SSH key, the kubeconfig), cloned twice at two paths. The key and kubeconfig
+    are no part of the repository: in each clone they are put where the spec says, as a CI
+    job writes its secrets (the kubeconfig as a link to the sandbox's, which the rotation
+    rewrites through it)."""
+    origin = root / "origin"
+    (origin / "specs").mkdir(parents=True)
+    text = spec.read_text().replace(f"kubeconfig: {info.kubeconfig}\n", "kubeconfig: admin.kubeconfig\n")
+    assert "kubeconfig: admin.kubeconfig\n" in text and "keyFile: ssh/client_key" in text
+    (origin / "specs" / "spec.yaml").write_text(text)
+    (origin / ".gitignore").write_text("specs/ssh/\nspecs/admin.kubeconfig\n")
+    git = ["git", "-c", "user.name=careconcile tests", "-c", "user.email=tests@careconcile.invalid",
+           "-c", "init.defaultBranch=main"]
+    for argv in (["init", "-q", str(origin)], ["-C", str(origin), "add", "."],
+                 ["-C", str(origin), "commit", "-q", "-m", "the spec"]):
+        subprocess.run([*git, *argv], check=True, capture_output=True)
+    clones = root / "clone-a", root / "elsewhere" / "clone-b"
+    for clone in clones:
+        subprocess.run([*git, "clone", "-q", str(origin), str(clone)], check=True, capture_output=True)
+        (clone / "specs" / "ssh").mkdir(mode=0o700)
+        key = clone / "specs" / "ssh" / "client_key"
+        key.write_bytes((spec.parent / "ssh" / "client_key").read_bytes())
+        key.chmod(0o600)
+        (clone / "specs" / "admin.kubeconfig").symlink_to(info.kubeconfig)
+    return clones
+
+
 @pytest.fixture(scope="module")
 def over_ssh(start_sandbox, tmp_path_factory):
     """The sandbox's spec as `sandbox up --ssh` writes it, with a stand-in kubelet restart
@@ -62,17 +92,37 @@ def over_ssh(start_sandbox, tmp_path_factory):
                                 for name, path in _kubelet_restart_logs(info).items()})
     foreign, old, webhook_ca = prepare_user_objects(info)
     set_rotation(spec, 1)
-    plan_file = workspace / "rotate.plan.json"
-    planned = careconcile("plan", str(spec), "--out", str(plan_file), workspace=workspace)
+
+    # The plan travels (issue 14): planned in one clone of a spec repository, applied from
+    # another clone at another path, the first one gone by then.
+    started = time.monotonic()
+    clone_a, clone_b = _spec_repository(spec, info, tmp_path_factory.mktemp("rot1-spec-repository"))
+    plan_file = clone_a / "rotate.plan.json"
+    planned = careconcile("plan", "specs/spec.yaml", "--out", plan_file.name, workspace=workspace, cwd=clone_a)
     assert planned.returncode == 0, planned.stdout + planned.stderr
+    shutil.copy(plan_file, clone_b / plan_file.name)
+    shutil.rmtree(clone_a)
+    # A plan whose embedded spec was edited is refused by name, before anything is reached.
+    edited = json.loads((clone_b / plan_file.name).read_text())
+    edited["spec_text"] = edited["spec_text"].replace("rotation: 1", "rotation: 2", 1)
+    (clone_b / "edited.plan.json").write_text(json.dumps(edited))
+    ca_before, logs_before = record_ca(info).cert, sorted(workspace.rglob("*.log"))
+    refused = careconcile("apply", "edited.plan.json", workspace=workspace, cwd=clone_b)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert ("edited.plan.json: the spec embedded in the plan (spec_text) does not match its digest" in refused.stderr
+            and "the plan file was edited" in refused.stderr), refused.stderr
+    assert record_ca(info).cert == ca_before and sorted(workspace.rglob("*.log")) == logs_before  # nothing changed
+    print(f"\n{info.name}: two clones, the plan in one and the refused edited plan in the other took "
+          f"{time.monotonic() - started:.1f}s")
 
     started = time.monotonic()
     with Poller(Path(info.kubeconfig), set(info.apiservers)) as poller:
-        result = careconcile("apply", str(plan_file), workspace=workspace)
+        result = careconcile("apply", plan_file.name, workspace=workspace, cwd=clone_b)
     print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
           f"during it, {len(poller.failures)} failed, longest gap {poller.longest_gap():.2f}s")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Apply complete!" in result.stdout
+    assert f"with relative paths resolved against {clone_b / 'specs'}." in result.stderr
     rotated = Rotated(info, workspace, poller, old, record_ca(info), foreign, webhook_ca)
     return rotated, planned, json.loads(plan_file.read_text())
 

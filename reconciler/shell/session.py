@@ -216,9 +216,13 @@ def load_plan(path: Path) -> PlanDocument:
     except RecursionError:
         raise PlanFileError(f"{path}: not a valid plan (nested too deep)") from None
     try:
-        embedded = spec_text_digest(plan.spec_text)
+        size = len(plan.spec_text.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate, written as \ud800 in the JSON
         raise PlanFileError(f"{path}: the spec embedded in the plan (spec_text) is not UTF-8 text") from None
+    if size > yamldoc.SPEC.max_bytes:
+        raise PlanFileError(f"{path}: the spec embedded in the plan (spec_text) is {size:,} bytes; a spec may be at "
+                            f"most {yamldoc.SPEC.max_bytes:,} bytes")
+    embedded = spec_text_digest(plan.spec_text)
     if embedded != plan.spec_digest:
         raise PlanFileError(f"{path}: the spec embedded in the plan (spec_text) does not match its digest: its "
                             f"text hashes to {embedded}, spec_digest says {plan.spec_digest}; the plan file was "

@@ -9,6 +9,7 @@ stands for a path or port that the test fills in (see ``PLACEHOLDERS``)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import re
@@ -196,6 +197,9 @@ def plan_edits(plan: dict[str, Any]) -> Iterator[tuple[str, Any, bool]]:
     yield *edited("spec-text-edited", lambda d, a: d.update(spec_text=d["spec_text"] + "# edited\n")), False
     yield *edited("spec-text-not-utf8", top("spec_text", "\ud800")), False
     yield *edited("spec-text-huge", top("spec_text", "#" * 2_000_000)), False
+    huge = "#" * (4 * 1024 * 1024 + 1)  # over the spec's size limit, with its own digest
+    yield *edited("spec-text-over-the-limit", lambda d, a: d.update(
+        spec_text=huge, spec_digest="sha256:" + hashlib.sha256(huge.encode()).hexdigest())), False
     yield *edited("operation-rollback", top("operation", "rollback")), True
     yield *edited("operation-unknown", top("operation", "destroy")), False
     yield *edited("format-version-1", top("format_version", 1)), False

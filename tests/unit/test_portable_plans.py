@@ -181,3 +181,21 @@ def test_show_says_where_relative_paths_resolve_from_here(tmp_path, monkeypatch,
     assert (f"made from {tmp_path}/a/specs/fleet.yaml. It has 3 relative paths; `apply` run from here resolves them "
             f"against {tmp_path}/b/specs (the directory of specs/fleet.yaml") in out
     assert "the spec file is there)" in out
+
+
+def test_spec_goes_with_a_saved_plan_only(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["apply", str(spec), "--spec", str(spec), "--workspace", str(tmp_path / "ws")]) == 64
+    assert f"--spec goes with a saved plan; {spec} is a spec" in capsys.readouterr().err
+
+
+def test_an_embedded_spec_over_the_specs_size_limit_is_refused(tmp_path, monkeypatch):
+    planfile = _saved_plan(tmp_path / "a", monkeypatch)
+    saved = json.loads(planfile.read_text())
+    saved["spec_text"] = SPEC + "#" * (4 * 1024 * 1024)
+    saved["spec_digest"] = "sha256:" + hashlib.sha256(saved["spec_text"].encode()).hexdigest()
+    planfile.write_text(json.dumps(saved))
+    with pytest.raises(PlanFileError, match=r"the spec embedded in the plan \(spec_text\) is 4,194,[0-9]{3} bytes; a "
+                                            r"spec may be at most 4,194,304 bytes"):
+        session.load_plan(planfile)

@@ -12,11 +12,11 @@ from reconciler._files import atomic_write, read_limited
 from reconciler.core import render
 from reconciler.core.effects import Places, places_of
 from reconciler.core.plan import PHASES, PlanDocument
-from reconciler.core.spec import dns_label
+from reconciler.core.spec import dns_label, relative_paths
 from reconciler.errors import CareconcileError, OutputFileError
 from reconciler.shell.fleet import DEFAULT_PARALLELISM
-from reconciler.shell.session import PLAN_MAX_BYTES, spec_digest
-from reconciler.shell.specfile import LoadedSpec, load_spec
+from reconciler.shell.session import PLAN_MAX_BYTES, spec_digest, spec_place
+from reconciler.shell.specfile import LoadedSpec, load_spec_text
 
 FORMATS = {"text": render.text, "json": render.as_json, "markdown": render.markdown}
 
@@ -67,8 +67,7 @@ def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None
                loaded: LoadedSpec | None = None, workspace: str | None = None) -> None:
     """``plan_file`` is the saved plan, which a markdown plan cut to a comment's size points to.
     ``loaded`` is the spec the plan was made from: text and markdown then show each node's
-    paths with its root and transport; without it, the spec is read from the plan's
-    ``spec_path`` if it is still the one the plan was made from."""
+    paths with its root and transport; without it, from the spec the plan holds."""
     if output_format == "json":
         # JSON escapes control characters itself; a key in a plan file's text is left out here too.
         sys.stdout.write(render.printable(render.as_json(plan)))
@@ -83,19 +82,31 @@ def print_plan(plan: PlanDocument, output_format: str, *, plan_file: Path | None
 
 
 def _places_of_saved(plan: PlanDocument) -> Places:
-    """The places of a saved plan's spec, when that spec is still the one the plan was made
-    from (apply uses it, and refuses the plan otherwise); else none, and a note says that
-    the paths shown are the nodes' own."""
-    path = Path(plan.spec_path)
+    """The places of a saved plan's spec, which the plan holds (apply plans from it)."""
     try:
-        if spec_digest(path) == plan.spec_digest:
-            return places_of(load_spec(path).document)
-        why = "changed since the plan was made (apply would refuse the plan)"
-    except (OSError, CareconcileError):
-        why = "cannot be read"
-    print(f"careconcile: note: the spec {path} {why}; paths are shown as the nodes' own, without the node "
-          "roots and transports the spec names", file=sys.stderr)
-    return Places()
+        return places_of(load_spec_text(plan.spec_text, place=spec_place(plan), source="the plan's spec").document)
+    except CareconcileError:  # a spec this careconcile no longer reads; apply says so
+        print("careconcile: note: the plan's spec cannot be read; paths are shown as the nodes' own, without the "
+              "node roots and transports the spec names", file=sys.stderr)
+        return Places()
+
+
+def where_relative_paths_resolve(plan: PlanDocument) -> str:
+    """What `show` says of the spec's relative paths: which directory apply, run from here
+    without --spec, resolves them against, and why."""
+    place = spec_place(plan)
+    relative = relative_paths(load_spec_text(plan.spec_text, place=place, source="the plan's spec").document)
+    try:
+        found = ("there" if spec_digest(place) == plan.spec_digest
+                 else "there but another spec (apply refuses the plan as stale)")
+    except OSError:
+        found = ("not there (apply refuses the plan while the spec has relative paths)" if relative
+                 else "not there (not needed: no relative path)")
+    what = f"{len(relative)} relative path{'s' if len(relative) != 1 else ''}" if relative else "no relative path"
+    return (f"Spec: embedded ({plan.spec_digest}), made from {plan.spec_path}. It has {what}; `apply` run from "
+            f"here resolves them against {place.parent} (the directory of {plan.spec_relative_path}, the spec's path "
+            f"from where `plan` ran, taken from here; the spec file is {found}); `apply --spec FILE` against FILE's "
+            "directory.\n")
 
 
 def phase_number(value: str) -> int:

@@ -22,6 +22,10 @@ def register(commands: Any) -> None:
     apply.add_argument("--until", type=phase_number, metavar="PHASE",
                        help=f"stop after this phase ({', '.join(f'{n}={name}' for n, name in PHASES.items())})")
     apply.add_argument("--cluster", metavar="NAME", help="only this cluster of the spec")
+    apply.add_argument("--spec", type=Path, metavar="FILE",
+                       help="with a saved plan: the spec file it was made from (the same digest), whose directory "
+                            "the spec's relative paths resolve against (default: the spec's path relative to the "
+                            "directory plan ran in, from the working directory)")
     apply.add_argument("--phase-timeout", type=float, default=300.0, metavar="SECONDS",
                        help="how long a phase's check waits for the cluster to show its result (default: 300)")
     add_max_parallel_clusters_option(apply)
@@ -37,7 +41,7 @@ def register(commands: Any) -> None:
     add_max_parallel_clusters_option(rollback)
     add_parallelism_option(rollback)
     add_workspace_option(rollback)
-    rollback.set_defaults(handler=_apply, rollback=True, until=None)
+    rollback.set_defaults(handler=_apply, rollback=True, until=None, spec=None)
 
 
 def _say(message: str) -> None:
@@ -58,6 +62,8 @@ def _apply(args: argparse.Namespace) -> int:
     workspace = session.workspace_root(args.workspace)
     if not args.rollback and is_plan_file(args.target):
         return _apply_saved(args, workspace)
+    if getattr(args, "spec", None) is not None:
+        raise UsageError(f"--spec goes with a saved plan; {args.target} is a spec")
     loaded = load_spec(args.target)
     accesses = session.open_clusters(loaded, workspace, args.cluster)
     operation = "rollback" if args.rollback else "apply"
@@ -87,11 +93,13 @@ def _apply_saved(args: argparse.Namespace, workspace: Path) -> int:
         if args.cluster not in {c.cluster for c in plan.clusters}:
             raise UsageError(f"{args.target}: the plan has no cluster named {args.cluster!r}")
         plan = plan.model_copy(update={"clusters": [c for c in plan.clusters if c.cluster == args.cluster]})
-    loaded = load_spec(Path(plan.spec_path))
+    loaded = session.saved_spec(plan, args.target, args.spec)  # the plan's own spec, never the file's text
+    _say(f"Applying {args.target}: its spec (made from {plan.spec_path}) with relative paths resolved against "
+         f"{loaded.base}.")
     planned = {c.cluster for c in plan.clusters}
     missing = planned - {c.name for c in loaded.document.spec.clusters}
     if missing:
-        raise PlanFileError(f"{args.target}: the spec {loaded.path} no longer names cluster(s) "
+        raise PlanFileError(f"{args.target}: the plan's spec does not name cluster(s) "
                             f"{', '.join(sorted(missing))}", hint="make a new plan")
     accesses = session.open_clusters(loaded, workspace, names=planned)  # the clusters the plan is for, no others
     with session.locked(accesses, plan.operation, _say) as locks:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.cli._common import (add_format_option, add_parallelism_option, add_workspace_option, print_plan,
-                                    write_output)
+                                    where_relative_paths_resolve, write_output)
 from reconciler.core import render
-from reconciler.errors import EXIT_CHANGES, EXIT_OK, PlanConflictError
+from reconciler.errors import EXIT_CHANGES, EXIT_OK, CareconcileError, PlanConflictError
 from reconciler.shell import session
 from reconciler.shell.specfile import load_spec
 
@@ -51,5 +51,14 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    print_plan(session.load_plan(args.planfile), args.format, plan_file=args.planfile)
+    plan = session.load_plan(args.planfile)
+    print_plan(plan, args.format, plan_file=args.planfile)
+    try:
+        where = where_relative_paths_resolve(plan)
+    except CareconcileError:
+        return EXIT_OK  # the plan's spec cannot be read; print_plan said so
+    # Text gets it after the plan; JSON and markdown stay what `plan --format` prints.
+    out = sys.stdout if args.format == "text" else sys.stderr
+    out.write(("\n" if out is sys.stdout else "") + render.printable(where))
+    out.flush()
     return EXIT_OK

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from reconciler.core.spec import ResolvedAuthority
 
 # 2: typed sites and params per action kind (1 had string targets, node, path and params).
-FORMAT_VERSION = 2
+# 3: the spec's text is in the plan, with the spec's path relative to plan's working
+#    directory (2 named the spec by its absolute path, which apply read again).
+FORMAT_VERSION = 3
 
 PHASES = {1: "prepare", 2: "trust-both", 3: "reissue", 4: "distrust-old", 5: "verify"}
 ROLLBACK_TITLES = {
@@ -181,12 +183,20 @@ class ClusterPlan(_Model):
 
 
 class PlanDocument(_Model):
-    format_version: Literal[2]
+    format_version: Literal[3]
     careconcile_version: str
     created: str
     operation: Literal["apply", "rollback"]
-    spec_path: str = Field(pattern=r"^[^\x00-\x1f\x7f]+$")  # a path: no NUL, no line break, no escape
-    spec_digest: str
+    # a path: no NUL, no line break, no escape
+    spec_path: str = Field(pattern=r"^[^\x00-\x1f\x7f]+$",
+                           description="Where the spec was when the plan was made (absolute); shown, never read.")
+    spec_relative_path: str = Field(
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="The spec's path relative to the working directory `plan` ran in. Without --spec, apply "
+                    "takes the spec to be there relative to its own working directory, and resolves the spec's "
+                    "relative paths against that file's directory.")
+    spec_digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="SHA-256 of the spec's bytes.")
+    spec_text: str = Field(description="The spec's text, exactly the bytes read (UTF-8): what apply plans from.")
     clusters: list[ClusterPlan]
     summary: dict[str, int] = Field(description="Actions per kind, as the summary line counts them.")
 

@@ -773,6 +773,24 @@ class SpecDocument(_Strict):
     spec: SpecBody = Field(description="The declared state.")
 
 
+def relative_paths(document: SpecDocument) -> list[str]:
+    """The spec's paths on this machine that are relative (to the spec file's directory), as
+    ``cluster/field: path``: a kubeconfig, a management kubeconfig, an SSH key or known_hosts
+    file. A path that starts with '~' is not relative. Node roots are always absolute."""
+    found = []
+    for cluster in document.spec.clusters:
+        paths = [("kubeconfig", cluster.kubeconfig)]
+        if cluster.management is not None:
+            paths.append(("management.kubeconfig", cluster.management.kubeconfig))
+        for node in cluster.nodes:
+            if node.access.ssh is not None:
+                paths.append((f"{node.name}.keyFile", node.access.ssh.key_file))
+                paths.append((f"{node.name}.knownHostsFile", node.access.ssh.known_hosts_file))
+        found += [f"{cluster.name}/{where}: {path}" for where, path in paths
+                  if path is not None and not path.startswith("~") and not posixpath.isabs(path)]
+    return found
+
+
 def resolve_authority(document: SpecDocument, cluster: ClusterSpec, name: str = "clusterCA") -> ResolvedAuthority:
     """The authority ``name`` of ``cluster`` as it should be: each field from the cluster,
     else from spec.defaults.authorities, else the built-in default (RSA 2048, 3650d

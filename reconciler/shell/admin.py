@@ -147,7 +147,7 @@ def registration_from_spec(loaded: Any, cluster: ClusterSpec, namespace: str | N
         if not control_planes:
             raise AdminClusterError(f"{loaded.path}: cluster {cluster.name} lists no control-plane node to read the "
                                     "CA from", hint="give --ca-cert and --ca-key")
-        ca = read_ca_from_node(control_planes[0], loaded.path.parent)
+        ca = read_ca_from_node(control_planes[0], loaded.base)
     path = kubeconfig_path or loaded.kubeconfig_path(cluster)
     document = None
     if path is not None:

@@ -391,7 +391,9 @@ def observe(access: ClusterAccess, state: StoredState | None = None, *,
     path = access.kubeconfig_path
     if path is not None and access.layout.local_kubeconfigs:
         raw = path.read_bytes()
-        site = LocalKubeconfig(path=str(path))
+        # Named as the spec writes it (relative to the spec's directory, or '~/...'), so that a
+        # plan made in one checkout is the plan of another: apply derives the same site there.
+        site = LocalKubeconfig(path=access.cluster.kubeconfig or str(path))
         scope = local_kubeconfig_scope(access, raw)
         bundles.append(ObservedBundle(site, _kubeconfig_bundle(raw, str(path), scope)))
         leaves += _kubeconfig_leaves(raw, str(path), site, scope=scope)

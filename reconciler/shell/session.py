@@ -30,7 +30,7 @@ from reconciler.core.diff import diff
 from reconciler.core.observed import item_digests
 from reconciler.core.plan import FORMAT_VERSION, Action, ClusterPlan, PlanDocument, plan_cluster, summary_counts
 from reconciler.core.schemas import schemas
-from reconciler.core.spec import ClusterSpec, managed_authorities, resolve_authority, resolve_workloads
+from reconciler.core.spec import ClusterSpec, managed_authorities, relative_paths, resolve_authority, resolve_workloads
 from reconciler.errors import (
     APIError, CareconcileError, ClusterUnreachableError, PlanFileError, RollbackRefusedError, RotationError,
     StalePlanError, UsageError,
@@ -44,7 +44,7 @@ from reconciler.shell.lock import ClusterLock, LockSet
 from reconciler.shell.management import ManagementAccess, SecretKubeconfigClient
 from reconciler.shell.nodes import open_nodes
 from reconciler.shell.observe import ClusterAccess, observe
-from reconciler.shell.specfile import LoadedSpec
+from reconciler.shell.specfile import LoadedSpec, load_spec_text, spec_text_digest
 from reconciler.shell.statestore import SecretStateStore, WorkspaceStateStore
 
 WORKSPACE_ENV = "CARECONCILE_WORKSPACE"
@@ -59,7 +59,7 @@ def open_cluster(loaded: LoadedSpec, cluster: ClusterSpec, workspace: Path,
                  layout: AuthorityLayout = CLUSTER_CA, *, check_nodes: bool = True) -> ClusterAccess:
     """Reach a cluster's API and nodes; nothing is read or changed yet beyond the
     kubeconfig and the nodes' root directories."""
-    nodes = open_nodes(cluster.nodes, loaded.path.parent, check=check_nodes)  # SSH: connects, several at once
+    nodes = open_nodes(cluster.nodes, loaded.base, check=check_nodes)  # SSH: connects, several at once
     kubeconfig_path = loaded.kubeconfig_path(cluster)
     management = open_management(loaded, cluster)
     client: KubeClient
@@ -162,8 +162,8 @@ def make_plan(loaded: LoadedSpec, accesses: dict[str, ClusterAccess], *, rollbac
     return PlanDocument(
         format_version=FORMAT_VERSION, careconcile_version=__version__,
         created=utcnow().isoformat(timespec="seconds"), operation="rollback" if rollback else "apply",
-        spec_path=str(loaded.path), spec_digest=spec_digest(loaded.path), clusters=plans,
-        summary=summary_counts(actions),
+        spec_path=str(loaded.path), spec_relative_path=os.path.relpath(loaded.path, Path.cwd()),
+        spec_digest=loaded.digest, spec_text=loaded.text, clusters=plans, summary=summary_counts(actions),
     )
 
 
@@ -191,9 +191,11 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: not a plan (a JSON object with format_version)")
     if document.get("format_version") != FORMAT_VERSION:
         shown = document.get("format_version")
+        why = ("; a plan of format 2 names its spec by an absolute path, where format 3 holds the spec itself"
+               if shown == 2 else "")
         raise PlanFileError(f"{path}: plan format_version {shown if isinstance(shown, int) else 'missing or not a number'}"
-                            f"; this careconcile reads format_version {FORMAT_VERSION}",
-                            hint="plan again with this careconcile (`careconcile plan SPEC -out FILE`)")
+                            f"; this careconcile reads format_version {FORMAT_VERSION}{why}",
+                            hint="plan again with this careconcile (`careconcile plan SPEC --out FILE`)")
     # Messages name the place and the rule, not the value found there.
     try:
         # The first error, not jsonschema.validate's "best" one, which it picks from every
@@ -202,7 +204,7 @@ def load_plan(path: Path) -> PlanDocument:
         first = next(jsonschema.validators.validator_for(schema)(schema).iter_errors(document), None)
         if first is not None:
             raise first
-        return PlanDocument.model_validate(document)
+        plan = PlanDocument.model_validate(document)
     except jsonschema.ValidationError as exc:
         exc = _in_its_own_kind(exc)
         where = ".".join(str(part) for part in exc.absolute_path) or "(top level)"
@@ -213,6 +215,63 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: not a valid plan at {where}: {error['msg']}") from None
     except RecursionError:
         raise PlanFileError(f"{path}: not a valid plan (nested too deep)") from None
+    try:
+        size = len(plan.spec_text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, written as \ud800 in the JSON
+        raise PlanFileError(f"{path}: the spec embedded in the plan (spec_text) is not UTF-8 text") from None
+    if size > yamldoc.SPEC.max_bytes:
+        raise PlanFileError(f"{path}: the spec embedded in the plan (spec_text) is {size:,} bytes; a spec may be at "
+                            f"most {yamldoc.SPEC.max_bytes:,} bytes")
+    embedded = spec_text_digest(plan.spec_text)
+    if embedded != plan.spec_digest:
+        raise PlanFileError(f"{path}: the spec embedded in the plan (spec_text) does not match its digest: its "
+                            f"text hashes to {embedded}, spec_digest says {plan.spec_digest}; the plan file was "
+                            "edited", hint="make a new plan with `careconcile plan SPEC --out PLANFILE`")
+    return plan
+
+
+def spec_place(plan: PlanDocument, spec: Path | None = None) -> Path:
+    """Where apply takes a saved plan's spec to be, whose directory the spec's relative paths
+    are relative to: ``spec`` (``apply --spec FILE``), else the spec's path relative to the
+    working directory the plan was made in, taken from the working directory now. A plan
+    made at the top of one checkout thus finds its spec, and the files beside it, at the top
+    of another, as `plan` did."""
+    return (spec if spec is not None else Path(plan.spec_relative_path)).absolute()
+
+
+def saved_spec(plan: PlanDocument, planfile: Path, spec: Path | None = None) -> LoadedSpec:
+    """The spec embedded in a saved plan, at its place (:func:`spec_place`); the spec file
+    found there is never parsed. ``spec`` (``apply --spec FILE``) must be the spec the plan
+    was made from (the same digest). Without it, a spec file at the place must be that spec
+    too (a different one is a checkout that moved on since the plan), and must be there at
+    all when the spec has relative paths, which would otherwise resolve against a directory
+    that does not hold the spec."""
+    place = spec_place(plan, spec)
+    try:
+        digest: str | None = spec_digest(place)
+    except OSError as exc:
+        if spec is not None:
+            raise PlanFileError(f"{spec}: cannot read the spec given with --spec: {exc.strerror or exc}") from exc
+        digest = None
+    if spec is not None and digest != plan.spec_digest:
+        raise PlanFileError(f"{spec}: not the spec the plan {planfile} was made from: its digest is {digest}, "
+                            f"the plan's spec has {plan.spec_digest}",
+                            hint="give --spec the spec file the plan was made from, or make a new plan")
+    if digest is not None and digest != plan.spec_digest:
+        raise StalePlanError(f"saved plan is stale: the spec {place} (digest {digest}) is not the one the plan "
+                             f"{planfile} was made from (digest {plan.spec_digest}); nothing was changed",
+                             hint="make a new plan from this spec, or pass --spec FILE with the spec the plan "
+                                  "was made from")
+    loaded = load_spec_text(plan.spec_text, place=place, source=f"{planfile} (the spec embedded in it)")
+    relative = relative_paths(loaded.document)
+    if digest is None and relative:
+        shown = ", ".join(relative[:3]) + (f" and {len(relative) - 3} more" if len(relative) > 3 else "")
+        raise PlanFileError(f"{planfile}: the plan's spec has relative paths ({shown}), which resolve against the "
+                            f"spec file's directory, and its spec is not at {place} (its path "
+                            f"{plan.spec_relative_path} from the directory `plan` ran in, taken from here)",
+                            hint="run apply from the directory you ran plan from, in a checkout that holds the "
+                                 "spec, or pass --spec FILE")
+    return loaded
 
 
 def _in_its_own_kind(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -239,9 +298,9 @@ def check_not_stale(plan: PlanDocument, loaded: LoadedSpec, accesses: dict[str, 
     Only workload restarts may be fewer than planned now (workloads come and go; the check
     before phase 3 stops a run that would leave one behind)."""
     hint = "make a new plan with `careconcile plan SPEC --out PLANFILE`"
-    if spec_digest(loaded.path) != plan.spec_digest:
-        raise StalePlanError(f"saved plan is stale: the spec {loaded.path} changed since the plan was made",
-                             hint=hint)
+    if loaded.digest != plan.spec_digest:
+        raise StalePlanError(f"saved plan is stale: the spec {loaded.path} is not the one the plan was made from "
+                             f"(digest {loaded.digest}, the plan's {plan.spec_digest})", hint=hint)
     fresh = make_plan(loaded, {name: accesses[name] for name in dict.fromkeys(c.cluster for c in plan.clusters)},
                       rollback=plan.operation == "rollback", parallelism=parallelism)
     now_by_key = {(c.cluster, c.authority): c for c in fresh.clusters}

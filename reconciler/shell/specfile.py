@@ -5,6 +5,7 @@ problem reported at once as ``FILE:LINE:COLUMN: path.to.field: message``.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, get_args
@@ -21,10 +22,23 @@ from reconciler.errors import SpecError
 
 @dataclass(frozen=True)
 class LoadedSpec:
-    """A valid spec and the file it came from."""
+    """A valid spec, the file it came from and its text, exactly as read. A spec embedded in
+    a saved plan is given the place of the spec file it was made from, as found when the
+    plan is applied (see :func:`reconciler.shell.session.saved_spec`)."""
 
     path: Path  # absolute, so that relative kubeconfigs stay right if the working directory changes
     document: SpecDocument
+    text: str = ""  # the spec's text: the bytes read, which are UTF-8
+
+    @property
+    def digest(self) -> str:
+        """``sha256:`` and the hex digest of the spec's bytes, as a saved plan records it."""
+        return spec_text_digest(self.text)
+
+    @property
+    def base(self) -> Path:
+        """The directory relative paths in the spec are relative to: the spec file's."""
+        return self.path.parent
 
     def kubeconfig_path(self, cluster: ClusterSpec) -> Path | None:
         """The cluster's kubeconfig, '~' expanded; a relative path is taken relative to
@@ -42,12 +56,29 @@ class LoadedSpec:
     def resolve(self, path: str) -> Path:
         """A path as the spec writes it: '~' expanded, relative to the spec file's directory."""
         expanded = Path(path).expanduser()
-        return expanded if expanded.is_absolute() else self.path.parent / expanded
+        return expanded if expanded.is_absolute() else self.base / expanded
+
+
+def spec_text_digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_spec(path: Path) -> LoadedSpec:
     """Read, parse and validate a spec file; :class:`SpecError` lists every problem."""
-    text = _read(path)
+    return _loaded(path, path.absolute(), _read(path))
+
+
+def load_spec_text(text: str, *, place: Path, source: str) -> LoadedSpec:
+    """A spec's text read from elsewhere (a saved plan), validated as :func:`load_spec` does,
+    as if it were the file at ``place``; problems name ``source``."""
+    try:
+        yamldoc.check_size(len(text.encode("utf-8")), yamldoc.SPEC)
+    except yamldoc.DocumentError as exc:
+        raise _invalid(source, exc.position, exc.problem, title="cannot read the spec") from None
+    return _loaded(source, place.absolute(), text)
+
+
+def _loaded(path: Path | str, place: Path, text: str) -> LoadedSpec:
     data, positions = _parse(path, text)
     try:
         # by_name=False: a spec spells fields as documented (renewBefore), never as the
@@ -58,19 +89,19 @@ def load_spec(path: Path) -> LoadedSpec:
         problems.sort(key=lambda problem: problem[0])
         raise SpecError(f"{path}: invalid spec ({_count(len(problems), 'error')})",
                         problems=[_line(path, *problem) for problem in problems]) from exc
-    return LoadedSpec(path=path.absolute(), document=document)
+    return LoadedSpec(path=place, document=document, text=text)
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _line(path: Path, position: Position, where: str, message: str) -> str:
+def _line(path: Path | str, position: Position, where: str, message: str) -> str:
     line, column = position
     return f"{path}:{line}:{column}: {where}: {message}" if where else f"{path}:{line}:{column}: {message}"
 
 
-def _invalid(path: Path, position: Position, message: str, *, title: str = "invalid spec (1 error)") -> SpecError:
+def _invalid(path: Path | str, position: Position, message: str, *, title: str = "invalid spec (1 error)") -> SpecError:
     return SpecError(f"{path}: {title}", problems=[_line(path, position, "", message)])
 
 
@@ -85,7 +116,7 @@ def _read(path: Path) -> str:
         raise _invalid(path, exc.position, exc.problem, title="cannot read the spec") from None
 
 
-def _parse(path: Path, text: str) -> tuple[dict, yamldoc.Positions]:
+def _parse(path: Path | str, text: str) -> tuple[dict, yamldoc.Positions]:
     try:
         document = yamldoc.load(text, yamldoc.SPEC)
     except yamldoc.DocumentError as exc:

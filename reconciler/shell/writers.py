@@ -83,7 +83,7 @@ class SiteWriters:
     def _trust_local_kubeconfig(self, site: LocalKubeconfig, certs: list[x509.Certificate], action: Action) -> None:
         pem = pki.bundle_pem(certs)
         scope = self._local_scope(site.path)
-        self._rewrite_kubeconfig_file(site.path, lambda doc: kubeconfig.with_ca(doc, pem, scope))
+        self._rewrite_kubeconfig_file(self._local_path(site.path), lambda doc: kubeconfig.with_ca(doc, pem, scope))
 
     def _trust_management_secret(self, site: ManagementSecret, certs: list[x509.Certificate], action: Action) -> None:
         pem = pki.bundle_pem(certs)
@@ -181,7 +181,8 @@ class SiteWriters:
 
     def _credentials_local_kubeconfig(self, site: LocalKubeconfig, fresh: Fresh) -> None:
         scope = self._local_scope(site.path)
-        self._rewrite_kubeconfig_file(site.path, lambda doc: _reissued_kubeconfig(doc, site, fresh, scope))
+        self._rewrite_kubeconfig_file(self._local_path(site.path),
+                                      lambda doc: _reissued_kubeconfig(doc, site, fresh, scope))
 
     def _credentials_management_secret(self, site: ManagementSecret, fresh: Fresh) -> None:
         self._rewrite_kubeconfig_secret(lambda doc: _reissued_kubeconfig(doc, site, fresh))
@@ -195,6 +196,14 @@ class SiteWriters:
             raise RotationError(f"{files.describe()}: {site.path} disappeared")
         document = kubeconfig.parse(raw.decode(), source=f"{files.describe()} {site.path}")
         files.write(site.path, kubeconfig.dump(change(document)).encode(), files.mode(site.path) or kubeadm.PRIVATE)
+
+    def _is_spec_kubeconfig(self, path: str) -> bool:
+        """A local kubeconfig site names the spec's kubeconfig as the spec writes it (see
+        observe.py); any other is the one careconcile writes in the workspace."""
+        return self.access.kubeconfig_path is not None and path == self.access.cluster.kubeconfig
+
+    def _local_path(self, path: str) -> str:
+        return str(self.access.kubeconfig_path) if self._is_spec_kubeconfig(path) else path
 
     def _rewrite_kubeconfig_file(self, path: str, change: Callable[[dict], dict]) -> None:
         """Rewrite a kubeconfig on this machine in place: through a symlink to its target,
@@ -221,7 +230,7 @@ class SiteWriters:
     def _local_scope(self, path: str | None = None) -> kubeconfig.Scope:
         """Which entries of a local kubeconfig are this cluster's: the spec's kubeconfig may
         reach other clusters too; the one careconcile wrote holds only this one."""
-        if self.access.kubeconfig_path is None or (path is not None and Path(path) != self.access.kubeconfig_path):
+        if self.access.kubeconfig_path is None or (path is not None and not self._is_spec_kubeconfig(path)):
             return kubeconfig.EVERYTHING
         return local_kubeconfig_scope(self.access, self.access.kubeconfig_path.read_bytes())
 

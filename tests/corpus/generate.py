@@ -9,6 +9,7 @@ stands for a path or port that the test fills in (see ``PLACEHOLDERS``)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import re
@@ -55,11 +56,11 @@ def big_cases() -> dict[str, dict[str, bytes]]:
             "generated-long-line": b"127.0.0.1 ssh-ed25519 " + b"A" * 1_000_000 + b"\n",
         },
         "plans": {
-            "generated-deep-arrays.json": ('{"format_version": 2, "clusters": ' + "[" * 100_000 + "]" * 100_000
+            "generated-deep-arrays.json": ('{"format_version": 3, "clusters": ' + "[" * 100_000 + "]" * 100_000
                                            + "}").encode(),
-            "generated-deep-objects.json": ('{"format_version": 2, "x": ' + '{"a":' * 50_000 + "1" + "}" * 50_000
+            "generated-deep-objects.json": ('{"format_version": 3, "x": ' + '{"a":' * 50_000 + "1" + "}" * 50_000
                                             + "}").encode(),
-            "generated-many-clusters.json": json.dumps({"format_version": 2, "clusters": [{}] * 30_000}).encode(),
+            "generated-many-clusters.json": json.dumps({"format_version": 3, "clusters": [{}] * 30_000}).encode(),
         },
     }
 
@@ -188,12 +189,23 @@ def plan_edits(plan: dict[str, Any]) -> Iterator[tuple[str, Any, bool]]:
     yield *edited("spec-path-relative", top("spec_path", "../../../../../etc/hostname")), True
     yield *edited("spec-path-nul", top("spec_path", "/tmp/x\u0000.yaml")), True
     yield *edited("spec-path-not-text", top("spec_path", ["x"])), False
-    yield *edited("spec-digest-edited", top("spec_digest", "sha256:" + "0" * 64)), True
+    yield *edited("spec-relative-path-dev-zero", top("spec_relative_path", "/dev/zero")), True
+    yield *edited("spec-relative-path-escapes", top("spec_relative_path", "../../../../../etc/hostname")), True
+    yield *edited("spec-relative-path-nul", top("spec_relative_path", "x\u0000.yaml")), False
+    yield *edited("spec-digest-edited", top("spec_digest", "sha256:" + "0" * 64)), False
+    yield *edited("spec-digest-not-sha256", top("spec_digest", "md5:" + "0" * 32)), False
+    yield *edited("spec-text-edited", lambda d, a: d.update(spec_text=d["spec_text"] + "# edited\n")), False
+    yield *edited("spec-text-not-utf8", top("spec_text", "\ud800")), False
+    yield *edited("spec-text-huge", top("spec_text", "#" * 2_000_000)), False
+    huge = "#" * (4 * 1024 * 1024 + 1)  # over the spec's size limit, with its own digest
+    yield *edited("spec-text-over-the-limit", lambda d, a: d.update(
+        spec_text=huge, spec_digest="sha256:" + hashlib.sha256(huge.encode()).hexdigest())), False
     yield *edited("operation-rollback", top("operation", "rollback")), True
     yield *edited("operation-unknown", top("operation", "destroy")), False
     yield *edited("format-version-1", top("format_version", 1)), False
-    yield *edited("format-version-3", top("format_version", 3)), False
-    yield *edited("format-version-string", top("format_version", "2")), False
+    yield *edited("format-version-2", top("format_version", 2)), False
+    yield *edited("format-version-4", top("format_version", 4)), False
+    yield *edited("format-version-string", top("format_version", "3")), False
     yield *edited("cluster-renamed", lambda d, a: d["clusters"][0].update(cluster="../../x")), False
     yield *edited("cluster-twice", lambda d, a: d["clusters"].append(copy.deepcopy(d["clusters"][0]))), True
     yield *edited("actions-gone", lambda d, a: a.clear()), True
@@ -202,4 +214,4 @@ def plan_edits(plan: dict[str, Any]) -> Iterator[tuple[str, Any, bool]]:
     yield *edited("unknown-field", top("run", "touch /tmp/careconcile-pwned")), False
     text = json.dumps(plan)
     yield "cut-short", text[:len(text) // 2], False
-    yield "huge-number", text.replace('"format_version": 2', '"format_version": 2, "x": ' + "9" * 5000, 1), False
+    yield "huge-number", text.replace('"format_version": 3', '"format_version": 3, "x": ' + "9" * 5000, 1), False

@@ -43,11 +43,11 @@ class CLIResult:
 
 
 def careconcile(*args: str, workspace: Path, env: dict[str, str] | None = None, timeout: float = 900,
-                stdin: str | None = None) -> CLIResult:
+                stdin: str | None = None, cwd: Path = ROOT) -> CLIResult:
     """Run the CLI as a user would; its output must never hold a private key."""
     completed = subprocess.run(
         [sys.executable, "-m", "reconciler", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "CARECONCILE_WORKSPACE": str(workspace), **(env or {})}, cwd=ROOT,
+        env={**os.environ, "CARECONCILE_WORKSPACE": str(workspace), **(env or {})}, cwd=cwd,
         input=stdin if stdin is not None else "",
     )
     result = CLIResult(completed.returncode, completed.stdout, completed.stderr)

@@ -62,7 +62,7 @@ def test_a_saved_plan_is_refused_once_the_cluster_changed(undo, workspace):
     assert "Plan: 1 CA to create" in saved.stdout
     shown = careconcile("show", str(planfile), "--format", "markdown", workspace=workspace)
     assert shown.returncode == 0 and shown.stdout.startswith("### careconcile apply plan")
-    assert json.loads(planfile.read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads(planfile.read_text())["format_version"] == FORMAT_VERSION == 3
 
     # The cluster moves on without this plan: phase 1 makes a CA the plan knows nothing of.
     moved = careconcile("apply", str(spec), "--auto-approve", "--until", "prepare", workspace=workspace)

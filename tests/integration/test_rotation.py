@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -66,6 +68,34 @@ def _set_proxy_url(path: Path, servers: list[str], url: str) -> None:
     path.write_text(kubeconfig.dump(document))
 
 
+def _spec_repository(spec: Path, info, root: Path) -> tuple[Path, Path]:
+    """A git repository holding the spec at specs/spec.yaml, every path in it relative to
+    specs/ (the SSH key, the kubeconfig), cloned twice at two paths. The key and kubeconfig
+    are no part of the repository: in each clone they are put where the spec says, as a CI
+    job writes its secrets (the kubeconfig as a link to the sandbox's, which the rotation
+    rewrites through it)."""
+    origin = root / "origin"
+    (origin / "specs").mkdir(parents=True)
+    text = spec.read_text().replace(f"kubeconfig: {info.kubeconfig}\n", "kubeconfig: admin.kubeconfig\n")
+    assert "kubeconfig: admin.kubeconfig\n" in text and "keyFile: ssh/client_key" in text
+    (origin / "specs" / "spec.yaml").write_text(text)
+    (origin / ".gitignore").write_text("specs/ssh/\nspecs/admin.kubeconfig\n")
+    git = ["git", "-c", "user.name=careconcile tests", "-c", "user.email=tests@careconcile.invalid",
+           "-c", "init.defaultBranch=main"]
+    for argv in (["init", "-q", str(origin)], ["-C", str(origin), "add", "."],
+                 ["-C", str(origin), "commit", "-q", "-m", "the spec"]):
+        subprocess.run([*git, *argv], check=True, capture_output=True)
+    clones = root / "clone-a", root / "elsewhere" / "clone-b"
+    for clone in clones:
+        subprocess.run([*git, "clone", "-q", str(origin), str(clone)], check=True, capture_output=True)
+        (clone / "specs" / "ssh").mkdir(mode=0o700)
+        key = clone / "specs" / "ssh" / "client_key"
+        key.write_bytes((spec.parent / "ssh" / "client_key").read_bytes())
+        key.chmod(0o600)
+        (clone / "specs" / "admin.kubeconfig").symlink_to(info.kubeconfig)
+    return clones
+
+
 @pytest.fixture(scope="module")
 def proxy():
     with running_tinyproxy() as running:
@@ -94,23 +124,46 @@ def over_ssh(start_sandbox, tmp_path_factory, proxy):
     set_rotation(spec, 1)
     sans = _apiserver_sans(info)
     _set_proxy_url(Path(info.kubeconfig), info.apiservers, proxy.url)
-    plan_file = workspace / "rotate.plan.json"
-    planned = careconcile("plan", str(spec), "--out", str(plan_file), workspace=workspace)
+
+    # The plan travels (issue 14): planned in one clone of a spec repository, applied from
+    # another clone at another path, the first one gone by then.
+    started = time.monotonic()
+    clone_a, clone_b = _spec_repository(spec, info, tmp_path_factory.mktemp("rot1-spec-repository"))
+    added = time.monotonic() - started
+    plan_file = clone_a / "rotate.plan.json"
+    planned = careconcile("plan", "specs/spec.yaml", "--out", plan_file.name, workspace=workspace, cwd=clone_a)
     assert planned.returncode == 0, planned.stdout + planned.stderr
     connects = {"plan": len(proxy.connects())}
+    shutil.copy(plan_file, clone_b / plan_file.name)
+    shutil.rmtree(clone_a)
+    # A plan whose embedded spec was edited is refused by name, before anything is reached.
+    edited = json.loads((clone_b / plan_file.name).read_text())
+    edited["spec_text"] = edited["spec_text"].replace("rotation: 1", "rotation: 2", 1)
+    (clone_b / "edited.plan.json").write_text(json.dumps(edited))
+    started = time.monotonic()
+    ca_before, logs_before = record_ca(info).cert, sorted(workspace.rglob("*.log"))
+    refused = careconcile("apply", "edited.plan.json", workspace=workspace, cwd=clone_b)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert ("edited.plan.json: the spec embedded in the plan (spec_text) does not match its digest" in refused.stderr
+            and "the plan file was edited" in refused.stderr), refused.stderr
+    assert record_ca(info).cert == ca_before and sorted(workspace.rglob("*.log")) == logs_before  # nothing changed
+    assert len(proxy.connects()) == connects["plan"]  # not even a request through the proxy
+    added += time.monotonic() - started
+    print(f"\n{info.name}: the spec repository, its two clones and the refused edited plan took {added:.1f}s")
 
     started = time.monotonic()
     # The poller goes straight to the apiserver: what the proxy logs meanwhile is careconcile's.
     with Poller(Path(info.kubeconfig), set(info.apiservers), read=without_proxy(Path(info.kubeconfig))) as poller:
-        result = careconcile("apply", str(plan_file), workspace=workspace)
+        result = careconcile("apply", plan_file.name, workspace=workspace, cwd=clone_b)
     connects["apply"] = len(proxy.connects()) - connects["plan"]
     print(f"\n{info.name}: rotation over SSH in {time.monotonic() - started:.1f}s; {poller.requests} requests "
           f"during it, {len(poller.failures)} failed, longest gap {poller.longest_gap():.2f}s; CONNECTs through "
           f"the proxy: {connects['plan']} for the plan, {connects['apply']} for the apply")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "Apply complete!" in result.stdout
+    assert f"with relative paths resolved against {clone_b / 'specs'}." in result.stderr
     rotated = Rotated(info, workspace, poller, old, record_ca(info), foreign, webhook_ca)
-    return rotated, planned, json.loads(plan_file.read_text()), {"sans": sans, "connects": connects}
+    return rotated, planned, json.loads((clone_b / plan_file.name).read_text()), {"sans": sans, "connects": connects}
 
 
 def test_a_rotation_over_ssh_fails_no_request_and_leaves_only_the_new_ca(over_ssh):

@@ -204,13 +204,14 @@ def test_a_stale_plan_and_the_log_header_name_the_authority(tmp_path, monkeypatc
 
     def document(cluster_plan):
         return PlanDocument(format_version=FORMAT_VERSION, careconcile_version="0", created="2026-12-04T00:00:00+00:00",
-                            operation="apply", spec_path=str(spec), spec_digest=session.spec_digest(spec),
-                            clusters=[cluster_plan], summary=summary_counts(cluster_plan.actions))
+                            operation="apply", spec_path=str(spec), spec_relative_path="spec.yaml",
+                            spec_digest=session.spec_digest(spec), spec_text="spec\n", clusters=[cluster_plan], summary=summary_counts(cluster_plan.actions))
 
     changed = etcd.model_copy(update={"observed_digest": "sha256:" + "0" * 64})
     monkeypatch.setattr(session, "make_plan", lambda *args, **kwargs: document(changed))
     with pytest.raises(StalePlanError, match=rf"cluster {CLUSTER} \(etcdCA\) changed since the plan was made"):
-        session.check_not_stale(document(etcd), LoadedSpec(path=spec, document=None), {CLUSTER: None})
+        session.check_not_stale(document(etcd), LoadedSpec(path=spec, document=None, text="spec\n"),
+                                {CLUSTER: None})
 
 
 def test_a_failed_authority_keeps_and_prints_the_reports_of_those_finished_before_it(monkeypatch):
@@ -227,7 +228,8 @@ def test_a_failed_authority_keeps_and_prints_the_reports_of_those_finished_befor
     plans = [cluster_plan.model_copy(update={"cluster": name}) for name in ("c1", "c2")
              for cluster_plan in (cluster_ca, _rotation(ETCD_CA))]
     document = PlanDocument(format_version=FORMAT_VERSION, careconcile_version="0", created="2026-12-04T00:00:00+00:00",
-                            operation="apply", spec_path="/s.yaml", spec_digest="sha256:" + "1" * 64, clusters=plans,
+                            operation="apply", spec_path="/s.yaml", spec_relative_path="s.yaml",
+                            spec_digest="sha256:" + "1" * 64, spec_text="", clusters=plans,
                             summary=summary_counts([a for p in plans for a in p.actions]))
 
     def run_cluster(plan_document, cluster, loaded, access, **kwargs):

@@ -125,7 +125,8 @@ spec:
 def _saved(tmp_path: Path) -> tuple[Path, Path]:
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    plan = rotation().model_copy(update={"spec_path": str(spec), "spec_digest": spec_digest(spec)})
+    plan = rotation().model_copy(update={"spec_path": str(spec), "spec_relative_path": str(spec),
+                                         "spec_digest": spec_digest(spec), "spec_text": SPEC})
     saved = tmp_path / "rotate.plan.json"
     saved.write_text(render.as_json(plan))
     return spec, saved
@@ -141,7 +142,7 @@ def test_show_prints_the_paths_on_the_nodes_from_the_spec_the_plan_was_made_from
     assert main(["show", str(saved), "--format", "markdown"]) == 0
     out, err = capsys.readouterr()
     assert "| cp1 | `local` | `/srv/nodes/cp1` |" in out and "| w1 | `ssh deploy@10.0.12.9:2222` | `/srv/w1` |" in out
-    assert err == ""
+    assert err.startswith("Spec: embedded (sha256:")  # markdown stays what `plan --format markdown` prints
     assert main(["show", str(saved), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["spec_digest"].startswith("sha256:")
 
@@ -156,10 +157,14 @@ def test_markdown_says_once_where_nodes_laid_out_alike_are():
     assert "| node | reached by | root |" not in markdown
 
 
-def test_show_of_a_plan_whose_spec_changed_shows_node_paths_and_says_why(tmp_path, capsys):
+def test_show_of_a_plan_whose_spec_file_changed_shows_the_plans_own_spec_and_says_so(tmp_path, capsys):
+    """The plan holds its spec: show prints the node roots of that spec, not of the file now
+    at the spec's place, and says the file there is another spec."""
     spec, saved = _saved(tmp_path)
     spec.write_text(SPEC.replace("/srv/nodes/cp1", "/elsewhere/cp1"))
     assert main(["show", str(saved)]) == 0
     out, err = capsys.readouterr()
-    assert "writes on cp1: /etc/kubernetes/pki/apiserver.key" in out and "/elsewhere" not in out
-    assert f"the spec {spec} changed since the plan was made" in err
+    assert "writes on cp1 (local): /srv/nodes/cp1/etc/kubernetes/pki/careconcile/clusterCA.key" in out
+    assert "/elsewhere" not in out and err == ""
+    assert f"resolves them against {tmp_path} " in out
+    assert "the spec file is there but another spec (apply refuses the plan as stale)" in out

@@ -109,8 +109,9 @@ def _plan_fixture(tmp: Path, values: dict[str, str]) -> dict:
                  f"access: {{local: {{root: {tmp / 'nodes' / node}}}}}}}\n")
     spec = tmp / "plan-spec.yaml"
     spec.write_text(text)
-    plan["spec_path"] = str(spec)
+    plan["spec_path"] = plan["spec_relative_path"] = str(spec)
     plan["spec_digest"] = "sha256:" + hashlib.sha256(spec.read_bytes()).hexdigest()
+    plan["spec_text"] = text
     return plan
 
 

@@ -14,17 +14,19 @@ from reconciler.core.schemas import schemas
 from reconciler.core.sites import NodeFile
 from reconciler.errors import PlanFileError
 from reconciler.shell.session import load_plan
+from reconciler.shell.specfile import spec_text_digest
 from tests.unit.test_diff import cert_fp, desired, in_progress, observation, plan
 
 SPEC_PATH = "/specs/fleet.yaml"
+SPEC_TEXT = "apiVersion: careconcile.dev/v1alpha1\nkind: CASpec\n"  # not read by what these tests check
 
 
 def document(*plans: ClusterPlan, operation: str = "apply") -> PlanDocument:
     actions = [action for cluster in plans for action in cluster.actions]
     return PlanDocument(
         format_version=FORMAT_VERSION, careconcile_version="0.0.0-test", created="2026-11-28T12:00:00+00:00",
-        operation=operation, spec_path=SPEC_PATH, spec_digest="sha256:" + "1" * 64, clusters=list(plans),
-        summary=summary_counts(actions),
+        operation=operation, spec_path=SPEC_PATH, spec_relative_path="specs/fleet.yaml",
+        spec_digest=spec_text_digest(SPEC_TEXT), spec_text=SPEC_TEXT, clusters=list(plans), summary=summary_counts(actions),
     )
 
 

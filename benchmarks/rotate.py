@@ -59,6 +59,7 @@ wall time in place of their sum.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import io
 import os
@@ -111,6 +112,9 @@ DIMENSIONS = (("lease handover", "handover"), ("workloads", "workloads"), ("tran
               ("max concurrent", "max_concurrent"))
 
 
+Counter_ = collections.Counter
+
+
 class Counter:
     """A thread-safe count (observation reads 8 nodes at a time)."""
 
@@ -137,7 +141,6 @@ class Intervals:
 
 
 NODE_CALLS = Counter()  # NodeFiles calls, either transport
-SFTP_REQUESTS = Counter()  # SFTP requests sent (each one a round trip to the sshd)
 RESTART_STEPS = Intervals()  # the executor's steps that restart a run of workloads, each
 RESTART_CALLS = Intervals()  # one workload's restart, each (the restart-workload action's work)
 
@@ -164,15 +167,21 @@ def _timed(method, intervals: Intervals):
 def install_counters(transports: list[str]) -> None:
     classes = [LocalNodeFiles]
     if "ssh" in transports:
-        import paramiko
-
         from reconciler.shell.ssh import SSHNodeFiles
 
         classes.append(SSHNodeFiles)
-        paramiko.SFTPClient._async_request = _counted(paramiko.SFTPClient._async_request, SFTP_REQUESTS)
     for cls in classes:
         for name in NODE_OPERATIONS:
             setattr(cls, name, _counted(getattr(cls, name), NODE_CALLS))
+
+
+def sftp_requests() -> Counter_:
+    """The SFTP requests sent so far, by kind (the SSH transport counts them)."""
+    if "reconciler.shell.ssh" not in sys.modules:
+        return Counter_()
+    from reconciler.shell.ssh import REQUESTS
+
+    return REQUESTS.snapshot()
 
 
 def install_restart_timers() -> None:
@@ -305,7 +314,7 @@ def phase_wall_seconds(report: RunReport, restarting: float) -> dict[int, float]
 
 def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     spec.write_text(re.sub(r"(clusterCA:\n\s+rotation: )\d+", rf"\g<1>{rotation}", spec.read_text()))
-    calls, requests = NODE_CALLS.value, SFTP_REQUESTS.value
+    calls, requests = NODE_CALLS.value, sftp_requests()
     steps, restarts_before = len(RESTART_STEPS.spans), len(RESTART_CALLS.spans)
     started = time.monotonic()
     loaded = load_spec(spec)
@@ -327,7 +336,11 @@ def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
               "trust wait": wait, "restarts wall": wall, "restarts summed": sum(done.seconds for done in restarts),
               "workload restarts": float(len(restarts)),
               "connections": float(connections), "node calls": float(NODE_CALLS.value - calls),
-              "sftp requests": float(SFTP_REQUESTS.value - requests)}
+              "sftp requests": float(sum((sftp_requests() - requests).values()))}
+    kinds = sftp_requests() - requests
+    if kinds:
+        print("    SFTP requests by kind: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()),
+              file=sys.stderr)
     phases = phase_wall_seconds(report, wait + wall)
     for number, name in PHASES.items():
         sample[f"{number} {name}"] = phases.get(number, 0.0)

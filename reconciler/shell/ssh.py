@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import collections
 import contextlib
 import errno
 import hmac
@@ -40,7 +41,9 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+from paramiko.sftp import (
+    CMD_EXTENDED, CMD_HANDLE, CMD_NAMES, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE,
+)
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from paramiko.sftp_file import SFTPFile
@@ -69,6 +72,43 @@ def close_all() -> None:
 
 
 atexit.register(close_all)
+
+
+class RequestCount:
+    """The SFTP requests sent, by kind (``open``, ``lstat``, ``realpath``...), over every
+    node's connection since the process started: each one is a round trip to a node, or
+    part of one when several are sent before any answer is read. Thread-safe, and cheap
+    (a lock and a dict update per request); benchmarks read it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, kind: str) -> None:
+        with self._lock:
+            self._counts[kind] += 1
+
+    def snapshot(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self._counts)
+
+
+REQUESTS = RequestCount()
+
+
+class _CountedSFTPClient(paramiko.SFTPClient):
+    """paramiko's SFTP client, counting each request it sends in :data:`REQUESTS`."""
+
+    def _async_request(self, fileobj, t, *args):  # type: ignore[no-untyped-def]
+        REQUESTS.add(_request_name(t, args))
+        return super()._async_request(fileobj, t, *args)
+
+
+def _request_name(kind: int, args: tuple) -> str:
+    name = CMD_NAMES.get(kind, str(kind))
+    if kind == CMD_EXTENDED and args and isinstance(args[0], str):
+        return args[0]  # posix-rename@openssh.com, fsync@openssh.com
+    return name
 
 
 def key_fingerprint(key: paramiko.PKey) -> str:
@@ -253,7 +293,11 @@ class SSHNodeFiles:
             client.close()
             raise self._fail(f"cannot connect to {where}: {_reason(exc)}") from exc
         try:
-            sftp = client.open_sftp()
+            transport = client.get_transport()
+            assert transport is not None
+            sftp = _CountedSFTPClient.from_transport(transport)
+            if sftp is None:
+                raise paramiko.SSHException("the SFTP channel could not be opened")
         except (paramiko.SSHException, EOFError, OSError) as exc:
             client.close()
             raise self._fail(f"{where} offers no SFTP subsystem: {exc or type(exc).__name__}",

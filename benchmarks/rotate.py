@@ -89,7 +89,7 @@ from reconciler.shell.specfile import load_spec
 COLUMNS = ["plan", *(f"{number} {name}" for number, name in PHASES.items()), "total", "actions"]
 WORKLOAD_COLUMNS = ["trust wait", "restarts wall", "restarts summed", "workload restarts"]
 COUNTS = ("actions", "workload restarts")  # whole numbers: the median alone
-TRANSPORTS = ("local", "ssh")
+TRANSPORTS = ("local", "ssh", "ssh-latency")
 NODE_OPERATIONS = ("check", "read", "mode", "write", "remove", "remove_directory")
 LOGIN_LINE = "Accepted publickey for "
 RESTART_WORKLOAD = "restart-workload"
@@ -166,7 +166,7 @@ def _timed(method, intervals: Intervals):
 
 def install_counters(transports: list[str]) -> None:
     classes = [LocalNodeFiles]
-    if "ssh" in transports:
+    if any(transport.startswith("ssh") for transport in transports):
         from reconciler.shell.ssh import SSHNodeFiles
 
         classes.append(SSHNodeFiles)
@@ -206,6 +206,8 @@ def write_specs(info, transports: list[str]) -> dict[str, Path]:
     if info.ssh is None:
         return {"local": Path(info.spec)}
     specs = {"ssh": Path(info.spec)}
+    if "ssh-latency" in transports:
+        specs["ssh-latency"] = through_toxiproxy(Path(info.spec), info)
     if "local" in transports:
         yaml = YAML()
         yaml.width = 4096
@@ -222,6 +224,28 @@ def write_specs(info, transports: list[str]) -> dict[str, Path]:
         specs["local"] = Path(info.spec).with_name("spec-local.yaml")
         specs["local"].write_text(out.getvalue())
     return specs
+
+
+TOXIPROXY = None  # the run's toxiproxy server, started for the ssh-latency transport
+LATENCY_MS = 0
+
+
+def through_toxiproxy(spec: Path, info) -> Path:
+    """A copy of the sandbox's spec beside it whose nodes reach the sandbox's sshd through
+    a toxiproxy proxy that delays each direction by LATENCY_MS (the host key is pinned by
+    key, so the other port changes nothing else)."""
+    port = TOXIPROXY.delay(f"sshd-{Path(info.spec).parent.name}", int(info.ssh["port"]), LATENCY_MS)
+    yaml = YAML()
+    yaml.width = 4096
+    document = yaml.load(spec.read_text())
+    for cluster in document["spec"]["clusters"]:
+        for node in cluster["nodes"]:
+            node["access"]["ssh"]["port"] = port
+    out = io.StringIO()
+    yaml.dump(document, out)
+    copy = spec.with_name("spec-ssh-latency.yaml")
+    copy.write_text(out.getvalue())
+    return copy
 
 
 def with_max_concurrent(spec: Path, max_concurrent: int | None) -> Path:
@@ -356,7 +380,7 @@ def measure(workers: int, repeats: int, workspace: Path, variants: list[Variant]
     samples = {variant: {column: [] for column in COLUMNS + WORKLOAD_COLUMNS + extra} for variant in variants}
     sandboxes = list(dict.fromkeys((variant.handover, variant.workloads) for variant in variants))
     names = {key: sandbox_name(workers, *key, variants) for key in sandboxes}
-    ssh = any(variant.transport == "ssh" for variant in variants)
+    ssh = any(variant.transport.startswith("ssh") for variant in variants)
     try:
         infos, specs, rotation = {}, {}, {}
         for key in sandboxes:
@@ -390,7 +414,7 @@ def measure(workers: int, repeats: int, workspace: Path, variants: list[Variant]
                     samples[variant][column].append(sample[column])
                 text = label(variant, varied(variants))
                 detail = f"{sample['node calls']:.0f} node-file calls"
-                if variant.transport == "ssh":
+                if variant.transport.startswith("ssh"):
                     detail += (f", {sample['sftp requests']:.0f} SFTP requests, {sample['connections']:.0f} SSH "
                                f"connections ({sample['logins']:.0f} logins in the sshd log)")
                 detail += (f"; {sample['workload restarts']:.0f} workload restarts: trust wait "
@@ -431,6 +455,11 @@ def comparisons(workers: int, by_variant: dict[Variant, dict[str, list[float]]])
     lines = []
     for variant, samples in by_variant.items():
         local, kubeadm = variant._replace(transport="local"), variant._replace(handover="kubeadm")
+        direct = variant._replace(transport="ssh")
+        if variant.transport == "ssh-latency" and direct in by_variant:
+            text = label(variant, [d for d in dimensions if d[1] != "transport"])
+            lines.append(f"- {workers} workers{', ' + text if text else ''}, ssh-latency ({LATENCY_MS} ms each way)"
+                         f"/ssh of the medians: " + ratios(samples, by_variant[direct]))
         if variant.transport == "ssh" and local in by_variant:
             text = label(variant, [d for d in dimensions if d[1] != "transport"])
             lines.append(f"- {workers} workers{', ' + text if text else ''}, ssh/local of the medians: "
@@ -460,6 +489,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[3, 50])
     parser.add_argument("--transport", nargs="+", choices=TRANSPORTS, default=["local"],
                         help="how the node files are reached: local, ssh or both (default: local)")
+    parser.add_argument("--latency", type=int, default=20, metavar="MS",
+                        help="for the ssh-latency transport: the delay toxiproxy adds to each direction between "
+                             "careconcile and the sandbox's sshd (default: 20)")
     parser.add_argument("--lease-handover", nargs="+", choices=sandbox.LEASE_HANDOVERS, default=["fast"],
                         help="the sandboxes' lease handover (`sandbox up --lease-handover`): fast, kubeadm or "
                              "both (default: fast)")
@@ -479,12 +511,21 @@ def main() -> int:
     variants = variants_of(list(dict.fromkeys(args.lease_handover)), list(dict.fromkeys(args.workloads)),
                            transports, list(dict.fromkeys(args.max_concurrent)))
     require_binaries()
+    global TOXIPROXY, LATENCY_MS
+    if "ssh-latency" in transports:
+        from reconciler.sandbox.toxiproxy import Toxiproxy
+
+        TOXIPROXY, LATENCY_MS = Toxiproxy(), args.latency
     install_counters(transports)
     install_restart_timers()
     with tempfile.TemporaryDirectory(prefix="careconcile-bench-") as root:
         os.environ[ROOT_ENV] = root
         workspace = Path(root, "workspace")
-        results = {workers: measure(workers, args.repeats, workspace, variants) for workers in args.workers}
+        try:
+            results = {workers: measure(workers, args.repeats, workspace, variants) for workers in args.workers}
+        finally:
+            if TOXIPROXY is not None:
+                TOXIPROXY.stop()
     dimensions = varied(variants)
     fixed = ", ".join(f"{column} {shown(field, getattr(variants[0], field))}"
                       for column, field in DIMENSIONS if (column, field) not in dimensions)
@@ -510,8 +551,8 @@ def main() -> int:
         for variant, samples in by_variant.items():
             others = label(variant, [d for d in dimensions if d[1] != "transport"])
             text = f"{workers} workers" + (f", {others}" if others else "")
-            if variant.transport == "ssh":
-                print(f"- {text} over ssh, per rotation: SSH connections "
+            if variant.transport.startswith("ssh"):
+                print(f"- {text} over {variant.transport}, per rotation: SSH connections "
                       f"{'/'.join(f'{v:.0f}' for v in samples['connections'])} (the transport's count), "
                       f"{'/'.join(f'{v:.0f}' for v in samples['logins'])} (sshd log, \"{LOGIN_LINE.strip()}\"); "
                       f"SFTP requests {'/'.join(f'{v:.0f}' for v in samples['sftp requests'])}")

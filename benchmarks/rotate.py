@@ -1,6 +1,7 @@
 """Time a full cluster-CA rotation of 1 control plane with 3 and with 50 workers, per phase.
 
-    .venv/bin/python benchmarks/rotate.py [--repeats 3] [--workers 3 50] [--transport local ssh]
+    .venv/bin/python benchmarks/rotate.py [--repeats 3] [--workers 3 50] [--transport local ssh ssh-latency]
+                                          [--latency 20]
                                           [--lease-handover fast kubeadm] [--workloads 0 200]
                                           [--max-concurrent 1 4 16]
 
@@ -21,8 +22,15 @@ the previous one left, whichever transport made it, after one unmeasured warm-up
 actions more, for that kubeconfig). The table then has a transport column, and the ratio ssh/local of the medians follows it. For ``ssh`` it also reports the
 SSH connections a rotation opened: counted by the transport, and from the sshd's log
 ("Accepted publickey" lines). Per rotation, stderr shows the node-file operations
-(check, read, mode, write, remove) and, over SSH, the SFTP requests sent; counting them
-costs about 0.3 us a call, a few hundredths of a second in a rotation of 50 workers.
+(check, read, mode, write, remove) and, over SSH, the SFTP requests sent, by kind, and the
+round trips they took (``reconciler.shell.ssh.REQUESTS``); counting costs about 0.3 us a
+call, a few hundredths of a second in a rotation of 50 workers.
+
+``ssh-latency`` is ``ssh`` through toxiproxy (``make toxiproxy``): the run starts one
+toxiproxy server on 127.0.0.1, and a proxy per sandbox in front of its sshd that delays
+each direction by ``--latency`` milliseconds (default 20: a round trip costs 40 ms more);
+a copy of the sandbox's spec names the proxy's port. With ``ssh`` too, both rotate the
+same sandbox in turn as above, and the ratio ssh-latency/ssh of the medians follows.
 
 ``--lease-handover`` (default ``fast``) is the sandboxes' `sandbox up --lease-handover`:
 with both, each worker count gets a sandbox of each, and their rotations take turns the

@@ -17,6 +17,20 @@ Paths stay inside the node's root as with ``local`` (:mod:`reconciler.shell.node
 on the node (SFTP realpath) and refused, as a :class:`NodePathError`, when a link on the
 way leads outside the root.
 
+Round trips: requests that do not wait on each other's answers are sent together
+(:class:`~reconciler.shell.sftp_pipeline.Pipeline`). An observation of a node is a batch
+(:meth:`SSHNodeFiles.batch`) that reads the files the node's previous observation read in
+three round trips for them all (:meth:`SSHNodeFiles.read_many`); ``mode`` takes one round
+trip, ``write`` five. Which paths need the ``lstat``: with a root other than "/", every
+one, since any file of a hostile node may be a link, and a link the node followed itself
+could lead out of the root; it costs no round trip of its own, sent with the realpath of
+the directories. With the root "/", reads skip it: a link, followed by the node, leads
+where it would as a node path, and nothing is outside "/". Writes keep it there too: a
+write goes through a link (kubeadm's kubelet-client-current.pem) to replace the file it
+names, which needs to know the link. A path that is a link, or in a directory that does
+not exist, is read and written the one-by-one way, as before. :data:`REQUESTS` counts the
+requests by kind and the round trips.
+
 Every other failure is a :class:`NodeUnreachableError` that names the node,
 ``user@host:port`` and what was being done, with the paramiko or OS error as its cause.
 """

@@ -637,6 +637,9 @@ class SSHNodeFiles:
                 pipe.done(closed)
                 pipe.done(pipe.posix_rename(temp, target))
             except BaseException as exc:
+                if not handle._closed:
+                    with contextlib.suppress(Exception):
+                        handle.close()
                 try:
                     sftp.remove(temp)
                 except Exception:

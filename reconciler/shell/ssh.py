@@ -550,16 +550,21 @@ class SSHNodeFiles:
         confine = path != "/" and self.root != "/"
         root = pipe.realpath(self.root) if confine and self._real_root is None else None
         directory = pipe.realpath(posixpath.dirname(where)) if confine else None
+        # OpenSSH resolves a path whose last component is missing: whether the directory is
+        # there, its stat says.
+        made = pipe.stat(posixpath.dirname(where))
         own, followed = pipe.lstat(where), pipe.stat(where)
         if root is not None:
             self._real_root = pipe.name(root)
         real = pipe.outcome(directory, pipe.name) if directory is not None else None
+        there = pipe.outcome(made, pipe.attributes)
         own_attributes = pipe.outcome(own, pipe.attributes)
         attributes = pipe.outcome(followed, pipe.attributes)
-        if isinstance(real, OSError):
-            if real.errno != errno.ENOENT:
-                raise real
-            return None
+        for answer in (real, there):
+            if isinstance(answer, OSError):
+                if answer.errno != errno.ENOENT:
+                    raise answer
+                return None  # a directory to make (or a link that leads nowhere): the one-by-one way
         if real is not None and not inside(real, self._real_root or "/"):
             raise outside_root(self.describe(), path, real)
         if isinstance(own_attributes, OSError):
@@ -642,15 +647,28 @@ class SSHNodeFiles:
                         raise  # a server without fsync@openssh.com says "unsupported": as _fsync
                 pipe.done(closed)
                 pipe.done(pipe.posix_rename(temp, target))
-            except BaseException as exc:
+            except OSError as exc:
+                if _lost(exc):
+                    self._orphans.add(temp)  # removed when the node is reached again
+                    raise
+                # An SFTP status: the session is sound, and the temp file goes at once.
                 if not handle._closed:
                     with contextlib.suppress(Exception):
                         handle.close()
                 try:
                     sftp.remove(temp)
-                except Exception:
-                    if _lost(exc):
-                        self._orphans.add(temp)  # removed when the node is reached again
+                except Exception as again:
+                    if _lost(again):
+                        self._orphans.add(temp)
+                raise
+            except BaseException:
+                # Ctrl-C, SIGTERM or a lost connection, maybe in the middle of sending a
+                # request of the pipeline: the session may hold half a packet, so it is
+                # dropped, and a new connection removes the temp file (as an orphan).
+                self._orphans.add(temp)
+                self.close()
+                with contextlib.suppress(Exception):
+                    self._session()
                 raise
         self._run(f"write {path}", write)
 

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # with two, the 2 cores sat idle 38% of a run (vmstat, docs/development.md), so three.
 PYTEST_WORKERS ?= 3
 
-.PHONY: install bytecode binaries extension-apiserver sshd haproxy tinyproxy demo test unit integration schemas clean
+.PHONY: install bytecode binaries extension-apiserver toxiproxy sshd haproxy tinyproxy demo test unit integration schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ binaries:
 # it never forces the binaries above to rebuild.
 extension-apiserver:
 	hack/build-extension-apiserver.sh >/dev/null
+
+# Shopify's toxiproxy, for the latency benchmarks (benchmarks/rotate.py and fleet.py --latency):
+# a stamp of its own too; no test needs it.
+toxiproxy:
+	hack/build-toxiproxy.sh >/dev/null
 
 # Debian's sshd, unpacked into a cache, for the SSH transport's tests and `sandbox up --ssh`.
 sshd:

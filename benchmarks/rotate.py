@@ -1,6 +1,7 @@
 """Time a full cluster-CA rotation of 1 control plane with 3 and with 50 workers, per phase.
 
-    .venv/bin/python benchmarks/rotate.py [--repeats 3] [--workers 3 50] [--transport local ssh]
+    .venv/bin/python benchmarks/rotate.py [--repeats 3] [--workers 3 50] [--transport local ssh ssh-latency]
+                                          [--latency 20]
                                           [--lease-handover fast kubeadm] [--workloads 0 200]
                                           [--max-concurrent 1 4 16]
 
@@ -21,8 +22,15 @@ the previous one left, whichever transport made it, after one unmeasured warm-up
 actions more, for that kubeconfig). The table then has a transport column, and the ratio ssh/local of the medians follows it. For ``ssh`` it also reports the
 SSH connections a rotation opened: counted by the transport, and from the sshd's log
 ("Accepted publickey" lines). Per rotation, stderr shows the node-file operations
-(check, read, mode, write, remove) and, over SSH, the SFTP requests sent; counting them
-costs about 0.3 us a call, a few hundredths of a second in a rotation of 50 workers.
+(check, read, mode, write, remove) and, over SSH, the SFTP requests sent, by kind, and the
+round trips they took (``reconciler.shell.ssh.REQUESTS``); counting costs about 0.3 us a
+call, a few hundredths of a second in a rotation of 50 workers.
+
+``ssh-latency`` is ``ssh`` through toxiproxy (``make toxiproxy``): the run starts one
+toxiproxy server on 127.0.0.1, and a proxy per sandbox in front of its sshd that delays
+each direction by ``--latency`` milliseconds (default 20: a round trip costs 40 ms more);
+a copy of the sandbox's spec names the proxy's port. With ``ssh`` too, both rotate the
+same sandbox in turn as above, and the ratio ssh-latency/ssh of the medians follows.
 
 ``--lease-handover`` (default ``fast``) is the sandboxes' `sandbox up --lease-handover`:
 with both, each worker count gets a sandbox of each, and their rotations take turns the
@@ -59,6 +67,7 @@ wall time in place of their sum.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import io
 import os
@@ -88,7 +97,7 @@ from reconciler.shell.specfile import load_spec
 COLUMNS = ["plan", *(f"{number} {name}" for number, name in PHASES.items()), "total", "actions"]
 WORKLOAD_COLUMNS = ["trust wait", "restarts wall", "restarts summed", "workload restarts"]
 COUNTS = ("actions", "workload restarts")  # whole numbers: the median alone
-TRANSPORTS = ("local", "ssh")
+TRANSPORTS = ("local", "ssh", "ssh-latency")
 NODE_OPERATIONS = ("check", "read", "mode", "write", "remove", "remove_directory")
 LOGIN_LINE = "Accepted publickey for "
 RESTART_WORKLOAD = "restart-workload"
@@ -109,6 +118,9 @@ class Variant(NamedTuple):
 # Table column, Variant field: the dimensions a run may vary.
 DIMENSIONS = (("lease handover", "handover"), ("workloads", "workloads"), ("transport", "transport"),
               ("max concurrent", "max_concurrent"))
+
+
+Counter_ = collections.Counter
 
 
 class Counter:
@@ -137,7 +149,6 @@ class Intervals:
 
 
 NODE_CALLS = Counter()  # NodeFiles calls, either transport
-SFTP_REQUESTS = Counter()  # SFTP requests sent (each one a round trip to the sshd)
 RESTART_STEPS = Intervals()  # the executor's steps that restart a run of workloads, each
 RESTART_CALLS = Intervals()  # one workload's restart, each (the restart-workload action's work)
 
@@ -163,16 +174,22 @@ def _timed(method, intervals: Intervals):
 
 def install_counters(transports: list[str]) -> None:
     classes = [LocalNodeFiles]
-    if "ssh" in transports:
-        import paramiko
-
+    if any(transport.startswith("ssh") for transport in transports):
         from reconciler.shell.ssh import SSHNodeFiles
 
         classes.append(SSHNodeFiles)
-        paramiko.SFTPClient._async_request = _counted(paramiko.SFTPClient._async_request, SFTP_REQUESTS)
     for cls in classes:
         for name in NODE_OPERATIONS:
             setattr(cls, name, _counted(getattr(cls, name), NODE_CALLS))
+
+
+def sftp_requests() -> Counter_:
+    """The SFTP requests sent so far, by kind (the SSH transport counts them)."""
+    if "reconciler.shell.ssh" not in sys.modules:
+        return Counter_()
+    from reconciler.shell.ssh import REQUESTS
+
+    return REQUESTS.snapshot()
 
 
 def install_restart_timers() -> None:
@@ -197,6 +214,8 @@ def write_specs(info, transports: list[str]) -> dict[str, Path]:
     if info.ssh is None:
         return {"local": Path(info.spec)}
     specs = {"ssh": Path(info.spec)}
+    if "ssh-latency" in transports:
+        specs["ssh-latency"] = through_toxiproxy(Path(info.spec), info)
     if "local" in transports:
         yaml = YAML()
         yaml.width = 4096
@@ -213,6 +232,28 @@ def write_specs(info, transports: list[str]) -> dict[str, Path]:
         specs["local"] = Path(info.spec).with_name("spec-local.yaml")
         specs["local"].write_text(out.getvalue())
     return specs
+
+
+TOXIPROXY = None  # the run's toxiproxy server, started for the ssh-latency transport
+LATENCY_MS = 0
+
+
+def through_toxiproxy(spec: Path, info) -> Path:
+    """A copy of the sandbox's spec beside it whose nodes reach the sandbox's sshd through
+    a toxiproxy proxy that delays each direction by LATENCY_MS (the host key is pinned by
+    key, so the other port changes nothing else)."""
+    port = TOXIPROXY.delay(f"sshd-{Path(info.spec).parent.name}", int(info.ssh["port"]), LATENCY_MS)
+    yaml = YAML()
+    yaml.width = 4096
+    document = yaml.load(spec.read_text())
+    for cluster in document["spec"]["clusters"]:
+        for node in cluster["nodes"]:
+            node["access"]["ssh"]["port"] = port
+    out = io.StringIO()
+    yaml.dump(document, out)
+    copy = spec.with_name("spec-ssh-latency.yaml")
+    copy.write_text(out.getvalue())
+    return copy
 
 
 def with_max_concurrent(spec: Path, max_concurrent: int | None) -> Path:
@@ -305,7 +346,7 @@ def phase_wall_seconds(report: RunReport, restarting: float) -> dict[int, float]
 
 def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     spec.write_text(re.sub(r"(clusterCA:\n\s+rotation: )\d+", rf"\g<1>{rotation}", spec.read_text()))
-    calls, requests = NODE_CALLS.value, SFTP_REQUESTS.value
+    calls, requests = NODE_CALLS.value, sftp_requests()
     steps, restarts_before = len(RESTART_STEPS.spans), len(RESTART_CALLS.spans)
     started = time.monotonic()
     loaded = load_spec(spec)
@@ -327,7 +368,11 @@ def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
               "trust wait": wait, "restarts wall": wall, "restarts summed": sum(done.seconds for done in restarts),
               "workload restarts": float(len(restarts)),
               "connections": float(connections), "node calls": float(NODE_CALLS.value - calls),
-              "sftp requests": float(SFTP_REQUESTS.value - requests)}
+              "sftp requests": float(sum((sftp_requests() - requests).values()))}
+    kinds = sftp_requests() - requests
+    if kinds:
+        print("    SFTP requests by kind: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()),
+              file=sys.stderr)
     phases = phase_wall_seconds(report, wait + wall)
     for number, name in PHASES.items():
         sample[f"{number} {name}"] = phases.get(number, 0.0)
@@ -343,7 +388,7 @@ def measure(workers: int, repeats: int, workspace: Path, variants: list[Variant]
     samples = {variant: {column: [] for column in COLUMNS + WORKLOAD_COLUMNS + extra} for variant in variants}
     sandboxes = list(dict.fromkeys((variant.handover, variant.workloads) for variant in variants))
     names = {key: sandbox_name(workers, *key, variants) for key in sandboxes}
-    ssh = any(variant.transport == "ssh" for variant in variants)
+    ssh = any(variant.transport.startswith("ssh") for variant in variants)
     try:
         infos, specs, rotation = {}, {}, {}
         for key in sandboxes:
@@ -377,7 +422,7 @@ def measure(workers: int, repeats: int, workspace: Path, variants: list[Variant]
                     samples[variant][column].append(sample[column])
                 text = label(variant, varied(variants))
                 detail = f"{sample['node calls']:.0f} node-file calls"
-                if variant.transport == "ssh":
+                if variant.transport.startswith("ssh"):
                     detail += (f", {sample['sftp requests']:.0f} SFTP requests, {sample['connections']:.0f} SSH "
                                f"connections ({sample['logins']:.0f} logins in the sshd log)")
                 detail += (f"; {sample['workload restarts']:.0f} workload restarts: trust wait "
@@ -418,6 +463,11 @@ def comparisons(workers: int, by_variant: dict[Variant, dict[str, list[float]]])
     lines = []
     for variant, samples in by_variant.items():
         local, kubeadm = variant._replace(transport="local"), variant._replace(handover="kubeadm")
+        direct = variant._replace(transport="ssh")
+        if variant.transport == "ssh-latency" and direct in by_variant:
+            text = label(variant, [d for d in dimensions if d[1] != "transport"])
+            lines.append(f"- {workers} workers{', ' + text if text else ''}, ssh-latency ({LATENCY_MS} ms each way)"
+                         f"/ssh of the medians: " + ratios(samples, by_variant[direct]))
         if variant.transport == "ssh" and local in by_variant:
             text = label(variant, [d for d in dimensions if d[1] != "transport"])
             lines.append(f"- {workers} workers{', ' + text if text else ''}, ssh/local of the medians: "
@@ -447,6 +497,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[3, 50])
     parser.add_argument("--transport", nargs="+", choices=TRANSPORTS, default=["local"],
                         help="how the node files are reached: local, ssh or both (default: local)")
+    parser.add_argument("--latency", type=int, default=20, metavar="MS",
+                        help="for the ssh-latency transport: the delay toxiproxy adds to each direction between "
+                             "careconcile and the sandbox's sshd (default: 20)")
     parser.add_argument("--lease-handover", nargs="+", choices=sandbox.LEASE_HANDOVERS, default=["fast"],
                         help="the sandboxes' lease handover (`sandbox up --lease-handover`): fast, kubeadm or "
                              "both (default: fast)")
@@ -466,12 +519,21 @@ def main() -> int:
     variants = variants_of(list(dict.fromkeys(args.lease_handover)), list(dict.fromkeys(args.workloads)),
                            transports, list(dict.fromkeys(args.max_concurrent)))
     require_binaries()
+    global TOXIPROXY, LATENCY_MS
+    if "ssh-latency" in transports:
+        from reconciler.sandbox.toxiproxy import Toxiproxy
+
+        TOXIPROXY, LATENCY_MS = Toxiproxy(), args.latency
     install_counters(transports)
     install_restart_timers()
     with tempfile.TemporaryDirectory(prefix="careconcile-bench-") as root:
         os.environ[ROOT_ENV] = root
         workspace = Path(root, "workspace")
-        results = {workers: measure(workers, args.repeats, workspace, variants) for workers in args.workers}
+        try:
+            results = {workers: measure(workers, args.repeats, workspace, variants) for workers in args.workers}
+        finally:
+            if TOXIPROXY is not None:
+                TOXIPROXY.stop()
     dimensions = varied(variants)
     fixed = ", ".join(f"{column} {shown(field, getattr(variants[0], field))}"
                       for column, field in DIMENSIONS if (column, field) not in dimensions)
@@ -497,8 +559,8 @@ def main() -> int:
         for variant, samples in by_variant.items():
             others = label(variant, [d for d in dimensions if d[1] != "transport"])
             text = f"{workers} workers" + (f", {others}" if others else "")
-            if variant.transport == "ssh":
-                print(f"- {text} over ssh, per rotation: SSH connections "
+            if variant.transport.startswith("ssh"):
+                print(f"- {text} over {variant.transport}, per rotation: SSH connections "
                       f"{'/'.join(f'{v:.0f}' for v in samples['connections'])} (the transport's count), "
                       f"{'/'.join(f'{v:.0f}' for v in samples['logins'])} (sshd log, \"{LOGIN_LINE.strip()}\"); "
                       f"SFTP requests {'/'.join(f'{v:.0f}' for v in samples['sftp requests'])}")

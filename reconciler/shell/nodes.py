@@ -24,7 +24,7 @@ import posixpath
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import ContextManager, Iterable, Protocol
 
 from reconciler._files import atomic_write
 from reconciler.core.spec import NodeSpec
@@ -58,6 +58,10 @@ class NodeFiles(Protocol):
 
     def close(self) -> None:
         """Let go of any connection; a later call opens it again."""
+
+    def batch(self) -> ContextManager[None]:
+        """A block of reads that may be served from one read of many files at its start
+        (over SSH: pipelined, see SSHNodeFiles.batch); locally each read is a read."""
 
     def run(self, argv: list[str], timeout: float) -> None:
         """Run a command on the node (the restart of its kubelet), waiting at most ``timeout``
@@ -200,6 +204,9 @@ class LocalNodeFiles:
 
     def close(self) -> None:
         pass
+
+    def batch(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
 
     def remove_directory(self, path: str) -> None:
         try:

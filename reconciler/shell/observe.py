@@ -134,6 +134,14 @@ def _kubeconfig_leaves(raw: bytes, source: str, site: CredentialSite,
 
 def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, list, list, ObservedRecord | None,
                                                                             list]:
+    # In one batch: over SSH, the files this node's last observation read are read ahead
+    # together, a few round trips for the node instead of several per file.
+    with access.nodes[name].batch():
+        return _observe_node_files(access, name, role)
+
+
+def _observe_node_files(access: ClusterAccess, name: str, role: str
+                        ) -> tuple[list, list, list, ObservedRecord | None, list]:
     files = access.nodes[name]
     layout = access.layout
     files.check()

@@ -17,6 +17,20 @@ Paths stay inside the node's root as with ``local`` (:mod:`reconciler.shell.node
 on the node (SFTP realpath) and refused, as a :class:`NodePathError`, when a link on the
 way leads outside the root.
 
+Round trips: requests that do not wait on each other's answers are sent together
+(:class:`~reconciler.shell.sftp_pipeline.Pipeline`). An observation of a node is a batch
+(:meth:`SSHNodeFiles.batch`) that reads the files the node's previous observation read in
+three round trips for them all (:meth:`SSHNodeFiles.read_many`); a read outside a batch
+takes the same three (it was six), ``mode`` one (three), ``write`` five (ten or more). Which paths need the ``lstat``: with a root other than "/", every
+one, since any file of a hostile node may be a link, and a link the node followed itself
+could lead out of the root; it costs no round trip of its own, sent with the realpath of
+the directories. With the root "/", reads skip it: a link, followed by the node, leads
+where it would as a node path, and nothing is outside "/". Writes keep it there too: a
+write goes through a link (kubeadm's kubelet-client-current.pem) to replace the file it
+names, which needs to know the link. A path that is a link, or in a directory that does
+not exist, is read and written the one-by-one way, as before. :data:`REQUESTS` counts the
+requests by kind and the round trips.
+
 Every other failure is a :class:`NodeUnreachableError` that names the node,
 ``user@host:port`` and what was being done, with the paramiko or OS error as its cause.
 """
@@ -25,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import collections
 import contextlib
 import errno
 import hmac
@@ -37,10 +52,12 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+from paramiko.sftp import (
+    CMD_EXTENDED, CMD_HANDLE, CMD_NAMES, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE,
+)
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from paramiko.sftp_file import SFTPFile
@@ -51,10 +68,17 @@ from reconciler.errors import CareconcileError, NodeUnreachableError
 from reconciler.shell.nodes import (
     MAX_LINKS, command_failed, inside, link_destination, node_path, outside_root, too_many_links,
 )
+from reconciler.shell.sftp_pipeline import Pipeline
 
 CONNECT_TIMEOUT = 10.0  # TCP connect, SSH banner, authentication, opening the SFTP channel
 OPERATION_TIMEOUT = 60.0  # one SFTP request without an answer: the connection is taken as lost
 KEEPALIVE_SECONDS = 30  # phase checks may leave a connection idle for minutes
+# What one pipelined read asks for: a whole certificate, key, kubeconfig or manifest (the
+# files careconcile reads are a few KiB); a larger file is read on one by one.
+READ_CHUNK = 32768
+# Write requests of one file sent before the first answer is read: their answers must fit
+# in the SSH channel's window (paramiko's 2 MiB), or neither side could go on.
+WRITES_IN_FLIGHT = 64
 
 Result = TypeVar("Result")
 
@@ -69,6 +93,54 @@ def close_all() -> None:
 
 
 atexit.register(close_all)
+
+
+class RequestCount:
+    """The SFTP requests sent, by kind (``open``, ``lstat``, ``realpath``...), and the round
+    trips they took, over every node's connection since the process started. A request
+    sent alone is a round trip of its own; requests sent together (a
+    :class:`~reconciler.shell.sftp_pipeline.Pipeline`) share one, counted when the first
+    answer is waited for. Thread-safe, and cheap (a lock and a dict update per request);
+    benchmarks read it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, kind: str, *, round_trip: bool) -> None:
+        with self._lock:
+            self._counts[kind] += 1
+            if round_trip:
+                self._counts[ROUND_TRIPS] += 1
+
+    def round_trip(self) -> None:
+        with self._lock:
+            self._counts[ROUND_TRIPS] += 1
+
+    def snapshot(self) -> collections.Counter[str]:
+        """Requests by kind, and the round trips under ROUND_TRIPS."""
+        with self._lock:
+            return collections.Counter(self._counts)
+
+
+ROUND_TRIPS = "round trips"
+REQUESTS = RequestCount()
+
+
+class _CountedSFTPClient(paramiko.SFTPClient):
+    """paramiko's SFTP client, counting each request it sends in :data:`REQUESTS`."""
+
+    def _async_request(self, fileobj, t, *args):  # type: ignore[no-untyped-def]
+        # paramiko's own calls wait for each answer; a Pipeline counts its round trips itself.
+        REQUESTS.add(_request_name(t, args), round_trip=not isinstance(fileobj, Pipeline))
+        return super()._async_request(fileobj, t, *args)
+
+
+def _request_name(kind: int, args: tuple) -> str:
+    name = CMD_NAMES.get(kind, str(kind))
+    if kind == CMD_EXTENDED and args and isinstance(args[0], str):
+        return args[0]  # posix-rename@openssh.com, fsync@openssh.com
+    return name
 
 
 def key_fingerprint(key: paramiko.PKey) -> str:
@@ -124,6 +196,8 @@ class SSHNodeFiles:
         self._sftp: paramiko.SFTPClient | None = None
         self._orphans: set[str] = set()  # temp files a dropped connection kept us from removing
         self._real_root: str | None = None  # the root, resolved on the node (per connection)
+        self._learned: tuple[str, ...] = ()  # the paths the last batch read, read ahead by the next
+        self._batches = threading.local()  # per thread: the open batch's files, read ahead
 
     # --- describing and connecting ------------------------------------------------------
 
@@ -253,7 +327,11 @@ class SSHNodeFiles:
             client.close()
             raise self._fail(f"cannot connect to {where}: {_reason(exc)}") from exc
         try:
-            sftp = client.open_sftp()
+            transport = client.get_transport()
+            assert transport is not None
+            sftp = _CountedSFTPClient.from_transport(transport)
+            if sftp is None:
+                raise paramiko.SSHException("the SFTP channel could not be opened")
         except (paramiko.SSHException, EOFError, OSError) as exc:
             client.close()
             raise self._fail(f"{where} offers no SFTP subsystem: {exc or type(exc).__name__}",
@@ -318,18 +396,195 @@ class SSHNodeFiles:
         self._run(f"read the root directory {self.root}", root_is_directory)
 
     def read(self, path: str) -> bytes | None:
-        def read(sftp: paramiko.SFTPClient) -> bytes | None:
+        ahead = getattr(self._batches, "files", None)
+        if ahead is not None:
+            self._batches.asked.append(path)
+            if path in ahead:
+                found = ahead[path]
+                if isinstance(found, CareconcileError):
+                    raise found
+                if isinstance(found, BaseException):
+                    raise self._fail(f"cannot read {path}: {_reason(found)}") from found
+                return found
+        # Alone, the same pipelined way: 3 round trips (2 with the root "/") instead of 6.
+        found = self._run(f"read {path}", lambda sftp: self._read_many(sftp, [path]))[path]
+        if isinstance(found, CareconcileError):
+            raise found
+        if isinstance(found, BaseException):
+            raise self._fail(f"cannot read {path}: {_reason(found)}") from found
+        return found
+
+    def _read_one(self, sftp: paramiko.SFTPClient, path: str) -> bytes | None:
+        try:
+            with sftp.open(self._through_links(sftp, path), "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and not _lost(exc):
+                return None
+            raise
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Reads in this block (in this thread) of the files the node's previous batch read
+        come from one pipelined read of them all at its start (:meth:`read_many`): a few
+        round trips for the node instead of several per file. Phase checks observe the same
+        files of every node each second, so the second observation of a node on is read
+        this way. A file not read ahead is read as outside a batch, and so is every file
+        once the block wrote or removed one."""
+        if getattr(self._batches, "files", None) is not None:
+            yield  # nested: the outer batch's
+            return
+        ahead: dict[str, bytes | None | BaseException] = {}
+        if self._learned:
+            with contextlib.suppress(CareconcileError):  # then each read fails (or not) on its own
+                ahead = self.read_many(self._learned)
+        self._batches.files, self._batches.asked = ahead, []
+        try:
+            yield
+        finally:
+            asked = self._batches.asked
+            self._batches.files = self._batches.asked = None
+            if asked:
+                self._learned = tuple(dict.fromkeys(asked))
+
+    def _forget_batch(self) -> None:
+        if getattr(self._batches, "files", None):
+            self._batches.files = {}
+
+    def read_many(self, paths: Iterable[str]) -> dict[str, bytes | None | BaseException]:
+        """The files at ``paths``, read with their requests pipelined: what ``read`` would
+        return for each (None for a missing file), or the error it would raise.
+
+        Round trips for the node, whatever the number of files: (1) each directory resolved
+        on the node (realpath) and each file's own lstat, sent together; (2) the files
+        opened; (3) for each a read of up to READ_CHUNK bytes and its close. The
+        confinement is that of ``read``: a directory that resolves outside the root is
+        refused before anything is opened, and a path that is a symbolic link, or whose
+        directory does not exist, is read one by one through the links (:meth:`_read_one`).
+        With the root "/", every path on the node is inside it and a link followed by the
+        node leads where it would as a node path, so (1) is not needed and the files are
+        opened at once, and (3) asks each one's size (fstat) too. A file is whole when its
+        bytes are as many as its lstat (or fstat) said; otherwise (larger than READ_CHUNK, or
+        replaced in between) it is read one by one."""
+        return self._run("read files", lambda sftp: self._read_many(sftp, list(dict.fromkeys(paths))))
+
+    def _read_many(self, sftp: paramiko.SFTPClient, paths: list[str]) -> dict[str, bytes | None | BaseException]:
+        pipe = Pipeline(sftp, REQUESTS.round_trip)
+        found: dict[str, bytes | None | BaseException] = {}
+        wheres: dict[str, str] = {}
+        for path in paths:
             try:
-                with sftp.open(self._through_links(sftp, path), "rb") as handle:
-                    return handle.read()
+                wheres[path] = posixpath.join(self.root, node_path(self.describe(), path).lstrip("/"))
+            except CareconcileError as exc:
+                found[path] = exc
+        one_by_one = []
+        sizes: dict[str, int | None] = {}
+        if self.root == "/":
+            to_open = dict(wheres)
+        else:
+            root = pipe.realpath(self.root) if self._real_root is None else None
+            directories = {directory: pipe.realpath(directory)
+                           for directory in sorted({posixpath.dirname(where) for where in wheres.values()})}
+            lstats = {path: pipe.lstat(where) for path, where in wheres.items()}
+            if root is not None:
+                self._real_root = pipe.name(root)
+            real = {directory: pipe.outcome(number, pipe.name) for directory, number in directories.items()}
+            attributes = {path: pipe.outcome(number, pipe.attributes) for path, number in lstats.items()}
+            to_open = {}
+            for path, where in wheres.items():
+                directory, own = real[posixpath.dirname(where)], attributes[path]
+                if isinstance(directory, BaseException):  # missing, or a link that leads nowhere
+                    one_by_one.append(path)
+                elif not inside(directory, self._real_root):
+                    found[path] = outside_root(self.describe(), node_path(self.describe(), path), directory)
+                elif isinstance(own, BaseException):
+                    found[path] = None if own.errno == errno.ENOENT else own
+                elif stat.S_ISLNK(own.st_mode or 0):
+                    one_by_one.append(path)  # followed as a node path, link by link
+                else:
+                    to_open[path] = where
+                    sizes[path] = own.st_size
+        opened = {path: pipe.open_read(where) for path, where in to_open.items()}
+        handles = {}
+        for path, number in opened.items():
+            handle = pipe.outcome(number, pipe.handle)
+            if isinstance(handle, BaseException):
+                found[path] = None if handle.errno == errno.ENOENT else handle
+            else:
+                handles[path] = handle
+        # The size the file had: its lstat's (of the file itself, not a link), else its fstat.
+        asked = {path: (sizes[path] if path in sizes else pipe.fstat(handle), pipe.read(handle, 0, READ_CHUNK),
+                        pipe.close(handle))
+                 for path, handle in handles.items()}
+        for path, (size, data, closed) in asked.items():
+            if path not in sizes:
+                attributes = pipe.outcome(size, pipe.attributes)
+                size = None if isinstance(attributes, BaseException) else attributes.st_size
+            content = pipe.outcome(data, pipe.data)
+            pipe.outcome(closed, pipe.done)  # a file read whole is read, closed or not
+            if isinstance(content, BaseException):
+                found[path] = content
+            elif size != len(content):  # larger than one read, or replaced meanwhile: read it again
+                one_by_one.append(path)
+            else:
+                found[path] = content
+        for path in one_by_one:
+            try:
+                found[path] = self._read_one(sftp, path)
+            except CareconcileError as exc:
+                found[path] = exc
             except OSError as exc:
-                if exc.errno == errno.ENOENT and not _lost(exc):
-                    return None
-                raise
-        return self._run(f"read {path}", read)
+                if _lost(exc):
+                    raise
+                found[path] = exc
+        return found
+
+    def _locate(self, pipe: Pipeline, path: str) -> tuple[str, SFTPAttributes | None] | None:
+        """Where ``path`` is under the root and the attributes of the file there (None: it
+        does not exist), in one round trip: its directory resolved on the node, its lstat and
+        its stat sent together. None when it needs the one-by-one way (:meth:`_through_links`):
+        the path is a symbolic link, or its directory does not exist. Refused, as
+        :meth:`_where` refuses it, when the directory resolves outside the root."""
+        path = node_path(self.describe(), path)
+        where = posixpath.join(self.root, path.lstrip("/"))
+        confine = path != "/" and self.root != "/"
+        root = pipe.realpath(self.root) if confine and self._real_root is None else None
+        directory = pipe.realpath(posixpath.dirname(where)) if confine else None
+        # OpenSSH resolves a path whose last component is missing: whether the directory is
+        # there, its stat says.
+        made = pipe.stat(posixpath.dirname(where))
+        own, followed = pipe.lstat(where), pipe.stat(where)
+        if root is not None:
+            self._real_root = pipe.name(root)
+        real = pipe.outcome(directory, pipe.name) if directory is not None else None
+        there = pipe.outcome(made, pipe.attributes)
+        own_attributes = pipe.outcome(own, pipe.attributes)
+        attributes = pipe.outcome(followed, pipe.attributes)
+        for answer in (real, there):
+            if isinstance(answer, OSError):
+                if answer.errno != errno.ENOENT:
+                    raise answer
+                return None  # a directory to make (or a link that leads nowhere): the one-by-one way
+        if real is not None and not inside(real, self._real_root or "/"):
+            raise outside_root(self.describe(), path, real)
+        if isinstance(own_attributes, OSError):
+            if own_attributes.errno != errno.ENOENT:
+                raise own_attributes
+            return where, None
+        if stat.S_ISLNK(own_attributes.st_mode or 0):
+            return None
+        if isinstance(attributes, OSError):
+            if attributes.errno != errno.ENOENT:
+                raise attributes
+            return where, None  # removed in between
+        return where, attributes
 
     def mode(self, path: str) -> int | None:
         def mode(sftp: paramiko.SFTPClient) -> int | None:
+            located = self._locate(Pipeline(sftp, REQUESTS.round_trip), path)
+            if located is not None:
+                _, attributes = located
+                return None if attributes is None else (attributes.st_mode or 0) & 0o777
             try:
                 return (sftp.stat(self._through_links(sftp, path)).st_mode or 0) & 0o777
             except OSError as exc:
@@ -339,37 +594,81 @@ class SSHNodeFiles:
         return self._run(f"read the mode of {path}", mode)
 
     def write(self, path: str, content: bytes, mode: int) -> None:
+        """Atomically, as the module says, in five round trips: where the file is and its
+        owner (:meth:`_locate`); the exclusive create of the temp file with the mode; its
+        exact mode and the old file's owner (a chown to one's own owner is allowed to anyone,
+        so it is asked whenever there is an old file), answered before any byte is sent;
+        the bytes, the fsync and the close, sent together; the rename. A path that is a
+        link, or in a directory not made yet, goes the one-by-one way (:meth:`_through_links`,
+        then the directories made)."""
         mode = file_mode(content, mode)  # at most 0600 for a key, as a local write
+        self._forget_batch()
 
         def write(sftp: paramiko.SFTPClient) -> None:
-            target = self._through_links(sftp, path)
+            pipe = Pipeline(sftp, REQUESTS.round_trip)
+            located = self._locate(pipe, path)
+            if located is None:
+                target = self._through_links(sftp, path)
+                _make_directories(sftp, posixpath.dirname(target))
+                try:
+                    existing = sftp.stat(target)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT or _lost(exc):
+                        raise
+                    existing = None
+            else:
+                target, existing = located
             directory, name = posixpath.split(target)
             temp = posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
-            _make_directories(sftp, directory)
-            try:
-                existing = sftp.stat(target)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT or _lost(exc):
-                    raise
-                existing = None
             handle = _create(sftp, temp, mode)
             try:
-                with handle:
-                    handle.chmod(mode)  # exactly the mode: the server's umask may have taken bits away
-                    if existing is not None:
-                        mine = handle.stat()
-                        if (mine.st_uid, mine.st_gid) != (existing.st_uid, existing.st_gid):
-                            handle.chown(existing.st_uid, existing.st_gid)  # root may; others fail here
-                    handle.write(content)
-                    handle.flush()
-                    _fsync(sftp, handle)
-                sftp.posix_rename(temp, target)
-            except BaseException as exc:
+                exact = SFTPAttributes()
+                exact.st_mode = mode  # exactly the mode: the server's umask may have taken bits away
+                sent = [pipe.fsetstat(handle.handle, exact)]
+                if existing is not None:  # the old file's owner (root may; others only their own)
+                    owner = SFTPAttributes()
+                    owner.st_uid, owner.st_gid = existing.st_uid, existing.st_gid
+                    sent.append(pipe.fsetstat(handle.handle, owner))
+                for number in sent:  # mode and owner are the temp file's before any byte goes out
+                    pipe.done(number)
+                sent = []
+                for offset in range(0, len(content), READ_CHUNK):
+                    if len(sent) == WRITES_IN_FLIGHT:  # a large file: a window of requests at a time
+                        pipe.done(sent.pop(0))
+                    sent.append(pipe.write(handle.handle, offset, content[offset:offset + READ_CHUNK]))
+                synced, closed = pipe.fsync(handle.handle), pipe.close(handle.handle)
+                handle._closed = True  # closed by the request above: paramiko must not close it again
+                for number in sent:
+                    pipe.done(number)
+                try:
+                    pipe.done(synced)
+                except OSError as exc:
+                    if exc.errno is not None or "unsupported" not in str(exc).lower():
+                        raise  # a server without fsync@openssh.com says "unsupported": as _fsync
+                pipe.done(closed)
+                pipe.done(pipe.posix_rename(temp, target))
+            except OSError as exc:
+                if _lost(exc):
+                    self._orphans.add(temp)  # removed when the node is reached again
+                    raise
+                # An SFTP status: the session is sound, and the temp file goes at once.
+                if not handle._closed:
+                    with contextlib.suppress(Exception):
+                        handle.close()
                 try:
                     sftp.remove(temp)
-                except Exception:
-                    if _lost(exc):
-                        self._orphans.add(temp)  # removed when the node is reached again
+                except Exception as again:
+                    if _lost(again):
+                        self._orphans.add(temp)
+                raise
+            except BaseException:
+                # Ctrl-C, SIGTERM or a lost connection, maybe in the middle of sending a
+                # request of the pipeline: the session may hold half a packet, so it is
+                # dropped, and a new connection removes the temp file (as an orphan).
+                self._orphans.add(temp)
+                self.close()
+                with contextlib.suppress(Exception):
+                    self._session()
                 raise
         self._run(f"write {path}", write)
 
@@ -385,6 +684,8 @@ class SSHNodeFiles:
         raise too_many_links(self.describe(), asked)
 
     def remove(self, path: str) -> None:
+        self._forget_batch()
+
         def remove(sftp: paramiko.SFTPClient) -> None:
             try:
                 sftp.remove(self._where(sftp, path))
@@ -394,6 +695,8 @@ class SSHNodeFiles:
         self._run(f"remove {path}", remove)
 
     def remove_directory(self, path: str) -> None:
+        self._forget_batch()
+
         def remove_directory(sftp: paramiko.SFTPClient) -> None:
             where = self._where(sftp, path)
             try:

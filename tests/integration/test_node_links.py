@@ -61,6 +61,10 @@ def test_a_write_through_a_link_keeps_the_link_and_replaces_its_file(server, tmp
         assert (root / DATED.lstrip("/")).read_bytes() == b"new pair\n"
         assert (root / DATED.lstrip("/")).stat().st_mode & 0o777 == 0o600
         assert files.read(CURRENT) == b"new pair\n"
+        for _ in range(2):  # the second batch reads the link ahead with the other paths it read
+            with files.batch():
+                assert files.read(CURRENT) == b"new pair\n"
+                assert files.read(DATED) == b"new pair\n"
         assert sorted(p.name for p in link.parent.iterdir()) == sorted([link.name, os.path.basename(DATED)])
     finally:
         files.close()
@@ -103,6 +107,10 @@ def _every_call_refused(files, path: str) -> None:
     _refused(files, lambda: files.mode(path), path)
     _refused(files, lambda: files.write(path, b"-----BEGIN PRIVATE KEY-----\n", 0o600), path)
     _refused(files, lambda: files.remove(path), path)
+    for _ in range(2):  # the second batch reads it ahead, together with the other paths it read
+        with files.batch():
+            _refused(files, lambda: files.read(path), path)
+            _refused(files, lambda: files.read(path), path)
 
 
 @pytest.mark.parametrize("transport", ["local", "ssh"])

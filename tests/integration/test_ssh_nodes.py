@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from paramiko.sftp_file import SFTPFile
 
 from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodeUnreachableError
 from reconciler.shell.nodes import node_files, open_nodes
+from reconciler.shell.sftp_pipeline import Pipeline
+from reconciler.shell.ssh import READ_CHUNK, REQUESTS, ROUND_TRIPS
 
 from .rotation import ROOT, careconcile
 from .sshd import UNPRIVILEGED, closed_port, other_host_key, running_sshd, ssh_access
@@ -87,6 +88,53 @@ def test_read_write_mode_remove_round_trip(server, tmp_path):
         files.close()
 
 
+def test_a_batch_reads_the_files_the_last_one_read_together_in_three_round_trips(server, tmp_path):
+    """Phase checks observe the same files of every node each second: from a node's second
+    observation on, its files are read ahead together (pipelined), as they are when the
+    batch starts; a file too large for one read, and a file written in the batch, are
+    read on their own. The same with the root "/" (no lstat: the node follows links)."""
+    root = _node_root(tmp_path)
+    small = [f"/etc/kubernetes/pki/file-{index}.crt" for index in range(12)]
+    for index, path in enumerate(small):
+        (root / path.lstrip("/")).write_bytes(b"certificate %d\n" % index * 50)
+    large = "/etc/kubernetes/admin.conf"
+    (root / large.lstrip("/")).write_bytes(b"k" * (READ_CHUNK + 1))
+    asked = [*small, large, "/etc/kubernetes/pki/missing.crt", CA_CERT]
+
+    def on_disk() -> list[bytes | None]:
+        return [(root / path.lstrip("/")).read_bytes() if (root / path.lstrip("/")).exists() else None
+                for path in asked]
+
+    for files, prefix in ((_files(server, root), ""), (_files(server, "/", name="n2"), str(root))):
+        def observe() -> list[bytes | None]:
+            with files.batch():
+                return [files.read(prefix + path) for path in asked]
+
+        try:
+            files.check()
+            assert files.read(prefix + CA_CERT) == b"old certificate\n"  # the root, resolved once a connection
+            before = REQUESTS.snapshot()
+            assert files.read(prefix + small[2]) == b"certificate 2\n" * 50
+            assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == (3 if prefix == "" else 2)  # not 6 as before
+            before = REQUESTS.snapshot()
+            assert files._run("read", lambda sftp: files._read_one(sftp, prefix + large)) == b"k" * (READ_CHUNK + 1)
+            alone = (REQUESTS.snapshot() - before)[ROUND_TRIPS]  # the large file, the one-by-one way
+            assert observe() == on_disk()  # learns what the node's observation reads
+            (root / small[0].lstrip("/")).write_bytes(b"changed\n")
+            before = REQUESTS.snapshot()
+            assert observe() == on_disk()
+            used = REQUESTS.snapshot() - before
+            assert used[ROUND_TRIPS] == (3 if prefix == "" else 2) + alone, used
+            assert used["open"] == len(asked) + 1 - (prefix == "")  # the missing one: lstat says so (root /: open)
+            with files.batch():
+                assert files.read(prefix + small[1]) == b"certificate 1\n" * 50
+                files.write(prefix + small[1], b"rewritten\n", 0o644)
+                assert files.read(prefix + small[1]) == b"rewritten\n"  # not the bytes read ahead
+        finally:
+            files.close()
+        (root / small[1].lstrip("/")).write_bytes(b"certificate 1\n" * 50)
+
+
 def test_write_sets_mode_and_owner_before_any_byte_and_leaves_no_temp_file(server, tmp_path, monkeypatch):
     root = _node_root(tmp_path)
     key = root / CA_KEY.lstrip("/")
@@ -97,16 +145,16 @@ def test_write_sets_mode_and_owner_before_any_byte_and_leaves_no_temp_file(serve
         owner = (1234, 2345)  # someone else's file: the rewrite keeps its owner
         os.chown(key, *owner)
     seen = []  # the temp file as it was when the first byte went out
-    write = SFTPFile.write
+    write = Pipeline.write
 
-    def spy(handle, data):
+    def spy(pipe, handle, offset, data):
         for path in key.parent.iterdir():
             if path.name.startswith(".ca.key.careconcile-"):
                 info = path.stat()
                 seen.append((info.st_mode & 0o777, (info.st_uid, info.st_gid), info.st_size))
-        return write(handle, data)
+        return write(pipe, handle, offset, data)
 
-    monkeypatch.setattr(SFTPFile, "write", spy)
+    monkeypatch.setattr(Pipeline, "write", spy)
     files = _files(server, root)
     try:
         files.write(CA_KEY, b"new key", 0o600)

@@ -497,6 +497,7 @@ def test_an_ssh_write_of_a_key_asks_for_0600(monkeypatch):
             pass
 
     monkeypatch.setattr(files, "_run", lambda doing, work: work(SFTP()))
+    monkeypatch.setattr(files, "_locate", lambda pipe, path: None)  # the one-by-one way, on this fake SFTP
     for content, mode in ((KUBECONFIG.encode(), 0o600), (b"-----BEGIN CERTIFICATE-----\n", 0o644)):
         with pytest.raises(OSError, match="stop here"):
             files.write("/etc/kubernetes/kubelet.conf", content, 0o644)

@@ -665,6 +665,9 @@ class SSHNodeFiles:
                 # Ctrl-C, SIGTERM or a lost connection, maybe in the middle of sending a
                 # request of the pipeline: the session may hold half a packet, so it is
                 # dropped, and a new connection removes the temp file (as an orphan).
+                # The interrupted request may hold the dropped client's lock: the handle
+                # must not try to close itself on it when collected (that waited forever).
+                handle._closed = True
                 self._orphans.add(temp)
                 self.close()
                 with contextlib.suppress(Exception):

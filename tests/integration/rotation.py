@@ -85,6 +85,13 @@ def record_ca(info) -> pki.KeyPair:
     raise AssertionError("ca.key matches no certificate in ca.crt")
 
 
+# An apiserver that is shutting down answers 503 with Retry-After: 1 to a request that still
+# came in on a connection opened before (kube-apiserver's WithWaitGroup filter: "there is a good
+# chance the client hit a different server"); the aggregator's pooled connection to an
+# aggregated apiserver is one. client-go, so kubectl, waits and asks again, up to 10 times.
+RETRY_AFTER_BUDGET_SECONDS = 5.0
+
+
 @dataclass
 class Poller:
     """Clients that read the admin kubeconfig afresh for every request, round-robin over its
@@ -103,6 +110,9 @@ class Poller:
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     failed_at: list[float] = field(default_factory=list)  # time.time() of each failure, in the order of failures
+    # Answers that said Retry-After, asked again after that wait as kubectl (client-go) does;
+    # the request counts as failed only if no answer within the budget was a success.
+    retried: list[str] = field(default_factory=list)
     per_server: dict[str, int] = field(default_factory=dict)
     # When each request ended (time.monotonic()), and when polling started and stopped.
     finished: list[float] = field(default_factory=list)
@@ -148,6 +158,7 @@ class Poller:
     def _run(self, turn: int) -> None:
         while not self._stop.is_set():
             server = failure = None
+            retried: list[str] = []
             try:
                 text = self._text()
                 document = kubeconfig.parse(text, source=str(self.kubeconfig))
@@ -157,16 +168,22 @@ class Poller:
                 turn += 1
                 target = kubeconfig_target(text, source=str(self.kubeconfig), context=context,
                                            base=self.kubeconfig.parent)
-                # No backoff: the poller measures what the API answers, a 503 included.
-                with KubeClient(target, timeout=10, backoff_budget=0) as client:
+                said: list[str] = []
+                with KubeClient(target, timeout=10, backoff_budget=RETRY_AFTER_BUDGET_SECONDS,
+                                log=said.append) as client:
                     client.get(self.path)
+                guessed = [line for line in said if "(Retry-After)" not in line]
+                if guessed:  # a 5xx without Retry-After: kubectl would have failed at once
+                    raise AssertionError(guessed[0])
                 server = target.server
+                retried = said
             except Exception as exc:  # every failure counts, whatever its kind
                 failure = f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}"
             with self._count:
                 if failure is not None:
                     self.failures.append(failure)
                     self.failed_at.append(time.time())
+                self.retried.extend(f"{time.strftime('%H:%M:%S')} {line}" for line in retried)
                 self.requests += 1
                 self.finished.append(time.monotonic())
                 if server is not None:
@@ -345,6 +362,8 @@ def assert_polled_without_failure(poller: Poller, servers: int, max_gap: float =
     seconds), and they went to ``servers`` servers."""
     assert poller.failures == [], "\n".join(poller.failures[:10])
     assert poller.requests > 100
+    # Each Retry-After is a request that raced one apiserver's shutdown: rare, not a way through.
+    assert len(poller.retried) <= poller.requests // 100, "\n".join(poller.retried[:10])
     assert poller.longest_gap() < max_gap, f"no request for {poller.longest_gap():.1f}s"
     assert len(poller.per_server) == servers  # the client really went to every one
 

@@ -217,9 +217,10 @@ def test_all_three_cas_rotate_on_three_control_planes_without_a_failed_request_o
         applied = careconcile("apply", str(spec), "--auto-approve", workspace=workspace)
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr
     healthy = [count for _, count in etcd.samples]
-    print(f"\n{info.name}: API {api.requests} requests, {len(api.failures)} failed, longest gap "
-          f"{api.longest_gap():.2f}s; aggregated API "
-          f"{aggregated.requests} requests, {len(aggregated.failures)} failed, longest gap "
+    print(f"\n{info.name}: API {api.requests} requests, {len(api.failures)} failed, {len(api.retried)} "
+          f"answered Retry-After, longest gap {api.longest_gap():.2f}s; aggregated API "
+          f"{aggregated.requests} requests, {len(aggregated.failures)} failed, {len(aggregated.retried)} "
+          f"answered Retry-After, longest gap "
           f"{aggregated.longest_gap():.2f}s; etcd {len(healthy)} samples, fewest healthy members "
           f"{min(healthy, default=0)}, {len(etcd.without_quorum())} without quorum (a leader's handover), "
           f"{etcd.unreadable} unreadable")

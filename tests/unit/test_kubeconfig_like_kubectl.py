@@ -101,15 +101,10 @@ def test_explicit_path_alone_then_kubeconfig_then_home(tmp_path):
         kubeconfig_paths(None, {"HOME": str(tmp_path / "nobody")})
 
 
-def test_a_rewrite_goes_to_the_one_file_that_holds_the_entry_and_is_refused_when_two_do(tmp_path):
+def test_a_generated_spec_names_the_one_file_that_holds_a_context_with_its_cluster_and_user(tmp_path):
     first = write(tmp_path / "first", config([("a", cluster())], [("u", {})], [("x", {"cluster": "a"})]))
     second = write(tmp_path / "second", config([("a", cluster(2)), ("b", cluster())], [], []))
     merged = _kubeconfig.read_files([first, second])
-    assert merged.file_of("clusters", "b") == str(second)
-    assert merged.file_of("users", "u") == str(first)
-    with pytest.raises(PKIError, match=rf"cluster 'a' is in 2 files \({first}, {second}\)"):
-        merged.file_of("clusters", "a")
-    # A spec names one file: the one that holds a context with its cluster and user, if there is one.
     assert merged.home_of("x") == str(first)
     spread = _kubeconfig.read_files([write(tmp_path / "users", config([], [("v", {})], [("y", {"cluster": "b",
                                                                                             "user": "v"})])), second])

@@ -136,33 +136,17 @@ def describe_paths(paths: list[Path]) -> str:
 @dataclass(frozen=True)
 class Merged:
     """Kubeconfig files merged by kubectl's rules. Each entry remembers the file it came
-    from (``base``: its directory, None for a kubeconfig that is not a file) and
-    :attr:`holders` every file that names it, shadowed or not."""
+    from (``base``: its directory, None for a kubeconfig that is not a file). Only read:
+    careconcile rewrites no kubeconfig of a merged list."""
 
     source: str
     entries: dict[str, dict[str, tuple[dict[str, Any], str, Path | None]]]  # section -> name -> (body, file, base)
     current_context: str | None
-    holders: dict[tuple[str, str], list[str]]
     files: tuple[str, ...] = ()
 
     def where(self, file: str) -> str:
         """`` (in FILE)`` when several files merged, for messages about one entry."""
         return f" (in {file})" if len(self.files) > 1 else ""
-
-    def file_of(self, section: str, name: str) -> str:
-        """The one file that holds ``section`` entry ``name``, for a rewrite of it; refused,
-        naming the files, when more than one holds it (a rewrite of the winner alone would
-        leave the others as they are, and which one a reader takes depends on KUBECONFIG's
-        order there)."""
-        holders = self.holders.get((section, name), [])
-        if not holders:
-            raise PKIError(f"{self.source}: no {section[:-1]} named {name!r}")
-        if len(holders) > 1:
-            raise PKIError(f"{self.source}: the {section[:-1]} {name!r} is in {len(holders)} files "
-                           f"({', '.join(holders)}); careconcile rewrites an entry only where exactly one file "
-                           "holds it", hint="remove the entry from all files but one")
-        return holders[0]
-
 
     def home_of(self, context: str) -> str | None:
         """The one file that holds ``context`` and its cluster and user entries, or None when
@@ -185,16 +169,14 @@ def merge(documents: list[tuple[dict[str, Any], str, Path | None]], source: str)
     """``documents`` (parsed, with their file name and base directory) merged: the first
     file to set an entry or current-context wins."""
     entries: dict[str, dict[str, tuple[dict[str, Any], str, Path | None]]] = {s: {} for s in _SECTIONS}
-    holders: dict[tuple[str, str], list[str]] = {}
     current = None
     for document, name, base in documents:
         if current is None and document.get("current-context"):
             current = document["current-context"]
         for section, inner in _SECTIONS.items():
             for entry in document.get(section) or []:
-                holders.setdefault((section, entry["name"]), []).append(name)
                 entries[section].setdefault(entry["name"], (entry.get(inner) or {}, name, base))
-    return Merged(source, entries, current, holders, tuple(name for _, name, _ in documents))
+    return Merged(source, entries, current, tuple(name for _, name, _ in documents))
 
 
 def read_files(paths: list[Path]) -> Merged:

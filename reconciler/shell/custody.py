@@ -8,6 +8,8 @@ kept in step by :meth:`Custody.save`.
 
 from __future__ import annotations
 
+import threading
+
 from cryptography import x509
 
 from reconciler._time import utcnow
@@ -27,13 +29,16 @@ class Custody:
         self.desired = desired
         self._stored: Stored | None = None
         self._record: KeyPair | None = None
+        # Writers to several nodes at once (the executor's node groups) ask for the CAs together.
+        self._loading = threading.RLock()
 
     # --- reading -------------------------------------------------------------------------
 
     def stored(self) -> Stored:
-        if self._stored is None:
-            self._stored = self.access.store.load(self.access.layout.name)
-        return self._stored
+        with self._loading:
+            if self._stored is None:
+                self._stored = self.access.store.load(self.access.layout.name)
+            return self._stored
 
     def save(self, stored: Stored) -> None:
         self.access.store.save(self.access.layout.name, stored)
@@ -41,14 +46,16 @@ class Custody:
 
     def record_pair(self) -> KeyPair:
         """The CA of record with its key, read from the first control-plane node."""
-        if self._record is None:
-            files = self.access.nodes[self.access.control_planes()[0]]
-            layout = self.access.layout
-            key, cert = read_record(files, layout)
-            if cert is None:
-                raise PKIError(f"{files.describe()}: {layout.record_key} matches no certificate in {layout.record_cert}")
-            self._record = KeyPair(cert, key)
-        return self._record
+        with self._loading:
+            if self._record is None:
+                files = self.access.nodes[self.access.control_planes()[0]]
+                layout = self.access.layout
+                key, cert = read_record(files, layout)
+                if cert is None:
+                    raise PKIError(f"{files.describe()}: {layout.record_key} matches no certificate in "
+                                   f"{layout.record_cert}")
+                self._record = KeyPair(cert, key)
+            return self._record
 
     def forget_record(self) -> None:
         """The CA of record was just rewritten: read it again when next asked."""

@@ -1,5 +1,7 @@
-"""Carrying out a cluster's plan, one action at a time, against the live cluster: the run
-loop. Each kind of action has one handler in a table; the handlers live by job in
+"""Carrying out a cluster's plan against the live cluster, in plan order: the run loop.
+Actions run one at a time, except runs of file writes to nodes reached over the network,
+which go to several nodes at once (:meth:`Executor._run_by_node`), and workload restarts
+(``maxConcurrent`` at once). Each kind of action has one handler in a table; the handlers live by job in
 :mod:`custody` (the CA keys and the state store), :mod:`writers` (one writer per kind of
 site), :mod:`components` (restarts), :mod:`restarts` (workloads) and :mod:`verification`.
 
@@ -23,10 +25,12 @@ from typing import Any, Callable
 from reconciler.core.diff import workload_decisions
 from reconciler.core.observed import fp
 from reconciler.core.plan import Action, ClusterPlan
+from reconciler.core.sites import NodeFile
 from reconciler.core.spec import ResolvedAuthority
 from reconciler.errors import CareconcileError, RotationError, StalePlanError
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
+from reconciler.shell.nodes import NODE_PARALLELISM
 from reconciler.shell.observe import ClusterAccess, observe
 from reconciler.shell.restarts import Stopped, WorkloadRestarter, seconds_until
 from reconciler.shell.verification import Verifier
@@ -37,6 +41,10 @@ from reconciler.shell.writers import SiteWriters
 # crash-and-resume tests set it to stop a run at every action boundary.
 CRASH_AFTER_ENV = "CARECONCILE_TEST_CRASH_AFTER_ACTIONS"
 CRASH_SIGNAL_ENV = "CARECONCILE_TEST_CRASH_SIGNAL"
+
+# Kinds of action that replace files on one node and nothing else. Over SSH each is a chain
+# of round trips, so a run of them on such nodes goes to several nodes at once.
+NODE_WRITES = frozenset({"update-bundle", "reissue"})
 
 
 @dataclass
@@ -109,6 +117,11 @@ class Executor:
         while index < len(actions):
             if actions[index].phase == 3 and (index == 0 or actions[index - 1].phase < 3):
                 self._check_restarts_planned(actions)
+            spread = self._node_writes(actions[index:])
+            if len(spread) > 1:
+                self._run_by_node(spread, report)
+                index += len(spread)
+                continue
             if actions[index].kind == "restart-workload":  # a run of them, several at once
                 group = list(itertools.takewhile(lambda a: a.kind == "restart-workload", actions[index:]))
                 self._restart_workloads(group, report)
@@ -131,7 +144,7 @@ class Executor:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # Something on a node or in an object is not as observed a moment ago.
             error = RotationError(f"action {action.id} failed: {type(exc).__name__}: {exc}",
-                                  hint="nothing after this action ran; plan again to see the state")
+                                  hint="plan again to see the state")
             self.on_event("failed", action, {"error": str(error)})
             raise error from exc
         seconds = time.monotonic() - started
@@ -142,6 +155,59 @@ class Executor:
             self.on_event("done", action, {"seconds": seconds})
             if self._crash_after is not None and self._completed >= self._crash_after:
                 os.kill(os.getpid(), self._crash_signal)
+
+    # --- file writes to remote nodes -------------------------------------------------------
+
+    def _writes_remote_node(self, action: Action) -> bool:
+        files = self.access.nodes.get(action.site.node) if isinstance(action.site, NodeFile) else None
+        return action.kind in NODE_WRITES and files is not None and files.remote
+
+    def _node_writes(self, actions: list[Action]) -> list[Action]:
+        """The run of actions at the start of ``actions`` that :meth:`_run_by_node` may spread:
+        of one kind and phase, each replacing files on one node reached over the network."""
+        if not actions or not self._writes_remote_node(actions[0]):
+            return []
+        first = actions[0]
+        return list(itertools.takewhile(
+            lambda a: a.kind == first.kind and a.phase == first.phase and self._writes_remote_node(a), actions))
+
+    def _run_by_node(self, actions: list[Action], report: RunReport) -> None:
+        """Each node's actions in plan order, NODE_PARALLELISM nodes at a time (as observation
+        reads them). Any mix of these written and not is a state planning reads back, as after
+        a crash between two actions: each file is replaced atomically, no two nodes share a
+        file, and the actions of one kind and phase do not depend on each other. The first
+        failure stops the other nodes before their next action, and is raised; Ctrl-C or
+        SIGTERM waits for the writes under way, so none leaves a temp file."""
+        queues: dict[str, list[Action]] = {}
+        for action in actions:
+            assert isinstance(action.site, NodeFile)
+            queues.setdefault(action.site.node, []).append(action)
+        self.custody.stored()  # read once here, not by every thread at once
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def one_node(queue: list[Action]) -> None:
+            for action in queue:
+                if stop.is_set():
+                    return
+                try:
+                    self._run_one(action, report)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    with self._events:
+                        errors.append(exc)
+                    stop.set()
+                    return
+
+        pool = ThreadPoolExecutor(max_workers=min(NODE_PARALLELISM, len(queues)), thread_name_prefix="node")
+        try:
+            list(pool.map(one_node, queues.values()))
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if errors:
+            raise errors[0]
 
     # --- workloads -----------------------------------------------------------------------
 

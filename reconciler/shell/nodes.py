@@ -37,6 +37,9 @@ NODE_PARALLELISM = 8
 
 class NodeFiles(Protocol):
     node: str
+    # Whether each call waits for a network round trip (ssh): the executor then writes the
+    # files of several such nodes at once. Local calls are system calls, bound by the CPU.
+    remote: bool
 
     def describe(self) -> str: ...
 
@@ -128,6 +131,8 @@ def link_destination(path: str, link: str) -> str:
 
 
 class LocalNodeFiles:
+    remote = False
+
     def __init__(self, node: str, root: str) -> None:
         self.node = node
         self.root = Path(root)

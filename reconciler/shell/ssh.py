@@ -179,6 +179,8 @@ def _reason(exc: BaseException) -> str:
 class SSHNodeFiles:
     """A node's files over SSH; paths are the node's absolute paths, mapped under ``root``."""
 
+    remote = True
+
     def __init__(self, node: str, access: SSHAccess, *, key_file: Path, known_hosts_file: Path | None,
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.node = node

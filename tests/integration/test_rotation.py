@@ -178,6 +178,34 @@ def test_a_rotation_over_ssh_fails_no_request_and_leaves_only_the_new_ca(over_ss
     assert json.loads(base64.b64decode(state["data"]["clusterCA.json"]))["appliedRotation"] == 1
 
 
+def test_a_phase_writes_files_on_several_nodes_at_once_each_node_in_plan_order(over_ssh):
+    """Over SSH every write waits on round trips, so a run of update-bundle or reissue actions
+    goes to several nodes at once; the actions of one node keep their plan order."""
+    rotated, _, plan, _ = over_ssh
+    [log] = (rotated.workspace / rotated.info.name / "log").glob("apply-*/apply.log")
+    node_writes = [a["id"] for a in plan["clusters"][0]["actions"] if a["kind"] in ("update-bundle", "reissue")
+                   and a["site"]["kind"] == "node-file"]
+    in_flight: set[str] = set()
+    most, started = 0, []
+    for line in log.read_text().splitlines():
+        words = line.split(" ", 3)
+        if len(words) < 3 or words[2] not in node_writes:
+            continue
+        if words[1] == "start":
+            in_flight.add(words[2])
+            started.append(words[2])
+            most = max(most, len(in_flight))
+        elif words[1] == "done":
+            in_flight.discard(words[2])
+    assert sorted(started) == sorted(node_writes) and not in_flight  # each ran once, and ended
+    assert most > 1, "no two node writes were ever under way together"
+
+    def node(action_id: str) -> str:
+        return action_id.split("/", 3)[3].split(":", 1)[0]
+    for name in {node(action_id) for action_id in node_writes}:
+        assert [a for a in started if node(a) == name] == [a for a in node_writes if node(a) == name], name
+
+
 def test_kubelets_are_restarted_by_command_once_per_phase_that_changed_their_files(over_ssh):
     rotated, planned, plan, _ = over_ssh
     restarts = _kubelet_restart_logs(rotated.info)

@@ -132,7 +132,9 @@ class Executor:
         return report
 
     def _run_one(self, action: Action, report: RunReport,
-                 dispatch: Callable[[Action], None] | None = None) -> None:
+                 dispatch: Callable[[Action], None] | None = None, *, timed: bool = True) -> None:
+        """``timed``: the action's time counts in its phase's (not when it runs beside
+        others, whose wall time counts instead)."""
         self.heartbeat()
         self.on_event("start", action, {})
         started = time.monotonic()
@@ -150,7 +152,8 @@ class Executor:
         seconds = time.monotonic() - started
         with self._events:  # one at a time, so that the crash hook kills after exactly its count
             report.done.append(ActionReport(action, seconds))
-            report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
+            if timed:
+                report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
             self._completed += 1
             self.on_event("done", action, {"seconds": seconds})
             if self._crash_after is not None and self._completed >= self._crash_after:
@@ -191,13 +194,14 @@ class Executor:
                 if stop.is_set():
                     return
                 try:
-                    self._run_one(action, report)
+                    self._run_one(action, report, timed=False)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                     with self._events:
                         errors.append(exc)
                     stop.set()
                     return
 
+        started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=min(NODE_PARALLELISM, len(queues)), thread_name_prefix="node")
         try:
             list(pool.map(one_node, queues.values()))
@@ -206,6 +210,8 @@ class Executor:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            phase = actions[0].phase
+            report.phase_seconds[phase] = report.phase_seconds.get(phase, 0.0) + time.monotonic() - started
         if errors:
             raise errors[0]
 

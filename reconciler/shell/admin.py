@@ -14,6 +14,7 @@ import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler.core import kubeconfig, pki
 from reconciler.core.admin import (
@@ -118,6 +119,11 @@ def capi_kubeconfig_from(cluster: str, target: KubeTarget, ca: KeyPair) -> dict[
                                     f"registered ({short(ca_fp)})")
     elif not target.token:
         raise AdminClusterError(f"{target.name}: no client certificate or token to authenticate with")
+    if target.proxy_url and urlsplit(target.proxy_url).password is not None:
+        raise AdminClusterError(f"{target.name}: its cluster's proxy-url holds a password, which register would "
+                                f"store in the Secret {cluster}-kubeconfig of the management cluster",
+                                hint="register from a kubeconfig without the proxy-url, and set HTTPS_PROXY (with its "
+                                     "user and password) where careconcile runs")
     return capi_kubeconfig(cluster, target.server, target.ca_pem, cert_pem=target.cert_pem,
                            key_pem=target.key_pem, token=target.token, tls_server_name=target.tls_server_name,
                            proxy_url=target.proxy_url)

@@ -151,9 +151,12 @@ class ComponentRestarts:
                                 ca_pem=files.read(component.probe_trust), cert_pem=files.read(cert_file),
                                 key_pem=files.read(key_file))
         else:
-            trust = files.read(component.probe_trust) if component.probe_trust else self.access.client.target.ca_pem
+            own = bool(component.probe_trust)  # a server with a certificate of its own CA and names
+            trust = files.read(component.probe_trust) if own else self.access.client.target.ca_pem
+            # The kubeconfig's tls-server-name is the apiservers' name, not such a server's.
             target = dataclasses.replace(self.access.client.target, name=f"{component.name} on {node}",
-                                         server=server or "", ca_pem=trust)
+                                         server=server or "", ca_pem=trust,
+                                         tls_server_name=None if own else self.access.client.target.tls_server_name)
         return KubeClient(target, timeout=5, backoff_budget=0) if server else None
 
     def _start_time(self, component: StaticPodComponent, node: str) -> float | None:

@@ -141,7 +141,8 @@ def _read_answer(sock: socket.socket, proxy: Proxy) -> tuple[int, str]:
     try:
         line = reader.readline(_LINE_MAX).decode("latin-1")
         parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        # isdigit() alone takes "²" (latin-1 0xB2), which int() refuses.
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
             raise ProxyError(f"{proxy.describe()}: no HTTP answer to CONNECT")
         for _ in range(_HEADERS_MAX):
             header = reader.readline(_LINE_MAX)

@@ -135,7 +135,9 @@ class WorkloadRestarter:
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
         while True:
             try:
-                self.client.create(f"/api/v1/namespaces/{namespace}/pods/{name}/eviction", body)
+                # A refusal is asked again here, every EVICTION_RETRY_SECONDS with heartbeats
+                # and the deadline, not waited out inside the client.
+                self.client.create(f"/api/v1/namespaces/{namespace}/pods/{name}/eviction", body, wait_if_busy=False)
                 return
             except APINotFoundError:
                 return  # gone already

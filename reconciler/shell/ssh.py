@@ -646,7 +646,7 @@ class SSHNodeFiles:
                     pipe.done(synced)
                 except OSError as exc:
                     if exc.errno is not None or "unsupported" not in str(exc).lower():
-                        raise  # a server without fsync@openssh.com says "unsupported": as _fsync
+                        raise  # a server without fsync@openssh.com says "unsupported"
                 pipe.done(closed)
                 pipe.done(pipe.posix_rename(temp, target))
             except OSError as exc:
@@ -812,15 +812,6 @@ def _create(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:
     if kind != CMD_HANDLE:
         raise paramiko.SFTPError(f"expected a file handle from the server opening {path}")
     return SFTPFile(sftp, message.get_binary(), "wb")
-
-
-def _fsync(sftp: paramiko.SFTPClient, handle: SFTPFile) -> None:
-    """OpenSSH's fsync@openssh.com, when the server has it."""
-    try:
-        sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
-    except OSError as exc:
-        if exc.errno is not None or "unsupported" not in str(exc).lower():
-            raise
 
 
 def _lstat_or_none(sftp: paramiko.SFTPClient, path: str) -> int:

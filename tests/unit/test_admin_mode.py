@@ -180,6 +180,19 @@ def test_the_capi_kubeconfig_names_the_cluster_and_its_admin():
     assert (kept["tls-server-name"], kept["proxy-url"]) == ("kubernetes", "http://127.0.0.1:3128")
 
 
+def test_register_refuses_to_store_a_proxy_password_in_the_secret():
+    from reconciler.shell.admin import capi_kubeconfig_from
+
+    authority = ca("old")
+    target = KubeTarget(name="kubeconfig k context c", server="https://127.0.0.1:6443", ca_pem=authority.cert_pem,
+                        token="t", proxy_url="http://bob:s3cret@127.0.0.1:3128")
+    with pytest.raises(AdminClusterError, match="proxy-url holds a password.*Secret c1-kubeconfig") as error:
+        capi_kubeconfig_from("c1", target, authority)
+    assert "s3cret" not in str(error.value) + (error.value.hint or "")
+    kept = capi_kubeconfig_from("c1", dataclasses.replace(target, proxy_url="http://127.0.0.1:3128"), authority)
+    assert kept["clusters"][0]["cluster"]["proxy-url"] == "http://127.0.0.1:3128"
+
+
 # --- observed Secrets in diff and plan -------------------------------------------------------
 
 def admin_observation(*, secret: str | None = "old", kubeconfig_trust: tuple[str, ...] = ("old",),

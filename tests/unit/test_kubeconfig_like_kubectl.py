@@ -185,6 +185,20 @@ def test_impersonation_goes_out_as_impersonate_headers_one_line_per_group(tmp_pa
         load_kubeconfig(one(tmp_path, {"token": "t", "as-groups": ["dev"]}, name="k2"))
 
 
+def test_a_reloaded_kubeconfig_that_leads_to_another_proxy_or_server_name_is_not_followed(tmp_path):
+    (tmp_path / "token").write_text("first\n")
+    for field, before, after in (("proxy-url", "http://127.0.0.1:3128", "http://user:pw@127.0.0.1:3129"),
+                                 ("tls-server-name", "kubernetes", "elsewhere.example")):
+        path = one(tmp_path, {"tokenFile": "token"}, cluster_fields={field: before}, name=f"k-{field}")
+        credentials = _credentials.KubeconfigCredentials([path])
+        assert credentials.current(lambda line: None).token == "first"
+        one(tmp_path, {"tokenFile": "token"}, cluster_fields={field: after}, name=f"k-{field}")
+        os.utime(path, ns=(1, 1))  # a different signature, whatever the clock's resolution
+        with pytest.raises(ClusterUnreachableError, match=f"the {field} changed") as error:
+            credentials.current(lambda line: None)
+        assert "pw" not in str(error.value)
+
+
 def test_a_changed_token_file_is_read_again(tmp_path):
     (tmp_path / "token").write_text("first\n")
     path = one(tmp_path, {"tokenFile": "token"})
@@ -258,6 +272,25 @@ def test_an_exec_plugin_gives_the_token_and_gets_exec_info_env_and_a_log_for_its
     assert not any("fromenv-1" in line for line in logged)
     out = capsys.readouterr()
     assert "plugin talking" not in out.out and "fromenv-1" not in out.out + out.err
+
+
+def test_a_plugin_credential_keeps_the_clusters_tls_server_name_and_proxy_url(tmp_path):
+    path = plugin(tmp_path)
+    document = json.loads(path.read_text())
+    document["clusters"][0]["cluster"].update({"tls-server-name": "kubernetes", "proxy-url": "http://127.0.0.1:3128"})
+    path.write_text(json.dumps(document))
+    resolved = _credentials.TargetCredentials(load_kubeconfig(path)).current(lambda line: None)
+    assert resolved.token == "tok-1" and resolved.exec is None
+    assert (resolved.tls_server_name, resolved.proxy_url) == ("kubernetes", "http://127.0.0.1:3128")
+
+
+def test_provide_cluster_info_with_extensions_that_are_not_a_list_is_refused(tmp_path):
+    path = plugin(tmp_path, provide=True)
+    document = json.loads(path.read_text())
+    document["clusters"][0]["cluster"]["extensions"] = 5
+    path.write_text(json.dumps(document))
+    with pytest.raises(PKIError, match="extensions, which must be a list"):
+        load_kubeconfig(path)
 
 
 def test_an_expired_credential_runs_the_plugin_again_and_a_401_once(tmp_path, monkeypatch):
@@ -397,7 +430,22 @@ def test_backoff_stops_at_its_budget_with_a_hint():
     with pytest.raises(APIError) as error:
         client.get("/api")
     assert slept == [20.0] and error.value.status == 429
-    assert f"at most {_client.BACKOFF_BUDGET_SECONDS:g} s per request" in str(error.value)
+    assert f"{_client.BACKOFF_BUDGET_SECONDS:g} s per request" in str(error.value)
+
+
+def test_retry_after_0_is_asked_again_at_most_as_often_as_client_go_does():
+    client, transport, slept, _ = busy_client(*[(429, {"retry-after": "0"})] * (_client.MAX_ATTEMPTS + 5))
+    with pytest.raises(APIError) as error:
+        client.get("/api")
+    assert len(transport.sent) == _client.MAX_ATTEMPTS and slept == [0.0] * (_client.MAX_ATTEMPTS - 1)
+    assert f"after {_client.MAX_ATTEMPTS} attempts" in str(error.value)
+
+
+def test_a_caller_that_asks_again_itself_gets_the_429_at_once():
+    client, transport, slept, _ = busy_client((429, {"retry-after": "10"}), (201, {}))
+    with pytest.raises(APIError) as error:
+        client.create("/api/v1/namespaces/x/pods/p/eviction", {"kind": "Eviction"}, wait_if_busy=False)
+    assert error.value.status == 429 and slept == [] and len(transport.sent) == 1
 
 
 def test_retry_wait_rules():

@@ -202,6 +202,28 @@ def test_a_proxy_that_refuses_the_tunnel_is_named_without_its_credentials():
     assert f"Proxy-Authorization: Basic {base64.b64encode(b'bob:s3cret').decode()}\r\n".encode() in seen
 
 
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 \xb2\xb2\xb2 OK\r\n", b"SSH-2.0-OpenSSH\r\n"])
+def test_a_proxy_answer_that_is_not_http_is_refused_naming_the_proxy(status_line):
+    """"\xb2" (superscript two in latin-1) passes str.isdigit() and fails int()."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            conn.sendall(status_line + b"\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    port = listener.getsockname()[1]
+    target = KubeTarget(name="t", server="https://10.9.8.7:6443", ca_pem=pki.new_ca("ca", now=NOW).cert_pem,
+                        proxy_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(ClusterUnreachableError, match=rf"proxy http://127.0.0.1:{port} .*no HTTP answer to CONNECT"), \
+            KubeClient(target, timeout=5) as client:
+        client.get("/api")
+    listener.close()
+
+
 def test_a_proxy_that_cannot_be_reached_is_named():
     free = socket.create_server(("127.0.0.1", 0))
     port = free.getsockname()[1]

@@ -9,7 +9,8 @@ Kubeconfigs are read as kubectl reads them (:mod:`._kubeconfig`: KUBECONFIG merg
 plugins, impersonation, every unsupported field refused by name); credentials come from a
 source that follows changes (:mod:`._credentials`); one client (:mod:`._client`) refreshes
 them after a 401 and backs off when the server is busy. The TLS context (:mod:`._tls`) and
-the connections (:mod:`._transport`) are the seams for proxies and ``tls-server-name``.
+the connections (:mod:`._transport`, through a proxy when one is set, with the certificate
+checked for ``tls-server-name``) are their own modules.
 
 Public surface: :func:`tls_context`, :class:`KubeTarget`, :func:`load_kubeconfig`,
 :func:`kubeconfig_target`, :func:`kubeconfig_paths`, :class:`Transport`,

@@ -32,7 +32,7 @@ from reconciler.errors import (APIConflictError, APIError, APIForbiddenError, AP
 from reconciler.shell import proxy
 from reconciler.shell.kube._credentials import (Credentials, InClusterCredentials, KubeconfigCredentials, Log,
                                                 TargetCredentials)
-from reconciler.shell.kube._kubeconfig import KubeTarget, kubeconfig_paths
+from reconciler.shell.kube._kubeconfig import KubeTarget, kubeconfig_paths, refuse_moved
 from reconciler.shell.kube._tls import tls_context
 from reconciler.shell.kube._transport import DROPPED_CONNECTION, Headers, HTTPSTransport, Transport
 
@@ -56,6 +56,9 @@ _TYPED_ERRORS: dict[int, type[APIError]] = {
 BACKOFF_BUDGET_SECONDS = 30.0
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
+# Answers per request at most, as client-go: a server that keeps saying "Retry-After: 0"
+# would otherwise be asked again forever, the budget never spent.
+MAX_ATTEMPTS = 10
 RETRIED_5XX = frozenset({500, 502, 503, 504})
 
 
@@ -134,13 +137,9 @@ class KubeClient:
         with self._guard:
             if target is self.target:
                 return
-            if target.server != self.target.server:
-                raise ClusterUnreachableError(
-                    f"{target.name}: the server changed from {self.target.server} to {target.server} "
-                    "while careconcile was using it; not following it to another cluster")
-            if (target.ca_pem, target.cert_pem, target.key_pem, target.tls_server_name, target.proxy_url) != \
-                    (self.target.ca_pem, self.target.cert_pem, self.target.key_pem, self.target.tls_server_name,
-                     self.target.proxy_url):
+            refuse_moved(self.target, target)
+            if (target.ca_pem, target.cert_pem, target.key_pem) != \
+                    (self.target.ca_pem, self.target.cert_pem, self.target.key_pem):
                 old = self.transport
                 self.transport = self._open_for(target)
                 close = getattr(old, "close", None)
@@ -209,9 +208,11 @@ class KubeClient:
             seen.add(token)
             query["continue"] = token
 
-    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to the collection at ``path``."""
-        return self.request("POST", path, body)
+    def create(self, path: str, body: dict[str, Any], *, wait_if_busy: bool = True) -> dict[str, Any]:
+        """POST ``body`` to the collection at ``path``. ``wait_if_busy=False``: a 429 is raised
+        at once, for a caller that asks again on its own schedule (an eviction that a
+        disruption budget refuses answers 429 with Retry-After: 10)."""
+        return self.request("POST", path, body, wait_if_busy=wait_if_busy)
 
     def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """PUT; a ``metadata.resourceVersion`` in ``body`` makes it conditional (409 if stale)."""
@@ -233,8 +234,8 @@ class KubeClient:
         return self._call("GET", path, None, JSON, accept="text/plain")[1].decode("utf-8", "replace")
 
     def request(self, method: str, path: str, body: dict[str, Any] | list[Any] | None = None,
-                content_type: str = JSON) -> dict[str, Any]:
-        status, data = self._call(method, path, body, content_type)
+                content_type: str = JSON, *, wait_if_busy: bool = True) -> dict[str, Any]:
+        status, data = self._call(method, path, body, content_type, wait_if_busy=wait_if_busy)
         what = f"{method} {_without_query(path)} on {self.target.describe()}"
         if not data.strip():
             return {}
@@ -247,7 +248,7 @@ class KubeClient:
         return document
 
     def _call(self, method: str, path: str, body: dict[str, Any] | list[Any] | None, content_type: str, *,
-              accept: str = JSON) -> tuple[int, bytes]:
+              accept: str = JSON, wait_if_busy: bool = True) -> tuple[int, bytes]:
         """Send, with a refresh of the credentials after a 401 or a failed certificate check
         (once), and backoff on a busy server."""
         self._use(self.credentials.current(self.log))
@@ -280,13 +281,13 @@ class KubeClient:
                 if self._refreshed(target):
                     continue
             retry = retry_wait(method, status, answer_headers.get("retry-after"), attempt)
-            if retry is None or self.backoff_budget <= 0:
+            if retry is None or self.backoff_budget <= 0 or not wait_if_busy:
                 raise _api_error(what, status, data)
             wait, why = retry
-            if waited + wait > self.backoff_budget:
+            if waited + wait > self.backoff_budget or attempt >= MAX_ATTEMPTS:
                 error = _api_error(what, status, data)
                 error.hint = (f"the server was still busy after {attempt} attempts and {waited:.1f} s of waiting "
-                              f"(at most {self.backoff_budget:g} s per request)")
+                              f"(at most {MAX_ATTEMPTS} attempts and {self.backoff_budget:g} s per request)")
                 raise error
             self.log(f"{what}: {status} {_reason(status)}; waiting {wait:.2f} s ({why}) before attempt "
                      f"{attempt + 1}")

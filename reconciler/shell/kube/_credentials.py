@@ -16,6 +16,7 @@ certificate is filled in.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Callable, Protocol
 from reconciler._time import parse_time, utcnow
 from reconciler.errors import ClusterUnreachableError, CredentialPluginError
 from reconciler.shell.kube._kubeconfig import (ExecConfig, KubeTarget, check_token, describe_paths, read_files,
-                                               read_token_file, target_of)
+                                               read_token_file, refuse_moved, target_of)
 
 Log = Callable[[str], None]
 
@@ -65,6 +66,10 @@ def exec_info(config: ExecConfig) -> str:
     return json.dumps({"apiVersion": config.api_version, "kind": "ExecCredential", "spec": spec})
 
 
+# After a plugin's group is killed, how long its pipes may stay open before they are let go.
+PIPES_CLOSE_SECONDS = 5.0
+
+
 def run_plugin(config: ExecConfig, log: Log, *, timeout: float = EXEC_TIMEOUT_SECONDS
                ) -> tuple[str | None, bytes | None, bytes | None, dt.datetime | None]:
     """Run the plugin: (token, client certificate PEM, client key PEM, expiry). Its stderr
@@ -85,7 +90,13 @@ def run_plugin(config: ExecConfig, log: Log, *, timeout: float = EXEC_TIMEOUT_SE
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
+        try:
+            _, stderr = process.communicate(timeout=PIPES_CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:  # a child in a session of its own still holds the pipes
+            stderr = b""
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
         _log_stderr(config, stderr, log)
         raise _plugin_failed(config, f"gave no credential within {timeout:g} s (careconcile gives it no "
                                      "terminal: a plugin that asks for a login waits forever)") from None
@@ -172,11 +183,10 @@ class TargetCredentials:
         self._expiry = expiry
         # A plugin's certificate replaces the kubeconfig's; its token is sent with it, as kubectl does.
         # The result is static (no exec): a copy of it (a probe's target) does not run the plugin again.
-        resolved = KubeTarget(
-            name=self.target.name, server=self.target.server, context=self.target.context,
-            ca_pem=self.target.ca_pem, cert_pem=cert or self.target.cert_pem,
-            key_pem=key if cert else self.target.key_pem, token=token or self.target.token,
-            headers=self.target.headers)
+        # Everything else (the CA, headers, tls-server-name, proxy-url) stays as the kubeconfig says.
+        resolved = dataclasses.replace(
+            self.target, cert_pem=cert or self.target.cert_pem, key_pem=key if cert else self.target.key_pem,
+            token=token or self.target.token, token_file=None, exec=None)
         log(f"{self.target.exec.describe()}: gave a " + ("client certificate" if cert else "token")  # type: ignore[union-attr]
             + (f", valid until {expiry.isoformat()}" if expiry else ""))
         return resolved
@@ -214,9 +224,7 @@ class TargetCredentials:
 
 
 def _with_token(target: KubeTarget, token: str) -> KubeTarget:
-    return KubeTarget(name=target.name, server=target.server, context=target.context, ca_pem=target.ca_pem,
-                      cert_pem=target.cert_pem, key_pem=target.key_pem, token=token, headers=target.headers,
-                      token_file=target.token_file, exec=target.exec)
+    return dataclasses.replace(target, token=token)
 
 
 # --- kubeconfig files -----------------------------------------------------------------------
@@ -252,10 +260,7 @@ class KubeconfigCredentials:
 
     def _reload(self) -> None:
         reloaded = target_of(read_files(self.paths), self.context)
-        if reloaded.server != self._inner.target.server:
-            raise ClusterUnreachableError(
-                f"{reloaded.name}: the server changed from {self._inner.target.server} to {reloaded.server} "
-                "while careconcile was using it; not following it to another cluster")
+        refuse_moved(self._inner.target, reloaded)
         if reloaded != self._inner.target:
             self._inner = TargetCredentials(reloaded)
 

@@ -58,7 +58,7 @@ class ExecConfig:
     """A user's ``exec`` credential plugin, checked, with its command resolved."""
 
     command: str
-    args: tuple[str, ...]
+    args: tuple[str, ...] = field(repr=False)  # may hold a secret (kubelogin's --oidc-client-secret)
     env: tuple[tuple[str, str], ...] = field(repr=False)
     api_version: str
     install_hint: str | None
@@ -97,6 +97,20 @@ class KubeTarget:
 
     def describe(self) -> str:
         return f"{self.name} ({self.server})"
+
+
+def refuse_moved(before: KubeTarget, after: KubeTarget) -> None:
+    """Raise when re-read credentials lead elsewhere: another server, another name checked in
+    its certificate, or another proxy. careconcile never follows a kubeconfig there mid-run
+    (a rewritten file or Secret could send the token through a proxy to another host)."""
+    for what, old, new in (("server", before.server, after.server),
+                           ("tls-server-name", before.tls_server_name, after.tls_server_name),
+                           ("proxy-url", before.proxy_url, after.proxy_url)):
+        if old != new:
+            shown = (old, new) if what != "proxy-url" else ("one proxy", "another")  # a URL may hold a password
+            raise ClusterUnreachableError(
+                f"{after.name}: the {what} changed from {shown[0]} to {shown[1]} while careconcile was using it; "
+                "not following it to another cluster")
 
 
 # --- which files, and how they merge ------------------------------------------------------
@@ -325,7 +339,10 @@ def _exec_config(spec: Any, cluster: dict[str, Any], server: str, ca_pem: bytes,
         for name in ("tls-server-name", "proxy-url", "insecure-skip-tls-verify", "disable-compression"):
             if cluster.get(name) is not None:
                 info[name] = cluster[name]
-        extension = next((e.get("extension") for e in cluster.get("extensions") or []
+        extensions = cluster.get("extensions") or []
+        if not isinstance(extensions, list):
+            raise PKIError(f"{where}: provideClusterInfo reads the cluster's extensions, which must be a list")
+        extension = next((e.get("extension") for e in extensions
                           if isinstance(e, dict) and e.get("name") == "client.authentication.k8s.io/exec"), None)
         if extension is not None:
             info["config"] = extension

@@ -1,10 +1,10 @@
 """The HTTPS connections requests travel on: http.client over kept-alive connections, one
 per thread.
 
-Seams for the proxy and ``tls-server-name`` work: :meth:`HTTPSTransport._connect` is the one
-place a connection is made (a CONNECT tunnel through ``proxy-url``/``HTTPS_PROXY`` goes
-there, e.g. ``set_tunnel(host, port)`` on a connection to the proxy), and so does the name
-the server's certificate is checked against (``tls-server-name``; today the URL's host).
+:meth:`HTTPSTransport._connect` is the one place a connection is made: straight to the
+server, or through a CONNECT tunnel (``proxy-url``, ``HTTPS_PROXY``; :mod:`reconciler.shell.proxy`),
+with the server's certificate checked for ``tls-server-name`` when the kubeconfig gives one,
+else for the URL's host.
 """
 
 from __future__ import annotations

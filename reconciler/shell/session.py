@@ -405,6 +405,8 @@ class Progress:
 
     total: int
     stream: TextIO = sys.stdout
+    # Actions ended (done or failed): several may be under way at once (writes to several
+    # nodes, workload restarts), so a line's number is its place among the ended ones.
     count: int = 0
     phase: tuple[str, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -419,14 +421,14 @@ class Progress:
 
     def _event(self, cluster: str, kind: str, action: Action, details: dict) -> None:
         if kind == "start":
-            self.count += 1
             if self.terminal and (cluster, action.phase) != self.phase:
                 self.stream.write(f"\n{cluster}: phase {action.phase}\n")
             self.phase = (cluster, action.phase)
-            if action.kind == "verify" and self.terminal:
-                self.stream.write(f"  [{self.count}/{self.total}] checking {action.target} ...\n")
+            if action.kind == "verify" and self.terminal:  # a check runs alone
+                self.stream.write(f"  [{self.count + 1}/{self.total}] checking {action.target} ...\n")
             self.stream.flush()
             return
+        self.count += 1
         if kind == "done":
             line = f"{action.kind} {action.target}: done in {details['seconds']:.2f}s"
         else:

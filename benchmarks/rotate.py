@@ -333,9 +333,10 @@ def restart_times(steps: list[tuple[float, float]], calls: list[tuple[float, flo
 
 
 def phase_wall_seconds(report: RunReport, restarting: float) -> dict[int, float]:
-    """Each phase's wall time. The executor adds up its actions' times, and the workload
-    restarts run several at once: in their phase ``restarting``, the wall time of their
-    step (the trust wait, then the restarts), replaces their sum."""
+    """Each phase's wall time. The executor adds up its actions' times (a group of node
+    writes counts its wall time), and the workload restarts run several at once: in their
+    phase ``restarting``, the wall time of their step (the trust wait, then the restarts),
+    replaces their sum."""
     seconds = dict(report.phase_seconds)
     restarts = [done for done in report.done if done.action.kind == RESTART_WORKLOAD]
     if restarts:

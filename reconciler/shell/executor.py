@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,6 +45,10 @@ CRASH_SIGNAL_ENV = "CARECONCILE_TEST_CRASH_SIGNAL"
 # Kinds of action that replace files on one node and nothing else. Over SSH each is a chain
 # of round trips, so a run of them on such nodes goes to several nodes at once.
 NODE_WRITES = frozenset({"update-bundle", "reissue"})
+# After Ctrl-C or SIGTERM, how long the writes under way on other nodes may take to end
+# before their connections are dropped: a write is a few round trips, and a hung one would
+# hold the exit for the transport's own timeout (60 s).
+INTERRUPTED_WRITES_SECONDS = 5.0
 
 
 @dataclass
@@ -132,10 +136,12 @@ class Executor:
         return report
 
     def _run_one(self, action: Action, report: RunReport,
-                 dispatch: Callable[[Action], None] | None = None, *, timed: bool = True) -> None:
+                 dispatch: Callable[[Action], None] | None = None, *, timed: bool = True, beat: bool = True) -> None:
         """``timed``: the action's time counts in its phase's (not when it runs beside
-        others, whose wall time counts instead)."""
-        self.heartbeat()
+        others, whose wall time counts instead). ``beat``: renew the lock first (not in a
+        node group's threads, whose caller renews it)."""
+        if beat:
+            self.heartbeat()
         self.on_event("start", action, {})
         started = time.monotonic()
         try:
@@ -177,15 +183,16 @@ class Executor:
     def _run_by_node(self, actions: list[Action], report: RunReport) -> None:
         """Each node's actions in plan order, NODE_PARALLELISM nodes at a time (as observation
         reads them). Any mix of these written and not is a state planning reads back, as after
-        a crash between two actions: each file is replaced atomically, no two nodes share a
-        file, and the actions of one kind and phase do not depend on each other. The first
-        failure stops the other nodes before their next action, and is raised; Ctrl-C or
-        SIGTERM waits for the writes under way, so none leaves a temp file."""
-        queues: dict[str, list[Action]] = {}
+        a crash between two actions: each file is replaced atomically, actions of one kind
+        and phase do not depend on each other, and two node entries that reach the same
+        files (``NodeFiles.place``) share one queue. This thread renews the lock meanwhile.
+        The first failure stops the other nodes before their next action, and is raised.
+        Ctrl-C or SIGTERM lets the writes under way end for INTERRUPTED_WRITES_SECONDS, then
+        drops those nodes' connections (their temp files are removed on the next one)."""
+        queues: dict[tuple[str, ...], list[Action]] = {}
         for action in actions:
             assert isinstance(action.site, NodeFile)
-            queues.setdefault(action.site.node, []).append(action)
-        self.custody.stored()  # read once here, not by every thread at once
+            queues.setdefault(self.access.nodes[action.site.node].place, []).append(action)
         stop = threading.Event()
         errors: list[BaseException] = []
 
@@ -194,7 +201,7 @@ class Executor:
                 if stop.is_set():
                     return
                 try:
-                    self._run_one(action, report, timed=False)
+                    self._run_one(action, report, timed=False, beat=False)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                     with self._events:
                         errors.append(exc)
@@ -203,10 +210,18 @@ class Executor:
 
         started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=min(NODE_PARALLELISM, len(queues)), thread_name_prefix="node")
+        futures = [pool.submit(one_node, queue) for queue in queues.values()]
         try:
-            list(pool.map(one_node, queues.values()))
+            pending = set(futures)
+            while pending:
+                self.heartbeat()  # the lock, from this thread alone (a client keeps a connection per thread)
+                _, pending = wait(pending, timeout=1.0)
         except BaseException:
             stop.set()
+            _, pending = wait(futures, timeout=INTERRUPTED_WRITES_SECONDS)
+            if pending:
+                for node in dict.fromkeys(action.site.node for action in actions):  # type: ignore[union-attr]
+                    self.access.nodes[node].abort()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -41,6 +41,14 @@ class NodeFiles(Protocol):
     # files of several such nodes at once. Local calls are system calls, bound by the CPU.
     remote: bool
 
+    @property
+    def place(self) -> tuple[str, ...]:
+        """Where the files are: two node entries with the same place reach the same files."""
+
+    def abort(self) -> None:
+        """From another thread, while a call may be under way: drop the connection without
+        waiting for it, so that the call fails at once (nothing to do for a local node)."""
+
     def describe(self) -> str: ...
 
     def check(self) -> None:
@@ -139,6 +147,13 @@ class LocalNodeFiles:
 
     def describe(self) -> str:
         return f"node {self.node} (local root {self.root})"
+
+    @property
+    def place(self) -> tuple[str, ...]:
+        return ("local", str(self.root.resolve()))
+
+    def abort(self) -> None:
+        pass  # a local call is a system call: it ends on its own
 
     def _where(self, path: str) -> Path:
         """Where the node path ``path`` is on this machine, once its directory is known to be

@@ -207,6 +207,18 @@ class SSHNodeFiles:
     def address(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
+    @property
+    def place(self) -> tuple[str, ...]:
+        return ("ssh", self.host, str(self.port), self.root)
+
+    def abort(self) -> None:
+        # Not under self._lock, which the call under way holds: closing the transport makes
+        # its wait fail as a lost connection, and its temp file becomes an orphan.
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
     def describe(self) -> str:
         root = f", root {self.root}" if self.root != "/" else ""
         return f"node {self.node} (ssh {self.address}{root})"

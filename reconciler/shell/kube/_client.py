@@ -56,9 +56,9 @@ _TYPED_ERRORS: dict[int, type[APIError]] = {
 BACKOFF_BUDGET_SECONDS = 30.0
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
-# Answers per request at most, as client-go: a server that keeps saying "Retry-After: 0"
-# would otherwise be asked again forever, the budget never spent.
-MAX_ATTEMPTS = 10
+# Sends per request at most: the first and 10 retries, as client-go. A server that keeps
+# saying "Retry-After: 0" would otherwise be asked again forever, the budget never spent.
+MAX_ATTEMPTS = 11
 RETRIED_5XX = frozenset({500, 502, 503, 504})
 
 

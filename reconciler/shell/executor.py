@@ -136,11 +136,10 @@ class Executor:
         return report
 
     def _run_one(self, action: Action, report: RunReport,
-                 dispatch: Callable[[Action], None] | None = None, *, timed: bool = True, beat: bool = True) -> None:
-        """``timed``: the action's time counts in its phase's (not when it runs beside
-        others, whose wall time counts instead). ``beat``: renew the lock first (not in a
-        node group's threads, whose caller renews it)."""
-        if beat:
+                 dispatch: Callable[[Action], None] | None = None, *, in_node_group: bool = False) -> None:
+        """``in_node_group``: one of :meth:`_run_by_node`'s actions, whose caller renews the
+        lock and counts the group's wall time in the phase's, not each action's time."""
+        if not in_node_group:
             self.heartbeat()
         self.on_event("start", action, {})
         started = time.monotonic()
@@ -158,7 +157,7 @@ class Executor:
         seconds = time.monotonic() - started
         with self._events:  # one at a time, so that the crash hook kills after exactly its count
             report.done.append(ActionReport(action, seconds))
-            if timed:
+            if not in_node_group:
                 report.phase_seconds[action.phase] = report.phase_seconds.get(action.phase, 0.0) + seconds
             self._completed += 1
             self.on_event("done", action, {"seconds": seconds})
@@ -188,7 +187,7 @@ class Executor:
         files (``NodeFiles.place``) share one queue. This thread renews the lock meanwhile.
         The first failure stops the other nodes before their next action, and is raised.
         Ctrl-C or SIGTERM lets the writes under way end for INTERRUPTED_WRITES_SECONDS, then
-        drops those nodes' connections (their temp files are removed on the next one)."""
+        drops those nodes' connections (a write cut off there may leave its temp file)."""
         queues: dict[tuple[str, ...], list[Action]] = {}
         for action in actions:
             assert isinstance(action.site, NodeFile)
@@ -201,7 +200,7 @@ class Executor:
                 if stop.is_set():
                     return
                 try:
-                    self._run_one(action, report, timed=False, beat=False)
+                    self._run_one(action, report, in_node_group=True)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                     with self._events:
                         errors.append(exc)

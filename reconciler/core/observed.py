@@ -98,6 +98,8 @@ class ObservedComponent:
     inputs_digest: str
     restarted_for: str | None
     restarted_at: dt.datetime | None
+    # The node-clock start time of the process a restart replaced, when it was known.
+    replaced_start: float | None = None
     signer_cert: str | None = None  # the controller-manager's signing flags, as set now
     signer_key: str | None = None
     # Which CA files those flags name: the CA of record's, or the signer files staged

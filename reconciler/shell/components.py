@@ -23,7 +23,7 @@ from reconciler.core.plan import Action, RestartParams
 from reconciler.core.sites import pair_files
 from reconciler.errors import APIError, ClusterUnreachableError, RotationError
 from reconciler.shell.formats import (
-    dump_manifest, inputs_digest, load_manifest, restart_marker, with_flags, with_restart,
+    dump_manifest, inputs_digest, load_manifest, restart_marker, start_time, with_flags, with_restart,
 )
 from reconciler.shell.kube import KubeClient, KubeTarget
 from reconciler.shell.observe import ClusterAccess, instance_server
@@ -48,9 +48,12 @@ _ACTIVE_PEER = re.compile(r"^etcd_network_active_peers\{[^}]*\}\s+1(\.0+)?$", re
 ETCD_MEMBER_LIST = "/v3/cluster/member/list"
 
 
-# The start times process_start_time_seconds may say: after 1970, before the year 10000
-# (what a datetime can show). Anything else, NaN and infinities included, is not a time.
-_LATEST_START = 253402300799.0
+# How much earlier than its restart by the API server's clock a new process may seem to
+# have started: process_start_time_seconds counts from the kernel's boot time, which Linux
+# gives in whole seconds (seen 0.96 s early), and the node's clock is not the server's. Used
+# only when the restart could not record the replaced process's start (node clock on both
+# sides).
+START_TIME_SLACK = 2.0
 
 
 def process_start(metrics: str) -> float | None:
@@ -60,11 +63,8 @@ def process_start(metrics: str) -> float | None:
     found = _PROCESS_START.search(metrics)
     if found is None:
         return None
-    try:
-        started = float(found.group(1))
-    except ValueError:
-        started = -1.0
-    if not 0 < started < _LATEST_START:  # False for NaN too
+    started = start_time(found.group(1))
+    if started is None:
         raise ValueError("its /metrics has a process_start_time_seconds that is not a time")
     return started
 
@@ -102,7 +102,7 @@ class ComponentRestarts:
         # The API server's clock, which the phase check compares with times of the cluster's
         # (a process's start, a leader Lease's acquireTime); never this machine's.
         restarted_at = self.access.client.server_now() or utcnow()
-        manifest = with_restart(manifest, inputs_digest(files, component.inputs), restarted_at)
+        manifest = with_restart(manifest, inputs_digest(files, component.inputs), restarted_at, before)
         if params.signing and layout.signer is not None:
             cert, key = ((layout.signer_cert, layout.signer_key) if params.signing == "signer"
                          else (layout.record_cert, layout.record_key))
@@ -184,7 +184,8 @@ class ComponentRestarts:
                 started = process_start(metrics)
                 if started is None:
                     return "no process_start_time_seconds in its /metrics"
-                if (before is not None and started <= before) or (since is not None and started < since.timestamp()):
+                if (before is not None and started <= before) or \
+                        (since is not None and started < since.timestamp() - START_TIME_SLACK):
                     return f"still the process started {dt.datetime.fromtimestamp(started, dt.timezone.utc):%H:%M:%S}"
                 if component.readiness == "etcd-member":
                     if (client.get("/health") or {}).get("health") != "true":
@@ -247,8 +248,12 @@ class ComponentRestarts:
         for name, instances in by_name.items():
             restarted = min(c.restarted_at for c in instances)
             if layouts[name].readiness in ("etcd-member", "apiserver-readyz"):
+                # The start of the process the restart replaced, on the node's clock as the
+                # new one's; the restart's time by the server's clock only when it is unknown.
                 problems += [f"{c.id}: {problem}" for c in instances
-                             if (problem := self._instance_problem(layouts[name], c.node, since=c.restarted_at))]
+                             if (problem := self._instance_problem(
+                                 layouts[name], c.node, before=c.replaced_start,
+                                 since=c.restarted_at if c.replaced_start is None else None))]
             elif layouts[name].readiness == "leader-lease":
                 lease = client.get(f"{LEADER_LEASES}/{name}")
                 server_now = client.server_now()  # the clock of the GET just answered

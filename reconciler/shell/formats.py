@@ -21,6 +21,12 @@ from reconciler.shell.nodes import NodeFiles
 
 RESTARTED_FOR = "careconcile.dev/restarted-for"
 RESTARTED_AT = "careconcile.dev/restarted-at"
+# When the process the restart replaced had started (its process_start_time_seconds, by the
+# node's clock), so that the check of a later run compares the new one's on the same clock.
+REPLACED_START = "careconcile.dev/replaced-process-started"
+# The start times a process may have: after 1970, before the year 10000 (what a datetime
+# can show). Anything else, NaN and infinities included, is not a time.
+LATEST_START = 253402300799.0
 
 
 # --- static-pod manifests ----------------------------------------------------------------
@@ -61,15 +67,29 @@ def dump_manifest(manifest: dict[str, Any]) -> bytes:
     return kubeconfig.dump(manifest).encode()
 
 
-def with_restart(manifest: dict[str, Any], restarted_for: str, restarted_at: dt.datetime) -> dict[str, Any]:
+def with_restart(manifest: dict[str, Any], restarted_for: str, restarted_at: dt.datetime,
+                 replaced_start: float | None = None) -> dict[str, Any]:
     """The manifest with a restart recorded: the kubelet restarts a static pod whose manifest
     changed, and observation reads back what it restarted for."""
     metadata = manifest.setdefault("metadata", {})
     annotations = metadata.get("annotations") or {}
     annotations[RESTARTED_FOR] = restarted_for
     annotations[RESTARTED_AT] = micro_time(restarted_at)
+    if replaced_start is None:
+        annotations.pop(REPLACED_START, None)
+    else:
+        annotations[REPLACED_START] = repr(replaced_start)
     metadata["annotations"] = annotations
     return manifest
+
+
+def start_time(value: object) -> float | None:
+    """A process start time (Unix seconds) as written in text; None when it is not one."""
+    try:
+        started = float(value) if isinstance(value, str) else -1.0
+    except ValueError:
+        return None
+    return started if 0 < started < LATEST_START else None  # False for NaN too
 
 
 def with_flags(manifest: dict[str, Any], flags: dict[str, str]) -> dict[str, Any]:

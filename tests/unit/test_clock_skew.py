@@ -17,7 +17,7 @@ import time
 import pytest
 
 from reconciler._time import CLOCK_OFFSET_ENV, micro_time, parse_time, utcnow
-from reconciler.core.authorities import CLUSTER_CA
+from reconciler.core.authorities import CLUSTER_CA, ETCD_CA
 from reconciler.core.leases import NOT_RENEWED, kubelet_lease_problem, renewal_stored_at
 from reconciler.core.observed import ObservedComponent, StoredState
 from reconciler.errors import LockHeldError
@@ -306,3 +306,51 @@ def test_the_time_pods_trust_both_cas_from_is_the_apiservers_and_so_is_the_wait(
     behind = dt.timedelta(hours=-1)
     monkeypatch.setattr(restarts, "utcnow", lambda: real_now() + behind)
     assert seconds_until(since, client.server_now()) <= 6  # not the hour this machine's clock would wait
+
+
+class StartedAt:
+    """An apiserver instance whose /metrics say when its process started (node's clock)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    def get_text(self, path: str) -> str:
+        return f"process_start_time_seconds {self.started}\n" if path == "/metrics" else "ok"
+
+    def __enter__(self) -> "StartedAt":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _apiserver_restarted(at: dt.datetime, replaced_start: float | None) -> ObservedComponent:
+    return ObservedComponent(id="cp1:kube-apiserver", node="cp1", name="kube-apiserver", inputs=(),
+                             inputs_digest="d", restarted_for="d", restarted_at=at, replaced_start=replaced_start)
+
+
+@pytest.mark.parametrize("node_behind", [0.0, 1.5, 30.0])
+def test_a_restarted_apiserver_is_judged_by_the_process_it_replaced_on_the_nodes_own_clock(monkeypatch, node_behind):
+    """The restart was recorded at 12:00:10 by the API server's clock. The new process started
+    just after it, but its process_start_time_seconds, counted from the kernel's boot time in
+    whole seconds and on the node's clock, says up to ``node_behind`` s earlier (a CI run
+    failed so, 1 s early: "still the process started"). The start of the process it replaced,
+    recorded on the node's clock too, decides; the restart's time with a slack only when
+    that start is unknown."""
+    restarted_at = dt.datetime(2026, 12, 4, 12, 0, 10, tzinfo=dt.timezone.utc)
+    new_start = restarted_at.timestamp() + 0.3 - node_behind
+    old_start = restarted_at.timestamp() - 600 - node_behind
+    restarts = ComponentRestarts(Access(NodeLeases()))
+    restarts.access.layout = ETCD_CA  # its apiservers restart for the etcd CA
+    restarts.access.nodes = {}
+    monkeypatch.setattr(restarts, "_client", lambda component, node: StartedAt(new_start))
+    assert restarts.not_ready((_apiserver_restarted(restarted_at, old_start),)) == []
+    # Still the old process: not restarted, whatever the clocks.
+    monkeypatch.setattr(restarts, "_client", lambda component, node: StartedAt(old_start))
+    assert restarts.not_ready((_apiserver_restarted(restarted_at, old_start),)) == [
+        f"cp1:kube-apiserver: still the process started "
+        f"{dt.datetime.fromtimestamp(old_start, dt.timezone.utc):%H:%M:%S}"]
+    # Unknown replaced process: the server's time, less START_TIME_SLACK (2 s).
+    monkeypatch.setattr(restarts, "_client", lambda component, node: StartedAt(new_start))
+    ready = restarts.not_ready((_apiserver_restarted(restarted_at, None),)) == []
+    assert ready == (node_behind < components.START_TIME_SLACK)

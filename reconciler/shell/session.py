@@ -16,9 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
-import jsonschema
 from pydantic import ValidationError
 
 from reconciler import __version__
@@ -46,6 +45,9 @@ from reconciler.shell.nodes import open_nodes
 from reconciler.shell.observe import ClusterAccess, observe
 from reconciler.shell.specfile import LoadedSpec, load_spec_text, spec_text_digest
 from reconciler.shell.statestore import SecretStateStore, WorkspaceStateStore
+
+if TYPE_CHECKING:
+    import jsonschema
 
 WORKSPACE_ENV = "CARECONCILE_WORKSPACE"
 WORKSPACE_DIR = "careconcile-workspace"
@@ -196,6 +198,8 @@ def load_plan(path: Path) -> PlanDocument:
         raise PlanFileError(f"{path}: plan format_version {shown if isinstance(shown, int) else 'missing or not a number'}"
                             f"; this careconcile reads format_version {FORMAT_VERSION}{why}",
                             hint="plan again with this careconcile (`careconcile plan SPEC --out FILE`)")
+    import jsonschema  # here: a tenth of the start-up of every command, and only a plan file needs it
+
     # Messages name the place and the rule, not the value found there.
     try:
         # The first error, not jsonschema.validate's "best" one, which it picks from every

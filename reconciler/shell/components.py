@@ -108,7 +108,7 @@ class ComponentRestarts:
                          else (layout.record_cert, layout.record_key))
             manifest = with_flags(manifest, {layout.signer.cert_flag: cert, layout.signer.key_flag: key})
         path = manifest_path(params.component)
-        files.write(path, dump_manifest(manifest), files.mode(path) or 0o600)
+        files.write(path, dump_manifest(manifest), 0o600, keep_mode=True)
         if component.one_at_a_time:
             # Restarted: its process is another than the one seen just before (the node's own
             # clock on both sides), and it answers.

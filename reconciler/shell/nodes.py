@@ -59,8 +59,11 @@ class NodeFiles(Protocol):
 
     def mode(self, path: str) -> int | None: ...
 
-    def write(self, path: str, content: bytes, mode: int) -> None:
-        """Replace the file atomically: a reader sees the old bytes or the new, never half."""
+    def write(self, path: str, content: bytes, mode: int, *, keep_mode: bool = False) -> None:
+        """Replace the file atomically: a reader sees the old bytes or the new, never half.
+        With ``keep_mode``, a file that exists keeps its own mode and ``mode`` is a new
+        file's (known from the write's own look at the file, so no call of :meth:`mode`
+        first). Content with a private key gets at most 0600 either way."""
 
     def remove(self, path: str) -> None: ...
 
@@ -70,9 +73,10 @@ class NodeFiles(Protocol):
     def close(self) -> None:
         """Let go of any connection; a later call opens it again."""
 
-    def batch(self) -> ContextManager[None]:
+    def batch(self, expected: Iterable[str] = ()) -> ContextManager[None]:
         """A block of reads that may be served from one read of many files at its start
-        (over SSH: pipelined, see SSHNodeFiles.batch); locally each read is a read."""
+        (over SSH: pipelined, see SSHNodeFiles.batch; ``expected`` are the files the block
+        expects to read); locally each read is a read."""
 
     def run(self, argv: list[str], timeout: float) -> None:
         """Run a command on the node (the restart of its kubelet), waiting at most ``timeout``
@@ -203,13 +207,15 @@ class LocalNodeFiles:
         except FileNotFoundError:
             return None
 
-    def write(self, path: str, content: bytes, mode: int) -> None:
+    def write(self, path: str, content: bytes, mode: int, *, keep_mode: bool = False) -> None:
         try:
             existing = self._through_links(path)
             owner = None
             with contextlib.suppress(FileNotFoundError):
                 info = existing.stat()
                 owner = (info.st_uid, info.st_gid)
+                if keep_mode:
+                    mode = info.st_mode & 0o777 or mode  # as `mode(path) or mode` did
             atomic_write(existing, content, mode, owner=owner)
         except OSError as exc:
             raise NodeUnreachableError(f"{self.describe()}: cannot write {path}: {exc.strerror}") from exc
@@ -225,7 +231,7 @@ class LocalNodeFiles:
     def close(self) -> None:
         pass
 
-    def batch(self) -> ContextManager[None]:
+    def batch(self, expected: Iterable[str] = ()) -> ContextManager[None]:
         return contextlib.nullcontext()
 
     def remove_directory(self, path: str) -> None:

@@ -134,10 +134,20 @@ def _kubeconfig_leaves(raw: bytes, source: str, site: CredentialSite,
 
 def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, list, list, ObservedRecord | None,
                                                                             list]:
-    # In one batch: over SSH, the files this node's last observation read are read ahead
-    # together, a few round trips for the node instead of several per file.
-    with access.nodes[name].batch():
+    # In one batch: over SSH, the files this node's last observation read (the first time,
+    # its bundles and leaves) are read ahead together, a few round trips for the node
+    # instead of several per file.
+    with access.nodes[name].batch(_site_files(access.layout, role)):
         return _observe_node_files(access, name, role)
+
+
+def _site_files(layout: AuthorityLayout, role: str) -> list[str]:
+    """The files of the bundles and leaves a node of ``role`` holds, in the order read."""
+    paths = [site.path for site in layout.bundles if role in site.roles]
+    for site in layout.leaves:
+        if role in site.roles:
+            paths += pair_files(site.path) if site.form == "pair" else [site.path]
+    return paths
 
 
 def _observe_node_files(access: ClusterAccess, name: str, role: str

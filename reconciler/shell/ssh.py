@@ -198,6 +198,7 @@ class SSHNodeFiles:
         self._sftp: paramiko.SFTPClient | None = None
         self._orphans: set[str] = set()  # temp files a dropped connection kept us from removing
         self._real_root: str | None = None  # the root, resolved on the node (per connection)
+        self._root_checked = False  # check() found the root a directory on this connection
         self._learned: tuple[str, ...] = ()  # the paths the last batch read, read ahead by the next
         self._batches = threading.local()  # per thread: the open batch's files, read ahead
 
@@ -389,6 +390,7 @@ class SSHNodeFiles:
         with self._lock:
             client, self._client, self._sftp = self._client, None, None
             self._real_root = None
+            self._root_checked = False
             _open.discard(self)
         if client is not None:
             with contextlib.suppress(Exception):
@@ -397,6 +399,11 @@ class SSHNodeFiles:
     # --- the NodeFiles methods -----------------------------------------------------------
 
     def check(self) -> None:
+        """Once per connection: a root that goes away while connected makes each file under
+        it missing, which the reader of a required file reports; a new connection checks again."""
+        if self._root_checked and self._sftp is not None:
+            return
+
         def root_is_directory(sftp: paramiko.SFTPClient) -> None:
             try:
                 attributes = sftp.stat(self.root)
@@ -407,6 +414,7 @@ class SSHNodeFiles:
                 raise
             if not stat.S_ISDIR(attributes.st_mode or 0):
                 raise self._fail(f"the root {self.root} is not a directory on the node")
+            self._root_checked = True
         self._run(f"read the root directory {self.root}", root_is_directory)
 
     def read(self, path: str) -> bytes | None:
@@ -438,20 +446,22 @@ class SSHNodeFiles:
             raise
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, expected: Iterable[str] = ()) -> Iterator[None]:
         """Reads in this block (in this thread) of the files the node's previous batch read
-        come from one pipelined read of them all at its start (:meth:`read_many`): a few
-        round trips for the node instead of several per file. Phase checks observe the same
-        files of every node each second, so the second observation of a node on is read
-        this way. A file not read ahead is read as outside a batch, and so is every file
-        once the block wrote or removed one."""
+        (the first time: ``expected``, the files the caller expects to read) come from one
+        pipelined read of them all at its start (:meth:`read_many`): a few round trips for
+        the node instead of several per file. Phase checks observe the same files of every
+        node each second, so every observation of a node is read this way. A file not read
+        ahead is read as outside a batch, and so is every file once the block wrote or
+        removed one."""
         if getattr(self._batches, "files", None) is not None:
             yield  # nested: the outer batch's
             return
         ahead: dict[str, bytes | None | BaseException] = {}
-        if self._learned:
+        paths = self._learned or tuple(expected)
+        if paths:
             with contextlib.suppress(CareconcileError):  # then each read fails (or not) on its own
-                ahead = self.read_many(self._learned)
+                ahead = self.read_many(paths)
         self._batches.files, self._batches.asked = ahead, []
         try:
             yield
@@ -607,14 +617,16 @@ class SSHNodeFiles:
                 raise
         return self._run(f"read the mode of {path}", mode)
 
-    def write(self, path: str, content: bytes, mode: int) -> None:
-        """Atomically, as the module says, in five round trips: where the file is and its
-        owner (:meth:`_locate`); the exclusive create of the temp file with the mode; its
-        exact mode and the old file's owner (a chown to one's own owner is allowed to anyone,
-        so it is asked whenever there is an old file), answered before any byte is sent;
-        the bytes, the fsync and the close, sent together; the rename. A path that is a
-        link, or in a directory not made yet, goes the one-by-one way (:meth:`_through_links`,
-        then the directories made)."""
+    def write(self, path: str, content: bytes, mode: int, *, keep_mode: bool = False) -> None:
+        """Atomically, as the module says, in four round trips: where the file is, its mode
+        and its owner (:meth:`_locate`); the exclusive create of the temp file with the mode
+        (a server's umask can only take bits away); then, sent together, its exact mode, the
+        old file's owner (a chown to one's own owner is allowed to anyone, so it is asked
+        whenever there is an old file), the bytes, the fsync and the close; the rename, sent
+        only once all of those succeeded. The server carries out requests on one handle in
+        the order sent, so the mode is the temp file's before any byte is in it. A path that
+        is a link, or in a directory not made yet, goes the one-by-one way
+        (:meth:`_through_links`, then the directories made)."""
         mode = file_mode(content, mode)  # at most 0600 for a key, as a local write
         self._forget_batch()
 
@@ -632,20 +644,20 @@ class SSHNodeFiles:
                     existing = None
             else:
                 target, existing = located
+            wanted = mode
+            if keep_mode and existing is not None:
+                wanted = file_mode(content, (existing.st_mode or 0) & 0o777 or mode)
             directory, name = posixpath.split(target)
             temp = posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
-            handle = _create(sftp, temp, mode)
+            handle = _create(sftp, temp, wanted)
             try:
                 exact = SFTPAttributes()
-                exact.st_mode = mode  # exactly the mode: the server's umask may have taken bits away
+                exact.st_mode = wanted  # exactly the mode: the server's umask may have taken bits away
                 sent = [pipe.fsetstat(handle.handle, exact)]
                 if existing is not None:  # the old file's owner (root may; others only their own)
                     owner = SFTPAttributes()
                     owner.st_uid, owner.st_gid = existing.st_uid, existing.st_gid
                     sent.append(pipe.fsetstat(handle.handle, owner))
-                for number in sent:  # mode and owner are the temp file's before any byte goes out
-                    pipe.done(number)
-                sent = []
                 for offset in range(0, len(content), READ_CHUNK):
                     if len(sent) == WRITES_IN_FLIGHT:  # a large file: a window of requests at a time
                         pipe.done(sent.pop(0))

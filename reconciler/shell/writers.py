@@ -76,7 +76,7 @@ class SiteWriters:
         pem = pki.bundle_pem(certs)
         if site.form == "pem":
             files = self.access.nodes[site.node]
-            files.write(site.path, pem, files.mode(site.path) or kubeadm.PUBLIC)
+            files.write(site.path, pem, kubeadm.PUBLIC, keep_mode=True)
         else:
             self._rewrite_node_kubeconfig(site, lambda doc: kubeconfig.with_ca(doc, pem))
 
@@ -195,7 +195,7 @@ class SiteWriters:
         if raw is None:
             raise RotationError(f"{files.describe()}: {site.path} disappeared")
         document = kubeconfig.parse(raw.decode(), source=f"{files.describe()} {site.path}")
-        files.write(site.path, kubeconfig.dump(change(document)).encode(), files.mode(site.path) or kubeadm.PRIVATE)
+        files.write(site.path, kubeconfig.dump(change(document)).encode(), kubeadm.PRIVATE, keep_mode=True)
 
     def _is_spec_kubeconfig(self, path: str) -> bool:
         """A local kubeconfig site names the spec's kubeconfig as the spec writes it (see

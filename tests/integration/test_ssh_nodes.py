@@ -14,7 +14,7 @@ import pytest
 
 from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodeUnreachableError
-from reconciler.shell.nodes import node_files, open_nodes
+from reconciler.shell.nodes import LocalNodeFiles, node_files, open_nodes
 from reconciler.shell.sftp_pipeline import Pipeline
 from reconciler.shell.ssh import READ_CHUNK, REQUESTS, ROUND_TRIPS
 
@@ -135,7 +135,35 @@ def test_a_batch_reads_the_files_the_last_one_read_together_in_three_round_trips
         (root / small[1].lstrip("/")).write_bytes(b"certificate 1\n" * 50)
 
 
-def test_write_sets_mode_and_owner_before_any_byte_and_leaves_no_temp_file(server, tmp_path, monkeypatch):
+def test_a_nodes_first_batch_reads_the_files_it_expects_together(server, tmp_path):
+    """A node's first observation has no earlier batch to learn from: the files the caller
+    expects (observe passes the layout's bundles and leaves) are read ahead together, so a
+    fresh connection reads 6 files in 3 round trips, not 3 each."""
+    root = _node_root(tmp_path)
+    expected = [f"/etc/kubernetes/pki/file-{index}.crt" for index in range(5)] + [CA_CERT]
+    for path in expected[:-1]:
+        (root / path.lstrip("/")).write_bytes(b"certificate\n")
+    files = _files(server, root)
+    try:
+        files.check()
+        before = REQUESTS.snapshot()
+        with files.batch(expected):
+            assert [files.read(path) for path in expected] == [b"certificate\n"] * 5 + [b"old certificate\n"]
+        assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == 3
+        before = REQUESTS.snapshot()
+        files.check()  # once per connection
+        assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == 0
+    finally:
+        files.close()
+
+
+def test_write_gives_mode_and_owner_before_any_byte_in_four_round_trips_and_leaves_no_temp_file(
+        server, tmp_path, monkeypatch):
+    """The temp file is created with the mode (a umask can only narrow it); its exact mode
+    and the old file's owner go out on its handle before the first byte, in the same wave
+    as the bytes, the fsync and the close. sftp-server carries out the requests on one
+    handle in the order sent (SFTP requires it), so no byte is in the file before them.
+    The rename waits for all of their answers."""
     root = _node_root(tmp_path)
     key = root / CA_KEY.lstrip("/")
     key.write_bytes(b"old key")
@@ -144,27 +172,56 @@ def test_write_sets_mode_and_owner_before_any_byte_and_leaves_no_temp_file(serve
     if os.geteuid() == 0:
         owner = (1234, 2345)  # someone else's file: the rewrite keeps its owner
         os.chown(key, *owner)
-    seen = []  # the temp file as it was when the first byte went out
-    write = Pipeline.write
+    sent = []  # what went out on the temp file's handle, in order
+    fsetstat, write, fsync, close = Pipeline.fsetstat, Pipeline.write, Pipeline.fsync, Pipeline.close
 
-    def spy(pipe, handle, offset, data):
-        for path in key.parent.iterdir():
-            if path.name.startswith(".ca.key.careconcile-"):
-                info = path.stat()
-                seen.append((info.st_mode & 0o777, (info.st_uid, info.st_gid), info.st_size))
-        return write(pipe, handle, offset, data)
+    def spy(name, method):
+        def sending(pipe, handle, *args):
+            if name == "fsetstat":
+                attributes = args[0]
+                sent.append(("mode", attributes.st_mode) if attributes.st_mode is not None
+                            else ("owner", (attributes.st_uid, attributes.st_gid)))
+            else:
+                sent.append((name, None))
+            return method(pipe, handle, *args)
+        return sending
 
-    monkeypatch.setattr(Pipeline, "write", spy)
+    for name, method in (("fsetstat", fsetstat), ("write", write), ("fsync", fsync), ("close", close)):
+        monkeypatch.setattr(Pipeline, name, spy(name, method))
     files = _files(server, root)
     try:
+        files.check()
+        before = REQUESTS.snapshot()
         files.write(CA_KEY, b"new key", 0o600)
+        assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == 4  # locate, create, the wave, rename
     finally:
         files.close()
-    assert seen == [(0o600, owner, 0)]
+    assert sent == [("mode", 0o600), ("owner", owner), ("write", None), ("fsync", None), ("close", None)]
     assert key.read_bytes() == b"new key"
     assert key.stat().st_mode & 0o777 == 0o600
     assert (key.stat().st_uid, key.stat().st_gid) == owner
     assert sorted(p.name for p in key.parent.iterdir()) == ["ca.crt", "ca.key"]
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_keep_mode_keeps_an_existing_files_mode_and_a_key_still_gets_at_most_0600(server, tmp_path, transport):
+    """What update-bundle and a kubeconfig rewrite ask: the file's own mode (0640 here), known
+    from the write's own look at the file, without a call of mode() first; a new file gets
+    the mode given; content with a private key never more than 0600."""
+    root = _node_root(tmp_path)
+    files = LocalNodeFiles("n1", str(root)) if transport == "local" else _files(server, root)
+    bundle = root / CA_CERT.lstrip("/")
+    bundle.chmod(0o640)
+    try:
+        files.write(CA_CERT, b"new bundle\n", 0o644, keep_mode=True)
+        assert bundle.read_bytes() == b"new bundle\n" and bundle.stat().st_mode & 0o777 == 0o640
+        files.write("/etc/kubernetes/new.conf", b"kubeconfig\n", 0o600, keep_mode=True)
+        assert (root / "etc/kubernetes/new.conf").stat().st_mode & 0o777 == 0o600
+        bundle.chmod(0o644)
+        files.write(CA_CERT, b"-----BEGIN PRIVATE KEY-----\n", 0o644, keep_mode=True)
+        assert bundle.stat().st_mode & 0o777 == 0o600
+    finally:
+        files.close()
 
 
 def test_a_refused_connection_names_the_node_and_changes_nothing(tmp_path, server):

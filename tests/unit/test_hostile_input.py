@@ -502,3 +502,20 @@ def test_an_ssh_write_of_a_key_asks_for_0600(monkeypatch):
         with pytest.raises(OSError, match="stop here"):
             files.write("/etc/kubernetes/kubelet.conf", content, 0o644)
         assert asked.pop() == mode
+
+
+def test_a_document_parsed_once_is_each_callers_own_to_change():
+    """kubeconfigs and specs are parsed once per process and copied for each caller (a run
+    reads the same files once per authority and phase check): a writer that changes its
+    copy (a kubeconfig getting a new CA) must not change what the next reader gets, and a
+    document that fails fails every time."""
+    text = "kind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://a:6443'}\n"
+    first = yamldoc.load(text, yamldoc.KUBECONFIG)
+    first.data["clusters"][0]["cluster"]["server"] = "https://changed:6443"
+    first.positions.values.clear()
+    again = yamldoc.load(text.encode(), yamldoc.KUBECONFIG)
+    assert again.data["clusters"][0]["cluster"]["server"] == "https://a:6443"
+    assert again.positions.values[("clusters", 0, "cluster", "server")] == (4, 21)
+    for _ in range(2):
+        with pytest.raises(yamldoc.DocumentError, match="alias"):
+            yamldoc.load("a: &x [1]\nb: *x\n", yamldoc.KUBECONFIG)

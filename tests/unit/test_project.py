@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_IN_CORE: dict[str, set[str] | None] = {
     "__future__": None, "dataclasses": None, "datetime": None, "typing": None, "collections": None, "re": None,
     "json": None, "base64": None, "binascii": None, "hashlib": None, "shlex": None, "ipaddress": None,
-    "fnmatch": None, "copy": None, "posixpath": None,
+    "fnmatch": None, "copy": None, "posixpath": None, "functools": None,
     "io": {"StringIO"},  # in-memory text, for YAML the core renders
     "cryptography": None, "pydantic": None, "ruamel": None,
     "reconciler.core": None, "reconciler.errors": None,

@@ -184,9 +184,11 @@ class _Collection:
 
 
 # A document up to this size is parsed once per process and copied for each caller: one
-# run of careconcile reads the same kubeconfigs and manifests once per authority and once
-# per phase check, and the pure parser costs about 7 ms for a kubeadm kubeconfig.
-PARSED_ONCE_MAX_CHARS = 64 * 1024
+# run of careconcile reads the same kubeconfigs once per authority and once per phase
+# check, and the pure parser costs about 7 ms for a kubeadm kubeconfig (5-6 KiB). A parsed
+# document with its positions takes about 100 times its text in memory, so few and small.
+PARSED_ONCE_MAX_CHARS = 16 * 1024
+PARSED_ONCE_DOCUMENTS = 32
 
 
 def load(raw: bytes | str, limits: Limits) -> Document:
@@ -200,7 +202,7 @@ def load(raw: bytes | str, limits: Limits) -> Document:
     return _parse(text, limits)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=PARSED_ONCE_DOCUMENTS)
 def _parsed(text: str, limits: Limits) -> Document:
     return _parse(text, limits)  # an error is not kept: parsing again raises it again
 

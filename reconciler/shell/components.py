@@ -54,6 +54,11 @@ ETCD_MEMBER_LIST = "/v3/cluster/member/list"
 # only when the restart could not record the replaced process's start (node clock on both
 # sides).
 START_TIME_SLACK = 2.0
+# How much younger the same process may seem from one scrape of its /metrics to the next:
+# the kernel's boot time, which its start is counted from, is recomputed at each read in
+# whole seconds, and a step of the clock moves it. A new process never starts within a
+# second of the one it replaced.
+BOOT_TIME_JITTER = 1.0
 
 
 def process_start(metrics: str) -> float | None:
@@ -184,7 +189,7 @@ class ComponentRestarts:
                 started = process_start(metrics)
                 if started is None:
                     return "no process_start_time_seconds in its /metrics"
-                if (before is not None and started <= before) or \
+                if (before is not None and started <= before + BOOT_TIME_JITTER) or \
                         (since is not None and started < since.timestamp() - START_TIME_SLACK):
                     return f"still the process started {dt.datetime.fromtimestamp(started, dt.timezone.utc):%H:%M:%S}"
                 if component.readiness == "etcd-member":

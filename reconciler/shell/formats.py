@@ -22,7 +22,9 @@ from reconciler.shell.nodes import NodeFiles
 RESTARTED_FOR = "careconcile.dev/restarted-for"
 RESTARTED_AT = "careconcile.dev/restarted-at"
 # When the process the restart replaced had started (its process_start_time_seconds, by the
-# node's clock), so that the check of a later run compares the new one's on the same clock.
+# node's clock), so that the check of a later run compares the new one's on the same clock:
+# "<start> for <restarted-at>", so that one an older careconcile left beside a restart of
+# its own (it keeps annotations it does not know) is not taken for that restart's.
 REPLACED_START = "careconcile.dev/replaced-process-started"
 # The start times a process may have: after 1970, before the year 10000 (what a datetime
 # can show). Anything else, NaN and infinities included, is not a time.
@@ -78,9 +80,19 @@ def with_restart(manifest: dict[str, Any], restarted_for: str, restarted_at: dt.
     if replaced_start is None:
         annotations.pop(REPLACED_START, None)
     else:
-        annotations[REPLACED_START] = repr(replaced_start)
+        annotations[REPLACED_START] = f"{replaced_start!r} for {annotations[RESTARTED_AT]}"
     metadata["annotations"] = annotations
     return manifest
+
+
+def replaced_start(annotations: dict[str, Any]) -> float | None:
+    """The start of the process the recorded restart replaced; None when unknown, or
+    recorded for another restart than the one the manifest records now."""
+    value, restarted_at = annotations.get(REPLACED_START), annotations.get(RESTARTED_AT)
+    if not isinstance(value, str) or not isinstance(restarted_at, str):
+        return None
+    start, _, recorded_for = value.partition(" for ")
+    return start_time(start) if recorded_for == restarted_at else None
 
 
 def start_time(value: object) -> float | None:

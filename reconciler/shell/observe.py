@@ -30,8 +30,8 @@ from reconciler.shell.fleet import map_bounded
 from reconciler.shell.lock import LEASE_NAME, NAMESPACE as LOCK_NAMESPACE, ClusterLock, LockSet
 from reconciler.shell.management import ManagementAccess
 from reconciler.shell.formats import (
-    CA_BUNDLE_OWNERS, REPLACED_START, RESTARTED_AT, RESTARTED_FOR, ca_bundle_fields, inputs_digest, load_manifest,
-    manifest_flags, read_restart_marker, start_time,
+    CA_BUNDLE_OWNERS, RESTARTED_AT, RESTARTED_FOR, ca_bundle_fields, inputs_digest, load_manifest, manifest_flags,
+    read_restart_marker, replaced_start,
 )
 from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore
@@ -209,7 +209,7 @@ def _observe_node_files(access: ClusterAccess, name: str, role: str
                 inputs_digest=inputs_digest(files, component.inputs),
                 restarted_for=annotations.get(RESTARTED_FOR),
                 restarted_at=parse_time(annotations.get(RESTARTED_AT)),
-                replaced_start=start_time(annotations.get(REPLACED_START)),
+                replaced_start=replaced_start(annotations),
                 signer_cert=signer_cert, signer_key=flags.get(signer.key_flag) if signer else None,
                 signing=None if signer is None else "record" if signer_cert == layout.record_cert else "signer",
                 outage_when_alone=component.outage_when_alone,

@@ -354,3 +354,21 @@ def test_a_restarted_apiserver_is_judged_by_the_process_it_replaced_on_the_nodes
     monkeypatch.setattr(restarts, "_client", lambda component, node: StartedAt(new_start))
     ready = restarts.not_ready((_apiserver_restarted(restarted_at, None),)) == []
     assert ready == (node_behind < components.START_TIME_SLACK)
+
+
+def test_the_replaced_process_start_counts_only_for_the_restart_it_was_recorded_with():
+    """An older careconcile rewrites restarted-at and keeps annotations it does not know: the
+    start recorded beside an earlier restart must not be taken for the later one's. A value
+    a node file makes up is no time at all."""
+    from reconciler.shell.formats import REPLACED_START, RESTARTED_AT, replaced_start, with_restart
+
+    at = dt.datetime(2026, 12, 4, 12, 0, 10, tzinfo=dt.timezone.utc)
+    manifest = with_restart({"metadata": {}}, "digest", at, 1_796_000_000.25)
+    annotations = manifest["metadata"]["annotations"]
+    assert replaced_start(annotations) == 1_796_000_000.25
+    older = dict(annotations, **{RESTARTED_AT: micro_time(at + dt.timedelta(minutes=5))})
+    assert replaced_start(older) is None
+    for made_up in ("nan for " + annotations[RESTARTED_AT], "1e400 for " + annotations[RESTARTED_AT], 5, None, ""):
+        assert replaced_start(dict(annotations, **{REPLACED_START: made_up})) is None
+    # A restart whose replaced process could not be asked leaves no value behind.
+    assert REPLACED_START not in with_restart(manifest, "digest", at, None)["metadata"]["annotations"]

@@ -19,9 +19,10 @@ way leads outside the root.
 
 Round trips: requests that do not wait on each other's answers are sent together
 (:class:`~reconciler.shell.sftp_pipeline.Pipeline`). An observation of a node is a batch
-(:meth:`SSHNodeFiles.batch`) that reads the files the node's previous observation read in
-three round trips for them all (:meth:`SSHNodeFiles.read_many`); a read outside a batch
-takes the same three (it was six), ``mode`` one (three), ``write`` five (ten or more). Which paths need the ``lstat``: with a root other than "/", every
+(:meth:`SSHNodeFiles.batch`) that reads the files the node's previous observation read
+(the first time, those its caller expects) in three round trips for them all
+(:meth:`SSHNodeFiles.read_many`; two with the root "/"); a read outside a batch takes the
+same three (it was six), ``mode`` one (three), ``write`` four (ten or more). Which paths need the ``lstat``: with a root other than "/", every
 one, since any file of a hostile node may be a link, and a link the node followed itself
 could lead out of the root; it costs no round trip of its own, sent with the realpath of
 the directories. With the root "/", reads skip it: a link, followed by the node, leads
@@ -198,7 +199,8 @@ class SSHNodeFiles:
         self._sftp: paramiko.SFTPClient | None = None
         self._orphans: set[str] = set()  # temp files a dropped connection kept us from removing
         self._real_root: str | None = None  # the root, resolved on the node (per connection)
-        self._root_checked = False  # check() found the root a directory on this connection
+        # The session on which check() found the root a directory (once per connection).
+        self._root_checked: paramiko.SFTPClient | None = None
         self._learned: tuple[str, ...] = ()  # the paths the last batch read, read ahead by the next
         self._batches = threading.local()  # per thread: the open batch's files, read ahead
 
@@ -364,11 +366,15 @@ class SSHNodeFiles:
             self._orphans.discard(orphan)
         return sftp
 
+    def _connected(self) -> bool:
+        transport = self._client.get_transport() if self._client is not None else None
+        return self._sftp is not None and transport is not None and transport.is_active()
+
     def _session(self) -> paramiko.SFTPClient:
-        if self._sftp is not None and self._client is not None:
-            transport = self._client.get_transport()
-            if transport is not None and transport.is_active():
-                return self._sftp
+        if self._connected():
+            assert self._sftp is not None
+            return self._sftp
+        if self._sftp is not None or self._client is not None:
             self.close()
         return self._connect()
 
@@ -390,7 +396,7 @@ class SSHNodeFiles:
         with self._lock:
             client, self._client, self._sftp = self._client, None, None
             self._real_root = None
-            self._root_checked = False
+            self._root_checked = None
             _open.discard(self)
         if client is not None:
             with contextlib.suppress(Exception):
@@ -401,7 +407,7 @@ class SSHNodeFiles:
     def check(self) -> None:
         """Once per connection: a root that goes away while connected makes each file under
         it missing, which the reader of a required file reports; a new connection checks again."""
-        if self._root_checked and self._sftp is not None:
+        if self._root_checked is not None and self._root_checked is self._sftp and self._connected():
             return
 
         def root_is_directory(sftp: paramiko.SFTPClient) -> None:
@@ -414,7 +420,7 @@ class SSHNodeFiles:
                 raise
             if not stat.S_ISDIR(attributes.st_mode or 0):
                 raise self._fail(f"the root {self.root} is not a directory on the node")
-            self._root_checked = True
+            self._root_checked = sftp
         self._run(f"read the root directory {self.root}", root_is_directory)
 
     def read(self, path: str) -> bytes | None:

@@ -203,6 +203,32 @@ def test_write_gives_mode_and_owner_before_any_byte_in_four_round_trips_and_leav
     assert sorted(p.name for p in key.parent.iterdir()) == ["ca.crt", "ca.key"]
 
 
+def test_an_owner_the_node_refuses_mid_write_removes_the_temp_file_and_renames_nothing(server):
+    """The owner goes out with the bytes: when the node refuses it (an unprivileged user
+    rewriting root's file in a directory it may write), the bytes already sent stay in the
+    temp file, which is removed; the file is untouched and the connection keeps working."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the file an owner the node's SSH user cannot give away")
+    scratch = Path(tempfile.mkdtemp(prefix="careconcile-ssh-owner-"))
+    try:
+        scratch.chmod(0o755)
+        root = _node_root(scratch)
+        pki_dir = root / "etc/kubernetes/pki"
+        pki_dir.chmod(0o777)  # the unprivileged user may create files here, not chown them to root
+        before = _tree(root)
+        files = _files(server, root, name="owner-node", user=UNPRIVILEGED)
+        try:
+            with pytest.raises(NodeUnreachableError, match=f"node owner-node .*cannot write {CA_CERT}"):
+                files.write(CA_CERT, b"new certificate\n", 0o644)
+            assert files.read(CA_CERT) == b"old certificate\n"  # the same connection still answers
+        finally:
+            files.close()
+        assert _tree(root) == before
+        assert sorted(p.name for p in pki_dir.iterdir()) == ["ca.crt"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 @pytest.mark.parametrize("transport", ["local", "ssh"])
 def test_keep_mode_keeps_an_existing_files_mode_and_a_key_still_gets_at_most_0600(server, tmp_path, transport):
     """What update-bundle and a kubeconfig rewrite ask: the file's own mode (0640 here), known

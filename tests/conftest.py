@@ -32,21 +32,21 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 # UNLISTED_SECONDS.
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
-    # Clean-clone runs H and I of 2026-12-04 (3 workers), between the two.
-    SHARED_CLUSTER: 240,  # test_drift.py, test_sandbox.py (its HA sandbox now test_ha.py's) and the others
-    "tests/integration/test_authorities.py": 430,
-    "tests/integration/test_ha.py": 255,
-    "tests/integration/test_workloads.py": 180,
-    "tests/integration/test_update_credentials.py": 120,
-    "tests/integration/test_admin_mode.py": 118,
-    "tests/integration/test_fleet.py": 110,
-    "tests/integration/test_plan_safety.py": 90,
-    "tests/integration/test_rotation.py": 62,
-    "tests/integration/test_cli_sandbox.py": 45,
-    "tests/integration/test_markdown_plan.py": 25,
-    "tests/unit/test_fuzz_corpus.py": 20,  # 9 s alone, 36 s beside two rotations
-    "tests/integration/test_extension_apiserver.py": 17,
-    "tests/integration/test_kube_client.py": 17,
+    # Clean-clone run T of 2026-12-04 (3 workers): each file's setup, call and teardown times.
+    SHARED_CLUSTER: 328,  # test_drift.py, test_sandbox.py (its HA sandbox now test_ha.py's) and the others
+    "tests/integration/test_authorities.py": 431,
+    "tests/integration/test_ha.py": 286,
+    "tests/integration/test_workloads.py": 155,
+    "tests/integration/test_update_credentials.py": 118,
+    "tests/integration/test_admin_mode.py": 113,
+    "tests/integration/test_fleet.py": 111,
+    "tests/integration/test_plan_safety.py": 86,
+    "tests/integration/test_rotation.py": 67,
+    "tests/integration/test_cli_sandbox.py": 48,
+    "tests/unit/test_fuzz_corpus.py": 38,  # 9 s alone, 38 s beside two rotations
+    "tests/integration/test_markdown_plan.py": 31,
+    "tests/integration/test_kube_client.py": 21,
+    "tests/integration/test_extension_apiserver.py": 16,
     "tests/integration/test_ssh_nodes.py": 10,
     "tests/integration/test_sandbox_failures.py": 6,
     "tests/integration/test_node_links.py": 3,

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from reconciler._time import parse_time
 from reconciler.core import kubeconfig, pki
-from reconciler.core.authorities import AUTHORITIES, AuthorityLayout, StaticPodComponent
+from reconciler.core.authorities import AUTHORITIES, AuthorityLayout, StaticPodComponent, manifest_path
 from reconciler.core.observed import (
     ClusterObservation, ObservedBundle, ObservedComponent, ObservedEndpoint, ObservedLeaf, ObservedRecord,
     StoredState,
@@ -142,12 +142,21 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
 
 
 def _site_files(layout: AuthorityLayout, role: str) -> list[str]:
-    """The files of the bundles and leaves a node of ``role`` holds, in the order read."""
+    """The files an observation of a node of ``role`` reads, in the order read: its bundles
+    and leaves; on a control plane the CA of record, the signer's files, the components'
+    manifests and inputs; the restart markers of node services."""
     paths = [site.path for site in layout.bundles if role in site.roles]
     for site in layout.leaves:
         if role in site.roles:
             paths += pair_files(site.path) if site.form == "pair" else [site.path]
-    return paths
+    if role == "control-plane":
+        paths += [layout.record_cert, layout.record_key, layout.signer_cert, layout.signer_key]
+        for component in layout.components:
+            paths += [manifest_path(component.name), *component.inputs]
+    for service in layout.node_services:
+        if role in service.roles:
+            paths += [service.marker, *service.inputs]
+    return list(dict.fromkeys(paths))
 
 
 def _observe_node_files(access: ClusterAccess, name: str, role: str

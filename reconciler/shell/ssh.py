@@ -201,7 +201,9 @@ class SSHNodeFiles:
         self._real_root: str | None = None  # the root, resolved on the node (per connection)
         # The session on which check() found the root a directory (once per connection).
         self._root_checked: paramiko.SFTPClient | None = None
-        self._learned: tuple[str, ...] = ()  # the paths the last batch read, read ahead by the next
+        # What the last batch for each caller's expectation read, read ahead by the next one:
+        # the observations of the different authorities of one node read different files.
+        self._learned: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._batches = threading.local()  # per thread: the open batch's files, read ahead
 
     # --- describing and connecting ------------------------------------------------------
@@ -453,8 +455,9 @@ class SSHNodeFiles:
 
     @contextlib.contextmanager
     def batch(self, expected: Iterable[str] = ()) -> Iterator[None]:
-        """Reads in this block (in this thread) of the files the node's previous batch read
-        (the first time: ``expected``, the files the caller expects to read) come from one
+        """Reads in this block (in this thread) of the files the node's previous batch with
+        the same ``expected`` read (the first time: ``expected``, the files the caller
+        expects to read) come from one
         pipelined read of them all at its start (:meth:`read_many`): a few round trips for
         the node instead of several per file. Phase checks observe the same files of every
         node each second, so every observation of a node is read this way. A file not read
@@ -464,7 +467,8 @@ class SSHNodeFiles:
             yield  # nested: the outer batch's
             return
         ahead: dict[str, bytes | None | BaseException] = {}
-        paths = self._learned or tuple(expected)
+        key = tuple(expected)
+        paths = self._learned.get(key) or key
         if paths:
             with contextlib.suppress(CareconcileError):  # then each read fails (or not) on its own
                 ahead = self.read_many(paths)
@@ -475,7 +479,7 @@ class SSHNodeFiles:
             asked = self._batches.asked
             self._batches.files = self._batches.asked = None
             if asked:
-                self._learned = tuple(dict.fromkeys(asked))
+                self._learned[key] = tuple(dict.fromkeys(asked))
 
     def _forget_batch(self) -> None:
         if getattr(self._batches, "files", None):
@@ -515,15 +519,22 @@ class SSHNodeFiles:
             root = pipe.realpath(self.root) if self._real_root is None else None
             directories = {directory: pipe.realpath(directory)
                            for directory in sorted({posixpath.dirname(where) for where in wheres.values()})}
+            # For a directory that turns out missing: whether it is no entry at all, in a
+            # parent that really is inside the root (then its files are simply missing).
+            absent = {directory: (pipe.lstat(directory), pipe.realpath(posixpath.dirname(directory)))
+                      for directory in directories}
             lstats = {path: pipe.lstat(where) for path, where in wheres.items()}
             if root is not None:
                 self._real_root = pipe.name(root)
             real = {directory: pipe.outcome(number, pipe.name) for directory, number in directories.items()}
+            missing = {directory: self._missing_directory(pipe, *numbers) for directory, numbers in absent.items()}
             attributes = {path: pipe.outcome(number, pipe.attributes) for path, number in lstats.items()}
             to_open = {}
             for path, where in wheres.items():
                 directory, own = real[posixpath.dirname(where)], attributes[path]
-                if isinstance(directory, BaseException):  # missing, or a link that leads nowhere
+                if isinstance(directory, BaseException) and missing[posixpath.dirname(where)]:
+                    found[path] = None  # in a directory that is not there (a signer's before staging)
+                elif isinstance(directory, BaseException):  # a link that leads nowhere, or deeper missing
                     one_by_one.append(path)
                 elif not inside(directory, self._real_root):
                     found[path] = outside_root(self.describe(), node_path(self.describe(), path), directory)
@@ -568,6 +579,17 @@ class SSHNodeFiles:
                     raise
                 found[path] = exc
         return found
+
+    def _missing_directory(self, pipe: Pipeline, own: int, parent: int) -> bool:
+        """Whether a directory is no entry at all (its lstat: missing) in a parent that
+        resolves inside the root: its files are then missing, as the one-by-one way finds
+        them, without its round trips. Anything else (a dangling link, a missing parent)
+        goes the one-by-one way, which refuses what it must."""
+        own_attributes = pipe.outcome(own, pipe.attributes)
+        real_parent = pipe.outcome(parent, pipe.name)
+        return (isinstance(own_attributes, OSError) and own_attributes.errno == errno.ENOENT
+                and isinstance(real_parent, str) and self._real_root is not None
+                and inside(real_parent, self._real_root))
 
     def _locate(self, pipe: Pipeline, path: str) -> tuple[str, SFTPAttributes | None] | None:
         """Where ``path`` is under the root and the attributes of the file there (None: it

@@ -138,17 +138,20 @@ def test_a_batch_reads_the_files_the_last_one_read_together_in_three_round_trips
 def test_a_nodes_first_batch_reads_the_files_it_expects_together(server, tmp_path):
     """A node's first observation has no earlier batch to learn from: the files the caller
     expects (observe passes the layout's bundles and leaves) are read ahead together, so a
-    fresh connection reads 6 files in 3 round trips, not 3 each."""
+    fresh connection reads 6 files in 3 round trips, not 3 each, and finds a file in a
+    directory that is not there (the signer's, before a rotation stages it) missing in the
+    same 3, not in 5 of its own."""
     root = _node_root(tmp_path)
-    expected = [f"/etc/kubernetes/pki/file-{index}.crt" for index in range(5)] + [CA_CERT]
-    for path in expected[:-1]:
+    unstaged = "/etc/kubernetes/pki/careconcile/clusterCA.crt"
+    expected = [f"/etc/kubernetes/pki/file-{index}.crt" for index in range(5)] + [CA_CERT, unstaged]
+    for path in expected[:5]:
         (root / path.lstrip("/")).write_bytes(b"certificate\n")
     files = _files(server, root)
     try:
         files.check()
         before = REQUESTS.snapshot()
         with files.batch(expected):
-            assert [files.read(path) for path in expected] == [b"certificate\n"] * 5 + [b"old certificate\n"]
+            assert [files.read(path) for path in expected] == [b"certificate\n"] * 5 + [b"old certificate\n", None]
         assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == 3
         before = REQUESTS.snapshot()
         files.check()  # once per connection

@@ -199,6 +199,9 @@ class SSHNodeFiles:
         self._sftp: paramiko.SFTPClient | None = None
         self._orphans: set[str] = set()  # temp files a dropped connection kept us from removing
         self._real_root: str | None = None  # the root, resolved on the node (per connection)
+        # Directories a batch found on this connection: their files are not asked whether
+        # the directory is missing (a directory that goes away takes the one-by-one way once).
+        self._directories_found: set[str] = set()
         # The session on which check() found the root a directory (once per connection).
         self._root_checked: paramiko.SFTPClient | None = None
         # What the last batch for each caller's expectation read, read ahead by the next one:
@@ -399,6 +402,7 @@ class SSHNodeFiles:
             client, self._client, self._sftp = self._client, None, None
             self._real_root = None
             self._root_checked = None
+            self._directories_found = set()
             _open.discard(self)
         if client is not None:
             with contextlib.suppress(Exception):
@@ -519,20 +523,23 @@ class SSHNodeFiles:
             root = pipe.realpath(self.root) if self._real_root is None else None
             directories = {directory: pipe.realpath(directory)
                            for directory in sorted({posixpath.dirname(where) for where in wheres.values()})}
-            # For a directory that turns out missing: whether it is no entry at all, in a
-            # parent that really is inside the root (then its files are simply missing).
+            # For a directory that may turn out missing (not found there before on this
+            # connection): whether it is no entry at all, in a parent that really is inside
+            # the root (then its files are simply missing). Asked with the rest, so no round
+            # trip of its own, and only for those, so no request for the directories that are.
             absent = {directory: (pipe.lstat(directory), pipe.realpath(posixpath.dirname(directory)))
-                      for directory in directories}
+                      for directory in directories if directory not in self._directories_found}
             lstats = {path: pipe.lstat(where) for path, where in wheres.items()}
             if root is not None:
                 self._real_root = pipe.name(root)
             real = {directory: pipe.outcome(number, pipe.name) for directory, number in directories.items()}
             missing = {directory: self._missing_directory(pipe, *numbers) for directory, numbers in absent.items()}
+            self._directories_found.update(directory for directory, answer in real.items() if isinstance(answer, str))
             attributes = {path: pipe.outcome(number, pipe.attributes) for path, number in lstats.items()}
             to_open = {}
             for path, where in wheres.items():
                 directory, own = real[posixpath.dirname(where)], attributes[path]
-                if isinstance(directory, BaseException) and missing[posixpath.dirname(where)]:
+                if isinstance(directory, BaseException) and missing.get(posixpath.dirname(where)):
                     found[path] = None  # in a directory that is not there (a signer's before staging)
                 elif isinstance(directory, BaseException):  # a link that leads nowhere, or deeper missing
                     one_by_one.append(path)

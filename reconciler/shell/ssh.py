@@ -379,8 +379,7 @@ class SSHNodeFiles:
         if self._connected():
             assert self._sftp is not None
             return self._sftp
-        if self._sftp is not None or self._client is not None:
-            self.close()
+        self.close()  # whatever is left of a dropped connection
         return self._connect()
 
     def _run(self, doing: str, work: Callable[[paramiko.SFTPClient], Result]) -> Result:
@@ -413,7 +412,7 @@ class SSHNodeFiles:
     def check(self) -> None:
         """Once per connection: a root that goes away while connected makes each file under
         it missing, which the reader of a required file reports; a new connection checks again."""
-        if self._root_checked is not None and self._root_checked is self._sftp and self._connected():
+        if self._root_checked is self._sftp and self._connected():  # connected: neither is None
             return
 
         def root_is_directory(sftp: paramiko.SFTPClient) -> None:

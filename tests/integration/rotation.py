@@ -1,4 +1,4 @@
-"""Tools for the rotation tests: the CLI as a subprocess, a polling client, end-state checks."""
+"""Tools for the rotation tests: the CLI in a process of its own, a polling client, end-state checks."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import json
 import os
 import re
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from reconciler.core.authorities import CLUSTER_CA
 from reconciler.shell import probes
 from reconciler.shell.kube import KubeClient, KubeconfigClient, kubeconfig_target, load_kubeconfig
 from reconciler.shell.session import PLANNED_PREFIX
+from .launcher import launcher
 
 PRIVATE_KEY_HEADER = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,11 +43,11 @@ class CLIResult:
 
 def careconcile(*args: str, workspace: Path, env: dict[str, str] | None = None, timeout: float = 900,
                 stdin: str | None = None, cwd: Path = ROOT) -> CLIResult:
-    """Run the CLI as a user would; its output must never hold a private key."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "CARECONCILE_WORKSPACE": str(workspace), **(env or {})}, cwd=cwd,
-        input=stdin if stdin is not None else "",
+    """Run the CLI as a user would, in a process of its own (forked from one that imported
+    careconcile already: launcher.py); its output must never hold a private key."""
+    completed = launcher().run(
+        list(args), env={**os.environ, "CARECONCILE_WORKSPACE": str(workspace), **(env or {})}, cwd=cwd,
+        stdin=stdin if stdin is not None else "", timeout=timeout,
     )
     result = CLIResult(completed.returncode, completed.stdout, completed.stderr)
     assert_no_private_key(result.stdout.encode() + result.stderr.encode(), f"output of careconcile {' '.join(args)}")

@@ -32,24 +32,24 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 # UNLISTED_SECONDS.
 SHARED_CLUSTER = "files sharing the cluster fixture"
 ESTIMATED_SECONDS = {
-    # Clean-clone run T of 2026-12-04 (3 workers): each file's setup, call and teardown times.
-    SHARED_CLUSTER: 328,  # test_drift.py, test_sandbox.py (its HA sandbox now test_ha.py's) and the others
-    "tests/integration/test_authorities.py": 431,
-    "tests/integration/test_ha.py": 286,
-    "tests/integration/test_workloads.py": 155,
-    "tests/integration/test_update_credentials.py": 118,
-    "tests/integration/test_admin_mode.py": 113,
-    "tests/integration/test_fleet.py": 111,
-    "tests/integration/test_plan_safety.py": 86,
-    "tests/integration/test_rotation.py": 67,
-    "tests/integration/test_cli_sandbox.py": 48,
-    "tests/unit/test_fuzz_corpus.py": 38,  # 9 s alone, 38 s beside two rotations
-    "tests/integration/test_markdown_plan.py": 31,
-    "tests/integration/test_kube_client.py": 21,
-    "tests/integration/test_extension_apiserver.py": 16,
-    "tests/integration/test_ssh_nodes.py": 10,
-    "tests/integration/test_sandbox_failures.py": 6,
-    "tests/integration/test_node_links.py": 3,
+    # Clean-clone run AB of 2026-12-04 (3 workers): each file's setup, call and teardown times.
+    SHARED_CLUSTER: 293,  # test_drift.py, test_sandbox.py (its HA sandbox now test_ha.py's) and the others
+    "tests/integration/test_authorities.py": 430,
+    "tests/integration/test_ha.py": 338,
+    "tests/integration/test_workloads.py": 159,
+    "tests/integration/test_update_credentials.py": 151,
+    "tests/integration/test_fleet.py": 120,
+    "tests/integration/test_admin_mode.py": 119,
+    "tests/integration/test_plan_safety.py": 87,
+    "tests/integration/test_rotation.py": 75,
+    "tests/integration/test_cli_sandbox.py": 69,
+    "tests/unit/test_fuzz_corpus.py": 41,  # 9 s alone, about 40 s beside two rotations
+    "tests/integration/test_markdown_plan.py": 24,
+    "tests/integration/test_kube_client.py": 22,
+    "tests/integration/test_extension_apiserver.py": 22,
+    "tests/integration/test_ssh_nodes.py": 16,
+    "tests/integration/test_sandbox_failures.py": 8,
+    "tests/integration/test_node_links.py": 4,
 }
 UNLISTED_SECONDS = 1
 # The files whose tests use the session's ``cluster``: one work unit, so one worker starts it.

@@ -404,13 +404,24 @@ def observe_management(access: ClusterAccess) -> tuple[list[ObservedRecord], lis
     return records, bundles, leaves
 
 
-def observe(access: ClusterAccess, state: StoredState | None = None, *,
-            with_workloads: bool = True) -> ClusterObservation:
-    """``with_workloads`` False leaves the pods out (the checks that need no pods)."""
-    bundles, leaves, components, records, endpoints = [], [], [], [], []
+NodeObservations = list[tuple[list, list, list, "ObservedRecord | None", list]]
+
+
+def observe_nodes(access: ClusterAccess) -> NodeObservations:
+    """What every node's files hold, in the nodes' order: the part of :func:`observe` that
+    reads node files."""
     # Nodes are read several at once (over SSH mostly waiting); results keep the nodes' order.
-    observed_nodes = map_bounded(lambda node: _observe_node(access, *node), access.roles.items(), NODE_PARALLELISM)
-    for node_bundles, node_leaves, node_components, record, node_endpoints in observed_nodes:
+    return map_bounded(lambda node: _observe_node(access, *node), access.roles.items(), NODE_PARALLELISM)
+
+
+def observe(access: ClusterAccess, state: StoredState | None = None, *,
+            with_workloads: bool = True, nodes: NodeObservations | None = None) -> ClusterObservation:
+    """``with_workloads`` False leaves the pods out (the checks that need no pods).
+    ``nodes``: what :func:`observe_nodes` returned a moment ago, instead of reading the
+    node files again."""
+    bundles, leaves, components, records, endpoints = [], [], [], [], []
+    for node_bundles, node_leaves, node_components, record, node_endpoints in (
+            observe_nodes(access) if nodes is None else nodes):
         bundles += node_bundles
         leaves += node_leaves
         components += node_components

@@ -21,10 +21,13 @@ from reconciler.shell import polling, probes
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
 from reconciler.shell.kube import KubeClient, load_kubeconfig
-from reconciler.shell.observe import ClusterAccess, apiserver_servers, observe
+from reconciler.shell.observe import ClusterAccess, NodeObservations, apiserver_servers, observe, observe_nodes
 from reconciler.shell.statestore import Stored, with_state
 
 PROBE_USER = "careconcile:probe"
+# How long a phase check's looks may go on with the node files an earlier look read, while
+# they wait for the cluster; a file someone else changes meanwhile is seen after this long.
+NODE_FILES_REUSE_SECONDS = 5.0
 APISERVICES = "/apis/apiregistration.k8s.io/v1/apiservices"
 
 
@@ -44,14 +47,28 @@ class Verifier:
         old_fp = action.params.old
         deadline = time.monotonic() + self.phase_timeout
         pauses = polling.intervals()
+        # The node files as a look read them, at most NODE_FILES_REUSE_SECONDS ago. careconcile's
+        # writes of this phase are done, so the looks that wait for the cluster (restarted
+        # components, apiservers' trust, kube-root-ca.crt) reuse them; a look that finds no
+        # problem with them is repeated on files read again, and only that one ends the check.
+        # Over SSH each reading is a round trip or more per node.
+        nodes: NodeObservations | None = None
+        read_at = 0.0
         while True:
             self.heartbeat()
+            fresh = nodes is None or time.monotonic() - read_at > NODE_FILES_REUSE_SECONDS
             try:
-                problems = self.problems(phase, new, old_fp)
+                if fresh:
+                    nodes, read_at = None, time.monotonic()
+                    nodes = observe_nodes(self.access)
+                problems = self.problems(phase, new, old_fp, nodes=nodes)
             except (ClusterUnreachableError, APIError) as exc:  # a restart in progress, a Lease not yet made
                 problems = [f"cannot check yet: {exc.message}"]
             if not problems:
-                break
+                if fresh:
+                    break
+                nodes = None
+                continue
             if time.monotonic() > deadline:
                 shown = "\n  ".join(problems[:8]) + (f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else "")
                 raise RotationError(
@@ -77,9 +94,11 @@ class Verifier:
         self.custody.save(stored)
         return stored
 
-    def problems(self, phase: int, new: x509.Certificate, old_fp: str) -> list[str]:
-        """What still differs from the end state of ``phase``; empty when it is reached."""
-        observed = observe(self.access, with_workloads=phase in phases.WORKLOAD_PHASES)
+    def problems(self, phase: int, new: x509.Certificate, old_fp: str, *,
+                 nodes: NodeObservations | None = None) -> list[str]:
+        """What still differs from the end state of ``phase``; empty when it is reached.
+        ``nodes``: the node files as :func:`observe_nodes` read them, else read now."""
+        observed = observe(self.access, with_workloads=phase in phases.WORKLOAD_PHASES, nodes=nodes)
         problems = phases.unmet(observed, phase, new, self.access.workloads)
         problems += self._probe_clients(phase, observed, new, old_fp)
         problems += self.components.not_ready(observed.components)

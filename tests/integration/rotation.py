@@ -165,7 +165,9 @@ class Poller:
     def _run(self, turn: int) -> None:
         due = time.monotonic() + self.interval * turn / self.clients
         while not self._stop.wait(max(0.0, due - time.monotonic())):
-            due = max(due + self.interval, time.monotonic())
+            # The next start on the schedule; after a request that ran past it, an interval on.
+            now = time.monotonic()
+            due = due + self.interval if due + self.interval > now else now + self.interval
             server = failure = None
             retried: list[str] = []
             try:

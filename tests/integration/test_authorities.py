@@ -61,21 +61,22 @@ def _leaves_verify_against_only(info, layout, ca_file: Path) -> None:
         assert verified.returncode == 0 and verified.stdout.strip().endswith(": OK"), verified.stdout + verified.stderr
 
 
-def _pollers(info, interval: float) -> tuple[Poller, Poller]:
+def _pollers(info, **polling) -> tuple[Poller, Poller]:
     """A client of the API and one of the aggregated API (through kube-apiserver)."""
     kubeconfig = Path(info.kubeconfig)
     with KubeconfigClient(kubeconfig) as client:
         servers = {client.target.server}
-    return Poller(kubeconfig, servers, interval=interval), Poller(kubeconfig, servers, path=FLUNDERS, interval=interval)
+    return Poller(kubeconfig, servers, **polling), Poller(kubeconfig, servers, path=FLUNDERS, **polling)
 
 
-def _rotate(info, workspace: Path, *authorities: str, interval: float = Poller.interval) -> tuple[str, Poller, Poller]:
-    """``interval``: each polling client's; a rotation without restarts lasts about a second."""
+def _rotate(info, workspace: Path, *authorities: str, **polling) -> tuple[str, Poller, Poller]:
+    """``polling``: the Pollers' ``interval`` and ``clients``, for a rotation without
+    restarts, which lasts about a second."""
     spec = Path(info.spec)
     set_rotation(spec, 1, *authorities)
     planned = careconcile("plan", str(spec), workspace=workspace)
     assert planned.returncode == 0, planned.stdout + planned.stderr
-    api, aggregated = _pollers(info, interval)
+    api, aggregated = _pollers(info, **polling)
     with api, aggregated:
         applied = careconcile("apply", str(spec), "--auto-approve", workspace=workspace)
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -121,7 +122,7 @@ def test_the_front_proxy_ca_rotates_without_a_restart_or_a_failed_request_throug
     from the new CA must not reach it before it trusts that CA (phase 2 asks it)."""
     info = auth
     before = _certs(_pki(info) / "front-proxy-ca.crt")[0]
-    plan, api, aggregated = _rotate(info, tmp_path, "frontProxyCA", interval=0.05)
+    plan, api, aggregated = _rotate(info, tmp_path, "frontProxyCA", interval=0.05, clients=4)
     assert "Cluster auth (frontProxyCA): rotate" in plan and "Restarts:" not in plan.split("(frontProxyCA)")[1]
     assert "#requestheader-client-ca-file" in plan  # the apiserver-published copy is narrowed at the end
     # No component restarts for the front proxy, so nothing may fail, through the aggregator either.

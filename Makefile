@@ -10,12 +10,10 @@ PYTEST_WORKERS ?= 3
 
 .PHONY: install bytecode binaries extension-apiserver toxiproxy sshd haproxy tinyproxy demo test unit integration schemas clean
 
-# uv installs the packages (hack/install-uv.sh says why); the virtualenv has no pip of its own,
-# which saves the 5 s ensurepip takes. --compile-bytecode: with PYTHONDONTWRITEBYTECODE set,
-# every careconcile process would otherwise compile pydantic, cryptography and the rest anew.
+# hack/install-venv.sh: uv, fetched once, fills a virtualenv without pip of its own (why:
+# the script's comment); a failure to fetch uv leaves an existing virtualenv as it was.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv --clear --without-pip $(VENV)
-	uv="$$(PYTHON=$(PYTHON) hack/install-uv.sh)" && "$$uv" pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[test]'
+	PYTHON=$(PYTHON) hack/install-venv.sh $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,11 +6,11 @@ each client verifies an apiserver's own certificate. With ``--extension-apiserve
 balances the two aggregated apiservers, which the APIService's Service leads to, as a
 Service leads to the pods of a Deployment with two replicas. It goes round the apiservers
 (``balance roundrobin``) and asks each one's /readyz every CHECK_INTERVAL_MS over TLS;
-one that fails a check gets no new connection until it passes one again. A connection that an
-apiserver refuses is retried on another one (``option redispatch``). Each apiserver runs
-with a shutdown delay longer than a check (``SHUTDOWN_DELAY_SECONDS``): told to stop, it
-fails /readyz but serves on, so the load balancer has taken it out before it stops
-listening. Every connection is logged, with the apiserver it went to.
+one that fails CHECK_FALL checks in a row gets no new connection until it passes one
+again. A connection that an apiserver refuses is retried on another one (``option
+redispatch``). Each apiserver runs with a shutdown delay longer than CHECK_FALL checks
+(``SHUTDOWN_DELAY_SECONDS``): told to stop, it fails /readyz but serves on, so the load
+balancer has taken it out before it stops listening. Every connection is logged, with the apiserver it went to.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from reconciler.core.kubeadm import LOOPBACK, static_pod
 COMPONENT = "haproxy"
 CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
 CHECK_INTERVAL_MS = 250
-# Fall 1 at a 0.25 s interval: taken out within about 0.25 s (plus a check's own time) of
-# failing /readyz; 3 s leaves room for checks slowed down by a busy machine.
+# Checks failed in a row before an apiserver is taken out. HAProxy bounds a check's connect
+# and TLS handshake by min(timeout connect, inter), CHECK_INTERVAL_MS, whatever ``timeout
+# check`` says. On a busy machine handshakes took 250-450 ms: with 1, slow checks took every
+# apiserver out at once, and HAProxy closed the new connections it had no server for (the
+# client saw an EOF in its TLS handshake; test_ha.py, clean-clone run AC). With 3, a
+# stopping apiserver, which fails /readyz at once, is out within about 0.75 s.
+CHECK_FALL = 3
+# Longer than CHECK_FALL checks and their own time on a busy machine.
 SHUTDOWN_DELAY_SECONDS = 3
-# How long one check may take. Without it HAProxy allows a check only CHECK_INTERVAL_MS, and
-# on a busy machine a TLS handshake takes longer: with fall 1, slow checks took every
-# apiserver out at once, and HAProxy closed new connections (the client saw an EOF in its
-# TLS handshake). A stopping apiserver fails its check at once, so this does not delay that.
+# How long a check may wait for /readyz's answer once its handshake is done.
 CHECK_TIMEOUT_SECONDS = 2
 
 
@@ -60,7 +63,7 @@ backend {service.name}
   option httpchk
   http-check send meth GET uri /readyz
   http-check expect status 200
-  default-server inter {CHECK_INTERVAL_MS} fall 1 rise 1 check check-ssl verify none
+  default-server inter {CHECK_INTERVAL_MS} fall {CHECK_FALL} rise 1 check check-ssl verify none
 {servers}
 """)
     return f"""# careconcile sandbox: the load balancer (reconciler/core/loadbalancer.py)

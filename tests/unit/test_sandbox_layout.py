@@ -75,6 +75,9 @@ def test_with_a_balancer_the_apiservers_stand_behind_haproxy_and_use_every_etcd_
     config = node_path(first, loadbalancer.CONFIG_PATH).read_text()
     assert f"bind 127.0.0.1:{port}" in config and "balance roundrobin" in config
     assert "http-check send meth GET uri /readyz" in config and "option redispatch" in config
+    # Taken out after CHECK_FALL failed checks, well within the apiservers' shutdown delay.
+    assert f"inter {loadbalancer.CHECK_INTERVAL_MS} fall {loadbalancer.CHECK_FALL} rise 1 " in config
+    assert loadbalancer.CHECK_FALL * loadbalancer.CHECK_INTERVAL_MS / 1000 < loadbalancer.SHUTDOWN_DELAY_SECONDS / 2
     for i, server in enumerate(info.apiservers):
         assert f"server apiserver-{i + 1} 127.0.0.1:{server.rsplit(':', 1)[1]}" in config
     pod = YAML(typ="safe").load(node_path(first, f"{kubeadm.MANIFESTS_DIR}/haproxy.yaml").read_text())

@@ -345,6 +345,18 @@ def phase_wall_seconds(report: RunReport, restarting: float) -> dict[int, float]
     return seconds
 
 
+def action_times(report) -> str:
+    """Per phase and kind of action: how many, and their own times added up (actions that
+    run on several nodes at once add up to more than the phase's wall time)."""
+    summed: dict[tuple[int, str], list] = {}
+    for done in report.done:
+        entry = summed.setdefault((done.action.phase, done.action.kind), [0, 0.0])
+        entry[0] += 1
+        entry[1] += done.seconds
+    return "actions (phase kind: count, seconds summed): " + "; ".join(
+        f"{phase} {kind}: {count}, {seconds:.1f}" for (phase, kind), (count, seconds) in sorted(summed.items()))
+
+
 def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     spec.write_text(re.sub(r"(clusterCA:\n\s+rotation: )\d+", rf"\g<1>{rotation}", spec.read_text()))
     calls, requests = NODE_CALLS.value, sftp_requests()
@@ -374,6 +386,7 @@ def rotate_once(spec: Path, rotation: int, workspace: Path) -> dict[str, float]:
     if kinds:
         print("    SFTP requests by kind: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()),
               file=sys.stderr)
+    print("    " + action_times(report), file=sys.stderr)
     phases = phase_wall_seconds(report, wait + wall)
     for number, name in PHASES.items():
         sample[f"{number} {name}"] = phases.get(number, 0.0)

@@ -418,14 +418,17 @@ def observe(access: ClusterAccess, state: StoredState | None = None, *,
             with_workloads: bool = True, nodes: NodeObservations | None = None) -> ClusterObservation:
     """``with_workloads`` False leaves the pods out (the checks that need no pods).
     ``nodes``: what :func:`observe_nodes` returned a moment ago, instead of reading the
-    node files again."""
+    node files again; what each endpoint presents is asked again all the same (an
+    apiserver loads a new serving certificate by itself)."""
     bundles, leaves, components, records, endpoints = [], [], [], [], []
     for node_bundles, node_leaves, node_components, record, node_endpoints in (
             observe_nodes(access) if nodes is None else nodes):
         bundles += node_bundles
         leaves += node_leaves
         components += node_components
-        endpoints += node_endpoints
+        endpoints += node_endpoints if nodes is None else [
+            dataclasses.replace(endpoint, presented=probes.presented_certificate(endpoint.server))
+            for endpoint in node_endpoints]
         if record is not None:
             records.append(record)
     # The kubeconfig careconcile itself uses is a consumer like any other (a pod's

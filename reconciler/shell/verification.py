@@ -49,9 +49,10 @@ class Verifier:
         pauses = polling.intervals()
         # The node files as a look read them, at most NODE_FILES_REUSE_SECONDS ago. careconcile's
         # writes of this phase are done, so the looks that wait for the cluster (restarted
-        # components, apiservers' trust, kube-root-ca.crt) reuse them; a look that finds no
-        # problem with them is repeated on files read again, and only that one ends the check.
-        # Over SSH each reading is a round trip or more per node.
+        # components, the certificates apiservers present and accept, kube-root-ca.crt, all
+        # asked anew at each look) reuse them; a look that finds no problem with them is
+        # repeated on files read again, and only that one ends the check. Over SSH each
+        # reading is a round trip or more per node.
         nodes: NodeObservations | None = None
         read_at = 0.0
         while True:

@@ -17,7 +17,7 @@ The protocol, one JSON object per line: the test process sends ``id``, ``argv``,
 ``{"id", "pid"}`` once the child runs (``{"id", "error"}`` if it could not fork) and
 ``{"id", "exit"}`` (subprocess's returncode) once it ended. ``{"kill": id}`` SIGKILLs that
 child if the server has not reaped it yet (so never another process that got its pid). The
-server exits when its stdin closes and its children have ended."""
+server SIGKILLs its children and exits when its stdin closes (the test process is gone)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ def serve() -> None:
             if ready:
                 data = os.read(0, 65536)
                 closed = not data
+                if closed:  # the test process is gone: nothing may go on changing its sandboxes
+                    for pid in children:
+                        os.kill(pid, signal.SIGKILL)
                 pending += data
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
@@ -127,7 +130,9 @@ class Launcher:
     server's own errors go to its log file, named in the error a call then raises."""
 
     def __init__(self) -> None:
-        self.log = Path(tempfile.mkstemp(prefix="careconcile-launcher-", suffix=".log")[1])
+        descriptor, log = tempfile.mkstemp(prefix="careconcile-launcher-", suffix=".log")
+        os.close(descriptor)
+        self.log = Path(log)
         with self.log.open("wb") as log:
             self._server = subprocess.Popen([sys.executable, "-P", __file__], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
@@ -135,7 +140,8 @@ class Launcher:
         self._next = 0
         self._started: dict[int, Future] = {}
         self._ended: dict[int, Future] = {}
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         atexit.register(self._drop_empty_log)
 
     def _drop_empty_log(self) -> None:
@@ -144,7 +150,7 @@ class Launcher:
                 self.log.unlink()
 
     def alive(self) -> bool:
-        return self._server.poll() is None
+        return self._server.poll() is None and self._reader.is_alive()
 
     def _read(self) -> None:
         try:
@@ -191,7 +197,7 @@ class Launcher:
                 started.result(timeout=60)
                 code = ended.result(timeout=timeout)
             except BaseException as exc:
-                with self._lock:
+                with self._lock, contextlib.suppress(OSError):  # a server gone meanwhile killed nothing
                     if self.alive():
                         self._send({"kill": ident})
                 if isinstance(exc, TimeoutError) and started.done() and not started.exception():

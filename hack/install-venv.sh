@@ -14,9 +14,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 uv="$(PYTHON="$python" hack/install-uv.sh)"
 "$python" -m venv --clear --without-pip "$venv"
 # uv reads no pip configuration: pip's index and find-links settings from the environment
-# carry over, unless uv's own are set.
+# carry over, unless uv's own are set (a pip.conf does not).
 [[ -n "${PIP_INDEX_URL:-}" && -z "${UV_INDEX_URL:-}" ]] && export UV_INDEX_URL="$PIP_INDEX_URL"
 [[ -n "${PIP_EXTRA_INDEX_URL:-}" && -z "${UV_EXTRA_INDEX_URL:-}" ]] && export UV_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL"
-[[ -n "${PIP_FIND_LINKS:-}" && -z "${UV_FIND_LINKS:-}" ]] && export UV_FIND_LINKS="$PIP_FIND_LINKS"
+# (pip separates find-links by spaces, uv by commas)
+[[ -n "${PIP_FIND_LINKS:-}" && -z "${UV_FIND_LINKS:-}" ]] && export UV_FIND_LINKS="${PIP_FIND_LINKS// /,}"
 [[ -n "${PIP_CERT:-}" && -z "${SSL_CERT_FILE:-}" ]] && export SSL_CERT_FILE="$PIP_CERT"
 exec "$uv" pip install --quiet --python "$venv/bin/python" --compile-bytecode -e '.[test]'

@@ -8,9 +8,10 @@ Service leads to the pods of a Deployment with two replicas. It goes round the a
 (``balance roundrobin``) and asks each one's /readyz every CHECK_INTERVAL_MS over TLS;
 one that fails CHECK_FALL checks in a row gets no new connection until it passes one
 again. A connection that an apiserver refuses is retried on another one (``option
-redispatch``). Each apiserver runs with a shutdown delay longer than CHECK_FALL checks
+redispatch``). Each kube-apiserver runs with a shutdown delay longer than CHECK_FALL checks
 (``SHUTDOWN_DELAY_SECONDS``): told to stop, it fails /readyz but serves on, so the load
-balancer has taken it out before it stops listening. Every connection is logged, with the apiserver it went to.
+balancer has taken it out before it stops listening. (The aggregated apiservers have none:
+a connection one refuses while it stops is retried.) Every connection is logged, with the apiserver it went to.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ CHECK_INTERVAL_MS = 250
 # check`` says. On a busy machine handshakes took 250-450 ms: with 1, slow checks took every
 # apiserver out at once, and HAProxy closed the new connections it had no server for (the
 # client saw an EOF in its TLS handshake; test_ha.py, clean-clone run AC). With 3, a
-# stopping apiserver, which fails /readyz at once, is out within about 0.75 s.
+# stopping apiserver, which fails /readyz at once, is out within about 0.75 s and the
+# checks' own time.
 CHECK_FALL = 3
 # Longer than CHECK_FALL checks and their own time on a busy machine.
 SHUTDOWN_DELAY_SECONDS = 3

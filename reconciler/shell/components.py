@@ -90,12 +90,10 @@ class ComponentRestarts:
             self._restart_service(action, service)
             return
         files = self.access.nodes[action.node]
-        manifest = load_manifest(files, params.component)
-        if manifest is None:
-            raise RotationError(f"{files.describe()}: {manifest_path(params.component)} disappeared")
         component = next((c for c in layout.components if c.name == params.component), None)
         if component is None:
             raise RotationError(f"{files.describe()}: {params.component} is not a component of {layout.name}")
+        path = manifest_path(params.component)
         before: float | None = None
         if component.one_at_a_time:
             # The other instances first: after a crash during the wait for one of them, this
@@ -104,15 +102,21 @@ class ComponentRestarts:
                 if other != action.node:
                     self._wait(component, other, None, "run", settle=SETTLE_SECONDS)
             before = self._start_time(component, action.node)
+        # The manifest and the inputs it is restarted for, read together: over SSH one
+        # pipelined read (3 round trips) instead of one per file.
+        with files.batch((path, *component.inputs)):
+            manifest = load_manifest(files, params.component)
+            if manifest is None:
+                raise RotationError(f"{files.describe()}: {path} disappeared")
+            restarted_for = inputs_digest(files, component.inputs)
         # The API server's clock, which the phase check compares with times of the cluster's
         # (a process's start, a leader Lease's acquireTime); never this machine's.
         restarted_at = self.access.client.server_now() or utcnow()
-        manifest = with_restart(manifest, inputs_digest(files, component.inputs), restarted_at, before)
+        manifest = with_restart(manifest, restarted_for, restarted_at, before)
         if params.signing and layout.signer is not None:
             cert, key = ((layout.signer_cert, layout.signer_key) if params.signing == "signer"
                          else (layout.record_cert, layout.record_key))
             manifest = with_flags(manifest, {layout.signer.cert_flag: cert, layout.signer.key_flag: key})
-        path = manifest_path(params.component)
         files.write(path, dump_manifest(manifest), 0o600, keep_mode=True)
         if component.one_at_a_time:
             # Restarted: its process is another than the one seen just before (the node's own

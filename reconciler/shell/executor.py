@@ -30,7 +30,7 @@ from reconciler.core.spec import ResolvedAuthority
 from reconciler.errors import CareconcileError, RotationError, StalePlanError
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
-from reconciler.shell.nodes import NODE_PARALLELISM
+from reconciler.shell.nodes import REMOTE_WRITE_PARALLELISM
 from reconciler.shell.observe import ClusterAccess, observe
 from reconciler.shell.restarts import Stopped, WorkloadRestarter, seconds_until
 from reconciler.shell.verification import Verifier
@@ -180,11 +180,11 @@ class Executor:
             lambda a: a.kind == first.kind and a.phase == first.phase and self._writes_remote_node(a), actions))
 
     def _run_by_node(self, actions: list[Action], report: RunReport) -> None:
-        """Each node's actions in plan order, NODE_PARALLELISM nodes at a time (as observation
-        reads them). Any mix of these written and not is a state planning reads back, as after
-        a crash between two actions: each file is replaced atomically, actions of one kind
-        and phase do not depend on each other, and two node entries that reach the same
-        files (``NodeFiles.place``) share one queue. This thread renews the lock meanwhile.
+        """Each node's actions in plan order, REMOTE_WRITE_PARALLELISM nodes at a time. Any
+        mix of these written and not is a state planning reads back, as after a crash
+        between two actions: each file is replaced atomically, actions of one kind and phase
+        do not depend on each other, and two node entries that reach the same files
+        (``NodeFiles.place``) share one queue. This thread renews the lock meanwhile.
         The first failure stops the other nodes before their next action, and is raised.
         Ctrl-C or SIGTERM lets the writes under way end for INTERRUPTED_WRITES_SECONDS, then
         drops those nodes' connections (a write cut off there may leave its temp file)."""
@@ -208,7 +208,7 @@ class Executor:
                     return
 
         started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=min(NODE_PARALLELISM, len(queues)), thread_name_prefix="node")
+        pool = ThreadPoolExecutor(max_workers=min(REMOTE_WRITE_PARALLELISM, len(queues)), thread_name_prefix="node")
         futures = [pool.submit(one_node, queue) for queue in queues.values()]
         try:
             pending = set(futures)

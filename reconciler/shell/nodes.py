@@ -33,6 +33,11 @@ from reconciler.shell.fleet import map_bounded
 
 # How many nodes of one cluster are connected to, checked or read at once.
 NODE_PARALLELISM = 8
+# How many nodes reached over the network the executor writes to at once. More than
+# NODE_PARALLELISM: a write mostly waits for its round trips on a connection already open,
+# while connecting (a key exchange and a login) costs CPU here, which more at once does not
+# shorten (see docs/performance.md).
+REMOTE_WRITE_PARALLELISM = 16
 
 
 class NodeFiles(Protocol):

@@ -23,7 +23,7 @@ from paramiko.message import Message
 from paramiko.sftp import (
     CMD_ATTRS, CMD_CLOSE, CMD_DATA, CMD_EXTENDED, CMD_FSETSTAT, CMD_FSTAT, CMD_HANDLE, CMD_LSTAT, CMD_NAME,
     CMD_OPEN, CMD_READ, CMD_READLINK, CMD_REALPATH, CMD_RENAME, CMD_REMOVE, CMD_SETSTAT, CMD_STAT, CMD_STATUS,
-    CMD_WRITE, SFTP_FLAG_READ, int64,
+    CMD_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP_FLAG_WRITE, int64,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
@@ -83,6 +83,12 @@ class Pipeline:
 
     def open_read(self, path: str) -> int:
         return self._send(CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())
+
+    def create(self, path: str, mode: int) -> int:
+        """Open a new file for writing, exclusively (it must not exist), with ``mode``."""
+        attributes = SFTPAttributes()
+        attributes.st_mode = mode
+        return self._send(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes)
 
     def read(self, handle: bytes, offset: int, length: int) -> int:
         return self._send(CMD_READ, handle, int64(offset), length)

@@ -202,6 +202,9 @@ class SSHNodeFiles:
         # Directories a batch found on this connection: their files are not asked whether
         # the directory is missing (a directory that goes away takes the one-by-one way once).
         self._directories_found: set[str] = set()
+        # Directories this connection found to be themselves (no link on the way) and inside
+        # the root: a write creates its temp file there without waiting to be told so.
+        self._real_directories: set[str] = set()
         # The session on which check() found the root a directory (once per connection).
         self._root_checked: paramiko.SFTPClient | None = None
         # What the last batch for each caller's expectation read, read ahead by the next one:
@@ -402,6 +405,7 @@ class SSHNodeFiles:
             self._real_root = None
             self._root_checked = None
             self._directories_found = set()
+            self._real_directories = set()
             _open.discard(self)
         if client is not None:
             with contextlib.suppress(Exception):
@@ -534,6 +538,8 @@ class SSHNodeFiles:
             real = {directory: pipe.outcome(number, pipe.name) for directory, number in directories.items()}
             missing = {directory: self._missing_directory(pipe, *numbers) for directory, numbers in absent.items()}
             self._directories_found.update(directory for directory, answer in real.items() if isinstance(answer, str))
+            self._real_directories.update(directory for directory, answer in real.items()
+                                          if answer == directory and inside(directory, self._real_root))
             attributes = {path: pipe.outcome(number, pipe.attributes) for path, number in lstats.items()}
             to_open = {}
             for path, where in wheres.items():
@@ -603,6 +609,14 @@ class SSHNodeFiles:
         its stat sent together. None when it needs the one-by-one way (:meth:`_through_links`):
         the path is a symbolic link, or its directory does not exist. Refused, as
         :meth:`_where` refuses it, when the directory resolves outside the root."""
+        _, answer = self._ask_location(pipe, path)
+        return answer()
+
+    def _ask_location(self, pipe: Pipeline, path: str
+                      ) -> tuple[str, Callable[[], tuple[str, SFTPAttributes | None] | None]]:
+        """:meth:`_locate` in two steps: sends its requests and returns the path under the
+        root with a function that reads their answers, so that the caller may send requests
+        of its own in the same round trip in between."""
         path = node_path(self.describe(), path)
         where = posixpath.join(self.root, path.lstrip("/"))
         confine = path != "/" and self.root != "/"
@@ -612,30 +626,35 @@ class SSHNodeFiles:
         # there, its stat says.
         made = pipe.stat(posixpath.dirname(where))
         own, followed = pipe.lstat(where), pipe.stat(where)
-        if root is not None:
-            self._real_root = pipe.name(root)
-        real = pipe.outcome(directory, pipe.name) if directory is not None else None
-        there = pipe.outcome(made, pipe.attributes)
-        own_attributes = pipe.outcome(own, pipe.attributes)
-        attributes = pipe.outcome(followed, pipe.attributes)
-        for answer in (real, there):
-            if isinstance(answer, OSError):
-                if answer.errno != errno.ENOENT:
-                    raise answer
-                return None  # a directory to make (or a link that leads nowhere): the one-by-one way
-        if real is not None and not inside(real, self._real_root or "/"):
-            raise outside_root(self.describe(), path, real)
-        if isinstance(own_attributes, OSError):
-            if own_attributes.errno != errno.ENOENT:
-                raise own_attributes
-            return where, None
-        if stat.S_ISLNK(own_attributes.st_mode or 0):
-            return None
-        if isinstance(attributes, OSError):
-            if attributes.errno != errno.ENOENT:
-                raise attributes
-            return where, None  # removed in between
-        return where, attributes
+
+        def answer() -> tuple[str, SFTPAttributes | None] | None:
+            if root is not None:
+                self._real_root = pipe.name(root)
+            real = pipe.outcome(directory, pipe.name) if directory is not None else None
+            there = pipe.outcome(made, pipe.attributes)
+            own_attributes = pipe.outcome(own, pipe.attributes)
+            attributes = pipe.outcome(followed, pipe.attributes)
+            for found in (real, there):
+                if isinstance(found, OSError):
+                    if found.errno != errno.ENOENT:
+                        raise found
+                    return None  # a directory to make (or a link that leads nowhere): the one-by-one way
+            if real is not None and not inside(real, self._real_root or "/"):
+                raise outside_root(self.describe(), path, real)
+            if real == posixpath.dirname(where):
+                self._real_directories.add(real)
+            if isinstance(own_attributes, OSError):
+                if own_attributes.errno != errno.ENOENT:
+                    raise own_attributes
+                return where, None
+            if stat.S_ISLNK(own_attributes.st_mode or 0):
+                return None
+            if isinstance(attributes, OSError):
+                if attributes.errno != errno.ENOENT:
+                    raise attributes
+                return where, None  # removed in between
+            return where, attributes
+        return where, answer
 
     def mode(self, path: str) -> int | None:
         def mode(sftp: paramiko.SFTPClient) -> int | None:
@@ -652,21 +671,47 @@ class SSHNodeFiles:
         return self._run(f"read the mode of {path}", mode)
 
     def write(self, path: str, content: bytes, mode: int, *, keep_mode: bool = False) -> None:
-        """Atomically, as the module says, in four round trips: where the file is, its mode
-        and its owner (:meth:`_locate`); the exclusive create of the temp file with the mode
-        (a server's umask can only take bits away); then, sent together, its exact mode, the
-        old file's owner (a chown to one's own owner is allowed to anyone, so it is asked
-        whenever there is an old file), the bytes, the fsync and the close; the rename, sent
-        only once all of those succeeded. The server carries out requests on one handle in
-        the order sent, so the mode is the temp file's before any byte is in it. A path that
-        is a link, or in a directory not made yet, goes the one-by-one way
-        (:meth:`_through_links`, then the directories made)."""
+        """Atomically, as the module says, in three round trips: where the file is, its mode
+        and its owner (:meth:`_locate`), with the exclusive create of the temp file beside it
+        with the mode (a server's umask can only take bits away) when its directory is known
+        (see below; else the create is a round trip of its own); then, sent together, its
+        exact mode, the old file's owner (a chown to one's own owner is allowed to anyone, so
+        it is asked whenever there is an old file), the bytes, the fsync and the close; the
+        rename, sent only once all of those succeeded. The server carries out requests on one
+        handle in the order sent, so the mode is the temp file's before any byte is in it. A
+        path that is a link, or in a directory not made yet, goes the one-by-one way
+        (:meth:`_through_links`, then the directories made), its temp file made ahead
+        removed."""
         mode = file_mode(content, mode)  # at most 0600 for a key, as a local write
         self._forget_batch()
 
         def write(sftp: paramiko.SFTPClient) -> None:
             pipe = Pipeline(sftp, REQUESTS.round_trip)
-            located = self._locate(pipe, path)
+            where, location = self._ask_location(pipe, path)
+            early: tuple[str, int] | None = None
+            # The temp file is created in the location's round trip, before its answers say
+            # whether the file is there: only in a directory this connection found inside the
+            # root with no link on the way (any directory when the root is "/"). Should the
+            # node have made it a link out of the root since, the temp file is created there
+            # empty and removed at once, and nothing is written (the answers refuse the path).
+            if self.root == "/" or posixpath.dirname(where) in self._real_directories:
+                temp = _temp_path(where)
+                self._orphans.add(temp)  # until it is renamed or removed, whatever comes between
+                early = (temp, pipe.create(temp, mode))
+            try:
+                located = location()
+            except Exception:
+                if early is not None:
+                    with contextlib.suppress(Exception):  # the refusal is what to report
+                        self._discard(pipe, *early)
+                raise
+            except BaseException:
+                if early is not None:
+                    self.close()  # maybe in the middle of an answer; the next connection removes the orphan
+                raise
+            if located is None and early is not None:
+                self._discard(pipe, *early)  # a link, or a directory to make: the one-by-one way
+                early = None
             if located is None:
                 target = self._through_links(sftp, path)
                 _make_directories(sftp, posixpath.dirname(target))
@@ -681,9 +726,17 @@ class SSHNodeFiles:
             wanted = mode
             if keep_mode and existing is not None:
                 wanted = file_mode(content, (existing.st_mode or 0) & 0o777 or mode)
-            directory, name = posixpath.split(target)
-            temp = posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
-            handle = _create(sftp, temp, wanted)
+            if early is not None:
+                temp, created = early
+                try:
+                    handle = SFTPFile(sftp, pipe.handle(created), "wb")
+                except OSError as exc:
+                    if not _lost(exc):
+                        self._orphans.discard(temp)  # not created
+                    raise
+            else:
+                temp = _temp_path(target)
+                handle = _create(sftp, temp, wanted)
             try:
                 exact = SFTPAttributes()
                 exact.st_mode = wanted  # exactly the mode: the server's umask may have taken bits away
@@ -707,6 +760,7 @@ class SSHNodeFiles:
                         raise  # a server without fsync@openssh.com says "unsupported"
                 pipe.done(closed)
                 pipe.done(pipe.posix_rename(temp, target))
+                self._orphans.discard(temp)
             except OSError as exc:
                 if _lost(exc):
                     self._orphans.add(temp)  # removed when the node is reached again
@@ -717,6 +771,7 @@ class SSHNodeFiles:
                         handle.close()
                 try:
                     sftp.remove(temp)
+                    self._orphans.discard(temp)
                 except Exception as again:
                     if _lost(again):
                         self._orphans.add(temp)
@@ -734,6 +789,18 @@ class SSHNodeFiles:
                     self._session()
                 raise
         self._run(f"write {path}", write)
+
+    def _discard(self, pipe: Pipeline, temp: str, created: int) -> None:
+        """A temp file created ahead that the write does not use after all: closed and
+        removed in one round trip (if it was created); an orphan if the connection drops."""
+        handle = pipe.outcome(created, pipe.handle)
+        if isinstance(handle, BaseException):
+            self._orphans.discard(temp)  # not created (its directory is missing, or not writable)
+            return
+        closed, removed = pipe.close(handle), pipe.remove(temp)
+        pipe.outcome(closed, pipe.done)
+        if not isinstance(pipe.outcome(removed, pipe.done), BaseException):
+            self._orphans.discard(temp)
 
     def _through_links(self, sftp: paramiko.SFTPClient, path: str) -> str:
         """Where a read or write of ``path`` goes: the file a symbolic link there points to,
@@ -859,6 +926,12 @@ def known_hosts_entries(raw: bytes) -> list[HostKeyEntry]:
                              "or ssh-rsa)")
         entries.append(entry)
     return entries
+
+
+def _temp_path(target: str) -> str:
+    """A new name beside ``target`` for the file that replaces it."""
+    directory, name = posixpath.split(target)
+    return posixpath.join(directory, f".{name}.careconcile-{secrets.token_hex(4)}.tmp")
 
 
 def _create(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:

@@ -14,6 +14,7 @@ import pytest
 from reconciler.core.spec import NodeSpec
 from reconciler.errors import NodePathError
 from reconciler.shell.nodes import MAX_LINKS, link_destination, node_files
+from reconciler.shell.sftp_pipeline import Pipeline
 
 from .sshd import running_sshd, ssh_access
 
@@ -155,6 +156,36 @@ def test_a_directory_link_out_of_the_root_is_refused_and_nothing_is_written_ther
         files.close()
     assert _tree(tmp_path) == before
     assert not (outside / "ca.key").exists() and not (tmp_path / "pki/ca.key").exists()
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+def test_a_directory_made_a_link_out_of_the_root_after_a_write_there_is_refused_and_nothing_stays_there(
+        server, tmp_path, transport, monkeypatch):
+    """Over SSH a write into a directory the connection found inside the root creates its
+    temp file with the location's requests, before their answers. When the node has made
+    that directory a link out of the root since, the write is refused, the empty temp file
+    it created there is removed, and no byte reaches either side."""
+    outside = _outside(tmp_path)
+    root = tmp_path / "node"
+    pki = root / "etc/kubernetes/pki"
+    pki.mkdir(parents=True)
+    created: list[str] = []
+    create = Pipeline.create
+    monkeypatch.setattr(Pipeline, "create", lambda pipe, path, mode: created.append(path) or create(pipe, path, mode))
+    files = _transports(server, root)[transport]
+    try:
+        files.write(CA_CRT, b"the node's\n", 0o644)
+        os.rename(pki, root / "etc/kubernetes/pki.old")
+        os.symlink(str(outside), pki)
+        before = _tree(tmp_path)
+        message = _refused(files, lambda: files.write(CA_KEY, b"-----BEGIN PRIVATE KEY-----\n", 0o600), CA_KEY)
+        assert str(outside) in message, message
+    finally:
+        files.close()
+    assert _tree(tmp_path) == before
+    assert not (outside / "ca.key").exists() and sorted(p.name for p in outside.iterdir()) == ["ca.crt"]
+    if transport == "ssh":  # the case this is about: a temp file was created through the link
+        assert len(created) == 1 and created[0].startswith(str(pki / ".ca.key.careconcile-")), created
 
 
 @pytest.mark.parametrize("transport", ["local", "ssh"])

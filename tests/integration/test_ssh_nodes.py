@@ -160,13 +160,15 @@ def test_a_nodes_first_batch_reads_the_files_it_expects_together(server, tmp_pat
         files.close()
 
 
-def test_write_gives_mode_and_owner_before_any_byte_in_four_round_trips_and_leaves_no_temp_file(
+def test_write_gives_mode_and_owner_before_any_byte_in_three_round_trips_and_leaves_no_temp_file(
         server, tmp_path, monkeypatch):
     """The temp file is created with the mode (a umask can only narrow it); its exact mode
     and the old file's owner go out on its handle before the first byte, in the same wave
     as the bytes, the fsync and the close. sftp-server carries out the requests on one
     handle in the order sent (SFTP requires it), so no byte is in the file before them.
-    The rename waits for all of their answers."""
+    The rename waits for all of their answers. The create goes out with the location's
+    requests once the connection knows the directory to be inside the root; before that
+    (a first write there), it waits for their answers."""
     root = _node_root(tmp_path)
     key = root / CA_KEY.lstrip("/")
     key.write_bytes(b"old key")
@@ -195,8 +197,12 @@ def test_write_gives_mode_and_owner_before_any_byte_in_four_round_trips_and_leav
     try:
         files.check()
         before = REQUESTS.snapshot()
-        files.write(CA_KEY, b"new key", 0o600)
+        files.write(CA_KEY, b"newer key", 0o600)
         assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == 4  # locate, create, the wave, rename
+        sent.clear()
+        before = REQUESTS.snapshot()
+        files.write(CA_KEY, b"new key", 0o600)
+        assert (REQUESTS.snapshot() - before)[ROUND_TRIPS] == 3  # locate and create, the wave, rename
     finally:
         files.close()
     assert sent == [("mode", 0o600), ("owner", owner), ("write", None), ("fsync", None), ("close", None)]

@@ -470,14 +470,23 @@ def test_a_loose_file_that_gets_a_key_becomes_0600(tmp_path, content, mode):
     assert path.read_bytes() == content
 
 
-def test_an_ssh_write_of_a_key_asks_for_0600(monkeypatch):
+@pytest.mark.parametrize("root", ["/", "/node"], ids=["created-ahead", "created-alone"])
+def test_an_ssh_write_of_a_key_asks_for_0600(monkeypatch, root):
+    """Either way the temp file is created: with the location's requests (any directory
+    when the root is "/"), or on its own (a directory the connection does not know)."""
     from reconciler.core.spec import SSHAccess
     from reconciler.shell import ssh
+    from reconciler.shell.sftp_pipeline import Pipeline
 
     asked = []
-    monkeypatch.setattr(ssh, "_create", lambda sftp, temp, mode: asked.append(mode) or (_ for _ in ()).throw(
-        OSError("stop here")))
-    access = SSHAccess.model_validate({"host": "w1", "user": "root", "keyFile": "k", "knownHostsFile": "kh"})
+
+    def create(*args):
+        asked.append(args[-1])
+        raise OSError("stop here")
+    monkeypatch.setattr(ssh, "_create", create)
+    monkeypatch.setattr(Pipeline, "create", create)
+    access = SSHAccess.model_validate({"host": "w1", "user": "root", "keyFile": "k", "knownHostsFile": "kh",
+                                      "root": root})
     files = ssh.SSHNodeFiles("w1", access, key_file=None, known_hosts_file=None)
 
     class SFTP:
@@ -497,7 +506,8 @@ def test_an_ssh_write_of_a_key_asks_for_0600(monkeypatch):
             pass
 
     monkeypatch.setattr(files, "_run", lambda doing, work: work(SFTP()))
-    monkeypatch.setattr(files, "_locate", lambda pipe, path: None)  # the one-by-one way, on this fake SFTP
+    # Where the file is: the one-by-one way, on this fake SFTP.
+    monkeypatch.setattr(files, "_ask_location", lambda pipe, path: (root.rstrip("/") + path, lambda: None))
     for content, mode in ((KUBECONFIG.encode(), 0o600), (b"-----BEGIN CERTIFICATE-----\n", 0o644)):
         with pytest.raises(OSError, match="stop here"):
             files.write("/etc/kubernetes/kubelet.conf", content, 0o644)

@@ -30,7 +30,7 @@ from reconciler.core.spec import ResolvedAuthority
 from reconciler.errors import CareconcileError, RotationError, StalePlanError
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.custody import Custody
-from reconciler.shell.nodes import REMOTE_WRITE_PARALLELISM
+from reconciler.shell.nodes import REMOTE_NODE_PARALLELISM
 from reconciler.shell.observe import ClusterAccess, observe
 from reconciler.shell.restarts import Stopped, WorkloadRestarter, seconds_until
 from reconciler.shell.verification import Verifier
@@ -180,7 +180,7 @@ class Executor:
             lambda a: a.kind == first.kind and a.phase == first.phase and self._writes_remote_node(a), actions))
 
     def _run_by_node(self, actions: list[Action], report: RunReport) -> None:
-        """Each node's actions in plan order, REMOTE_WRITE_PARALLELISM nodes at a time. Any
+        """Each node's actions in plan order, REMOTE_NODE_PARALLELISM nodes at a time. Any
         mix of these written and not is a state planning reads back, as after a crash
         between two actions: each file is replaced atomically, actions of one kind and phase
         do not depend on each other, and two node entries that reach the same files
@@ -208,7 +208,7 @@ class Executor:
                     return
 
         started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=min(REMOTE_WRITE_PARALLELISM, len(queues)), thread_name_prefix="node")
+        pool = ThreadPoolExecutor(max_workers=min(REMOTE_NODE_PARALLELISM, len(queues)), thread_name_prefix="node")
         futures = [pool.submit(one_node, queue) for queue in queues.values()]
         try:
             pending = set(futures)

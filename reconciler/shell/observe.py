@@ -33,7 +33,7 @@ from reconciler.shell.formats import (
     CA_BUNDLE_OWNERS, RESTARTED_AT, RESTARTED_FOR, ca_bundle_fields, inputs_digest, load_manifest, manifest_flags,
     read_restart_marker, replaced_start,
 )
-from reconciler.shell.nodes import NODE_PARALLELISM, NodeFiles, close_nodes
+from reconciler.shell.nodes import NODE_PARALLELISM, REMOTE_NODE_PARALLELISM, NodeFiles, close_nodes
 from reconciler.shell.statestore import StateStore
 from reconciler.shell.workloads import observe_workloads
 
@@ -411,7 +411,9 @@ def observe_nodes(access: ClusterAccess) -> NodeObservations:
     """What every node's files hold, in the nodes' order: the part of :func:`observe` that
     reads node files."""
     # Nodes are read several at once (over SSH mostly waiting); results keep the nodes' order.
-    return map_bounded(lambda node: _observe_node(access, *node), access.roles.items(), NODE_PARALLELISM)
+    remote = any(files.remote for files in access.nodes.values())
+    return map_bounded(lambda node: _observe_node(access, *node), access.roles.items(),
+                       REMOTE_NODE_PARALLELISM if remote else NODE_PARALLELISM)
 
 
 def observe(access: ClusterAccess, state: StoredState | None = None, *,

@@ -36,9 +36,10 @@ from reconciler.shell.fleet import map_bounded
 NODE_PARALLELISM = 8
 # How many nodes reached over the network are read (observed) or written (by the executor)
 # at once, on connections already open: their calls mostly wait for round trips. Connecting
-# stays at NODE_PARALLELISM: 51 connections to the sandbox's sshd took as long 16 at a time
-# as 8, on loopback and 20 ms away (the key exchanges and sshd's sessions cost CPU), while
-# reading them took 0.8 s instead of 1.2 s 20 ms away (docs/performance.md).
+# stays at NODE_PARALLELISM: opening 51 nodes on the sandbox's one sshd took 6.9-7.0 s 8 at
+# a time and 7.4-7.9 s 16 at a time (key exchanges and sshd's sessions cost CPU), while
+# reading them 20 ms away took 0.77 s instead of 1.10 s (benchmarks/ssh_nodes.py, see
+# docs/performance.md).
 REMOTE_NODE_PARALLELISM = 16
 
 

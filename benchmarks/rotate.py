@@ -124,7 +124,7 @@ Counter_ = collections.Counter
 
 
 class Counter:
-    """A thread-safe count (observation reads 8 nodes at a time)."""
+    """A thread-safe count (observation reads several nodes at a time)."""
 
     def __init__(self) -> None:
         self.value = 0

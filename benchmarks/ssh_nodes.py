@@ -10,11 +10,12 @@ repeat and for each transport (``ssh``: the sshd on 127.0.0.1; ``ssh-latency``: 
 the proxy) and each parallelism, taking turns (the order reversed every other repeat):
 opens every node of the sandbox's spec ``N`` at a time (``reconciler.shell.nodes.
 open_nodes``: the SSH connection, the SFTP session and the root's check), then reads the
-files a cluster-CA observation of each node reads (``read_many``, ``N`` nodes at a time),
+files a node's first cluster-CA observation reads (``read_many``, ``N`` nodes at a time),
 and closes them. Prints a markdown table of medians (min-max) measured in this one run:
-opening, reading, and both. This is what the constants ``NODE_PARALLELISM`` (connecting)
-and ``REMOTE_NODE_PARALLELISM`` (reading and writing nodes reached over the network) of
-``reconciler/shell/nodes.py`` were chosen by. The sandbox and toxiproxy are stopped at
+opening, reading, and both. ``NODE_PARALLELISM`` (connecting) and
+``REMOTE_NODE_PARALLELISM`` (reading nodes reached over the network; the executor writes
+them as many at a time, which this script does not time: see ``rotate.py``) of
+``reconciler/shell/nodes.py`` were chosen by it. The sandbox and toxiproxy are stopped at
 the end, on an error and on Ctrl-C (or SIGTERM).
 """
 
@@ -36,7 +37,7 @@ from reconciler.sandbox._paths import ROOT_ENV, SandboxPaths
 from reconciler.sandbox.binaries import KUBERNETES_VERSION, require_binaries
 from reconciler.shell.fleet import map_bounded
 from reconciler.shell.nodes import close_nodes, open_nodes
-from reconciler.shell.observe import _site_files
+from reconciler.shell.observe import site_files
 from reconciler.shell.specfile import load_spec
 
 SANDBOX = "ssh-nodes"
@@ -51,7 +52,7 @@ def open_and_read(spec: Path, parallelism: int) -> tuple[float, float]:
     nodes = open_nodes(cluster.nodes, loaded.path.parent, parallelism=parallelism)
     try:
         opened = time.monotonic()
-        map_bounded(lambda name: nodes[name].read_many(_site_files(CLUSTER_CA, roles[name])), list(nodes),
+        map_bounded(lambda name: nodes[name].read_many(site_files(CLUSTER_CA, roles[name])), list(nodes),
                     parallelism)
         return opened - started, time.monotonic() - opened
     finally:
@@ -75,10 +76,10 @@ def main() -> int:
     require_binaries()
     from reconciler.sandbox.toxiproxy import Toxiproxy
 
-    rotate.TOXIPROXY, rotate.LATENCY_MS = Toxiproxy(), args.latency
     samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="careconcile-bench-") as root:
         os.environ[ROOT_ENV] = root
+        rotate.TOXIPROXY, rotate.LATENCY_MS = Toxiproxy(), args.latency
         try:
             info = sandbox.up(SANDBOX, control_planes=1, workers=args.workers, ssh=True)
             specs = {"ssh": Path(info.spec), "ssh-latency": rotate.through_toxiproxy(Path(info.spec), info)}
@@ -90,8 +91,10 @@ def main() -> int:
                     print(f"  {transport}, {parallelism} at a time: open {opening:.2f}s, read {reading:.2f}s",
                           file=sys.stderr)
         finally:
-            _script.teardown(SandboxPaths.named(SANDBOX))
-            rotate.TOXIPROXY.stop()
+            try:
+                _script.teardown(SandboxPaths.named(SANDBOX))
+            finally:
+                rotate.TOXIPROXY.stop()
     print(f"Kubernetes {KUBERNETES_VERSION}, {os.cpu_count()} cores, 1 control plane and {args.workers} workers, "
           f"{args.repeats} repeats, seconds (median, min-max); ssh-latency: {args.latency} ms each way.\n")
     print("| transport | nodes at a time | open | read | both |")

@@ -103,7 +103,7 @@ class ComponentRestarts:
                     self._wait(component, other, None, "run", settle=SETTLE_SECONDS)
             before = self._start_time(component, action.node)
         # The manifest and the inputs it is restarted for, read together: over SSH one
-        # pipelined read (3 round trips) instead of one per file.
+        # pipelined read, 3 round trips in all instead of 3 per file.
         with files.batch((path, *component.inputs)):
             manifest = load_manifest(files, params.component)
             if manifest is None:

@@ -39,7 +39,8 @@ NODE_PARALLELISM = 8
 # stays at NODE_PARALLELISM: opening 51 nodes on the sandbox's one sshd took 6.9-7.0 s 8 at
 # a time and 7.4-7.9 s 16 at a time (key exchanges and sshd's sessions cost CPU), while
 # reading them 20 ms away took 0.77 s instead of 1.10 s (benchmarks/ssh_nodes.py, see
-# docs/performance.md).
+# docs/performance.md). A connection that dropped is opened again by the call that needs
+# it, so then up to this many at once.
 REMOTE_NODE_PARALLELISM = 16
 
 

@@ -137,11 +137,11 @@ def _observe_node(access: ClusterAccess, name: str, role: str) -> tuple[list, li
     # In one batch: over SSH, the files this node's last observation read (the first time,
     # its bundles and leaves) are read ahead together, a few round trips for the node
     # instead of several per file.
-    with access.nodes[name].batch(_site_files(access.layout, role)):
+    with access.nodes[name].batch(site_files(access.layout, role)):
         return _observe_node_files(access, name, role)
 
 
-def _site_files(layout: AuthorityLayout, role: str) -> list[str]:
+def site_files(layout: AuthorityLayout, role: str) -> list[str]:
     """The files an observation of a node of ``role`` reads, in the order read: its bundles
     and leaves; on a control plane the CA of record, the signer's files, the components'
     manifests and inputs; the restart markers of node services."""

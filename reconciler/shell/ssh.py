@@ -22,7 +22,9 @@ Round trips: requests that do not wait on each other's answers are sent together
 (:meth:`SSHNodeFiles.batch`) that reads the files the node's previous observation read
 (the first time, those its caller expects) in three round trips for them all
 (:meth:`SSHNodeFiles.read_many`; two with the root "/"); a read outside a batch takes the
-same three (it was six), ``mode`` one (three), ``write`` four (ten or more). Which paths need the ``lstat``: with a root other than "/", every
+same three (it was six), ``mode`` one (three), ``write`` three (ten or more; four in a
+directory the connection has not found yet). Which paths need the ``lstat``: with a root
+other than "/", every
 one, since any file of a hostile node may be a link, and a link the node followed itself
 could lead out of the root; it costs no round trip of its own, sent with the realpath of
 the directories. With the root "/", reads skip it: a link, followed by the node, leads
@@ -538,8 +540,11 @@ class SSHNodeFiles:
             real = {directory: pipe.outcome(number, pipe.name) for directory, number in directories.items()}
             missing = {directory: self._missing_directory(pipe, *numbers) for directory, numbers in absent.items()}
             self._directories_found.update(directory for directory, answer in real.items() if isinstance(answer, str))
-            self._real_directories.update(directory for directory, answer in real.items()
-                                          if answer == directory and inside(directory, self._real_root))
+            for directory, answer in real.items():
+                if answer == directory and inside(directory, self._real_root):
+                    self._real_directories.add(directory)
+                else:
+                    self._real_directories.discard(directory)
             attributes = {path: pipe.outcome(number, pipe.attributes) for path, number in lstats.items()}
             to_open = {}
             for path, where in wheres.items():
@@ -634,6 +639,9 @@ class SSHNodeFiles:
             there = pipe.outcome(made, pipe.attributes)
             own_attributes = pipe.outcome(own, pipe.attributes)
             attributes = pipe.outcome(followed, pipe.attributes)
+            if real is not None and real != posixpath.dirname(where):
+                # A link now, or gone: the next write there waits for the answers again.
+                self._real_directories.discard(posixpath.dirname(where))
             for found in (real, there):
                 if isinstance(found, OSError):
                     if found.errno != errno.ENOENT:
@@ -697,17 +705,19 @@ class SSHNodeFiles:
             if self.root == "/" or posixpath.dirname(where) in self._real_directories:
                 temp = _temp_path(where)
                 self._orphans.add(temp)  # until it is renamed or removed, whatever comes between
-                early = (temp, pipe.create(temp, mode))
+                # At most 0600 until the exact mode is set, which comes before any byte: a
+                # kept mode may be narrower than ``mode``, and is not known yet.
+                early = (temp, pipe.create(temp, mode & 0o600))
             try:
                 located = location()
-            except Exception:
-                if early is not None:
+            except Exception as exc:
+                if early is not None and not _lost(exc):
                     with contextlib.suppress(Exception):  # the refusal is what to report
                         self._discard(pipe, *early)
                 raise
             except BaseException:
                 if early is not None:
-                    self.close()  # maybe in the middle of an answer; the next connection removes the orphan
+                    self._drop_session()
                 raise
             if located is None and early is not None:
                 self._discard(pipe, *early)  # a link, or a directory to make: the one-by-one way
@@ -733,6 +743,9 @@ class SSHNodeFiles:
                 except OSError as exc:
                     if not _lost(exc):
                         self._orphans.discard(temp)  # not created
+                    raise
+                except BaseException:
+                    self._drop_session()
                     raise
             else:
                 temp = _temp_path(target)
@@ -784,11 +797,17 @@ class SSHNodeFiles:
                 # must not try to close itself on it when collected (that waited forever).
                 handle._closed = True
                 self._orphans.add(temp)
-                self.close()
-                with contextlib.suppress(Exception):
-                    self._session()
+                self._drop_session()
                 raise
         self._run(f"write {path}", write)
+
+    def _drop_session(self) -> None:
+        """After Ctrl-C, SIGTERM or a lost connection in the middle of a write: the session
+        may hold half a packet, so it is dropped, and a new connection at once removes the
+        temp file (an orphan)."""
+        self.close()
+        with contextlib.suppress(Exception):
+            self._session()
 
     def _discard(self, pipe: Pipeline, temp: str, created: int) -> None:
         """A temp file created ahead that the write does not use after all: closed and

@@ -681,8 +681,9 @@ class SSHNodeFiles:
     def write(self, path: str, content: bytes, mode: int, *, keep_mode: bool = False) -> None:
         """Atomically, as the module says, in three round trips: where the file is, its mode
         and its owner (:meth:`_locate`), with the exclusive create of the temp file beside it
-        with the mode (a server's umask can only take bits away) when its directory is known
-        (see below; else the create is a round trip of its own); then, sent together, its
+        when its directory is known (see below; else the create is a round trip of its own),
+        with the mode (at most 0600 when sent ahead; a server's umask can only take bits
+        away); then, sent together, its
         exact mode, the old file's owner (a chown to one's own owner is allowed to anyone, so
         it is asked whenever there is an old file), the bytes, the fsync and the close; the
         rename, sent only once all of those succeeded. The server carries out requests on one

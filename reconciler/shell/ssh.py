@@ -7,7 +7,8 @@ that drops is opened again on the next call.
 
 Host keys are never trusted on first use: the spec pins the node's key (``hostKey``) or
 names a known_hosts file that holds it. Writes are atomic: a temp file beside the target,
-created with the file's mode before any byte is written, given the old file's owner,
+created with the file's mode (at most 0600 when created ahead), its exact mode set before
+any byte is written, given the old file's owner,
 fsynced, then renamed over the target (OpenSSH's posix-rename), and removed on any
 failure. Restarting a static pod is a write of its manifest; the one command it runs
 (``run``, over the same connection) is the restart of the node's kubelet.

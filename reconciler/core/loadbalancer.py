@@ -11,7 +11,8 @@ again. A connection that an apiserver refuses is retried on another one (``optio
 redispatch``). Each kube-apiserver runs with a shutdown delay longer than CHECK_FALL checks
 (``SHUTDOWN_DELAY_SECONDS``): told to stop, it fails /readyz but serves on, so the load
 balancer has taken it out before it stops listening. (The aggregated apiservers have none:
-a connection one refuses while it stops is retried.) Every connection is logged, with the apiserver it went to.
+a connection one refuses while it stops is retried.) Every connection is logged, with the
+apiserver it went to.
 """
 
 from __future__ import annotations

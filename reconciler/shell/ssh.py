@@ -59,9 +59,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import paramiko
-from paramiko.sftp import (
-    CMD_EXTENDED, CMD_HANDLE, CMD_NAMES, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE,
-)
+from paramiko.sftp import CMD_EXTENDED, CMD_NAMES
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from paramiko.sftp_file import SFTPFile
@@ -956,14 +954,11 @@ def _temp_path(target: str) -> str:
 
 
 def _create(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:
-    """Create ``path`` exclusively, with ``mode`` from the start: SFTP's open carries the new
-    file's permissions, which paramiko's ``open`` does not expose."""
-    attributes = SFTPAttributes()
-    attributes.st_mode = mode
-    kind, message = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes)
-    if kind != CMD_HANDLE:
-        raise paramiko.SFTPError(f"expected a file handle from the server opening {path}")
-    return SFTPFile(sftp, message.get_binary(), "wb")
+    """Create ``path`` exclusively, with ``mode`` from the start (:meth:`Pipeline.create`,
+    alone: one round trip): SFTP's open carries the new file's permissions, which
+    paramiko's ``open`` does not expose."""
+    pipe = Pipeline(sftp, REQUESTS.round_trip)
+    return SFTPFile(sftp, pipe.handle(pipe.create(path, mode)), "wb")
 
 
 def _lstat_or_none(sftp: paramiko.SFTPClient, path: str) -> int:

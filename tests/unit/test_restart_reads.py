@@ -14,7 +14,7 @@ from ruamel.yaml import YAML
 
 from reconciler.core.authorities import CLUSTER_CA, manifest_path
 from reconciler.core.plan import RestartParams
-from reconciler.errors import RotationError
+from reconciler.errors import PKIError, RotationError
 from reconciler.shell.components import ComponentRestarts
 from reconciler.shell.formats import RESTARTED_FOR
 
@@ -77,4 +77,15 @@ def test_a_restart_whose_manifest_is_gone_writes_nothing():
     files = RecordingFiles({})
     with pytest.raises(RotationError, match="kube-scheduler.yaml disappeared"):
         restart(files, "kube-scheduler")
+    assert not [call for call in files.calls if call[0] == "write"]
+
+
+@pytest.mark.parametrize("raw, why", [(b"key: [unclosed\n", "is not YAML"), (b"- a\n- list\n", "is not a Pod manifest")])
+def test_a_restart_whose_manifest_is_not_a_pod_manifest_names_it_and_writes_nothing(raw, why):
+    """A node's manifest is the node's to write: read as hostile, refused by name."""
+    path = manifest_path("kube-scheduler")
+    files = RecordingFiles({path: raw})
+    with pytest.raises(PKIError) as caught:
+        restart(files, "kube-scheduler")
+    assert str(caught.value).startswith(f"node cp1: {path} {why}"), caught.value
     assert not [call for call in files.calls if call[0] == "write"]
